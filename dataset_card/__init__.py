@@ -1,0 +1,1 @@
+"""Dataset card template (installed as ``geohf.hub.dataset_card``)."""

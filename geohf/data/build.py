@@ -1,0 +1,246 @@
+"""Labelled dataset building: records with coordinates → a Hub-ready dataset folder.
+
+The flow is the same for every raw layout: a table of records (one row per image,
+with ``latitude``, ``longitude``, ``split`` and the label columns), geocell partitions
+fitted on the training rows only, then images streamed into Parquet shards next to
+the partitions, a map and a generated card.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from datasets import Features, Image, Value
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..geo.cells import CellPartition, fit_cells
+from ..geo.labelling import LABEL_COLUMNS
+from ..hub.cards import render_dataset_card
+from ..plots import plot_locations
+from .folder import SplitInfo, write_dataset_folder
+
+CELLS_DIR = "cells"
+BUILD_REPORT = "build_report.json"
+
+COLUMN_MEANINGS = {
+    "image": "the image (PNG/JPEG bytes embedded in the Parquet shard)",
+    "latitude": "latitude in degrees (WGS84)",
+    "longitude": "longitude in degrees (WGS84)",
+    "country_code": "ISO 3166-1 alpha-2 code (Kosovo = XK), derived from the coordinates",
+    "country": "English country name",
+    "region_code": "ISO 3166-2 style admin-1 code (Natural Earth)",
+    "region": "admin-1 region name (state, province...)",
+    "location_id": "id of the place; all views of one place share it and one split",
+    "heading": "camera heading in degrees",
+    "capture_date": "capture date (YYYY-MM) when the source gives it",
+    "source_file": "file the image came from",
+    "tile_x": "left pixel of the tile in the source image",
+    "tile_y": "top pixel of the tile in the source image",
+}
+
+
+@dataclass
+class CellSpec:
+    """A geocell partition to fit: ``name`` gives the column ``cell_<name>``."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> CellSpec:
+        """``"quadtree"`` or ``"quadtree:max_samples=100,min_samples=10"`` or ``"q2=quadtree:..."``."""
+        name, _, rest = text.partition("=") if "=" in text.split(":")[0] else ("", "", text)
+        kind, _, args = rest.partition(":")
+        params = {}
+        for item in filter(None, args.split(",")):
+            key, _, value = item.partition("=")
+            params[key.strip()] = (
+                json.loads(value) if value.strip()[:1].isdigit() or value in ("true", "false") else value
+            )
+        return cls(name or kind, kind, params)
+
+
+@dataclass
+class BuildReport:
+    """What a build produced, with every count needed for the card."""
+
+    output_dir: str
+    splits: dict[str, int]
+    processing: dict[str, int]
+    labelling: dict[str, Any]
+    partitions: dict[str, int]
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.splits.values()) / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
+
+
+def features_for(frame: pd.DataFrame, partitions: dict[str, CellPartition]) -> Features:
+    """Datasets features of the output columns present in ``frame``."""
+    feats = {"image": Image(), "latitude": Value("float64"), "longitude": Value("float64")}
+    feats.update({c: Value("string") for c in LABEL_COLUMNS})
+    feats.update({f"cell_{name}": Value("int32") for name in partitions})
+    optional = {
+        "location_id": Value("string"),
+        "heading": Value("float32"),
+        "capture_date": Value("string"),
+        "source_file": Value("string"),
+        "tile_x": Value("int32"),
+        "tile_y": Value("int32"),
+    }
+    feats.update({c: v for c, v in optional.items() if c in frame})
+    return Features(feats)
+
+
+def fit_partitions(frame: pd.DataFrame, specs: list[CellSpec]) -> dict[str, CellPartition]:
+    """Fit each partition on the training rows only."""
+    train = frame[frame["split"] == "train"]
+    if train.empty:
+        raise ValueError("no training rows: geocells are fitted on the training split")
+    labels = train[LABEL_COLUMNS].reset_index(drop=True)
+    return {
+        s.name: fit_cells(s.kind, train["latitude"].to_numpy(), train["longitude"].to_numpy(), labels, **s.params)
+        for s in specs
+    }
+
+
+def _rows(
+    frame: pd.DataFrame, load_image: Callable[[pd.Series], dict], columns: list[str], desc: str
+) -> Iterator[dict]:
+    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=desc, unit="img", leave=False):
+        out = {c: row[c] for c in columns}
+        out["image"] = load_image(row)
+        yield out
+
+
+def write_labelled_dataset(
+    frame: pd.DataFrame,
+    load_image: Callable[[pd.Series], dict],
+    output_dir: str | Path,
+    cell_specs: list[CellSpec],
+    card: dict[str, Any],
+    processing: dict[str, int] | None = None,
+    labelling: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    rows_per_shard: int = 5000,
+) -> BuildReport:
+    """Fit cells, assign them, and write the dataset folder with card, map and partitions.
+
+    Args:
+        frame: one row per image with ``split``, ``latitude``, ``longitude``, the label
+            columns and any optional columns (``location_id``...).
+        load_image: row → ``{"bytes": ..., "path": ...}``.
+        card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
+    """
+    start = time.perf_counter()
+    partitions = fit_partitions(frame, cell_specs)
+    frame = frame.copy()
+    for name, part in partitions.items():
+        frame[f"cell_{name}"] = part.assign(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
+    features = features_for(frame, partitions)
+    columns = [c for c in features if c != "image"]
+    split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
+    splits = {s: _rows(frame[frame["split"] == s], load_image, columns, f"writing {s}") for s in split_names}
+    processing = dict(processing or {})
+
+    def side_files(root: Path) -> None:
+        (root / CELLS_DIR).mkdir()
+        for name, part in partitions.items():
+            part.save(root / CELLS_DIR / f"{name}.parquet")
+        plot_locations(
+            frame["latitude"], frame["longitude"], frame["split"], root / "map.png", title="samples by split"
+        )
+
+    def make_card(root: Path, infos: dict[str, SplitInfo]) -> str:
+        report = BuildReport(
+            output_dir=str(output_dir),
+            splits={s: i.num_examples for s, i in infos.items()},
+            processing=processing,
+            labelling=labelling or {},
+            partitions={n: len(p) for n, p in partitions.items()},
+            seconds=time.perf_counter() - start,
+        )
+        (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
+        return dataset_card_text(frame, features, infos, partitions, processing, card)
+
+    write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite)
+    report = json.loads((Path(output_dir) / BUILD_REPORT).read_text())
+    report.pop("images_per_second")
+    return BuildReport(**report)
+
+
+def dataset_card_text(
+    frame: pd.DataFrame,
+    features: Features,
+    infos: dict[str, SplitInfo],
+    partitions: dict[str, CellPartition],
+    processing: dict[str, int],
+    card: dict[str, Any],
+) -> str:
+    """README.md of a dataset folder."""
+    from .folder import yaml_metadata
+
+    n = len(frame)
+    size = "n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+    card_data = {
+        "license": card.get("license", "other"),
+        "pretty_name": card["pretty_name"],
+        "task_categories": ["image-classification"],
+        "tags": ["geolocation", "geohf", *card.get("tags", [])],
+        "size_categories": [size],
+        **yaml_metadata(features, infos),
+    }
+    counts = frame.groupby(["country_code", "country"]).size().rename("total")
+    train = frame[frame["split"] == "train"].groupby(["country_code", "country"]).size().rename("train")
+    top = pd.concat([counts, train], axis=1).fillna(0).astype(int).sort_values("total", ascending=False)
+    top_rows = [{"country_code": cc, "country": c, **row} for (cc, c), row in top.head(20).iterrows()]
+    return render_dataset_card(
+        card_data,
+        pretty_name=card["pretty_name"],
+        description=card.get("description", ""),
+        geohf_version=__version__,
+        build_date=dt.date.today().isoformat(),
+        command=card.get("command", ""),
+        repo_id=card.get("repo_id", "<org>/<name>"),
+        split_counts={s: i.num_examples for s, i in infos.items()},
+        split_note=card.get("split_note", ""),
+        top_countries=top_rows,
+        n_countries=int(frame["country_code"].nunique()),
+        n_regions=int(frame["region_code"].nunique()),
+        columns=[{"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c)} for c, f in features.items()],
+        partitions=[
+            {"name": name, "kind": p.kind, "n_cells": len(p), "file": f"{CELLS_DIR}/{name}.parquet", "params": p.params}
+            for name, p in partitions.items()
+        ],
+        processing=processing,
+        boundaries=card.get("boundaries", ""),
+        max_distance_km=card.get("max_distance_km", 25),
+        source=card.get("source", "to fill: where the images come from"),
+        license_text=card.get("license_text", "to fill"),
+        collection=card.get("collection", "to fill"),
+        personal_data=card.get("personal_data", "to fill"),
+        limitations=card.get("limitations", "to fill"),
+    )
+
+
+def _dtype_name(feature) -> str:
+    return getattr(feature, "dtype", None) or type(feature).__name__.lower()
+
+
+def _meaning(column: str) -> str:
+    if column.startswith("cell_"):
+        return f"geocell id in the `{column[5:]}` partition (see Geocells)"
+    return COLUMN_MEANINGS.get(column, "")

@@ -1,0 +1,130 @@
+"""Image transforms and batch collation for training and evaluation.
+
+Eval preprocessing is the model's :class:`~geohf.modeling.GeoImageProcessor` (timm's eval
+transform), so Trainer evaluation, ``pipeline`` and ``geohf predict`` see identical
+tensors. Training augmentations (seeds 003/004) are opt-in and applied on the fly with
+``Dataset.set_transform``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision import transforms as T
+
+from ..modeling.image_processing_geohf import GeoImageProcessor, to_rgb_image
+
+_INTERPOLATION = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations; all off by default (the eval transform is used as is)."""
+
+    random_resized_crop: float = 0.0
+    """Smallest crop area kept by RandomResizedCrop (0: off; seed 004 used it)."""
+    rotation: float = 0.0
+    """Maximum random rotation in degrees (seed 004: 10)."""
+    color_jitter: float = 0.0
+    """Brightness / contrast / saturation jitter strength (hue gets a quarter)."""
+    grayscale: float = 0.0
+    """Probability of converting to grayscale."""
+    perspective: float = 0.0
+    """Distortion scale of RandomPerspective (applied with probability 0.5)."""
+    hflip: float = 0.0
+    """Probability of a horizontal flip (off: mirrored scenes are other places)."""
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, f) > 0 for f in self.__dataclass_fields__)
+
+
+def train_transform(
+    processor: GeoImageProcessor, augment: AugmentConfig | None = None
+) -> Callable[[Any], torch.Tensor]:
+    """Training transform: augmentations followed by the processor's resize and normalisation."""
+    if augment is None or not augment.enabled:
+        return processor.transform
+    size, interp = processor.image_size, _INTERPOLATION.get(processor.interpolation, T.InterpolationMode.BICUBIC)
+    ops: list = []
+    if augment.random_resized_crop > 0:
+        ops.append(T.RandomResizedCrop(size, scale=(augment.random_resized_crop, 1.0), interpolation=interp))
+    else:
+        ops += [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
+    if augment.rotation > 0:
+        ops.append(T.RandomRotation(augment.rotation, interpolation=T.InterpolationMode.BILINEAR))
+    if augment.perspective > 0:
+        ops.append(T.RandomPerspective(augment.perspective, p=0.5))
+    if augment.color_jitter > 0:
+        j = augment.color_jitter
+        ops.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5)))
+    if augment.grayscale > 0:
+        ops.append(T.RandomGrayscale(augment.grayscale))
+    if augment.hflip > 0:
+        ops.append(T.RandomHorizontalFlip(augment.hflip))
+    ops += [T.ToTensor(), T.Normalize(processor.image_mean, processor.image_std)]
+    pipeline = T.Compose(ops)
+    return lambda image: pipeline(to_rgb_image(image))
+
+
+def label_encoder(spec: dict[str, Any]) -> Callable[[Any], int]:
+    """Value of a head's label column → class index (-100 for a value the head does not know)."""
+    if spec["type"] == "regression":
+        return lambda v: 0
+    labels = spec["labels"]
+    if spec.get("cells"):
+        n = len(labels)
+        return lambda v: int(v) if 0 <= int(v) < n else -100
+    index = {name: i for i, name in enumerate(labels)}
+    return lambda v: index.get(v, -100)
+
+
+def example_transform(
+    transform: Callable[[Any], torch.Tensor],
+    heads: list[dict[str, Any]],
+    primary_head: str | None,
+    image_column: str = "image",
+) -> Callable[[dict], dict]:
+    """A ``set_transform`` function: batch of rows → pixel_values, labels, coordinates.
+
+    The primary head's targets are ``labels``; other heads' are ``labels_<head name>``.
+    """
+    encoders = {h["name"]: (h["label_column"], label_encoder(h)) for h in heads if h["type"] != "regression"}
+
+    def apply(batch: dict) -> dict:
+        out = {"pixel_values": [transform(im) for im in batch[image_column]]}
+        if "latitude" in batch:
+            out["coordinates"] = [[float(a), float(b)] for a, b in zip(batch["latitude"], batch["longitude"])]
+        for name, (column, encode) in encoders.items():
+            if column in batch:
+                key = "labels" if name == primary_head else f"labels_{name}"
+                out[key] = [encode(v) for v in batch[column]]
+        return out
+
+    return apply
+
+
+class GeoCollator:
+    """Stacks examples into tensors; ``channels_last`` lays images out NHWC for CPU/GPU convs."""
+
+    def __init__(self, channels_last: bool = True):
+        self.channels_last = channels_last
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        if self.channels_last and pixel_values.ndim == 4:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        batch = {"pixel_values": pixel_values}
+        for key in examples[0]:
+            if key == "coordinates":
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
+            elif key.startswith("labels"):
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+        return batch

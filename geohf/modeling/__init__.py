@@ -1,0 +1,35 @@
+"""Models: config/model pairs over timm backbones, heads, losses, image processor."""
+
+from .configuration_geohf import GeoConfig
+from .image_processing_geohf import GeoImageProcessor
+from .modeling_geohf import (
+    GeoEmbeddingOutput,
+    GeoModel,
+    GeoModelForImageGeolocation,
+    GeoModelOutput,
+    GeoPreTrainedModel,
+    build_model,
+)
+
+
+def register_auto_classes() -> None:
+    """Register geohf with transformers' Auto classes (idempotent)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+    AutoConfig.register("geohf", GeoConfig, exist_ok=True)
+    AutoModel.register(GeoConfig, GeoModel, exist_ok=True)
+    AutoModelForImageClassification.register(GeoConfig, GeoModelForImageGeolocation, exist_ok=True)
+    AutoImageProcessor.register(GeoConfig, image_processor_classes={"pil": GeoImageProcessor}, exist_ok=True)
+
+
+__all__ = [
+    "GeoConfig",
+    "GeoEmbeddingOutput",
+    "GeoImageProcessor",
+    "GeoModel",
+    "GeoModelForImageGeolocation",
+    "GeoModelOutput",
+    "GeoPreTrainedModel",
+    "build_model",
+    "register_auto_classes",
+]

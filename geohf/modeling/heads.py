@@ -1,0 +1,134 @@
+"""Prediction heads: classification, haversine-smoothed cells, coordinate regression."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..geo.sphere import haversine_km, latlon_to_xyz, spherical_mean, xyz_to_latlon
+from .losses import great_circle_loss, haversine_smoothed_loss
+
+
+class GeoHead(nn.Module):
+    """A linear head on the pooled embedding, described by a config spec dict."""
+
+    def __init__(self, spec: dict[str, Any], embed_dim: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.name = spec["name"]
+        self.weight = float(spec.get("weight", 1.0))
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(embed_dim, out_features)
+
+    @property
+    def has_coordinates(self) -> bool:
+        return False
+
+    def init_buffers(self) -> None:
+        """Recompute non-persistent buffers (none here)."""
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(embeddings))
+
+    def fuse(self, logits: torch.Tensor) -> torch.Tensor:
+        """Fuse per-view outputs (B, V, K) into (B, K): mean over views."""
+        return logits.mean(1)
+
+
+class ClassificationHead(GeoHead):
+    """Cross-entropy over the classes in ``spec["labels"]``.
+
+    With ``spec["cells"]`` (centroids of geocells) it also predicts coordinates.
+    """
+
+    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
+        super().__init__(spec, embed_dim, len(spec["labels"]), dropout)
+        cells = spec.get("cells")
+        self._centroid_values = [cells["latitude"], cells["longitude"]] if cells else None
+        self.register_buffer("centroids", self._centroid_tensor(), persistent=False)
+
+    def _centroid_tensor(self) -> torch.Tensor:
+        if self._centroid_values is None:
+            return torch.zeros(0, 2)
+        return torch.tensor(self._centroid_values, dtype=torch.float32).T.contiguous()
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Refill the centroids from the config (models loaded on the meta device start without them)."""
+        self.centroids = self._centroid_tensor().to(self.fc.weight.device)
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.centroids.shape[0] > 0
+
+    def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+    def coordinates(
+        self, logits: torch.Tensor, method: str = "weighted", top_k: int = 5, radius_km: float | None = None
+    ) -> torch.Tensor:
+        """(B, 2) latitude, longitude from cell probabilities.
+
+        ``argmax``: the centroid of the most probable cell. ``weighted``: the spherical
+        mean of the ``top_k`` most probable cells' centroids, weighted by probability;
+        with ``radius_km`` only cells within that distance of the best cell count, so
+        two far-apart guesses do not average into a point between them.
+        """
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = 1 if method == "argmax" else min(top_k, probs.shape[-1])
+        p, idx = probs.topk(k, dim=-1)
+        c = self.centroids[idx]  # (B, k, 2)
+        if radius_km is not None and k > 1:
+            d = haversine_km(c[..., :1, 0], c[..., :1, 1], c[..., 0], c[..., 1])
+            p = p * (d <= radius_km)
+        lat, lon = spherical_mean(c[..., 0], c[..., 1], weights=p, axis=-1)
+        return torch.stack([lat, lon], -1)
+
+
+class HaversineHead(ClassificationHead):
+    """Cell classification trained on haversine-smoothed labels (PIGEON, seed 004)."""
+
+    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
+        super().__init__(spec, embed_dim, dropout)
+        self.tau_km = float(spec["tau_km"])
+
+    def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
+        valid = labels >= 0  # -100: a label this head does not know
+        if coordinates is not None:
+            coordinates = coordinates[valid]
+        return haversine_smoothed_loss(logits[valid], labels[valid], coordinates, self.centroids, self.tau_km)
+
+
+class RegressionHead(GeoHead):
+    """Coordinates as a unit vector on the sphere; loss is the great-circle distance."""
+
+    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
+        super().__init__(spec, embed_dim, 3, dropout)
+
+    @property
+    def has_coordinates(self) -> bool:
+        return True
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize(super().forward(embeddings).float(), dim=-1)
+
+    def fuse(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.normalize(logits.mean(1), dim=-1)
+
+    def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
+        if coordinates is None:
+            raise ValueError(f"regression head {self.name!r} needs the true coordinates")
+        return great_circle_loss(logits, latlon_to_xyz(coordinates[:, 0].float(), coordinates[:, 1].float()))
+
+    def coordinates(self, logits: torch.Tensor, method: str = "weighted", top_k: int = 5, radius_km=None):
+        lat, lon = xyz_to_latlon(logits)
+        return torch.stack([lat, lon], -1)
+
+
+HEADS = {"classification": ClassificationHead, "haversine": HaversineHead, "regression": RegressionHead}
+
+
+def build_head(spec: dict[str, Any], embed_dim: int, dropout: float = 0.0) -> GeoHead:
+    return HEADS[spec["type"]](spec, embed_dim, dropout)

@@ -1,0 +1,195 @@
+"""geohf models: a timm backbone, pooled embeddings, and geolocation heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbones import create_backbone, depthwise_convs_in_fp32, load_backbone_weights
+from .configuration_geohf import GeoConfig
+from .heads import GeoHead, RegressionHead, build_head
+
+
+@dataclass
+class GeoEmbeddingOutput(ModelOutput):
+    """Pooled image embeddings, (batch, dim), or (batch, views, dim) for multi-view input."""
+
+    embeddings: torch.Tensor | None = None
+
+
+@dataclass
+class GeoModelOutput(ModelOutput):
+    """Output of :class:`GeoModelForImageGeolocation`.
+
+    Attributes:
+        loss: weighted sum of the head losses (when labels are given).
+        logits: the primary head's logits (what image-classification pipelines read).
+        coordinates: (batch, 2) predicted latitude, longitude in degrees.
+        logits_per_head: every head's output by head name (multi-head models).
+        embeddings: pooled (view-fused) embeddings, when asked for.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    coordinates: torch.Tensor | None = None
+    logits_per_head: dict[str, torch.Tensor] | None = None
+    embeddings: torch.Tensor | None = None
+
+
+class GeoPreTrainedModel(PreTrainedModel):
+    config: GeoConfig
+    config_class = GeoConfig
+    base_model_prefix = "geo"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    accepts_loss_kwargs = False
+    _no_split_modules = ["GeoModel"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Initialise heads only: backbones keep timm's own init (or their pretrained weights)."""
+        if isinstance(module, GeoHead):
+            init.trunc_normal_(module.fc.weight, std=0.01)
+            init.zeros_(module.fc.bias)
+            module.init_buffers()
+        elif hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+
+
+class GeoModel(GeoPreTrainedModel):
+    """The backbone alone: images → pooled embeddings."""
+
+    def __init__(self, config: GeoConfig):
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, **config.backbone_kwargs)
+        if config.depthwise_fp32:
+            depthwise_convs_in_fp32(self.backbone)
+        if config.embed_dim is None:
+            config.embed_dim = int(self.backbone.num_features)
+        self.post_init()
+
+    def load_pretrained_backbone(self, pretrained: str) -> str:
+        """Load backbone weights (``"offline"``, ``"hub"`` or a file); records the source in the config."""
+        source = load_backbone_weights(self.backbone, self.config.backbone, pretrained)
+        self.config.pretrained_source = source
+        return source
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> GeoEmbeddingOutput:
+        views = pixel_values.shape[1] if pixel_values.ndim == 5 else None
+        if views is not None:
+            pixel_values = pixel_values.flatten(0, 1)
+        embeddings = self.backbone(pixel_values)
+        if views is not None:
+            embeddings = embeddings.unflatten(0, (-1, views))
+        return GeoEmbeddingOutput(embeddings=embeddings)
+
+
+class GeoModelForImageGeolocation(GeoPreTrainedModel):
+    """Backbone + geolocation heads (cells, classes, coordinates), multi-view aware.
+
+    ``pixel_values`` is (batch, 3, H, W) or (batch, views, 3, H, W); views of one place
+    are fused by averaging each head's logits (seed 000's ensemble).
+    """
+
+    def __init__(self, config: GeoConfig):
+        super().__init__(config)
+        if not config.heads:
+            raise ValueError("GeoConfig.heads is empty: declare at least one head")
+        self.geo = GeoModel(config)
+        self.heads = nn.ModuleDict(
+            {spec["name"]: build_head(spec, config.embed_dim, config.dropout) for spec in config.heads}
+        )
+        self.post_init()
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.geo.backbone
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Linear probe (seeds 000/001): no gradients into the backbone, its BatchNorm statistics fixed."""
+        self._backbone_frozen = frozen
+        for p in self.geo.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_backbone_frozen", False):
+            self.geo.eval()
+        return self
+
+    def coordinate_head(self) -> GeoHead | None:
+        """The head that provides ``outputs.coordinates``: the primary head if it can, else the first that can."""
+        primary = self.heads[self.config.primary_head] if self.config.primary_head else None
+        if primary is not None and primary.has_coordinates:
+            return primary
+        return next((h for h in self.heads.values() if h.has_coordinates), None)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        coordinates: torch.Tensor | None = None,
+        output_embeddings: bool = False,
+        **kwargs,
+    ) -> GeoModelOutput:
+        r"""
+        labels: the primary head's targets (batch,), or a dict of targets by head name; other
+            heads' targets may also come as ``labels_<head name>`` keyword arguments.
+        coordinates: (batch, 2) true latitude, longitude in degrees (haversine and regression losses).
+        output_embeddings: also return the pooled embeddings.
+        """
+        embeddings = self.geo(pixel_values).embeddings
+        multiview = embeddings.ndim == 3
+        logits_per_head = {}
+        for name, head in self.heads.items():
+            out = head(embeddings)
+            logits_per_head[name] = head.fuse(out) if multiview else out
+        if multiview:
+            embeddings = embeddings.mean(1)
+
+        loss = None
+        targets = dict(labels) if isinstance(labels, dict) else {}
+        if labels is not None and not isinstance(labels, dict):
+            targets[self.config.primary_head] = labels
+        targets.update({k[len("labels_") :]: v for k, v in kwargs.items() if k.startswith("labels_")})
+        if targets or coordinates is not None:
+            losses = []
+            for name, head in self.heads.items():
+                target = targets.get(name)
+                needs = coordinates if isinstance(head, RegressionHead) else target
+                if needs is None:
+                    continue
+                losses.append(head.weight * head.loss(logits_per_head[name], target, coordinates))
+            loss = torch.stack(losses).sum() if losses else None
+
+        coord_head = self.coordinate_head()
+        coords = None
+        if coord_head is not None:
+            coords = coord_head.coordinates(
+                logits_per_head[coord_head.name],
+                self.config.coordinate_method,
+                self.config.coordinate_top_k,
+                self.config.coordinate_radius_km,
+            )
+        primary = self.config.primary_head
+        return GeoModelOutput(
+            loss=loss,
+            logits=logits_per_head[primary] if primary else None,
+            coordinates=coords,
+            logits_per_head=logits_per_head if len(self.heads) > 1 else None,
+            embeddings=embeddings if output_embeddings else None,
+        )
+
+
+def build_model(config: GeoConfig, pretrained: str | None = "offline") -> GeoModelForImageGeolocation:
+    """A fresh model whose backbone starts from ``pretrained`` weights (``None``: random init)."""
+    model = GeoModelForImageGeolocation(config)
+    if pretrained:
+        model.geo.load_pretrained_backbone(pretrained)
+    return model

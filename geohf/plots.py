@@ -1,0 +1,79 @@
+"""Pictures: world maps of samples and errors, error curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+@lru_cache(maxsize=1)
+def _countries():
+    from .geo.boundaries import load_boundaries
+
+    return load_boundaries("lowres")
+
+
+def world_axes(figsize=(10, 5.2)):
+    """A figure with an equirectangular world map drawn as background."""
+    fig, ax = plt.subplots(figsize=figsize)
+    _countries().plot(ax=ax, color="#e8e8e8", edgecolor="#9a9a9a", linewidth=0.3)
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_aspect("equal")
+    ax.set_xticks(range(-180, 181, 60))
+    ax.set_yticks(range(-90, 91, 30))
+    ax.grid(color="#cccccc", linewidth=0.3)
+    return fig, ax
+
+
+def save(fig, path: str | os.PathLike) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_locations(lat, lon, groups, path: str | os.PathLike, title: str = "") -> str:
+    """Sample locations on a world map, one colour per group (e.g. split)."""
+    fig, ax = world_axes()
+    groups = np.asarray(groups)
+    for g in dict.fromkeys(groups.tolist()):
+        sel = groups == g
+        ax.scatter(np.asarray(lon)[sel], np.asarray(lat)[sel], s=3, alpha=0.7, label=f"{g} ({sel.sum()})")
+    ax.legend(loc="lower left", fontsize=8, markerscale=3)
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_errors(lat, lon, error_km, path: str | os.PathLike, title: str = "") -> str:
+    """Test points coloured by great-circle error (log colour scale)."""
+    fig, ax = world_axes()
+    err = np.maximum(np.asarray(error_km, dtype=float), 1.0)
+    sc = ax.scatter(lon, lat, c=err, s=6, cmap="viridis_r", norm=matplotlib.colors.LogNorm(1, 20000))
+    fig.colorbar(sc, ax=ax, label="error (km)", shrink=0.8)
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_error_curve(errors: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> str:
+    """Cumulative share of predictions within x km (log x), one line per method."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    x = np.logspace(0, np.log10(20040), 400)
+    for name, err in errors.items():
+        err = np.sort(np.asarray(err, dtype=float))
+        ax.plot(x, 100 * np.searchsorted(err, x, side="right") / max(err.size, 1), label=name)
+    for t in (25, 200, 750, 2500):
+        ax.axvline(t, color="#bbbbbb", linewidth=0.6, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("great-circle error (km)")
+    ax.set_ylabel("% of images within")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save(fig, path)

@@ -1,0 +1,144 @@
+"""Evaluating a model against naive baselines on the same split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..geo.sphere import geometric_median, haversine_km, pairwise_haversine_km
+from ..inference.predictor import CellTable, GeoPredictor
+from .metrics import accuracy, distance_metrics, topk_accuracy
+
+TABLE_COLUMNS = [
+    ("cell_top1_accuracy", "cell top-1 %"),
+    ("cell_top5_accuracy", "cell top-5 %"),
+    ("country_accuracy", "country %"),
+    ("mean_km", "mean km"),
+    ("median_km", "median km"),
+    ("within_25km", "≤25 km %"),
+    ("within_200km", "≤200 km %"),
+    ("within_750km", "≤750 km %"),
+    ("within_2500km", "≤2500 km %"),
+    ("geoscore", "GeoScore"),
+]
+
+
+@dataclass
+class Guesses:
+    """Predictions of one method on a split: coordinates and ranked cells."""
+
+    latitude: np.ndarray
+    longitude: np.ndarray
+    ranked_cells: np.ndarray  # (N, k) best first
+
+    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
+        out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
+        true_cell = truth[cell_column].to_numpy()
+        for k in (1, 5):
+            hit = (self.ranked_cells[:, :k] == true_cell[:, None]).any(1)
+            out[f"cell_top{k}_accuracy"] = float(100.0 * hit.mean())
+        out["country_accuracy"] = accuracy(cells.country_code[self.ranked_cells[:, 0]], truth["country_code"])
+        out["region_accuracy"] = accuracy(cells.region_code[self.ranked_cells[:, 0]], truth["region_code"])
+        return out
+
+
+def nearest_cells(lat, lon, cells: CellTable, k: int) -> np.ndarray:
+    """(N, k) ids of the cells whose centroids are nearest to each point."""
+    d = pairwise_haversine_km(np.atleast_1d(lat), np.atleast_1d(lon), cells.latitude, cells.longitude)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+def median_baseline(train: pd.DataFrame, n: int, cells: CellTable) -> Guesses:
+    """Always guess the training set's geometric median (its nearest cells as the ranking)."""
+    lat, lon = geometric_median(train["latitude"].to_numpy(), train["longitude"].to_numpy())
+    ranked = np.repeat(nearest_cells(lat, lon, cells, 5), n, axis=0)
+    return Guesses(np.full(n, lat), np.full(n, lon), ranked)
+
+
+def frequency_baseline(train: pd.DataFrame, n: int, cells: CellTable, cell_column: str, seed: int = 0) -> Guesses:
+    """Guess random cells drawn with their training frequency (their centroid as coordinates)."""
+    counts = np.bincount(train[cell_column].to_numpy(), minlength=len(cells.names)).astype(np.float64)
+    p = counts / counts.sum()
+    rng = np.random.default_rng(seed)
+    k = min(5, int((p > 0).sum()))
+    ranked = np.stack([rng.choice(p.size, size=k, replace=False, p=p) for _ in range(n)])
+    first = ranked[:, 0]
+    return Guesses(cells.latitude[first], cells.longitude[first], ranked)
+
+
+@dataclass
+class Evaluation:
+    """Model and baseline metrics on one split, and the per-image predictions."""
+
+    split: str
+    sizes: dict[str, int]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    predictions: pd.DataFrame | None = None
+
+    def table(self) -> str:
+        """A plain-text table, one row per method."""
+        head = ["method"] + [label for _, label in TABLE_COLUMNS]
+        lines = [head]
+        for name, m in self.rows.items():
+            lines.append([name] + [_fmt(m.get(key)) for key, _ in TABLE_COLUMNS])
+        widths = [max(len(str(r[i])) for r in lines) for i in range(len(head))]
+        text = [
+            " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in lines
+        ]
+        text.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(text)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "sizes": self.sizes, "results": self.rows}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+
+
+def evaluate(
+    predictor: GeoPredictor,
+    dataset_dict,
+    split: str = "test",
+    cell_column: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Evaluation:
+    """The model on ``split`` next to two naive baselines fitted on the training split."""
+    if split not in dataset_dict:
+        raise ValueError(f"the dataset has no {split!r} split; it has {list(dataset_dict)}")
+    config = predictor.model.config
+    cell_column = cell_column or config.head(config.primary_head)["label_column"]
+    test = dataset_dict[split]
+    if len(test) == 0:
+        raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
+    meta_columns = ["latitude", "longitude", "country_code", "region_code", cell_column]
+    truth = test.select_columns(meta_columns).to_pandas()
+    train = dataset_dict["train"].select_columns(meta_columns).to_pandas()
+    cells = predictor.cells
+
+    frame = predictor.predict_dataset(test, batch_size=batch_size, desc=f"evaluating {split}")
+    model = Guesses(
+        frame["pred_latitude"].to_numpy(), frame["pred_longitude"].to_numpy(), np.stack(frame["top_index"].to_numpy())
+    )
+    result = Evaluation(split=split, sizes={s: len(dataset_dict[s]) for s in dataset_dict})
+    result.rows["model"] = model.metrics(truth, cells, cell_column)
+    result.rows["model"].update(
+        {f"cell_{k}": v for k, v in topk_accuracy(frame.attrs["probs"], truth[cell_column].to_numpy(), (3, 10)).items()}
+    )
+    n = len(truth)
+    result.rows["geometric median"] = median_baseline(train, n, cells).metrics(truth, cells, cell_column)
+    result.rows["random cell by frequency"] = frequency_baseline(train, n, cells, cell_column, seed).metrics(
+        truth, cells, cell_column
+    )
+    frame = pd.concat([truth.reset_index(drop=True), frame], axis=1)
+    frame["error_km"] = haversine_km(
+        frame["latitude"], frame["longitude"], frame["pred_latitude"], frame["pred_longitude"]
+    )
+    result.predictions = frame
+    return result

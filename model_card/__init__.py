@@ -1,0 +1,1 @@
+"""Model card template (installed as ``geohf.hub.model_card``)."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Fine-tune a geohf geolocation model.
+
+    accelerate launch scripts/train.py --dataset runs/demo/dataset --output_dir runs/train \
+        --heads haversine --image_size 96 --max_steps 200 --bf16 --use_cpu
+
+Flags: geohf.training.train.ModelArguments, DataArguments, geohf.data.transforms.AugmentConfig
+and transformers.TrainingArguments; or one ``--config file.yaml|json``.
+"""
+
+from geohf.training.cli import main
+
+if __name__ == "__main__":
+    main()
