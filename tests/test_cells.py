@@ -1,8 +1,15 @@
 import numpy as np
+import pytest
 import shapely
 
-from geohf.geo.cells import CellPartition, fit_quadtree, merge_small_pieces
+from geohf.geo.cells import CellPartition, fit_cells, fit_quadtree, merge_small_pieces
 from geohf.geo.sphere import haversine_km
+
+KINDS = {
+    "quadtree": {"max_samples": 80, "min_samples": 10},
+    "fishnet": {"cell_deg": 10.0},
+    "semantic": {"min_samples": 15, "max_samples": 120},
+}
 
 
 def random_land(labeller, n, seed=0):
@@ -13,11 +20,18 @@ def random_land(labeller, n, seed=0):
     return lat[land][:n], lon[land][:n]
 
 
-def test_quadtree_partition(labeller, tmp_path):
+@pytest.fixture(scope="module")
+def land_points(labeller):
     lat, lon = random_land(labeller, 3000)
     labels, _ = labeller.label(lat, lon)
-    part = fit_quadtree(lat, lon, labels, max_samples=80, min_samples=10)
-    assert 10 < len(part) < 3000 // 10
+    return lat, lon, labels
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_partition_kinds(kind, land_points, labeller, tmp_path):
+    lat, lon, labels = land_points
+    part = fit_cells(kind, lat, lon, labels, boundaries=labeller.boundaries, **KINDS[kind])
+    assert 10 < len(part) < 3000 // 3
     # every point (land, sea, poles, antimeridian) gets exactly one valid cell
     rng = np.random.default_rng(5)
     probe_lat = np.r_[lat, rng.uniform(-90, 90, 500), 90, -90, 0, 0]
@@ -35,15 +49,20 @@ def test_quadtree_partition(labeller, tmp_path):
     if outside.any():
         near = shapely.get_coordinates(shapely.shortest_line(pts[outside], geoms[outside])).reshape(-1, 2, 2)
         km = haversine_km(near[:, 0, 1], near[:, 0, 0], near[:, 1, 1], near[:, 1, 0])
-        assert km.max() < 50, km
-    # each cell's region belongs to its country
+        assert km.max() < 100, km
+    # each cell's region belongs to its country (a pair seen in the labels, e.g. PR / US-PR)
+    pairs = set(zip(labels["country_code"], labels["region_code"]))
     for cc, rc in zip(part.cells["country_code"], part.cells["region_code"]):
-        assert rc.startswith(cc) or rc == ""
+        assert (cc, rc) in pairs
+    if kind == "semantic":  # merged within countries: a cell's samples share one country
+        own_cc = labels["country_code"].to_numpy()
+        for c in range(len(part)):
+            assert len(set(own_cc[own == c]) - {""}) <= 1
     # save -> load gives identical assignments
     path = part.save(tmp_path / "q.parquet")
     loaded = CellPartition.load(path)
     np.testing.assert_array_equal(loaded.assign(probe_lat, probe_lon), cells)
-    assert loaded.kind == "quadtree" and loaded.params["max_samples"] == 80
+    assert loaded.kind == kind and loaded.params == {**KINDS[kind], **loaded.params}
     assert len(set(part.names)) == len(part)
 
 

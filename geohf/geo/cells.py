@@ -23,7 +23,7 @@ import shapely
 
 from .index import PolygonIndex
 from .labelling import LABEL_COLUMNS
-from .sphere import spherical_mean
+from .sphere import haversine_km, spherical_mean
 
 _META_KEY = b"geohf.cells"
 
@@ -61,13 +61,7 @@ class CellPartition:
         """Cell id for every point: the cell holding it, else the nearest cell."""
         if self._index is None:
             self._index = PolygonIndex(self.cells.geometry.to_numpy())
-        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-        points = shapely.points(lon, lat)
-        cell = self._index.containing(points)
-        outside = np.flatnonzero(cell < 0)
-        if outside.size:
-            cell[outside] = self._index.nearest(points[outside], lat[outside])[0]
-        return cell
+        return _assign(self._index, lat, lon)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -100,35 +94,58 @@ class CellPartition:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_assignment(
+    def from_geometry(
         cls,
         kind: str,
         geometry: np.ndarray,
-        sample_cell: np.ndarray,
         lat: np.ndarray,
         lon: np.ndarray,
         labels: pd.DataFrame | None,
         params: dict,
     ) -> CellPartition:
-        """Cells from polygons and the training samples' cell ids.
+        """Cells from polygons and the training samples that fall in them.
 
-        Centroids are spherical means of the samples in each cell; labels are their
-        majority country and region. Cells without samples are dropped.
+        Samples are assigned exactly as :meth:`assign` will assign them later; centroids
+        are their spherical means (or, when that mean falls outside a multi-piece cell,
+        the cell's sample nearest to it), labels their majority country and region.
+        Cells without samples are dropped (points there go to the nearest cell).
         """
-        n = len(geometry)
-        counts = np.bincount(sample_cell, minlength=n)
+        geometry = np.asarray(geometry, dtype=object)
+        sample_cell = _assign(PolygonIndex(geometry), lat, lon)
+        counts = np.bincount(sample_cell, minlength=len(geometry))
         keep = np.flatnonzero(counts > 0)
+        order = np.argsort(sample_cell, kind="stable")
+        bounds = (
+            np.searchsorted(sample_cell[order], keep, side="left"),
+            np.searchsorted(sample_cell[order], keep, side="right"),
+        )
         rows = []
-        for c in keep:
-            sel = sample_cell == c
+        for c, lo, hi in zip(keep, *bounds):
+            sel = order[lo:hi]
             clat, clon = spherical_mean(lat[sel], lon[sel])
+            if not shapely.intersects(geometry[c], shapely.Point(clon, clat)):
+                # the mean of a cell made of several pieces (islands) can fall outside it:
+                # take the cell's own sample nearest to that mean instead
+                best = sel[np.argmin(haversine_km(clat, clon, lat[sel], lon[sel]))]
+                clat, clon = lat[best], lon[best]
             row = {"latitude": float(clat), "longitude": float(clon), "count": int(counts[c])}
-            row.update(_majority_labels(labels[sel] if labels is not None else None))
+            row.update(_majority_labels(labels.iloc[sel] if labels is not None else None))
             rows.append(row)
         frame = pd.DataFrame(rows)
         frame["name"] = _cell_names(frame)
         cells = gpd.GeoDataFrame(frame, geometry=list(geometry[keep]), crs=4326)
         return cls(kind=kind, cells=cells, params=params)
+
+
+def _assign(index: PolygonIndex, lat, lon) -> np.ndarray:
+    """Containing polygon, else nearest polygon, for every point."""
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    points = shapely.points(lon, lat)
+    cell = index.containing(points)
+    outside = np.flatnonzero(cell < 0)
+    if outside.size:
+        cell[outside] = index.nearest(points[outside], lat[outside])[0]
+    return cell
 
 
 def _mode(values: pd.Series) -> str:
@@ -171,44 +188,55 @@ def _cell_names(frame: pd.DataFrame) -> list[str]:
 
 
 def merge_small_pieces(
-    geometry: np.ndarray, counts: np.ndarray, min_count: int, groups: np.ndarray | None = None
+    geometry: np.ndarray,
+    counts: np.ndarray,
+    min_count: float,
+    groups: np.ndarray | None = None,
+    nearest_fallback: bool = False,
 ) -> np.ndarray:
-    """Merge pieces holding fewer than ``min_count`` samples into a touching neighbour.
+    """Merge pieces holding fewer than ``min_count`` samples (or any size measure) into a neighbour.
 
     Greedy from the smallest piece up: each small piece joins the touching piece (of the
     same group when ``groups`` is given, e.g. the same country) with the fewest samples,
-    which keeps cells contiguous and balanced. Pieces with no eligible neighbour stay.
-    Returns, for each input piece, the index of the merged cell it belongs to (0..k-1).
+    which keeps cells contiguous and balanced. With ``nearest_fallback`` a piece with no
+    touching candidate (an island) joins the nearest piece of its group instead; otherwise
+    it stays as it is. Returns, for each input piece, the index of its merged cell (0..k-1).
     """
     n = len(geometry)
+    geometry = np.asarray(geometry, dtype=object)
     owner = np.arange(n)
-    geoms = list(geometry)
-    counts = counts.astype(np.int64).copy()
+    counts = np.asarray(counts, dtype=np.float64).copy()
     alive = np.ones(n, bool)
-    tree = shapely.STRtree(np.asarray(geometry, dtype=object))
-    neighbours = [set() for _ in range(n)]
-    a, b = tree.query(np.asarray(geometry, dtype=object), predicate="intersects")
-    for i, j in zip(a, b):
+    tree = shapely.STRtree(geometry)
+    neighbours: list[set[int]] = [set() for _ in range(n)]
+    a, b = tree.query(geometry, predicate="intersects")
+    for i, j in zip(a.tolist(), b.tolist()):
         if i != j:
             neighbours[i].add(j)
+    centres = shapely.get_coordinates(shapely.point_on_surface(geometry)) if nearest_fallback else None
     stuck: set[int] = set()
     while True:
         small = [i for i in np.flatnonzero(alive & (counts < min_count)) if i not in stuck]
         if not small:
             break
         i = min(small, key=lambda k: (counts[k], k))
-        cand = [j for j in neighbours[i] if alive[j] and (groups is None or groups[j] == groups[i])]
+        group = groups[i] if groups is not None else None
+        cand = [j for j in neighbours[i] if alive[j] and (group is None or groups[j] == group)]
+        if not cand and nearest_fallback:
+            others = np.flatnonzero(alive & (np.arange(n) != i))
+            others = [j for j in others if group is None or groups[j] == group]
+            if others:
+                d = haversine_km(centres[i, 1], centres[i, 0], centres[others, 1], centres[others, 0])
+                cand = [others[int(np.argmin(d))]]
         if not cand:
             stuck.add(i)
             continue
         j = min(cand, key=lambda k: (counts[k], k))
-        geoms[j] = shapely.union(geoms[j], geoms[i])
         counts[j] += counts[i]
         alive[i] = False
         owner[owner == i] = j
         neighbours[j] |= neighbours[i]
-        neighbours[j].discard(j)
-        neighbours[j].discard(i)
+        neighbours[j] -= {i, j}
         for k in neighbours[i]:
             neighbours[k].discard(i)
             if k != j:
@@ -216,6 +244,18 @@ def merge_small_pieces(
         stuck.discard(j)
     _, merged = np.unique(owner, return_inverse=True)
     return merged
+
+
+def _collect(geometry: np.ndarray, membership: np.ndarray, dissolve: bool) -> np.ndarray:
+    """One geometry per merged cell: dissolved (cheap boxes) or a multipolygon of the parts."""
+    out = []
+    for m in range(membership.max() + 1):
+        members = geometry[membership == m]
+        if dissolve:
+            out.append(shapely.union_all(members))
+        else:
+            out.append(shapely.multipolygons(shapely.get_parts(members)))
+    return np.array(out, dtype=object)
 
 
 def fit_quadtree(
@@ -253,19 +293,128 @@ def fit_quadtree(
             stack.append((bx0, by0, bx1, by1, idx[sel], depth + 1))
     leaves.sort(key=lambda b: (b[1], b[0]))
     boxes = shapely.box(*np.asarray(leaves).T)
-    leaf_of = PolygonIndex(boxes).containing(shapely.points(lon, lat))
-    counts = np.bincount(leaf_of, minlength=len(boxes))
+    counts = np.bincount(_assign(PolygonIndex(boxes), lat, lon), minlength=len(boxes))
     merged = merge_small_pieces(boxes, counts, min_samples)
-    geometry = np.array([shapely.union_all(boxes[merged == m]) for m in range(merged.max() + 1)], dtype=object)
     params = {"max_samples": max_samples, "min_samples": min_samples, "max_depth": max_depth}
-    return CellPartition.from_assignment("quadtree", geometry, merged[leaf_of], lat, lon, labels, params)
+    return CellPartition.from_geometry("quadtree", _collect(boxes, merged, dissolve=True), lat, lon, labels, params)
 
 
-CELL_FITTERS = {"quadtree": fit_quadtree}
+def _land_parts(boundaries: gpd.GeoDataFrame, simplify_deg: float) -> np.ndarray:
+    parts = shapely.get_parts(boundaries.geometry.to_numpy())
+    if simplify_deg > 0:
+        parts = shapely.simplify(parts, simplify_deg, preserve_topology=True)
+    parts = parts[~shapely.is_empty(parts)]
+    return shapely.make_valid(parts)
 
 
-def fit_cells(kind: str, lat, lon, labels: pd.DataFrame | None = None, **params) -> CellPartition:
-    """Fit a partition of the given ``kind`` (one of :data:`CELL_FITTERS`)."""
+def fit_fishnet(
+    lat,
+    lon,
+    labels: pd.DataFrame | None = None,
+    boundaries: gpd.GeoDataFrame | None = None,
+    cell_deg: float = 2.0,
+    min_area_fraction: float = 0.1,
+    simplify_deg: float = 0.02,
+) -> CellPartition:
+    """Fishnet cells (seed 001): a ``cell_deg`` grid clipped to land; pieces smaller than
+    ``min_area_fraction`` of a full square are merged into a touching neighbour. Cells
+    without training samples are dropped.
+    """
+    from .boundaries import load_boundaries
+
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    land = _land_parts(
+        load_boundaries(boundaries) if not isinstance(boundaries, gpd.GeoDataFrame) else boundaries, simplify_deg
+    )
+    xs = np.arange(-180.0, 180.0, cell_deg)
+    ys = np.arange(-90.0, 90.0, cell_deg)
+    gx, gy = np.meshgrid(xs, ys)
+    squares = shapely.box(
+        gx.ravel(), gy.ravel(), np.minimum(gx.ravel() + cell_deg, 180.0), np.minimum(gy.ravel() + cell_deg, 90.0)
+    )
+    sq, part = shapely.STRtree(land).query(squares, predicate="intersects")
+    clipped = shapely.intersection(squares[sq], land[part])
+    keep = ~shapely.is_empty(clipped) & (shapely.area(clipped) > 0)
+    sq, clipped = sq[keep], clipped[keep]
+    order = np.argsort(sq, kind="stable")
+    uniq, start = np.unique(sq[order], return_index=True)
+    pieces = np.array(
+        [shapely.union_all(clipped[order][a:b]) for a, b in zip(start, np.r_[start[1:], len(order)])], dtype=object
+    )
+    fraction = shapely.area(pieces) / shapely.area(squares[uniq])
+    merged = merge_small_pieces(pieces, fraction, min_area_fraction)
+    params = {"cell_deg": cell_deg, "min_area_fraction": min_area_fraction, "simplify_deg": simplify_deg}
+    return CellPartition.from_geometry("fishnet", _collect(pieces, merged, dissolve=True), lat, lon, labels, params)
+
+
+def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int) -> list:
+    """Split a cell at the median of its samples along its wider axis until each part is small enough."""
+    if idx.size <= max_samples:
+        return [geom]
+    la, lo = lat[idx], lon[idx]
+    wide_lon = (lo.max() - lo.min()) * np.cos(np.deg2rad(np.median(la))) >= la.max() - la.min()
+    values = lo if wide_lon else la
+    m = float(np.median(values))
+    low, high = values < m, values >= m
+    if not low.any() or not high.any():  # all samples on one line: cannot split further
+        return [geom]
+    if wide_lon:
+        half_low, half_high = shapely.box(-180, -90, m, 90), shapely.box(m, -90, 180, 90)
+    else:
+        half_low, half_high = shapely.box(-180, -90, 180, m), shapely.box(-180, m, 180, 90)
+    return _bisect(shapely.intersection(geom, half_low), lat, lon, idx[low], max_samples) + _bisect(
+        shapely.intersection(geom, half_high), lat, lon, idx[high], max_samples
+    )
+
+
+def fit_semantic(
+    lat,
+    lon,
+    labels: pd.DataFrame | None = None,
+    boundaries: gpd.GeoDataFrame | None = None,
+    min_samples: int = 50,
+    max_samples: int = 1000,
+) -> CellPartition:
+    """Semantic cells (PIGEON-style) from admin-1 regions.
+
+    Regions with fewer than ``min_samples`` training samples merge into a touching
+    region of the same country (an island into the nearest region of its country);
+    cells with more than ``max_samples`` are split at the median of their samples along
+    their wider axis, recursively (a simpler stand-in for PIGEON's clustering + Voronoi
+    that keeps cells contiguous).
+    """
+    from .boundaries import load_boundaries
+
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    regions = boundaries if isinstance(boundaries, gpd.GeoDataFrame) else load_boundaries(boundaries)
+    geoms = regions.geometry.to_numpy()
+    row = _assign(PolygonIndex(geoms), lat, lon)
+    counts = np.bincount(row, minlength=len(geoms))
+    merged = merge_small_pieces(
+        geoms, counts, min_samples, groups=regions["country_code"].to_numpy(), nearest_fallback=True
+    )
+    cells = _collect(geoms, merged, dissolve=False)
+    sample_cell = merged[row]
+    pieces = []
+    for c, geom in enumerate(cells):
+        pieces.extend(_bisect(geom, lat, lon, np.flatnonzero(sample_cell == c), max_samples))
+    pieces = [p for p in pieces if not shapely.is_empty(p)]
+    params = {"min_samples": min_samples, "max_samples": max_samples}
+    return CellPartition.from_geometry("semantic", np.array(pieces, dtype=object), lat, lon, labels, params)
+
+
+CELL_FITTERS = {"quadtree": fit_quadtree, "fishnet": fit_fishnet, "semantic": fit_semantic}
+NEEDS_BOUNDARIES = {"fishnet", "semantic"}
+
+
+def fit_cells(
+    kind: str, lat, lon, labels: pd.DataFrame | None = None, boundaries: gpd.GeoDataFrame | None = None, **params
+) -> CellPartition:
+    """Fit a partition of the given ``kind`` (one of :data:`CELL_FITTERS`) on training samples."""
     if kind not in CELL_FITTERS:
         raise ValueError(f"unknown cell partition kind {kind!r}; choose one of {sorted(CELL_FITTERS)}")
+    if np.asarray(lat).size == 0:
+        raise ValueError("cannot fit geocells without training samples")
+    if kind in NEEDS_BOUNDARIES:
+        params["boundaries"] = boundaries
     return CELL_FITTERS[kind](lat, lon, labels, **params)
