@@ -37,19 +37,46 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _dataset_build(args: argparse.Namespace) -> int:
-    from .data.bluemarble import TileSpec, build_bluemarble
+    from .data.filters import ImageFilter
+    from .data.pipeline import BuildConfig, build_dataset
 
-    if args.layout != "bluemarble":
-        raise SystemExit(f"layout {args.layout!r} is not supported yet; supported: bluemarble")
-    report = build_bluemarble(
-        args.output,
-        {"train": args.train, "validation": args.validation, "test": args.test},
-        TileSpec(tile_px=args.tile_px, block_px=args.block_px or 2 * args.tile_px, seed=args.seed),
-        cells=args.cells,
+    cfg = BuildConfig(
+        layout=args.layout,
+        input=args.input,
+        output=args.output,
         boundaries=args.boundaries,
+        cells=args.cells,
+        filter=args.filter,
+        image_filter=ImageFilter(args.min_channel_variance, args.min_laplacian_variance),
+        dedupe=args.dedupe,
+        balance=args.balance,
+        split_by=args.split_by,
+        fractions=tuple(args.fractions),
+        block_deg=args.block_deg,
+        buffer_km=args.buffer_km,
+        fix_swapped=args.fix_swapped,
+        max_side=args.max_side,
+        seed=args.seed,
+        num_proc=args.num_proc,
         overwrite=args.overwrite,
+        repo_id=args.repo_id,
+        tiles={"train": args.train, "validation": args.validation, "test": args.test},
+        tile_px=args.tile_px,
+        block_px=args.block_px,
     )
+    report = build_dataset(cfg)
     print(f"wrote {args.output}: {report.splits}, cells {report.partitions}, {report.images_per_second:.0f} images/s")
+    skipped = {k: v for k, v in report.processing.items() if k.startswith("skipped")}
+    if skipped:
+        print("skipped: " + ", ".join(f"{k[9:]} {v}" for k, v in skipped.items()) + " (see skipped.csv)")
+    return 0
+
+
+def _dataset_push(args: argparse.Namespace) -> int:
+    from .hub.publish import push_folder
+
+    info = push_folder(args.folder, args.repo_id, kind="dataset", private=args.private)
+    print(f"pushed {args.folder} to {getattr(info, 'commit_url', args.repo_id)}")
     return 0
 
 
@@ -86,19 +113,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("dataset", help="build datasets")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
-    build = ds_sub.add_parser("build", help="build a labelled Hub-ready dataset folder")
-    build.add_argument("--layout", required=True, choices=["bluemarble"])
+    build = ds_sub.add_parser("build", help="build a labelled Hub-ready dataset folder from raw images")
+    build.add_argument(
+        "--layout", required=True, choices=["lost-and-found", "grid-folders", "imagefolder", "bluemarble"]
+    )
+    build.add_argument("--input", help="raw folder (not for bluemarble)")
     build.add_argument("--output", required=True)
-    build.add_argument("--boundaries", default=None)
-    build.add_argument("--cells", nargs="+", default=["quadtree"], help="e.g. quadtree:max_samples=60,min_samples=15")
-    build.add_argument("--train", type=int, default=4000)
-    build.add_argument("--validation", type=int, default=500)
-    build.add_argument("--test", type=int, default=500)
-    build.add_argument("--tile-px", dest="tile_px", type=int, default=64)
-    build.add_argument("--block-px", dest="block_px", type=int, default=None)
+    build.add_argument("--boundaries", default=None, help="boundary file (default: Natural Earth admin-1 if found)")
+    build.add_argument(
+        "--cells",
+        nargs="+",
+        default=["semantic", "quadtree"],
+        help="partitions NAME=KIND:k=v,... e.g. semantic:min_samples=50 quadtree:max_samples=100 fishnet:cell_deg=2",
+    )
+    build.add_argument(
+        "--filter",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drop dark/blank and blurry images (undecodable ones are always dropped)",
+    )
+    build.add_argument("--min-channel-variance", dest="min_channel_variance", type=float, default=100.0)
+    build.add_argument("--min-laplacian-variance", dest="min_laplacian_variance", type=float, default=15.0)
+    build.add_argument(
+        "--dedupe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep only the first location at each coordinate",
+    )
+    build.add_argument("--balance", default=None, help="reference:FILE[,min_share=..,slack=..] or cap:N")
+    build.add_argument("--split-by", dest="split_by", choices=["location", "block"], default="location")
+    build.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    build.add_argument("--block-deg", dest="block_deg", type=float, default=1.0, help="block size for --split-by block")
+    build.add_argument(
+        "--buffer-km",
+        dest="buffer_km",
+        type=float,
+        default=0.0,
+        help="drop validation/test images this close to a training image",
+    )
+    build.add_argument(
+        "--fix-swapped",
+        dest="fix_swapped",
+        action="store_true",
+        help="swap latitude/longitude where only the swapped order lands on land (reported)",
+    )
+    build.add_argument("--max-side", dest="max_side", type=int, default=None, help="shrink larger images")
+    build.add_argument("--num-proc", dest="num_proc", type=int, default=1)
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
     build.add_argument("--overwrite", action="store_true")
+    build.add_argument("--train", type=int, default=4000, help="bluemarble: training tiles")
+    build.add_argument("--validation", type=int, default=500, help="bluemarble: validation tiles")
+    build.add_argument("--test", type=int, default=500, help="bluemarble: test tiles")
+    build.add_argument("--tile-px", dest="tile_px", type=int, default=64, help="bluemarble: tile side")
+    build.add_argument("--block-px", dest="block_px", type=int, default=None, help="bluemarble: split block side")
     build.set_defaults(func=_dataset_build)
+
+    push = ds_sub.add_parser("push", help="upload a dataset folder to the Hub in one commit")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", dest="repo_id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_dataset_push)
 
     sub.add_parser("train", help="fine-tune a model (same flags as scripts/train.py; --help for all)", add_help=False)
     return parser

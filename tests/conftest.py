@@ -70,3 +70,76 @@ def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
     )
     run_training(ModelArguments(image_size=32), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args)
     return out
+
+
+class HubServer:
+    """``olah`` serving plain git repos over the Hub API on 127.0.0.1 (offline)."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def publish(self, folder: Path, repo_id: str, repo_type: str = "dataset") -> Path:
+        """Commit ``folder`` as the ``main`` branch of ``repo_id`` (what a push would have uploaded)."""
+        import shutil
+        import subprocess
+
+        target = self.root / "mirrors" / f"{repo_type}s" / repo_id
+        shutil.copytree(folder, target)
+        git = ["git", "-c", "user.email=ci@geohf", "-c", "user.name=geohf-ci", "-C", str(target)]
+        subprocess.run(["git", "init", "-q", "-b", "main", str(target)], check=True)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "upload"], check=True)
+        return target
+
+    def env(self, home: Path) -> dict:
+        """Environment for a client process talking to this server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(
+            {
+                "HF_ENDPOINT": self.endpoint,
+                "HF_HOME": str(home),
+                "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+            }
+        )
+        return env
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """A local Hub (olah) for every load-from-Hub path."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("hub")
+    (root / "mirrors").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = root / "olah.toml"
+    config.write_text(
+        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{root / "cache"}"\n'
+        f'mirrors-path = ["{root / "mirrors"}"]\n[accessibility]\noffline = true\n'
+    )
+    olah = Path(sys.executable).with_name("olah-cli")
+    proc = subprocess.Popen([str(olah), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models/none/none", timeout=2)
+        except urllib.error.HTTPError:
+            break  # the server answers
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("olah did not start")
+            time.sleep(0.5)
+        else:
+            break
+    yield HubServer(root, port)
+    proc.terminate()
+    proc.wait(timeout=10)

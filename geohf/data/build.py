@@ -26,6 +26,7 @@ from ..geo.labelling import LABEL_COLUMNS
 from ..hub.cards import render_dataset_card
 from ..plots import plot_locations
 from .folder import SplitInfo, write_dataset_folder
+from .skips import SkipLog
 
 CELLS_DIR = "cells"
 BUILD_REPORT = "build_report.json"
@@ -44,6 +45,10 @@ COLUMN_MEANINGS = {
     "source_file": "file the image came from",
     "tile_x": "left pixel of the tile in the source image",
     "tile_y": "top pixel of the tile in the source image",
+    "view": "index of the view among the images of its location",
+    "grid": "grid cell the collector sampled this location for (seed 001 layout)",
+    "provider": "image provider (streetview, mapillary...)",
+    "provider_id": "the provider's id of the image or panorama",
 }
 
 
@@ -98,6 +103,10 @@ def features_for(frame: pd.DataFrame, partitions: dict[str, CellPartition]) -> F
         "heading": Value("float32"),
         "capture_date": Value("string"),
         "source_file": Value("string"),
+        "view": Value("int32"),
+        "grid": Value("string"),
+        "provider": Value("string"),
+        "provider_id": Value("string"),
         "tile_x": Value("int32"),
         "tile_y": Value("int32"),
     }
@@ -105,16 +114,17 @@ def features_for(frame: pd.DataFrame, partitions: dict[str, CellPartition]) -> F
     return Features(feats)
 
 
-def fit_partitions(frame: pd.DataFrame, specs: list[CellSpec]) -> dict[str, CellPartition]:
+def fit_partitions(frame: pd.DataFrame, specs: list[CellSpec], boundaries=None) -> dict[str, CellPartition]:
     """Fit each partition on the training rows only."""
     train = frame[frame["split"] == "train"]
     if train.empty:
         raise ValueError("no training rows: geocells are fitted on the training split")
     labels = train[LABEL_COLUMNS].reset_index(drop=True)
-    return {
-        s.name: fit_cells(s.kind, train["latitude"].to_numpy(), train["longitude"].to_numpy(), labels, **s.params)
-        for s in specs
-    }
+    lat, lon = train["latitude"].to_numpy(), train["longitude"].to_numpy()
+    out = {}
+    for spec in tqdm(specs, desc="fitting geocells", unit="partition", leave=False):
+        out[spec.name] = fit_cells(spec.kind, lat, lon, labels, boundaries=boundaries, **spec.params)
+    return out
 
 
 def _rows(
@@ -136,6 +146,8 @@ def write_labelled_dataset(
     labelling: dict[str, Any] | None = None,
     overwrite: bool = False,
     rows_per_shard: int = 5000,
+    skips: SkipLog | None = None,
+    boundaries=None,
 ) -> BuildReport:
     """Fit cells, assign them, and write the dataset folder with card, map and partitions.
 
@@ -144,9 +156,11 @@ def write_labelled_dataset(
             columns and any optional columns (``location_id``...).
         load_image: row → ``{"bytes": ..., "path": ...}``.
         card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
+        skips: inputs left out earlier; written to ``skipped.csv``.
+        boundaries: boundary table for the partitions that need one (semantic, fishnet).
     """
     start = time.perf_counter()
-    partitions = fit_partitions(frame, cell_specs)
+    partitions = fit_partitions(frame, cell_specs, boundaries)
     frame = frame.copy()
     for name, part in partitions.items():
         frame[f"cell_{name}"] = part.assign(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
@@ -157,6 +171,8 @@ def write_labelled_dataset(
     processing = dict(processing or {})
 
     def side_files(root: Path) -> None:
+        if skips is not None and (skips.entries or skips.fixes):
+            skips.write_csv(root / "skipped.csv")
         (root / CELLS_DIR).mkdir()
         for name, part in partitions.items():
             part.save(root / CELLS_DIR / f"{name}.parquet")
@@ -174,7 +190,7 @@ def write_labelled_dataset(
             seconds=time.perf_counter() - start,
         )
         (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
-        return dataset_card_text(frame, features, infos, partitions, processing, card)
+        return dataset_card_text(frame, features, infos, partitions, processing, card, labelling or {})
 
     write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite)
     report = json.loads((Path(output_dir) / BUILD_REPORT).read_text())
@@ -189,6 +205,7 @@ def dataset_card_text(
     partitions: dict[str, CellPartition],
     processing: dict[str, int],
     card: dict[str, Any],
+    labelling: dict[str, Any] | None = None,
 ) -> str:
     """README.md of a dataset folder."""
     from .folder import yaml_metadata
@@ -226,6 +243,7 @@ def dataset_card_text(
             for name, p in partitions.items()
         ],
         processing=processing,
+        labelling=labelling or {},
         boundaries=card.get("boundaries", ""),
         max_distance_km=card.get("max_distance_km", 25),
         source=card.get("source", "to fill: where the images come from"),

@@ -1,0 +1,244 @@
+"""Readers for raw image layouts: each turns a folder into one row per image.
+
+Every reader returns a DataFrame with ``source_file, latitude, longitude`` and whatever
+else the layout knows (``location_id``, ``heading``, ``capture_date``, ``view``, ``grid``,
+the file's own labels as ``file_country_code`` / ``file_country`` / ``file_region``).
+Coordinates are returned as read, unvalidated; anything unreadable is recorded in the
+:class:`~geohf.data.skips.SkipLog` with the file and the fix.
+
+Layouts:
+
+* ``lost-and-found`` (seed 004, Kaggle "street-location-images"): ``location_<id>.png`` +
+  ``location_<id>.json`` pairs, or ``geoguessr_location_<mode>_<id>.png`` +
+  ``geoguessr_result_<mode>_<id>.json``; JSON ``{"coordinates": [lat, lon], "country_name",
+  "country_code", "regions": [[name, "POINT (lon lat)"], ...]}``.
+* ``grid-folders`` (seed 001): ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` or the flattened
+  ``<grid>+<lat>,<lon>+<n>-<yyyy>-<mm>.jpg``; all images of one ``<lat>,<lon>`` are views of
+  one location.
+* ``imagefolder``: images + ``metadata.csv`` / ``metadata.jsonl`` / ``metadata.parquet`` with
+  ``file_name, latitude, longitude`` (and optionally ``location_id, heading, capture_date,
+  provider, provider_id``), the layout ``geohf collect run`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .skips import SkipLog
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic"}
+METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
+STAGE = "read"
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check_root(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder {root} does not exist")
+    return root
+
+
+# ------------------------------------------------------------------ lost-and-found
+_LAF_IMAGE = re.compile(r"^(?:geoguessr_location_(?P<mode>.+)_|location_)(?P<id>[^/]+)$")
+
+
+def _laf_json_for(image: Path) -> tuple[Path, str] | None:
+    m = _LAF_IMAGE.match(image.stem)
+    if m is None:
+        return None
+    if m["mode"] is not None:
+        return image.with_name(f"geoguessr_result_{m['mode']}_{m['id']}.json"), f"{m['mode']}_{m['id']}"
+    return image.with_name(f"location_{m['id']}.json"), m["id"]
+
+
+def _coordinates(value) -> tuple[object, object] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return value[0], value[1]
+    if isinstance(value, dict) and {"lat", "lng"} <= set(value):
+        return value["lat"], value["lng"]
+    return None
+
+
+def read_lost_and_found(root: str | Path, log: SkipLog) -> pd.DataFrame:
+    """Image + JSON pairs of the lost-and-found (street-location-images) dataset."""
+    root = _check_root(root)
+    rows, paired_json = [], set()
+    for image in _images(root):
+        found = _laf_json_for(image)
+        if found is None:
+            log.skip(
+                STAGE,
+                image,
+                "unexpected file name: lost-and-found images are location_<id>.png or "
+                "geoguessr_location_<mode>_<id>.png",
+            )
+            continue
+        meta_path, location_id = found
+        if not meta_path.is_file():
+            log.skip(STAGE, image, f"no JSON beside the image: expected {meta_path.name}")
+            continue
+        paired_json.add(meta_path)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.skip(STAGE, meta_path, f"unreadable JSON: {err}; fix or delete the file")
+            continue
+        if not isinstance(meta, dict):
+            log.skip(STAGE, meta_path, f"JSON is not an object: got {type(meta).__name__}")
+            continue
+        coords = _coordinates(meta.get("coordinates"))
+        if coords is None:
+            log.skip(STAGE, meta_path, 'no coordinates: the JSON needs "coordinates": [lat, lon]')
+            continue
+        regions = meta.get("regions") or []
+        first_region = regions[0][0] if regions and isinstance(regions[0], (list, tuple)) else ""
+        rows.append(
+            {
+                "source_file": str(image),
+                "latitude": coords[0],
+                "longitude": coords[1],
+                "location_id": location_id,
+                "file_country_code": str(meta.get("country_code") or ""),
+                "file_country": str(meta.get("country_name") or ""),
+                "file_region": str(first_region or ""),
+            }
+        )
+    for meta_path in sorted(root.rglob("*.json")):
+        if meta_path not in paired_json and _LAF_IMAGE.match(
+            meta_path.stem.replace("geoguessr_result_", "geoguessr_location_")
+        ):
+            log.skip(STAGE, meta_path, "no image beside the JSON: expected a .png with the same id")
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "source_file",
+            "latitude",
+            "longitude",
+            "location_id",
+            "file_country_code",
+            "file_country",
+            "file_region",
+        ],
+    )
+
+
+# ------------------------------------------------------------------ grid folders
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_GRID_NESTED = re.compile(
+    rf"^(?P<grid>[^/]+)/(?P<lat>{_NUM})\s*,\s*(?P<lon>{_NUM})/(?P<n>\d+)\s*-\s*(?P<y>\d{{4}})\s*-\s*(?P<m>\d{{1,2}})$"
+)
+_GRID_FLAT = re.compile(
+    rf"^(?P<grid>[^+/]+?)\s*\+\s*(?P<lat>{_NUM})\s*,\s*(?P<lon>{_NUM})\s*\+\s*(?P<n>\d+)\s*-\s*(?P<y>\d{{4}})"
+    rf"\s*-\s*(?P<m>\d{{1,2}})$"
+)
+
+
+def read_grid_folders(root: str | Path, log: SkipLog) -> pd.DataFrame:
+    """Seed 001's ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` folders (or the flattened ``+`` names)."""
+    root = _check_root(root)
+    rows = []
+    for image in _images(root):
+        rel = image.relative_to(root).with_suffix("").as_posix()
+        m = _GRID_NESTED.match(rel) or _GRID_FLAT.match(image.stem)
+        if m is None:
+            log.skip(
+                STAGE,
+                image,
+                "unexpected path: grid-folders images are <grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg "
+                "or <grid>+<lat>,<lon>+<n>-<yyyy>-<mm>.jpg",
+            )
+            continue
+        rows.append(
+            {
+                "source_file": str(image),
+                "latitude": m["lat"],
+                "longitude": m["lon"],
+                "location_id": f"{float(m['lat']):.6f},{float(m['lon']):.6f}",
+                "view": int(m["n"]),
+                "capture_date": f"{m['y']}-{int(m['m']):02d}",
+                "grid": m["grid"].strip(),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["source_file", "latitude", "longitude", "location_id", "view", "capture_date", "grid"]
+    )
+
+
+# ------------------------------------------------------------------ imagefolder
+def read_metadata_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"file_name": str, "location_id": str, "capture_date": str})
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype={"file_name": str, "location_id": str, "capture_date": str})
+    return pd.read_parquet(path)
+
+
+def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
+    """Images with a ``metadata.csv|jsonl|parquet`` table (``file_name, latitude, longitude``)."""
+    root = _check_root(root)
+    found = [root / name for name in METADATA_FILES if (root / name).is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"{root} has no {' / '.join(METADATA_FILES)}: imagefolder needs a metadata table "
+            "with file_name, latitude, longitude"
+        )
+    if len(found) > 1:
+        raise ValueError(f"{root} has several metadata tables {[p.name for p in found]}: keep one")
+    try:
+        table = read_metadata_table(found[0])
+    except Exception as err:
+        raise ValueError(f"{found[0]} could not be read ({err}); fix or re-export it") from err
+    missing = [c for c in ("file_name", "latitude", "longitude") if c not in table]
+    if missing:
+        raise ValueError(
+            f"{found[0]} has no column(s) {missing}: imagefolder metadata needs file_name, latitude, longitude"
+        )
+    rows = []
+    for i, rec in enumerate(table.to_dict("records")):
+        name = rec.get("file_name")
+        where = f"{found[0].name} row {i + 2 if found[0].suffix == '.csv' else i + 1} ({name})"
+        if not isinstance(name, str) or not name:
+            log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
+            continue
+        path = root / name
+        if not path.is_file():
+            log.skip(STAGE, where, f"file not found: {path}")
+            continue
+        row = {"source_file": str(path), "latitude": rec["latitude"], "longitude": rec["longitude"]}
+        row.update({c: rec[c] for c in IMAGEFOLDER_COLUMNS if c in rec and pd.notna(rec[c])})
+        rows.append(row)
+    columns = ["source_file", "latitude", "longitude", *[c for c in IMAGEFOLDER_COLUMNS if c in table]]
+    frame = pd.DataFrame(rows, columns=columns)
+    if "location_id" in frame:
+        frame["location_id"] = frame["location_id"].astype(str)
+    return frame
+
+
+LAYOUTS: dict[str, Callable[[str | Path, SkipLog], pd.DataFrame]] = {
+    "lost-and-found": read_lost_and_found,
+    "grid-folders": read_grid_folders,
+    "imagefolder": read_imagefolder,
+}
+
+
+def read_layout(layout: str, root: str | Path, log: SkipLog) -> pd.DataFrame:
+    """Rows of one raw layout (see :data:`LAYOUTS`); an empty folder is an error."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or bluemarble")
+    frame = LAYOUTS[layout](root, log)
+    if frame.empty:
+        raise ValueError(
+            f"no usable images in {root} for layout {layout!r}"
+            + (f" ({len(log)} files skipped; first: {log.entries[0][1]}: {log.entries[0][2]})" if len(log) else "")
+        )
+    return frame

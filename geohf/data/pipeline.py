@@ -1,0 +1,174 @@
+"""Raw layout → labelled, clean, split dataset folder: the ``geohf dataset build`` pipeline.
+
+read → validate coordinates and label → check images (decode, dark/blank, blur) →
+drop duplicate locations → rebalance countries → split (by location or spatial block) →
+fit geocells on the training split → write Parquet shards, card, map, partitions and
+``skipped.csv``. Each stage shows a progress bar and counts what it drops.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..geo.boundaries import find_boundaries
+from ..geo.labelling import PointLabeller
+from .balance import BalanceSpec, balance
+from .build import BuildReport, CellSpec, write_labelled_dataset
+from .filters import ImageFilter, drop_duplicate_locations, filter_images, label_disagreements, validate_coordinates
+from .layouts import read_layout
+from .skips import SkipLog
+from .splits import assign_splits
+
+DEFAULT_CELLS = ("semantic", "quadtree")
+
+STREET_CARD = {
+    "pretty_name": "street-location-images",
+    "description": "Street-level images labelled with where they were taken (coordinates, country, admin-1 region, "
+    "geocells), built with `geohf dataset build`.",
+    "license": "other",
+    "license_text": "to fill: the licence of the source images",
+    "source": "to fill: where the images come from",
+    "collection": "to fill: how the images were collected",
+    "personal_data": "to fill: street-level images can show people, faces and licence plates; say how they were "
+    "handled",
+    "limitations": "Coverage follows where street-level imagery exists: some countries are over-represented and "
+    "others missing; models trained on it inherit that bias.",
+}
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``geohf dataset build`` takes (see the CLI for the flags)."""
+
+    layout: str
+    output: str
+    input: str | None = None
+    boundaries: str | None = None
+    cells: list[str] = field(default_factory=lambda: list(DEFAULT_CELLS))
+    filter: bool = True
+    image_filter: ImageFilter = field(default_factory=ImageFilter)
+    dedupe: bool = True
+    balance: str | None = None
+    split_by: str = "location"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    block_deg: float = 1.0
+    buffer_km: float = 0.0
+    fix_swapped: bool = False
+    max_side: int | None = None
+    seed: int = 0
+    num_proc: int = 1
+    overwrite: bool = False
+    repo_id: str | None = None
+    card: dict = field(default_factory=dict)
+    # bluemarble only
+    tiles: dict[str, int] = field(default_factory=lambda: {"train": 4000, "validation": 500, "test": 500})
+    tile_px: int = 64
+    block_px: int | None = None
+
+
+def shrink_image(data: bytes, max_side: int) -> bytes:
+    """Re-encode an image whose longer side exceeds ``max_side`` (same format; JPEG at quality 95)."""
+    with Image.open(io.BytesIO(data)) as im:
+        if max(im.size) <= max_side:
+            return data
+        fmt = im.format or "PNG"
+        im = im.convert("RGB") if fmt == "JPEG" else im
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        return buf.getvalue()
+
+
+def file_loader(max_side: int | None):
+    """Row → embedded image: the file's own bytes (optionally shrunk)."""
+
+    def load(row) -> dict:
+        data = Path(row["_path"]).read_bytes()
+        if max_side:
+            data = shrink_image(data, max_side)
+        return {"bytes": data, "path": row["source_file"]}
+
+    return load
+
+
+def build_dataset(cfg: BuildConfig) -> BuildReport:
+    """Build a dataset folder from a raw layout (or the Blue Marble tiles)."""
+    specs = [CellSpec.parse(c) for c in cfg.cells]
+    if cfg.layout == "bluemarble":
+        from .bluemarble import TileSpec, build_bluemarble
+
+        spec = TileSpec(
+            tile_px=cfg.tile_px, block_px=cfg.block_px or 2 * cfg.tile_px, seed=cfg.seed, fractions=cfg.fractions
+        )
+        return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
+    if cfg.input is None:
+        raise ValueError(f"--input is required for layout {cfg.layout!r}")
+    root = Path(cfg.input).resolve()
+    log = SkipLog()
+    labeller = PointLabeller(cfg.boundaries)
+    raw = read_layout(cfg.layout, root, log)
+    found = len(raw) + len(log)
+    frame = validate_coordinates(raw, labeller, log, cfg.fix_swapped)
+    n_disagree, examples = label_disagreements(frame)
+    frame = filter_images(frame, cfg.image_filter, log, cfg.num_proc, apply=cfg.filter)
+    if cfg.dedupe:
+        frame = drop_duplicate_locations(frame, log)
+    if cfg.balance:
+        frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
+    frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
+    if frame.empty:
+        raise ValueError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
+    frame["_path"] = frame["source_file"]
+    frame["source_file"] = [Path(p).relative_to(root).as_posix() for p in frame["_path"]]
+    log.entries = [(st, _relative(item, root), r) for st, item, r in log.entries]
+    log.fixes = [(st, _relative(item, root), r) for st, item, r in log.fixes]
+
+    processing = {"inputs found": found}
+    processing.update({f"skipped, {k}": v for k, v in log.counts().items()})
+    processing.update({f"fixed, {k}": v for k, v in log.fix_counts().items()})
+    processing["kept"] = len(frame)
+    labelling = {
+        "inside_polygon": int((frame["label_match"] == "inside").sum()),
+        "nearest_polygon": int((frame["label_match"] == "nearest").sum()),
+    }
+    if "file_country_code" in frame:
+        labelling.update(
+            {
+                "file_label_disagreements": n_disagree,
+                "examples": [{**e, "source_file": _relative(e["source_file"], root)} for e in examples],
+            }
+        )
+    card = {
+        **STREET_CARD,
+        "boundaries": cfg.boundaries or find_boundaries()[1],
+        "max_distance_km": labeller.max_distance_km,
+        "repo_id": cfg.repo_id or "<org>/street-location-images",
+        "command": f"geohf dataset build --layout {cfg.layout}",
+        "split_note": f"Split by {cfg.split_by} (seed {cfg.seed}, fractions {list(cfg.fractions)})"
+        + (f", validation/test images within {cfg.buffer_km:g} km of training dropped" if cfg.buffer_km else "")
+        + ".",
+        **cfg.card,
+    }
+    return write_labelled_dataset(
+        frame,
+        file_loader(cfg.max_side),
+        cfg.output,
+        specs,
+        card,
+        processing,
+        labelling,
+        cfg.overwrite,
+        skips=log,
+        boundaries=labeller.boundaries,
+    )
+
+
+def _relative(item: str, root: Path) -> str:
+    try:
+        return Path(item).relative_to(root).as_posix()
+    except ValueError:
+        return str(item)

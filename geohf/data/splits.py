@@ -1,0 +1,83 @@
+"""Train / validation / test splits that keep places apart, deterministic by seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..geo.sphere import EARTH_RADIUS_KM, latlon_to_xyz
+from .skips import SkipLog
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_groups(groups: pd.Series, fractions: tuple[float, ...], seed: int) -> np.ndarray:
+    """Split name per row such that each group lands in one split, by image count.
+
+    Groups are shuffled with ``seed`` and cut where the cumulative share of images
+    crosses the fractions.
+    """
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.size != 3 or (fractions < 0).any() or fractions.sum() <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test), got {fractions}")
+    codes, uniques = pd.factorize(groups, sort=True)
+    sizes = np.bincount(codes, minlength=len(uniques))
+    order = np.random.default_rng(seed).permutation(len(uniques))
+    cum = np.cumsum(sizes[order]) / sizes.sum()
+    bounds = np.cumsum(fractions / fractions.sum())
+    split_of_group = np.empty(len(uniques), dtype=np.int64)
+    split_of_group[order] = np.searchsorted(bounds[:-1], cum - 1e-12, side="right")
+    return np.asarray(SPLITS, dtype=object)[split_of_group[codes]]
+
+
+def block_ids(lat: np.ndarray, lon: np.ndarray, block_deg: float) -> pd.Series:
+    """Id of the ``block_deg`` × ``block_deg`` latitude/longitude block of each point."""
+    i = np.floor((np.asarray(lat) + 90.0) / block_deg).astype(np.int64)
+    j = np.floor((np.asarray(lon) + 180.0) / block_deg).astype(np.int64)
+    return pd.Series(i * 100_000 + j)
+
+
+def drop_near_train(frame: pd.DataFrame, buffer_km: float, log: SkipLog) -> pd.DataFrame:
+    """Drop validation/test rows closer than ``buffer_km`` to any training row (counted)."""
+    from scipy.spatial import cKDTree
+
+    train = frame["split"] == "train"
+    if buffer_km <= 0 or train.all() or not train.any():
+        return frame
+    xyz = latlon_to_xyz(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
+    chord = 2 * np.sin(buffer_km / EARTH_RADIUS_KM / 2)
+    dist, _ = cKDTree(xyz[train.to_numpy()]).query(xyz[~train.to_numpy()], distance_upper_bound=chord)
+    near = np.zeros(len(frame), bool)
+    near[np.flatnonzero(~train.to_numpy())[np.isfinite(dist)]] = True
+    for item, split in zip(frame["source_file"][near], frame["split"][near]):
+        log.skip("split", item, f"{split} image within {buffer_km:g} km of a training image")
+    return frame[~near].reset_index(drop=True)
+
+
+def assign_splits(
+    frame: pd.DataFrame,
+    by: str = "location",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    block_deg: float = 1.0,
+    buffer_km: float = 0.0,
+    log: SkipLog | None = None,
+) -> pd.DataFrame:
+    """Add a ``split`` column.
+
+    Args:
+        by: ``location`` — all images of one ``location_id`` (or each image alone) share a
+            split; ``block`` — all images in one ``block_deg`` latitude/longitude block do.
+        buffer_km: afterwards drop validation/test images this close to a training image.
+    """
+    if by == "location":
+        groups = frame["location_id"].astype(str) if "location_id" in frame else pd.Series(frame.index.astype(str))
+    elif by == "block":
+        groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
+    else:
+        raise ValueError(f"--split-by must be 'location' or 'block', got {by!r}")
+    out = frame.copy()
+    out["split"] = split_groups(groups.reset_index(drop=True), fractions, seed)
+    if buffer_km > 0:
+        out = drop_near_train(out, buffer_km, log if log is not None else SkipLog())
+    return out
