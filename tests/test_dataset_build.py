@@ -101,7 +101,8 @@ def test_lost_and_found_build_reports_every_bad_input(built_laf):
     for key, n in expected.items():
         assert p.get(key) == n, (key, p)
     assert p["kept"] == 61 == sum(report.splits.values())
-    rows = list(csv.DictReader(open(out / "skipped.csv")))
+    with open(out / "skipped.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 13
     swapped = next(r for r in rows if r["item"] == "location_swapped.png")
     assert "FR" in swapped["reason"] and "--fix-swapped" in swapped["reason"]
