@@ -14,11 +14,16 @@ from .modeling import (  # noqa: E402
 
 register_auto_classes()
 
+from .inference.pipeline import ImageGeolocationPipeline, register_pipeline  # noqa: E402
+
+register_pipeline()
+
 __all__ = [
     "GeoConfig",
     "GeoImageProcessor",
     "GeoModel",
     "GeoModelForImageGeolocation",
     "GeoModelOutput",
+    "ImageGeolocationPipeline",
     "build_model",
 ]

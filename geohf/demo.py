@@ -66,7 +66,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     say(f"    {report.splits} tiles, {report.partitions['quadtree']} geocells, {report.seconds:.0f} s")
 
-    model_args = ModelArguments(image_size=cfg.image_size, tau_km=cfg.tau_km, coordinate_radius_km=None)
+    model_args = ModelArguments(image_size=cfg.image_size, crop_pct=1.0, tau_km=cfg.tau_km)
     budget = cfg.minutes * 60 - (time.perf_counter() - start) - cfg.reserve_seconds
     steps = _steps_for_budget(model_args, str(dataset_dir), cfg, budget)
     say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (~{budget / 60:.1f} min budget)")

@@ -68,7 +68,9 @@ def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
         report_to=[],
         disable_tqdm=True,
     )
-    run_training(ModelArguments(image_size=32), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args)
+    run_training(
+        ModelArguments(image_size=32, crop_pct=1.0), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args
+    )
     return out
 
 

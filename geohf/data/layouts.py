@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .skips import SkipLog
 
@@ -38,7 +39,8 @@ STAGE = "read"
 
 
 def _images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return tqdm(paths, desc=f"reading {root.name}", unit="file", leave=False)
 
 
 def _check_root(root: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Batched prediction: images → coordinates, country, region, top-k cells with scores.
+"""Batched prediction: images → coordinates, country, region, top-k classes with scores.
 
 Everything is read from the model folder (config with cell centroids and their majority
 country/region, image processor), so inference needs no boundaries and no dataset.
@@ -16,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.transforms import GeoCollator, example_transform
+from ..geo.countries import country_name
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 
 
 @dataclass
 class CellTable:
-    """What the primary head's classes mean on the map."""
+    """What the primary head's classes mean on the map (NaN coordinates: a class without a centroid)."""
 
     names: list[str]
     latitude: np.ndarray
@@ -33,22 +34,36 @@ class CellTable:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> CellTable:
-        cells = spec.get("cells")
-        if not cells:
-            raise ValueError(f"head {spec['name']!r} has no cells: it cannot place images on the map")
-        n = len(spec["labels"])
+        """From a head spec: cell heads carry centroids and majority labels; country and
+        region heads map their classes to countries (``label_country`` for regions)."""
+        names = list(spec.get("labels") or [])
+        n = len(names)
+        cells = spec.get("cells") or {}
+        column = spec.get("label_column")
 
-        def col(key):
-            return np.asarray(cells.get(key) or [""] * n, dtype=object)
+        def col(key, default):
+            return np.asarray(cells.get(key) or default, dtype=object)
 
+        if cells:
+            country_code = col("country_code", [""] * n)
+        elif column == "country_code":
+            country_code = np.asarray(names, dtype=object)
+        else:
+            country_code = np.asarray(spec.get("label_country") or [""] * n, dtype=object)
+        region_code = col("region_code", names if column == "region_code" else [""] * n)
+        region = col("region", [""] * n)
+        nan = [np.nan] * n
         return cls(
-            names=list(spec["labels"]),
-            latitude=np.asarray(cells["latitude"], dtype=np.float64),
-            longitude=np.asarray(cells["longitude"], dtype=np.float64),
-            country_code=col("country_code"),
-            country=col("country"),
-            region=col("region"),
-            region_code=col("region_code"),
+            names=names,
+            latitude=np.asarray(cells.get("latitude") or nan, dtype=np.float64),
+            longitude=np.asarray(cells.get("longitude") or nan, dtype=np.float64),
+            country_code=country_code,
+            country=np.asarray(
+                [c if cells else country_name(cc) for cc, c in zip(country_code, col("country", country_code))],
+                dtype=object,
+            ),
+            region=region,
+            region_code=region_code,
         )
 
 
@@ -59,14 +74,64 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def _round(v: float, digits: int = 5):
+    return None if not np.isfinite(v) else round(float(v), digits)
+
+
+def format_predictions(cells: CellTable, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One JSON-able dict per image: coordinates, country, region, score, radius and top-k."""
+    out = []
+    for i in range(arrays["top_index"].shape[0]):
+        top = arrays["top_index"][i]
+        best = int(top[0])
+        record = {
+            "latitude": _round(arrays["latitude"][i]),
+            "longitude": _round(arrays["longitude"][i]),
+            "country_code": str(cells.country_code[best]),
+            "country": str(cells.country[best]),
+            "region": str(cells.region[best]),
+            "score": _round(arrays["top_score"][i][0]),
+        }
+        if "radius_km" in arrays:
+            record["radius_km"] = _round(arrays["radius_km"][i], 1)
+        record["top_k"] = [
+            {
+                "label": cells.names[j],
+                "score": _round(s),
+                "latitude": _round(cells.latitude[j]),
+                "longitude": _round(cells.longitude[j]),
+            }
+            for j, s in zip(top, arrays["top_score"][i])
+        ]
+        out.append(record)
+    return out
+
+
+def postprocess_outputs(model, outputs, top_k: int, mass: float | None = 0.5) -> dict[str, np.ndarray]:
+    """Model outputs → numpy arrays: coordinates, top-k classes and scores, probabilities, radius."""
+    probs = torch.softmax(outputs.logits.float(), dim=-1)
+    score, index = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    arrays = {"top_index": index.cpu().numpy(), "top_score": score.cpu().numpy(), "probs": probs.cpu().numpy()}
+    if outputs.coordinates is not None:
+        coords = outputs.coordinates.float()
+        arrays["latitude"], arrays["longitude"] = coords[:, 0].cpu().numpy(), coords[:, 1].cpu().numpy()
+        primary = model.heads[model.config.primary_head]
+        if mass is not None and getattr(primary, "has_coordinates", False) and hasattr(primary, "confidence_radius"):
+            arrays["radius_km"] = primary.confidence_radius(outputs.logits, coords, mass).cpu().numpy()
+    else:
+        arrays["latitude"] = arrays["longitude"] = np.full(probs.shape[0], np.nan)
+    return arrays
+
+
 class GeoPredictor:
     """Runs a geohf model on batches and turns outputs into geographic predictions.
 
     Args:
         model: a :class:`GeoModelForImageGeolocation` (or a folder / Hub id to load one).
         processor: its image processor (default: built from the model config).
-        top_k: how many cells to report per image.
+        top_k: how many classes to report per image.
         bf16: bf16 autocast; ``channels_last``: NHWC layout (both faster on recent CPUs).
+        mass: probability mass of the reported confidence radius.
     """
 
     def __init__(
@@ -77,6 +142,7 @@ class GeoPredictor:
         bf16: bool = True,
         channels_last: bool = True,
         device: str | None = None,
+        mass: float = 0.5,
     ):
         if isinstance(model, str):
             model = GeoModelForImageGeolocation.from_pretrained(model)
@@ -85,61 +151,25 @@ class GeoPredictor:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.processor = processor or GeoImageProcessor.from_config(model.config)
-        self.top_k = top_k
-        self.bf16 = bf16
-        self.channels_last = channels_last
+        self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.cells = CellTable.from_spec(model.config.head(model.config.primary_head))
 
     @torch.inference_mode()
     def predict_tensors(self, pixel_values: torch.Tensor) -> dict[str, np.ndarray]:
-        """Raw arrays for a preprocessed batch: ``latitude, longitude, top_index, top_score, probs``."""
+        """Arrays for a preprocessed batch: ``latitude, longitude, top_index, top_score, probs, radius_km``."""
         pixel_values = pixel_values.to(self.device)
         if self.channels_last and pixel_values.ndim == 4:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.bf16):
             out = self.model(pixel_values=pixel_values)
-        probs = torch.softmax(out.logits.float(), dim=-1)
-        k = min(self.top_k, probs.shape[-1])
-        score, index = probs.topk(k, dim=-1)
-        coords = out.coordinates.float().cpu().numpy()
-        return {
-            "latitude": coords[:, 0],
-            "longitude": coords[:, 1],
-            "top_index": index.cpu().numpy(),
-            "top_score": score.cpu().numpy(),
-            "probs": probs.cpu().numpy(),
-        }
+        return postprocess_outputs(self.model, out, self.top_k, self.mass)
 
     def records(self, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """One JSON-able dict per image from :meth:`predict_tensors` output."""
-        c = self.cells
-        out = []
-        for i in range(arrays["latitude"].shape[0]):
-            top = arrays["top_index"][i]
-            best = int(top[0])
-            out.append(
-                {
-                    "latitude": round(float(arrays["latitude"][i]), 5),
-                    "longitude": round(float(arrays["longitude"][i]), 5),
-                    "country_code": str(c.country_code[best]),
-                    "country": str(c.country[best]),
-                    "region": str(c.region[best]),
-                    "score": round(float(arrays["top_score"][i][0]), 5),
-                    "top_k": [
-                        {
-                            "label": c.names[j],
-                            "score": round(float(s), 5),
-                            "latitude": round(float(c.latitude[j]), 5),
-                            "longitude": round(float(c.longitude[j]), 5),
-                        }
-                        for j, s in zip(top, arrays["top_score"][i])
-                    ],
-                }
-            )
-        return out
+        return format_predictions(self.cells, arrays)
 
     def predict_images(self, images: list[Any]) -> list[dict[str, Any]]:
-        """Predict a list of PIL images / arrays (one batch)."""
+        """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return self.records(self.predict_tensors(pixel_values))
 
@@ -148,15 +178,17 @@ class GeoPredictor:
 
         Columns: ``pred_latitude, pred_longitude, pred_cell, pred_country_code,
         pred_region_code, top_index, top_score``, and the probabilities in
-        ``frame.attrs["probs"]`` (N, n_cells).
+        ``frame.attrs["probs"]`` (N, n_classes).
         """
+        if len(dataset) == 0:
+            raise ValueError("the dataset split is empty: nothing to predict")
         data = dataset.with_transform(example_transform(self.processor.transform, [], None, image_column))
         loader = torch.utils.data.DataLoader(
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
-        parts = []
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-            parts.append(self.predict_tensors(batch["pixel_values"]))
+        parts = [
+            self.predict_tensors(batch["pixel_values"]) for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
+        ]
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         best = arrays["top_index"][:, 0]
         frame = pd.DataFrame(
@@ -170,5 +202,7 @@ class GeoPredictor:
                 "top_score": list(arrays["top_score"]),
             }
         )
+        if "radius_km" in arrays:
+            frame["radius_km"] = arrays["radius_km"]
         frame.attrs["probs"] = arrays["probs"]
         return frame

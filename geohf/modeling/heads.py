@@ -86,6 +86,24 @@ class ClassificationHead(GeoHead):
         lat, lon = spherical_mean(c[..., 0], c[..., 1], weights=p, axis=-1)
         return torch.stack([lat, lon], -1)
 
+    def confidence_radius(self, logits: torch.Tensor, coordinates: torch.Tensor, mass: float = 0.5) -> torch.Tensor:
+        """(B,) km around ``coordinates`` holding ``mass`` of the predicted probability.
+
+        Cells are taken nearest-first (by centroid) until their probabilities add up to
+        ``mass``; the radius is the distance to the last one taken.
+        """
+        probs = torch.softmax(logits.float(), dim=-1)
+        d = haversine_km(
+            coordinates[:, None, 0].float(),
+            coordinates[:, None, 1].float(),
+            self.centroids[None, :, 0],
+            self.centroids[None, :, 1],
+        )
+        d_sorted, order = d.sort(dim=1)
+        cum = probs.gather(1, order).cumsum(1)
+        k = (cum < mass - 1e-6).sum(1).clamp(max=d.shape[1] - 1)
+        return d_sorted.gather(1, k[:, None])[:, 0]
+
 
 class HaversineHead(ClassificationHead):
     """Cell classification trained on haversine-smoothed labels (PIGEON, seed 004)."""

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from .remote_code import write_remote_code
+
 
 def to_rgb_image(image: Any) -> Image.Image:
     """A PIL RGB image from a PIL image, an HWC/CHW array or a CHW tensor."""
@@ -98,4 +100,13 @@ class GeoImageProcessor(BaseImageProcessor):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out.pop("_transform", None)
+        # no image_processor_type: AutoImageProcessor then resolves the class from the model config —
+        # geohf's registered class when geohf is imported, config.json's auto_map for remote-code users
+        out.pop("image_processor_type", None)
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save the processor config and the code (its ``auto_map`` entry is in the model's config.json)."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory)
         return out

@@ -12,7 +12,9 @@ from transformers.utils import ModelOutput
 
 from .backbones import create_backbone, depthwise_convs_in_fp32, load_backbone_weights
 from .configuration_geohf import GeoConfig
+from .fusion import AttentionPool
 from .heads import GeoHead, RegressionHead, build_head
+from .remote_code import MODEL_AUTO_MAP, write_remote_code
 
 
 @dataclass
@@ -57,8 +59,18 @@ class GeoPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.fc.weight, std=0.01)
             init.zeros_(module.fc.bias)
             module.init_buffers()
+        elif isinstance(module, AttentionPool):
+            init.zeros_(module.score.weight)  # start as the plain mean of the views
+            init.zeros_(module.score.bias)
         elif hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users."""
+        self.config.auto_map = dict(MODEL_AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
 
 
 class GeoModel(GeoPreTrainedModel):
@@ -69,8 +81,8 @@ class GeoModel(GeoPreTrainedModel):
         self.backbone = create_backbone(config.backbone, **config.backbone_kwargs)
         if config.depthwise_fp32:
             depthwise_convs_in_fp32(self.backbone)
-        if config.embed_dim is None:
-            config.embed_dim = int(self.backbone.num_features)
+        if config.embed_dim is None:  # timm's pooled width (head_hidden_size differs when a head conv follows)
+            config.embed_dim = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
         self.post_init()
 
     def load_pretrained_backbone(self, pretrained: str) -> str:
@@ -93,7 +105,8 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
     """Backbone + geolocation heads (cells, classes, coordinates), multi-view aware.
 
     ``pixel_values`` is (batch, 3, H, W) or (batch, views, 3, H, W); views of one place
-    are fused by averaging each head's logits (seed 000's ensemble).
+    are fused by averaging each head's logits (``fusion="mean"``, seed 000's ensemble) or
+    by attention pooling over the view embeddings (``fusion="attention"``).
     """
 
     def __init__(self, config: GeoConfig):
@@ -104,6 +117,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         self.heads = nn.ModuleDict(
             {spec["name"]: build_head(spec, config.embed_dim, config.dropout) for spec in config.heads}
         )
+        self.fusion = AttentionPool(config.embed_dim) if config.fusion == "attention" else None
         self.post_init()
 
     @property
@@ -145,11 +159,13 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         output_embeddings: also return the pooled embeddings.
         """
         embeddings = self.geo(pixel_values).embeddings
+        if embeddings.ndim == 3 and self.fusion is not None:
+            embeddings = self.fusion(embeddings)  # attention over views, then the heads
         multiview = embeddings.ndim == 3
         logits_per_head = {}
         for name, head in self.heads.items():
             out = head(embeddings)
-            logits_per_head[name] = head.fuse(out) if multiview else out
+            logits_per_head[name] = head.fuse(out) if multiview else out  # mean of per-view logits
         if multiview:
             embeddings = embeddings.mean(1)
 

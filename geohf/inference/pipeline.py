@@ -1,0 +1,83 @@
+"""``pipeline("image-geolocation")``: where was this photo taken?
+
+Registered in transformers' pipeline registry when ``geohf`` is imported::
+
+    import geohf
+    from transformers import pipeline
+
+    geo = pipeline("image-geolocation", model="runs/demo/model")
+    geo("photo.jpg")                       # one image: a dict
+    geo(["a.jpg", "b.jpg"], batch_size=8)  # several images: a list of dicts
+    geo([["n.jpg", "e.jpg", "s.jpg"]])     # views of one place (a list inside the list)
+
+Each result: ``latitude, longitude, country_code, country, region, score, radius_km, top_k``.
+Inputs may be paths, URLs, PIL images or numpy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+from ..modeling import GeoModelOutput
+from .predictor import CellTable, format_predictions, postprocess_outputs
+
+
+def _image(item: Any) -> Any:
+    if isinstance(item, (str, Image.Image)):
+        return load_image(item)
+    if isinstance(item, np.ndarray):
+        return item
+    raise TypeError(f"image-geolocation takes paths, URLs, PIL images or numpy arrays, got {type(item).__name__}")
+
+
+class ImageGeolocationPipeline(Pipeline):
+    """Predict coordinates, country, region and confidence radius for images (or views of one place)."""
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, top_k: int | None = None, mass: float | None = None, timeout=None):
+        post = {}
+        if top_k is not None:
+            post["top_k"] = top_k
+        if mass is not None:
+            post["mass"] = mass
+        return {}, {}, post
+
+    def preprocess(self, inputs: Any) -> dict:
+        if isinstance(inputs, (list, tuple)):  # views of one place
+            pixel_values = self.image_processor([[_image(v) for v in inputs]], return_tensors="pt")["pixel_values"]
+        else:
+            pixel_values = self.image_processor(_image(inputs), return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values.to(self.dtype) if self.dtype is not None else pixel_values}
+
+    def _forward(self, model_inputs: dict):
+        out = self.model(**model_inputs)
+        return GeoModelOutput(logits=out.logits, coordinates=out.coordinates)  # tensors only: batches unbatch
+
+    def postprocess(self, model_outputs, top_k: int = 5, mass: float = 0.5) -> dict:
+        arrays = postprocess_outputs(self.model, model_outputs, top_k, mass)
+        cells = CellTable.from_spec(self.model.config.head(self.model.config.primary_head))
+        return format_predictions(cells, arrays)[0]
+
+
+def register_pipeline() -> None:
+    """Add ``image-geolocation`` to transformers' pipeline registry (idempotent)."""
+    from transformers import AutoModelForImageClassification
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if "image-geolocation" not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(
+            "image-geolocation",
+            pipeline_class=ImageGeolocationPipeline,
+            pt_model=AutoModelForImageClassification,
+            type="image",
+        )
