@@ -128,7 +128,9 @@ def hub(tmp_path_factory):
         f'mirrors-path = ["{root / "mirrors"}"]\n[accessibility]\noffline = true\n'
     )
     olah = Path(sys.executable).with_name("olah-cli")
-    proc = subprocess.Popen([str(olah), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(olah), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root
+    )
     deadline = time.time() + 60
     while True:
         try:
