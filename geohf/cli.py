@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_dataset_push)
 
+    from .collect.cli import add_collect_parser
+
+    add_collect_parser(sub)
+
     sub.add_parser("train", help="fine-tune a model (same flags as scripts/train.py; --help for all)", add_help=False)
     return parser
 

@@ -253,3 +253,49 @@ def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model(small_config(backbone="resnet_does_not_exist"), None)
     assert geohf.GeoConfig is GeoConfig
+
+
+def test_confidence_radius_by_hand():
+    head = ClassificationHead(
+        {"name": "c", "labels": ["a", "b", "c"], "cells": {"latitude": [0.0, 0.0, 0.0], "longitude": [0.0, 1.0, 10.0]}},
+        embed_dim=4,
+    )
+    logits = torch.log(torch.tensor([[0.3, 0.3, 0.4]]))
+    at = torch.tensor([[0.0, 0.0]])
+    one_degree = haversine_km(0.0, 0.0, 0.0, 1.0)
+    assert head.confidence_radius(logits, at, 0.3).item() == pytest.approx(0.0, abs=1e-3)
+    assert head.confidence_radius(logits, at, 0.5).item() == pytest.approx(one_degree, rel=1e-4)
+    assert head.confidence_radius(logits, at, 0.9).item() == pytest.approx(10 * one_degree, rel=1e-4)
+
+
+def test_attention_fusion_starts_as_the_mean_and_learns():
+    m = build_model(small_config(fusion="attention"), None).eval()
+    views = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        emb = m.geo(views).embeddings  # (2, 3, dim)
+        expected = m.heads["cells"](emb.mean(1))
+        assert torch.allclose(m(pixel_values=views).logits, expected, atol=1e-5)
+    m.train()
+    out = m(pixel_values=views, labels=torch.tensor([0, 1]), coordinates=CENTROIDS[:2])
+    out.loss.backward()
+    assert m.fusion.score.weight.grad is not None and m.fusion.score.weight.grad.abs().sum() > 0
+
+
+def test_every_head_answers_country_and_region():
+    from geohf.inference.predictor import CellTable
+
+    cells = CellTable.from_spec(small_config().head("cells"))
+    assert cells.country_code.tolist() == CELLS["country_code"] and cells.region.tolist() == CELLS["region"]
+    country = CellTable.from_spec(small_config().head("country"))
+    assert country.country_code.tolist() == ["AU", "DE", "ES", "FR"] and country.country[3] == "France"
+    region = CellTable.from_spec(
+        {
+            "name": "region",
+            "type": "classification",
+            "label_column": "region_code",
+            "labels": ["DE-BE", "FR-75"],
+            "label_country": ["DE", "FR"],
+        }
+    )
+    assert region.country_code.tolist() == ["DE", "FR"] and region.region_code.tolist() == ["DE-BE", "FR-75"]
+    assert np.isnan(region.latitude).all()  # no centroids: coordinates come from a coordinate head

@@ -11,6 +11,7 @@ inference needs no polygons at all.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +308,29 @@ def _land_parts(boundaries: gpd.GeoDataFrame, simplify_deg: float) -> np.ndarray
     return shapely.make_valid(parts)
 
 
+def grid_pieces(parts: np.ndarray, cell_deg: float, bounds=None) -> tuple[np.ndarray, np.ndarray]:
+    """Squares of a ``cell_deg`` grid (aligned on multiples of ``cell_deg``) clipped to polygon ``parts``.
+
+    Returns ``(pieces, squares)``: for every square that meets the parts, the union of the
+    parts inside it, and the square itself; squares are ordered from the north-west.
+    """
+    x0, y0, x1, y1 = bounds if bounds is not None else shapely.total_bounds(parts)
+    cols = np.arange(math.floor(x0 / cell_deg), math.ceil(x1 / cell_deg))
+    rows = np.arange(math.ceil(y1 / cell_deg) - 1, math.floor(y0 / cell_deg) - 1, -1)
+    r, c = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
+    squares = shapely.box(
+        c * cell_deg, np.maximum(r * cell_deg, -90.0), (c + 1) * cell_deg, np.minimum((r + 1) * cell_deg, 90.0)
+    )
+    square_of, part_of = shapely.STRtree(parts).query(squares, predicate="intersects")
+    order = np.argsort(square_of, kind="stable")
+    square_of, part_of = square_of[order], part_of[order]
+    clipped = shapely.intersection(squares[square_of], parts[part_of])
+    used, start = np.unique(square_of, return_index=True)
+    pieces = np.array([shapely.union_all(g) for g in np.split(clipped, start[1:])], dtype=object)
+    keep = shapely.area(pieces) > 0
+    return pieces[keep], squares[used][keep]
+
+
 def fit_fishnet(
     lat,
     lon,
@@ -326,22 +350,8 @@ def fit_fishnet(
     land = _land_parts(
         load_boundaries(boundaries) if not isinstance(boundaries, gpd.GeoDataFrame) else boundaries, simplify_deg
     )
-    xs = np.arange(-180.0, 180.0, cell_deg)
-    ys = np.arange(-90.0, 90.0, cell_deg)
-    gx, gy = np.meshgrid(xs, ys)
-    squares = shapely.box(
-        gx.ravel(), gy.ravel(), np.minimum(gx.ravel() + cell_deg, 180.0), np.minimum(gy.ravel() + cell_deg, 90.0)
-    )
-    sq, part = shapely.STRtree(land).query(squares, predicate="intersects")
-    clipped = shapely.intersection(squares[sq], land[part])
-    keep = ~shapely.is_empty(clipped) & (shapely.area(clipped) > 0)
-    sq, clipped = sq[keep], clipped[keep]
-    order = np.argsort(sq, kind="stable")
-    uniq, start = np.unique(sq[order], return_index=True)
-    pieces = np.array(
-        [shapely.union_all(clipped[order][a:b]) for a, b in zip(start, np.r_[start[1:], len(order)])], dtype=object
-    )
-    fraction = shapely.area(pieces) / shapely.area(squares[uniq])
+    pieces, squares = grid_pieces(land, cell_deg)
+    fraction = shapely.area(pieces) / shapely.area(squares)
     merged = merge_small_pieces(pieces, fraction, min_area_fraction)
     params = {"cell_deg": cell_deg, "min_area_fraction": min_area_fraction, "simplify_deg": simplify_deg}
     return CellPartition.from_geometry("fishnet", _collect(pieces, merged, dissolve=True), lat, lon, labels, params)

@@ -14,6 +14,7 @@ class AttentionPool(nn.Module):
     def __init__(self, embed_dim: int):
         super().__init__()
         self.score = nn.Linear(embed_dim, 1)
+        self.score.geohf_init = "zeros"
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(batch, views, dim) → (batch, dim)."""

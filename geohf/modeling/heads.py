@@ -21,6 +21,7 @@ class GeoHead(nn.Module):
         self.weight = float(spec.get("weight", 1.0))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(embed_dim, out_features)
+        self.fc.geohf_init = "head"
 
     @property
     def has_coordinates(self) -> bool:

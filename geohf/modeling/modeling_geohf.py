@@ -55,13 +55,17 @@ class GeoPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         """Initialise heads only: backbones keep timm's own init (or their pretrained weights)."""
-        if isinstance(module, GeoHead):
-            init.trunc_normal_(module.fc.weight, std=0.01)
-            init.zeros_(module.fc.bias)
+        # transformers calls this per module and skips custom modules without direct parameters,
+        # so the layers to initialise carry their scheme themselves
+        scheme = getattr(module, "geohf_init", None)
+        if scheme == "head":
+            init.trunc_normal_(module.weight, std=0.01)
+            init.zeros_(module.bias)
+        elif scheme == "zeros":  # attention pooling starts as the plain mean of the views
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, GeoHead):
             module.init_buffers()
-        elif isinstance(module, AttentionPool):
-            init.zeros_(module.score.weight)  # start as the plain mean of the views
-            init.zeros_(module.score.bias)
         elif hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
 

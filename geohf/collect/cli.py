@@ -1,0 +1,132 @@
+"""``geohf collect plan`` and ``geohf collect run``.
+
+Wired into ``geohf`` by :func:`add_collect_parser`; also runnable alone as
+``python -m geohf.collect.cli collect ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .http import HttpConfig
+from .plan import SAMPLERS, load_plan, make_plan, save_plan
+from .providers import PROVIDERS, MissingKeyError, ViewOptions, resolve_key
+from .regions import SPEC_HELP, parse_regions
+from .run import CollectConfig, collect, estimate
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Sample the plan and write it to Parquet."""
+    try:
+        regions = parse_regions(args.regions, args.boundaries, args.weight_column)
+        plan = make_plan(regions, args.per_region, args.sampler, args.seed)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    info = {"regions": args.regions, "per_region": args.per_region, "sampler": args.sampler, "seed": args.seed}
+    save_plan(plan, args.output, info)
+    print(f"wrote {len(plan)} locations in {len(regions)} regions ({args.sampler} sampler) to {args.output}")
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> CollectConfig:
+    """The run configuration of parsed ``collect run`` arguments."""
+    view = ViewOptions(args.headings, args.fov, args.size, args.pitch, args.radius, args.source)
+    http = HttpConfig(args.rate, args.retries, args.backoff, timeout=args.timeout, max_requests=args.max_requests)
+    return CollectConfig(
+        provider=args.provider,
+        view=view,
+        http=http,
+        seed=args.seed,
+        price_per_image=args.price_per_image,
+        workers=args.workers,
+        max_consecutive_failures=args.max_consecutive_failures,
+        base_url=args.base_url,
+        progress=not args.no_progress,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Collect a plan (or, with ``--dry-run``, print what it would request and cost)."""
+    try:
+        plan = load_plan(args.plan)
+        config = config_from_args(args)
+        if args.dry_run:
+            print(estimate(plan, args.output, config).summary())
+            return 0
+        key = resolve_key(args.provider, args.key)
+        report = collect(plan, args.output, config, key)
+    except (MissingKeyError, ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    print(report.summary())
+    return report.exit_code
+
+
+def add_collect_parser(subparsers) -> None:
+    """Add ``collect plan`` and ``collect run`` to an argparse subparsers object."""
+    collect_parser = subparsers.add_parser("collect", help="collect street-level images (Street View, Mapillary)")
+    sub = collect_parser.add_subparsers(dest="collect_command", required=True)
+
+    p = sub.add_parser("plan", help="sample points inside regions and write a plan (Parquet)")
+    p.add_argument("--regions", nargs="+", required=True, metavar="SPEC", help=SPEC_HELP)
+    p.add_argument("--per-region", dest="per_region", type=int, required=True, help="points per region")
+    p.add_argument(
+        "--sampler",
+        choices=sorted(SAMPLERS),
+        default="uniform",
+        help="uniform (default); fishnet: one point per equal-area fishnet cell (even coverage); population: "
+        "share per-region x regions points by a weight column of a cities CSV / GeoJSON",
+    )
+    p.add_argument("--output", required=True, help="plan file (.parquet)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--boundaries", default=None, help="boundary file (default: Natural Earth admin-1 if found)")
+    p.add_argument("--weight-column", dest="weight_column", default="population", help="for --sampler population")
+    p.set_defaults(func=plan_command)
+
+    r = sub.add_parser("run", help="collect the images of a plan into an imagefolder (resumable)")
+    r.add_argument("plan", help="plan file from `geohf collect plan`")
+    r.add_argument("--provider", choices=sorted(PROVIDERS), required=True)
+    r.add_argument("--output", required=True, help="output folder (imagefolder layout); re-run to resume")
+    r.add_argument("--headings", type=int, default=3, help="Street View images per panorama (default 3 x 120°)")
+    r.add_argument("--fov", type=float, default=120.0, help="Street View field of view in degrees (max 120)")
+    r.add_argument("--size", default="640x640", help="Street View image size WxH (default 640x640)")
+    r.add_argument("--pitch", type=float, default=0.0)
+    r.add_argument("--radius", type=float, default=50.0, help="search radius around each point, metres (default 50)")
+    r.add_argument("--source", choices=["outdoor", "default"], default="outdoor", help="Street View imagery source")
+    r.add_argument("--seed", type=int, default=0, help="seeds the random start heading of each location")
+    r.add_argument("--max-requests", dest="max_requests", type=int, default=None, help="send at most N requests")
+    r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print requests and cost, send nothing")
+    r.add_argument("--price-per-image", dest="price_per_image", type=float, default=None, help="USD (SV: 0.007)")
+    r.add_argument("--rate", type=float, default=10.0, help="requests per second over all workers (0: no limit)")
+    r.add_argument("--workers", type=int, default=4, help="parallel requests (default 4)")
+    r.add_argument("--retries", type=int, default=5, help="retries after 429 / 5xx / time-outs (default 5)")
+    r.add_argument("--backoff", type=float, default=1.0, help="first retry wait in s, doubled each time")
+    r.add_argument("--timeout", type=float, default=10.0, help="seconds per connection / read (default 10)")
+    r.add_argument("--max-consecutive-failures", dest="max_consecutive_failures", type=int, default=20)
+    r.add_argument("--base-url", dest="base_url", default=None, help="API root (tests, proxies)")
+    r.add_argument(
+        "--key",
+        default=None,
+        help="API key; prefer GOOGLE_MAPS_API_KEY / MAPILLARY_ACCESS_TOKEN (not in shell history)",
+    )
+    r.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=run_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="geohf")
+    add_collect_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
