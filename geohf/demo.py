@@ -29,9 +29,9 @@ class DemoConfig:
     output: str = "runs/demo"
     minutes: float = 10.0
     seed: int = 0
-    train_tiles: int = 4000
-    validation_tiles: int = 500
-    test_tiles: int = 500
+    train_tiles: int = 12000
+    validation_tiles: int = 1000
+    test_tiles: int = 1000
     tile_px: int = 64
     image_size: int = 96
     batch_size: int = 64
@@ -106,10 +106,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     from datasets import load_dataset
 
     from .inference.predictor import GeoPredictor
-    from .training.evaluation import evaluate
+    from .training.evaluation import evaluate, tune_coordinate_rule
 
     predictor = GeoPredictor(str(model_dir))
     ds = load_dataset(str(dataset_dir))
+    tuned = tune_coordinate_rule(predictor, ds["validation"])
+    predictor.model.save_pretrained(model_dir)  # the chosen coordinate rule goes into config.json
+    method, top_k, radius = tuned["rule"]
+    say(
+        f"    coordinates: {method} of the top {top_k} cells"
+        + (f" within {radius:.0f} km" if radius else "")
+        + f" (validation median {tuned['median_km'][tuned['rule']]:.0f} km)"
+    )
     evaluation = evaluate(predictor, ds, split="test", seed=cfg.seed)
     print(evaluation.table(), flush=True)
     wall = time.perf_counter() - start
@@ -121,6 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             "stopped_by_time_budget": budget_cb.stopped_early,
             "train_seconds": result.metrics.get("train_runtime"),
             "best_validation_median_km": result.trainer.state.best_metric,
+            "coordinate_rule": {"method": method, "top_k": top_k, "radius_km": radius},
         },
         "dataset": {"sizes": report.splits, "geocells": report.partitions, "build_seconds": report.seconds},
         "config": asdict(cfg),

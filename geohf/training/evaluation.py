@@ -142,3 +142,31 @@ def evaluate(
     )
     result.predictions = frame
     return result
+
+
+COORDINATE_RULES = [("argmax", 1, None)] + [
+    ("weighted", k, r) for k in (5, 10, 20, 50) for r in (None, 1000.0, 2000.0, 3000.0)
+]
+
+
+def tune_coordinate_rule(predictor: GeoPredictor, dataset, rules=COORDINATE_RULES) -> dict:
+    """Pick how cell probabilities become coordinates (argmax / weighted top-k within a radius)
+    by median km on ``dataset`` (a validation split), and set it in the model config.
+
+    Returns ``{"rule": (method, top_k, radius_km), "median_km": {rule: km}}``.
+    """
+    import torch
+
+    model = predictor.model
+    head = model.heads[model.config.primary_head]
+    truth = dataset.select_columns(["latitude", "longitude"]).to_pandas()
+    frame = predictor.predict_dataset(dataset, desc="tuning coordinates")
+    logits = torch.log(torch.as_tensor(frame.attrs["probs"]).clamp_min(1e-12))
+    scores = {}
+    for method, k, radius in rules:
+        coords = head.coordinates(logits, method, k, radius).numpy()
+        err = haversine_km(truth["latitude"].to_numpy(), truth["longitude"].to_numpy(), coords[:, 0], coords[:, 1])
+        scores[(method, k, radius)] = float(np.median(err))
+    best = min(scores, key=scores.get)
+    model.config.coordinate_method, model.config.coordinate_top_k, model.config.coordinate_radius_km = best
+    return {"rule": best, "median_km": scores}
