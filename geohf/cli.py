@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -77,6 +78,32 @@ def _dataset_push(args: argparse.Namespace) -> int:
 
     info = push_folder(args.folder, args.repo_id, kind="dataset", private=args.private)
     print(f"pushed {args.folder} to {getattr(info, 'commit_url', args.repo_id)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .inference.predictor import GeoPredictor
+    from .training.report import write_report
+    from .training.train import load_geo_dataset
+
+    predictor = GeoPredictor(args.model, bf16=args.bf16)
+    ds = load_geo_dataset(args.dataset, args.revision)
+    metrics = write_report(
+        predictor,
+        ds,
+        args.output,
+        split=args.split,
+        batch_size=args.batch_size,
+        human_results=args.human,
+        title=Path(args.model).name,
+    )
+    from .training.evaluation import Evaluation
+
+    table = Evaluation(split=args.split, sizes=metrics["sizes"], rows=metrics["results"]).table()
+    print(table)
+    print(
+        f"wrote {args.output}: metrics.json, report.md, predictions.parquet, " + ", ".join(metrics["pictures"].values())
+    )
     return 0
 
 
@@ -174,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", dest="repo_id", required=True)
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_dataset_push)
+
+    ev = sub.add_parser("evaluate", help="metrics, pictures and a report for a model on a dataset split")
+    ev.add_argument("--model", required=True, help="model folder or Hub id")
+    ev.add_argument("--dataset", required=True, help="dataset folder or Hub repo id")
+    ev.add_argument("--revision", default=None, help="dataset revision on the Hub")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--output", required=True, help="folder for metrics.json, report.md, pictures")
+    ev.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    ev.add_argument("--human", default=None, help="results file of the app's game: adds a 'human' row")
+    ev.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    ev.set_defaults(func=_evaluate)
 
     from .collect.cli import add_collect_parser
 

@@ -98,7 +98,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         dataloader_num_workers=0,
     )
     budget_cb = TimeBudgetCallback(budget)
-    result = run_training(model_args, DataArguments(dataset=str(dataset_dir)), AugmentConfig(), args, [budget_cb])
+    result = run_training(
+        model_args, DataArguments(dataset=str(dataset_dir)), AugmentConfig(), args, callbacks=[budget_cb]
+    )
     for ckpt in model_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
 

@@ -77,3 +77,30 @@ def plot_error_curve(errors: dict[str, np.ndarray], path: str | os.PathLike, tit
     ax.legend(fontsize=8)
     ax.set_title(title)
     return save(fig, path)
+
+
+def plot_country_accuracy(table, path: str | os.PathLike, top: int = 25, title: str = "") -> str:
+    """Horizontal bars of accuracy per country (the ``top`` countries by test support)."""
+    table = table.sort_values("support", ascending=False).head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(table) + 1.2))
+    ax.barh([f"{c} ({n})" for c, n in zip(table.index, table["support"])], table["accuracy"], color="#4c72b0")
+    ax.set_xlabel("country accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_confusion(matrix, labels, path: str | os.PathLike, title: str = "") -> str:
+    """Row-normalised confusion matrix (true rows, predicted columns)."""
+    m = np.asarray(matrix, dtype=float)
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = 0.28 * len(labels) + 2
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted country")
+    ax.set_ylabel("true country")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    ax.set_title(title)
+    return save(fig, path)

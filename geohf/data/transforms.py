@@ -111,6 +111,29 @@ def example_transform(
     return apply
 
 
+class SeededDataset(torch.utils.data.Dataset):
+    """Random augmentations that depend only on ``(seed, epoch, index)``, not on the global RNG.
+
+    Each example is transformed under its own forked RNG, so a run resumed from a
+    checkpoint augments every example exactly as the uninterrupted run did (the global
+    RNG's position after a resume depends on how many batches were prefetched).
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+            return self.dataset[index]
+
+
 class GeoCollator:
     """Stacks examples into tensors; ``channels_last`` lays images out NHWC for CPU/GPU convs."""
 

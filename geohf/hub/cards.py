@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from huggingface_hub import DatasetCard, DatasetCardData
 
 
@@ -17,3 +19,114 @@ def render_dataset_card(card_data: dict[str, Any], **fields: Any) -> str:
     """README.md text of a dataset folder: YAML metadata (``configs``, ``dataset_info``...) + body."""
     data = DatasetCardData(**card_data)
     return str(DatasetCard.from_template(data, template_path=template_path("dataset_card"), **fields))
+
+
+CARD_TRAINING_ARGS = (
+    "learning_rate",
+    "weight_decay",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "bf16",
+    "fp16",
+    "seed",
+)
+CARD_METRICS = (
+    ("eval_median_km", "median error (km)"),
+    ("eval_mean_km", "mean error (km)"),
+    ("eval_geoscore", "GeoScore"),
+    ("eval_within_25km", "within 25 km (%)"),
+    ("eval_within_200km", "within 200 km (%)"),
+    ("eval_within_750km", "within 750 km (%)"),
+    ("eval_within_2500km", "within 2500 km (%)"),
+    ("eval_top1_accuracy", "top-1 accuracy, primary head (%)"),
+    ("eval_top5_accuracy", "top-5 accuracy (%)"),
+)
+
+
+def model_card_data(config, metrics: dict, dataset: str, repo_id: str | None):
+    """``ModelCardData`` with a model-index (``EvalResult`` per metric) so the Hub shows the numbers."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = [
+        EvalResult(
+            task_type="image-geolocation",
+            task_name="Image geolocation",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            metric_type=key.removeprefix("eval_"),
+            metric_name=label,
+            metric_value=round(float(metrics[key]), 3),
+        )
+        for key, label in CARD_METRICS
+        if key in metrics
+    ]
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["geolocation", "geohf", "image-geolocation", config.backbone.replace("/", "-")],
+        datasets=[dataset] if "/" in dataset and not Path(dataset).exists() else None,
+        model_name=repo_id or "geohf-model",
+        eval_results=results or None,
+        license="apache-2.0",
+    )
+
+
+def write_model_card(
+    folder,
+    config,
+    metrics: dict,
+    training_args=None,
+    dataset: str = "",
+    repo_id: str | None = None,
+    error_curve: str | None = None,
+) -> Path:
+    """Render ``model_card/template.md`` into ``folder/README.md``."""
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    repo_id = repo_id or getattr(training_args, "hub_model_id", None)
+    n_params = _parameter_count(folder) if (folder / "model.safetensors").is_file() else 0
+    heads = [
+        {"name": h["name"], "type": h["type"], "n_classes": len(h.get("labels") or []), "tau_km": h.get("tau_km")}
+        for h in config.heads
+    ]
+    rule = (
+        f"{config.coordinate_method}"
+        + (f" of the top {config.coordinate_top_k} cells" if config.coordinate_method == "weighted" else "")
+        + (f" within {config.coordinate_radius_km:g} km" if config.coordinate_radius_km else "")
+    )
+    card = ModelCard.from_template(
+        model_card_data(config, metrics, dataset, repo_id),
+        template_path=template_path("model_card"),
+        model_name=repo_id or folder.name,
+        repo_id=repo_id or str(folder),
+        backbone=config.backbone,
+        n_params=f"{n_params / 1e6:.1f}M",
+        pretrained_source=config.pretrained_source,
+        heads=heads,
+        primary_head=config.primary_head,
+        coordinate_rule=rule,
+        image_size=config.image_size,
+        interpolation=config.interpolation,
+        crop_pct=config.crop_pct,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        dataset=(Path(dataset).name if Path(dataset).exists() else dataset) or "not recorded",
+        metrics_table=[(label, f"{metrics[key]:,.2f}") for key, label in CARD_METRICS if key in metrics],
+        error_curve=error_curve,
+        training=[(k, getattr(training_args, k)) for k in CARD_TRAINING_ARGS if training_args is not None],
+    )
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def _parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", framework="np") as f:
+        return sum(int(np.prod(f.get_slice(key).get_shape())) for key in f.keys())  # noqa: SIM118 (not a dict)

@@ -67,6 +67,27 @@ class CellTable:
         )
 
 
+def load_model_partition(source: str | None, spec: dict[str, Any]):
+    """The cell partition saved with a model folder (or Hub repo) for a cell head, if there is one."""
+    from pathlib import Path
+
+    from ..geo.cells import CellPartition
+
+    column = spec.get("label_column") or ""
+    if not spec.get("cells") or not column.startswith("cell_") or not source:
+        return None
+    name = f"cells/{column[len('cell_') :]}.parquet"
+    path = Path(source, name)
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, name))
+        except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
+            return None
+    return CellPartition.load(path)
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on CPU/CUDA when asked, a no-op otherwise."""
     if not bf16:
@@ -144,6 +165,7 @@ class GeoPredictor:
         device: str | None = None,
         mass: float = 0.5,
     ):
+        self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
             model = GeoModelForImageGeolocation.from_pretrained(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -153,6 +175,13 @@ class GeoPredictor:
         self.processor = processor or GeoImageProcessor.from_config(model.config)
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.cells = CellTable.from_spec(model.config.head(model.config.primary_head))
+
+    @property
+    def partition(self):
+        """The primary head's cell polygons (``cells/<name>.parquet`` beside the weights), or ``None``."""
+        if not hasattr(self, "_partition"):
+            self._partition = load_model_partition(self.source, self.model.config.head(self.model.config.primary_head))
+        return self._partition
 
     @torch.inference_mode()
     def predict_tensors(self, pixel_values: torch.Tensor) -> dict[str, np.ndarray]:

@@ -49,6 +49,11 @@ class ClassificationHead(GeoHead):
         cells = spec.get("cells")
         self._centroid_values = [cells["latitude"], cells["longitude"]] if cells else None
         self.register_buffer("centroids", self._centroid_tensor(), persistent=False)
+        self._class_weights = spec.get("class_weights")
+        self.register_buffer("class_weights", self._weight_tensor(), persistent=False)
+
+    def _weight_tensor(self) -> torch.Tensor | None:
+        return None if self._class_weights is None else torch.tensor(self._class_weights, dtype=torch.float32)
 
     def _centroid_tensor(self) -> torch.Tensor:
         if self._centroid_values is None:
@@ -57,15 +62,17 @@ class ClassificationHead(GeoHead):
 
     @torch.no_grad()
     def init_buffers(self) -> None:
-        """Refill the centroids from the config (models loaded on the meta device start without them)."""
+        """Refill centroids and class weights from the config (meta-device loads start without them)."""
         self.centroids = self._centroid_tensor().to(self.fc.weight.device)
+        if self._class_weights is not None:
+            self.class_weights = self._weight_tensor().to(self.fc.weight.device)
 
     @property
     def has_coordinates(self) -> bool:
         return self.centroids.shape[0] > 0
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
 
     def coordinates(
         self, logits: torch.Tensor, method: str = "weighted", top_k: int = 5, radius_km: float | None = None
@@ -117,7 +124,9 @@ class HaversineHead(ClassificationHead):
         valid = labels >= 0  # -100: a label this head does not know
         if coordinates is not None:
             coordinates = coordinates[valid]
-        return haversine_smoothed_loss(logits[valid], labels[valid], coordinates, self.centroids, self.tau_km)
+        labels = labels[valid]
+        weights = self.class_weights[labels] if self.class_weights is not None else None
+        return haversine_smoothed_loss(logits[valid], labels, coordinates, self.centroids, self.tau_km, weights)
 
 
 class RegressionHead(GeoHead):

@@ -35,9 +35,15 @@ def haversine_soft_targets(
     return torch.softmax(-(d - d_true) / tau_km, dim=1).float()
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` against probability ``targets`` (rows sum to one)."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of ``logits`` against probability ``targets`` (rows sum to one), averaged over
+    the batch (weighted by ``weights`` per example when given, like ``F.cross_entropy(weight=...)``)."""
+    per_example = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    if weights is None:
+        return per_example.mean()
+    return (per_example * weights).sum() / weights.sum()
 
 
 def haversine_smoothed_loss(
@@ -46,15 +52,16 @@ def haversine_smoothed_loss(
     coordinates: torch.Tensor | None,
     centroids: torch.Tensor,
     tau_km: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy against haversine-smoothed labels.
+    """Cross-entropy against haversine-smoothed labels (optionally weighted per example).
 
     Without true coordinates the true cell's centroid stands in for them.
     """
     if coordinates is None:
         coordinates = centroids[labels]
     targets = haversine_soft_targets(coordinates, labels, centroids, tau_km)
-    return soft_cross_entropy(logits, targets)
+    return soft_cross_entropy(logits, targets, weights)
 
 
 def great_circle_loss(pred_xyz: torch.Tensor, true_xyz: torch.Tensor) -> torch.Tensor:

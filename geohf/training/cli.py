@@ -9,12 +9,12 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..data.transforms import AugmentConfig
-from .train import DataArguments, ModelArguments, run_training
+from .train import DataArguments, ModelArguments, TrainingExtras, run_training
 
 
 def parse_args(argv: list[str] | None = None):
-    """(model, data, augment, training) arguments from flags, or from one ``.json`` / ``.yaml`` file."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingArguments))
+    """(model, data, augment, extras, training) arguments from flags, or from one ``.json`` / ``.yaml`` file."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingExtras, TrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 2 and argv[0] == "--config":
         path = Path(argv[1])
@@ -27,8 +27,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None):
     import geohf  # noqa: F401  (registers the Auto classes)
 
-    model_args, data_args, augment, training_args = parse_args(argv)
-    result = run_training(model_args, data_args, augment, training_args)
+    model_args, data_args, augment, extras, training_args = parse_args(argv)
+    result = run_training(model_args, data_args, augment, training_args, extras)
     if result.trainer.is_world_process_zero():
         print(json.dumps(result.metrics, indent=2))
     return result

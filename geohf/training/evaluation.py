@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..data.transforms import label_encoder
 from ..geo.sphere import geometric_median, haversine_km, pairwise_haversine_km
 from ..inference.predictor import CellTable, GeoPredictor
 from .metrics import accuracy, distance_metrics, topk_accuracy
@@ -36,9 +37,11 @@ class Guesses:
     def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
         out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
         true_cell = truth[cell_column].to_numpy()
+        known = true_cell >= 0  # rows whose true class the model does not have are left out
         for k in (1, 5):
-            hit = (self.ranked_cells[:, :k] == true_cell[:, None]).any(1)
-            out[f"cell_top{k}_accuracy"] = float(100.0 * hit.mean())
+            if known.any():
+                hit = (self.ranked_cells[known, :k] == true_cell[known, None]).any(1)
+                out[f"cell_top{k}_accuracy"] = float(100.0 * hit.mean())
         out["country_accuracy"] = accuracy(cells.country_code[self.ranked_cells[:, 0]], truth["country_code"])
         out["region_accuracy"] = accuracy(cells.region_code[self.ranked_cells[:, 0]], truth["region_code"])
         return out
@@ -59,7 +62,8 @@ def median_baseline(train: pd.DataFrame, n: int, cells: CellTable) -> Guesses:
 
 def frequency_baseline(train: pd.DataFrame, n: int, cells: CellTable, cell_column: str, seed: int = 0) -> Guesses:
     """Guess random cells drawn with their training frequency (their centroid as coordinates)."""
-    counts = np.bincount(train[cell_column].to_numpy(), minlength=len(cells.names)).astype(np.float64)
+    labels = train[cell_column].to_numpy()
+    counts = np.bincount(labels[labels >= 0], minlength=len(cells.names)).astype(np.float64)
     p = counts / counts.sum()
     rng = np.random.default_rng(seed)
     k = min(5, int((p > 0).sum()))
@@ -101,25 +105,41 @@ def _fmt(v) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
 
 
+def true_classes(table: pd.DataFrame, predictor: GeoPredictor) -> np.ndarray:
+    """The primary head's true class per row: the model's own cells for coordinates (from the
+    partition saved with it), else the dataset's label column; -1 where unknown."""
+    spec = predictor.model.config.head(predictor.model.config.primary_head)
+    if spec.get("cells") and predictor.partition is not None:
+        return predictor.partition.assign(table["latitude"].to_numpy(), table["longitude"].to_numpy())
+    column = spec.get("label_column")
+    if column in table:
+        encode = label_encoder(spec)
+        return np.array([encode(v) if isinstance(v, str) else int(v) for v in table[column]])
+    return np.full(len(table), -1)
+
+
 def evaluate(
     predictor: GeoPredictor,
     dataset_dict,
     split: str = "test",
-    cell_column: str | None = None,
     batch_size: int = 64,
     seed: int = 0,
 ) -> Evaluation:
-    """The model on ``split`` next to two naive baselines fitted on the training split."""
+    """The model on ``split`` next to two naive baselines fitted on the training split.
+
+    True cells come from the model's own partition (so any dataset with coordinates can be
+    scored), else from the dataset's column of the primary head.
+    """
     if split not in dataset_dict:
         raise ValueError(f"the dataset has no {split!r} split; it has {list(dataset_dict)}")
-    config = predictor.model.config
-    cell_column = cell_column or config.head(config.primary_head)["label_column"]
     test = dataset_dict[split]
     if len(test) == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
-    meta_columns = ["latitude", "longitude", "country_code", "region_code", cell_column]
-    truth = test.select_columns(meta_columns).to_pandas()
-    train = dataset_dict["train"].select_columns(meta_columns).to_pandas()
+    spec = predictor.model.config.head(predictor.model.config.primary_head)
+    wanted = ["latitude", "longitude", "country_code", "region_code", spec.get("label_column")]
+    columns = [c for c in wanted if c in test.column_names]
+    truth = test.select_columns(columns).to_pandas()
+    truth["true_class"] = true_classes(truth, predictor)
     cells = predictor.cells
 
     frame = predictor.predict_dataset(test, batch_size=batch_size, desc=f"evaluating {split}")
@@ -127,16 +147,25 @@ def evaluate(
         frame["pred_latitude"].to_numpy(), frame["pred_longitude"].to_numpy(), np.stack(frame["top_index"].to_numpy())
     )
     result = Evaluation(split=split, sizes={s: len(dataset_dict[s]) for s in dataset_dict})
-    result.rows["model"] = model.metrics(truth, cells, cell_column)
+    result.rows["model"] = model.metrics(truth, cells, "true_class")
+    known = truth["true_class"].to_numpy() >= 0
     result.rows["model"].update(
-        {f"cell_{k}": v for k, v in topk_accuracy(frame.attrs["probs"], truth[cell_column].to_numpy(), (3, 10)).items()}
+        {
+            f"cell_{k}": v
+            for k, v in topk_accuracy(frame.attrs["probs"][known], truth["true_class"][known], (3, 10)).items()
+        }
     )
-    n = len(truth)
-    result.rows["geometric median"] = median_baseline(train, n, cells).metrics(truth, cells, cell_column)
-    result.rows["random cell by frequency"] = frequency_baseline(train, n, cells, cell_column, seed).metrics(
-        truth, cells, cell_column
-    )
+    if spec.get("cells") and "train" in dataset_dict:
+        train = dataset_dict["train"].select_columns(columns).to_pandas()
+        train["true_class"] = true_classes(train, predictor)
+        n = len(truth)
+        result.rows["geometric median"] = median_baseline(train, n, cells).metrics(truth, cells, "true_class")
+        result.rows["random cell by frequency"] = frequency_baseline(train, n, cells, "true_class", seed).metrics(
+            truth, cells, "true_class"
+        )
+    probs = frame.attrs["probs"]
     frame = pd.concat([truth.reset_index(drop=True), frame], axis=1)
+    frame.attrs["probs"] = probs
     frame["error_km"] = haversine_km(
         frame["latitude"], frame["longitude"], frame["pred_latitude"], frame["pred_longitude"]
     )

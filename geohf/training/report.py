@@ -1,0 +1,178 @@
+"""``geohf evaluate``: metrics, pictures and a report for a model on a dataset split.
+
+Writes ``metrics.json``, ``report.md``, ``predictions.parquet`` and pictures: the cumulative
+error curve, accuracy per country, a country confusion matrix and a world map of the test
+points coloured by error. When the split has ``location_id`` (several views per place),
+per-view and fused (mean of logits, seed 000) numbers are reported side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import plots
+from ..inference.predictor import GeoPredictor
+from .evaluation import TABLE_COLUMNS, Evaluation, evaluate
+from .metrics import accuracy, distance_metrics, per_class_precision_recall
+
+CONFUSION_TOP = 20
+
+
+def country_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, precision, recall and support per true country."""
+    pr = per_class_precision_recall(frame["pred_country_code"], frame["country_code"])
+    rows = {c: v for c, v in pr.items() if v["support"] > 0}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table["accuracy"] = table["recall"]
+    return table.sort_values("support", ascending=False)
+
+
+def confusion(frame: pd.DataFrame, top: int = CONFUSION_TOP) -> tuple[np.ndarray, list[str]]:
+    """Confusion counts over the ``top`` most frequent true countries (others pooled as "other")."""
+    labels = frame["country_code"].value_counts().index[:top].tolist()
+    index = {c: i for i, c in enumerate(labels)}
+    other = len(labels)
+    m = np.zeros((other + 1, other + 1), dtype=np.int64)
+    for t, p in zip(frame["country_code"], frame["pred_country_code"]):
+        m[index.get(t, other), index.get(p, other)] += 1
+    return m, [*labels, "other"]
+
+
+def fuse_views(predictor: GeoPredictor, frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """One row per ``location_id``: views fused by the mean of their logits (log-probabilities)."""
+    head = predictor.model.heads[predictor.model.config.primary_head]
+    config = predictor.model.config
+    logp = np.log(np.clip(probs, 1e-12, None))
+    codes, uniques = pd.factorize(frame["location_id"])
+    fused = np.zeros((len(uniques), logp.shape[1]))
+    np.add.at(fused, codes, logp)
+    fused /= np.bincount(codes)[:, None]
+    logits = torch.as_tensor(fused, dtype=torch.float32)
+    coords = head.coordinates(logits, config.coordinate_method, config.coordinate_top_k, config.coordinate_radius_km)
+    first = frame.groupby(codes).first().reset_index(drop=True)
+    best = logits.argmax(1).numpy()
+    out = first[["location_id", "latitude", "longitude", "country_code"]].copy()
+    out["pred_latitude"], out["pred_longitude"] = coords[:, 0].numpy(), coords[:, 1].numpy()
+    out["pred_country_code"] = predictor.cells.country_code[best]
+    out["views"] = np.bincount(codes)
+    return out
+
+
+def multiview_rows(predictor: GeoPredictor, evaluation: Evaluation) -> dict[str, dict]:
+    """Per-view and fused metrics for splits with several views per location."""
+    frame = evaluation.predictions
+    probs = frame.attrs["probs"]
+    fused = fuse_views(predictor, frame, probs)
+    rows = {}
+    for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused)):
+        m = distance_metrics(f["latitude"], f["longitude"], f["pred_latitude"], f["pred_longitude"])
+        m["country_accuracy"] = accuracy(f["pred_country_code"], f["country_code"])
+        rows[name] = m
+    return rows
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    head = "| method | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
+    sep = "|---|" + "---:|" * len(TABLE_COLUMNS)
+    body = []
+    for name, m in rows.items():
+        cells = [f"{m[k]:,.1f}" if k in m and m[k] is not None else "-" for k, _ in TABLE_COLUMNS]
+        body.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
+def write_report(
+    predictor: GeoPredictor,
+    dataset_dict,
+    output: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = 64,
+    human_results: str | None = None,
+    title: str = "",
+) -> dict:
+    """Evaluate and write every artefact into ``output``; returns the metrics dict."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation = evaluate(predictor, dataset_dict, split=split, batch_size=batch_size)
+    rows = dict(evaluation.rows)
+    if human_results:
+        from ..app.results import summarise_results
+
+        rows["human"] = summarise_results(human_results)
+    frame = evaluation.predictions
+    multiview = {}
+    if "location_id" in dataset_dict[split].column_names:
+        ids = dataset_dict[split]["location_id"]
+        frame["location_id"] = list(ids)
+        if frame["location_id"].duplicated().any():
+            multiview = multiview_rows(predictor, evaluation)
+
+    countries = country_table(frame)
+    matrix, labels = confusion(frame)
+    pictures = {
+        "error_curve": plots.plot_error_curve(
+            {"model": frame["error_km"]}, out / "error_curve.png", title=f"{split}: share of images within x km"
+        ),
+        "map": plots.plot_errors(
+            frame["latitude"],
+            frame["longitude"],
+            frame["error_km"],
+            out / "error_map.png",
+            title=f"{split} images coloured by error",
+        ),
+        "countries": plots.plot_country_accuracy(countries, out / "country_accuracy.png", title="accuracy per country"),
+        "confusion": plots.plot_confusion(matrix, labels, out / "country_confusion.png", title="countries"),
+    }
+    keep = [c for c in frame.columns if c not in ("top_index", "top_score")]
+    predictions = frame[keep].assign(
+        top_index=[list(map(int, t)) for t in frame["top_index"]],
+        top_score=[list(map(float, t)) for t in frame["top_score"]],
+    )
+    predictions.attrs = {}  # pandas would serialise attrs (the probability matrix) into the Parquet metadata
+    predictions.to_parquet(out / "predictions.parquet")
+    metrics = {
+        **evaluation.to_dict(),
+        "results": rows,
+        "multiview": multiview,
+        "countries": countries.reset_index(names="country_code").to_dict("records"),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    lines = [
+        f"# Evaluation{': ' + title if title else ''}",
+        "",
+        f"Split `{split}`: {evaluation.sizes.get(split)} images (train {evaluation.sizes.get('train')}).",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    if multiview:
+        lines += ["## Several views per place", "", markdown_table(multiview), ""]
+    lines += [
+        "## Error curve",
+        "",
+        "![error curve](error_curve.png)",
+        "",
+        "## Where the errors are",
+        "",
+        "![error map](error_map.png)",
+        "",
+        "## Countries",
+        "",
+        "![accuracy per country](country_accuracy.png)",
+        "",
+        "![country confusion](country_confusion.png)",
+        "",
+        "| country | support | accuracy % | precision % |",
+        "|---|---:|---:|---:|",
+        *[f"| {c} | {r.support} | {r.accuracy:.1f} | {r.precision:.1f} |" for c, r in countries.head(30).iterrows()],
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    metrics["pictures"] = {k: Path(v).name for k, v in pictures.items()}
+    return metrics

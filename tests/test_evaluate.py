@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geohf.cli import main
+from geohf.data.pipeline import BuildConfig, build_dataset
+from geohf.data.samples import land_points, make_grid_folders
+from geohf.geo.cells import CellPartition
+
+
+def test_evaluate_writes_report_pictures_and_predictions(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--dataset", str(tiny_dataset), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "geometric median" in printed and "median km" in printed
+    for name in (
+        "metrics.json",
+        "report.md",
+        "predictions.parquet",
+        "error_curve.png",
+        "error_map.png",
+        "country_accuracy.png",
+        "country_confusion.png",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"model", "geometric median", "random cell by frequency"}
+    assert sum(c["support"] for c in metrics["countries"]) == 20
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert len(preds) == 20 and {"pred_latitude", "error_km", "top_index"} <= set(preds.columns)
+    report = (out / "report.md").read_text()
+    assert "![error curve](error_curve.png)" in report and "| model |" in report
+
+
+def test_multiview_evaluation_on_another_dataset(tiny_model_dir, labeller, admin1_path, tmp_path):
+    """A grid-folders dataset (3 views per place) scored with the model's own cells, per view and fused."""
+    root = make_grid_folders(tmp_path / "raw", land_points(12, labeller, seed=5), views=3)
+    ds_dir = tmp_path / "ds"
+    build_dataset(
+        BuildConfig(
+            layout="grid-folders",
+            input=str(root),
+            output=str(ds_dir),
+            boundaries=admin1_path,
+            cells=["quadtree:max_samples=10,min_samples=2"],
+            fractions=(0.5, 0.0, 0.5),
+            filter=False,
+        )
+    )
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--dataset", str(ds_dir), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = list(metrics["multiview"])
+    assert names[0] == "per view" and names[1].startswith("fused (3.0 views)")
+    # true cells come from the model's partition, not the dataset's own quadtree column
+    preds = pd.read_parquet(out / "predictions.parquet")
+    part = CellPartition.load(tiny_model_dir / "cells" / "quadtree.parquet")
+    np.testing.assert_array_equal(preds["true_class"], part.assign(preds["latitude"], preds["longitude"]))
+    assert "Several views per place" in (out / "report.md").read_text()
+
+
+def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="no 'holdout' split"):
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(tiny_dataset),
+                "--output",
+                str(tmp_path / "x"),
+                "--split",
+                "holdout",
+            ]
+        )
