@@ -13,8 +13,8 @@ from datasets import load_dataset
 from transformers import TrainingArguments
 
 from geohf.data.transforms import AugmentConfig
-from geohf.training.trainer import BalancedSampler, inverse_frequency, step_schedule
 from geohf.training.train import DataArguments, ModelArguments, TrainingExtras, run_training
+from geohf.training.trainer import BalancedSampler, inverse_frequency, step_schedule
 
 RUN = """
 import json, os, signal, sys
@@ -41,9 +41,20 @@ print(json.dumps([h["loss"] for h in result.trainer.state.log_history if "loss" 
 
 
 def tiny_args(out, **kw) -> TrainingArguments:
-    base = dict(output_dir=str(out), max_steps=2, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                learning_rate=1e-3, bf16=True, use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
-                disable_tqdm=True, logging_steps=1)
+    base = dict(
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        bf16=True,
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -57,8 +68,12 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tiny_dataset, tmp_path)
     script.write_text(RUN)
 
     def run(out, kill_at=0, resume=False):
-        return subprocess.run([sys.executable, str(script), str(out), str(tiny_dataset), str(kill_at), str(int(resume))],
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, str(script), str(out), str(tiny_dataset), str(kill_at), str(int(resume))],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     straight = run(tmp_path / "a")
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -75,10 +90,23 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tiny_dataset, tmp_path)
 
 
 def test_early_stopping_on_median_km(tiny_dataset, tmp_path):
-    args = tiny_args(tmp_path / "es", max_steps=20, learning_rate=0.0, eval_strategy="steps", eval_steps=1,
-                     save_strategy="steps", save_steps=1, save_total_limit=2)
-    result = run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args,
-                          TrainingExtras(early_stopping_patience=2))
+    args = tiny_args(
+        tmp_path / "es",
+        max_steps=20,
+        learning_rate=0.0,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+    )
+    result = run_training(
+        tiny_model(),
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        args,
+        TrainingExtras(early_stopping_patience=2),
+    )
     assert args.metric_for_best_model == "median_km" and args.greater_is_better is False
     assert result.trainer.state.global_step == 3  # no improvement with lr 0: stops after patience evaluations
     assert result.trainer.state.best_metric == pytest.approx(result.metrics["eval_median_km"])
@@ -90,14 +118,24 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
     draws = Counter(labels[i] for i in BalancedSampler(weights, seed=0))
     assert abs(draws[0] - draws[1]) < 25  # even classes from a 9:1 split
     assert list(BalancedSampler(weights, seed=0)) == list(BalancedSampler(weights, seed=0))
-    result = run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(),
-                          tiny_args(tmp_path / "bal"), TrainingExtras(class_balance="loss"))
+    result = run_training(
+        tiny_model(),
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        tiny_args(tmp_path / "bal"),
+        TrainingExtras(class_balance="loss"),
+    )
     weights = result.model.config.head("haversine")["class_weights"]
     counts = np.bincount(load_dataset(str(tiny_dataset), split="train")["cell_quadtree"], minlength=len(weights))
     seen = counts > 0
     assert np.allclose(np.asarray(weights)[seen] * counts[seen], counts.sum() / seen.sum(), rtol=1e-4)
-    run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(),
-                 tiny_args(tmp_path / "samp"), TrainingExtras(class_balance="sampler"))
+    run_training(
+        tiny_model(),
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        tiny_args(tmp_path / "samp"),
+        TrainingExtras(class_balance="sampler"),
+    )
 
 
 def test_step_schedule():
@@ -109,8 +147,12 @@ def test_frozen_backbone_trains_heads_only(tiny_dataset, tmp_path):
     from geohf.modeling import build_model
 
     model_args = ModelArguments(image_size=32, crop_pct=1.0, freeze_backbone=True)
-    model = run_training(model_args, DataArguments(dataset=str(tiny_dataset)), AugmentConfig(),
-                         tiny_args(tmp_path / "probe", learning_rate=1e-2)).model
+    model = run_training(
+        model_args,
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        tiny_args(tmp_path / "probe", learning_rate=1e-2),
+    ).model
     after = model.state_dict()
     fresh = build_model(model.config, "offline").state_dict()  # the ImageNet weights it started from
     backbone = [k for k in after if k.startswith("geo.")]
@@ -130,20 +172,33 @@ def test_logging_to_tensorboard_and_trackio(tiny_dataset, tmp_path, monkeypatch)
 
 def test_hyperparameter_search(tiny_dataset, tmp_path):
     args = tiny_args(tmp_path / "hp", eval_strategy="steps", eval_steps=2)
-    result = run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args,
-                          TrainingExtras(hp_search_trials=2))
+    result = run_training(
+        tiny_model(),
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        args,
+        TrainingExtras(hp_search_trials=2),
+    )
     hp = result.metrics["hp_search"]
     assert hp["trials"] == 2 and set(hp["hyperparameters"]) == {"learning_rate", "weight_decay"}
     assert args.learning_rate == hp["hyperparameters"]["learning_rate"]  # the final run used the best values
 
 
 def test_streaming(tiny_dataset, tmp_path):
-    result = run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset), streaming=True), AugmentConfig(),
-                          tiny_args(tmp_path / "stream"))
+    result = run_training(
+        tiny_model(),
+        DataArguments(dataset=str(tiny_dataset), streaming=True),
+        AugmentConfig(),
+        tiny_args(tmp_path / "stream"),
+    )
     assert result.trainer.state.global_step == 2
     with pytest.raises(ValueError, match="max_steps"):
-        run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset), streaming=True), AugmentConfig(),
-                     tiny_args(tmp_path / "stream2", max_steps=-1, num_train_epochs=1))
+        run_training(
+            tiny_model(),
+            DataArguments(dataset=str(tiny_dataset), streaming=True),
+            AugmentConfig(),
+            tiny_args(tmp_path / "stream2", max_steps=-1, num_train_epochs=1),
+        )
 
 
 def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset, tmp_path, monkeypatch):
@@ -162,8 +217,15 @@ def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset,
     monkeypatch.setattr("geohf.hub.publish.HfApi", FakeApi)
     secret = "hf_FAKEsecretTOKENvalue1234567890"
     out = tmp_path / "pushed"
-    args = tiny_args(out, push_to_hub=True, hub_model_id="org/geo-model", hub_token=secret, hub_private_repo=True,
-                     eval_strategy="steps", eval_steps=2)
+    args = tiny_args(
+        out,
+        push_to_hub=True,
+        hub_model_id="org/geo-model",
+        hub_token=secret,
+        hub_private_repo=True,
+        eval_strategy="steps",
+        eval_steps=2,
+    )
     run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args)
     assert calls[0] == ("init", secret)
     assert calls[1] == ("create_repo", "org/geo-model", {"repo_type": "model", "private": True, "exist_ok": True})
@@ -172,8 +234,15 @@ def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset,
     from geohf.hub.publish import files_to_upload
 
     files = set(files_to_upload(out))
-    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "cells/quadtree.parquet",
-            "modeling_geohf.py", "train_metrics.json"} <= files
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "cells/quadtree.parquet",
+        "modeling_geohf.py",
+        "train_metrics.json",
+    } <= files
     assert "training_args.bin" not in files
     card = (out / "README.md").read_text()
     assert "model-index" in card and "median error (km)" in card and "Privacy" in card
@@ -197,8 +266,13 @@ r = geo(ds[0]["image"])
 print(json.dumps({"rows": len(ds), "country": r["country_code"], "label": clf(ds[0]["image"])[0]["label"],
                   "type": type(model).__name__}))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**hub.env(tmp_path / "hf"), "PATH": os.environ["PATH"]})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**hub.env(tmp_path / "hf"), "PATH": os.environ["PATH"]},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == 20 and out["type"] == "GeoModelForImageGeolocation" and out["country"] and out["label"]
