@@ -79,7 +79,7 @@ def label_encoder(spec: dict[str, Any]) -> Callable[[Any], int]:
     if spec["type"] == "regression":
         return lambda v: 0
     labels = spec["labels"]
-    if spec.get("cells"):
+    if str(spec.get("label_column") or "").startswith("cell_"):  # geocell ids are stored as integers
         n = len(labels)
         return lambda v: int(v) if 0 <= int(v) < n else -100
     index = {name: i for i, name in enumerate(labels)}

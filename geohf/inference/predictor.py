@@ -104,14 +104,14 @@ def format_predictions(cells: CellTable, arrays: dict[str, np.ndarray]) -> list[
     out = []
     for i in range(arrays["top_index"].shape[0]):
         top = arrays["top_index"][i]
-        best = int(top[0])
+        best = int(top[0]) if len(top) else None  # None: a regression-only model names no place
         record = {
             "latitude": _round(arrays["latitude"][i]),
             "longitude": _round(arrays["longitude"][i]),
-            "country_code": str(cells.country_code[best]),
-            "country": str(cells.country[best]),
-            "region": str(cells.region[best]),
-            "score": _round(arrays["top_score"][i][0]),
+            "country_code": str(cells.country_code[best]) if best is not None else "",
+            "country": str(cells.country[best]) if best is not None else "",
+            "region": str(cells.region[best]) if best is not None else "",
+            "score": _round(arrays["top_score"][i][0]) if best is not None else None,
         }
         if "radius_km" in arrays:
             record["radius_km"] = _round(arrays["radius_km"][i], 1)
@@ -129,8 +129,14 @@ def format_predictions(cells: CellTable, arrays: dict[str, np.ndarray]) -> list[
 
 
 def postprocess_outputs(model, outputs, top_k: int, mass: float | None = 0.5) -> dict[str, np.ndarray]:
-    """Model outputs → numpy arrays: coordinates, top-k classes and scores, probabilities, radius."""
-    probs = torch.softmax(outputs.logits.float(), dim=-1)
+    """Model outputs → numpy arrays: coordinates, top-k classes and scores, probabilities, radius.
+
+    A regression-only model has no classes: its top-k arrays are empty.
+    """
+    if model.config.head(model.config.primary_head)["type"] == "regression":
+        probs = outputs.coordinates.new_zeros((outputs.coordinates.shape[0], 0))
+    else:
+        probs = torch.softmax(outputs.logits.float(), dim=-1)
     score, index = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     arrays = {"top_index": index.cpu().numpy(), "top_score": score.cpu().numpy(), "probs": probs.cpu().numpy()}
     if outputs.coordinates is not None:
@@ -219,14 +225,15 @@ class GeoPredictor:
             self.predict_tensors(batch["pixel_values"]) for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
         ]
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        best = arrays["top_index"][:, 0]
+        classes = arrays["top_index"].shape[1] > 0
+        best = arrays["top_index"][:, 0] if classes else np.full(len(arrays["latitude"]), -1)
         frame = pd.DataFrame(
             {
                 "pred_latitude": arrays["latitude"],
                 "pred_longitude": arrays["longitude"],
                 "pred_cell": best,
-                "pred_country_code": self.cells.country_code[best],
-                "pred_region_code": self.cells.region_code[best],
+                "pred_country_code": self.cells.country_code[best] if classes else "",
+                "pred_region_code": self.cells.region_code[best] if classes else "",
                 "top_index": list(arrays["top_index"]),
                 "top_score": list(arrays["top_score"]),
             }

@@ -74,8 +74,8 @@ class GeoConfig(PreTrainedConfig):
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
         classifiers = [h for h in self.heads if h["type"] != "regression"]
-        if self.primary_head is None and classifiers:
-            self.primary_head = classifiers[0]["name"]
+        if self.primary_head is None and self.heads:  # the first classifier, else the regression head
+            self.primary_head = (classifiers or self.heads)[0]["name"]
         if self.primary_head is not None:
             primary = self.head(self.primary_head)
             if primary["type"] != "regression":

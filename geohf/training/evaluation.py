@@ -34,10 +34,16 @@ class Guesses:
     longitude: np.ndarray
     ranked_cells: np.ndarray  # (N, k) best first
 
-    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
+    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str, labeller=None) -> dict[str, float]:
         out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
         true_cell = truth[cell_column].to_numpy()
         known = true_cell >= 0  # rows whose true class the model does not have are left out
+        if self.ranked_cells.shape[1] == 0:  # a regression model: its country is where its coordinates fall
+            if labeller is not None:
+                labels, _ = labeller.label(self.latitude, self.longitude)
+                out["country_accuracy"] = accuracy(labels["country_code"], truth["country_code"])
+                out["region_accuracy"] = accuracy(labels["region_code"], truth["region_code"])
+            return out
         for k in (1, 5):
             if known.any():
                 hit = (self.ranked_cells[known, :k] == true_cell[known, None]).any(1)
@@ -124,11 +130,13 @@ def evaluate(
     split: str = "test",
     batch_size: int = 64,
     seed: int = 0,
+    labeller=None,
 ) -> Evaluation:
     """The model on ``split`` next to two naive baselines fitted on the training split.
 
     True cells come from the model's own partition (so any dataset with coordinates can be
-    scored), else from the dataset's column of the primary head.
+    scored), else from the dataset's column of the primary head. A regression-only model's
+    country is read from its coordinates with ``labeller`` (a :class:`PointLabeller`).
     """
     if split not in dataset_dict:
         raise ValueError(f"the dataset has no {split!r} split; it has {list(dataset_dict)}")
@@ -137,7 +145,7 @@ def evaluate(
         raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
     spec = predictor.model.config.head(predictor.model.config.primary_head)
     wanted = ["latitude", "longitude", "country_code", "region_code", spec.get("label_column")]
-    columns = [c for c in wanted if c in test.column_names]
+    columns = [c for c in dict.fromkeys(wanted) if c in test.column_names]
     truth = test.select_columns(columns).to_pandas()
     truth["true_class"] = true_classes(truth, predictor)
     cells = predictor.cells
@@ -147,14 +155,11 @@ def evaluate(
         frame["pred_latitude"].to_numpy(), frame["pred_longitude"].to_numpy(), np.stack(frame["top_index"].to_numpy())
     )
     result = Evaluation(split=split, sizes={s: len(dataset_dict[s]) for s in dataset_dict})
-    result.rows["model"] = model.metrics(truth, cells, "true_class")
+    result.rows["model"] = model.metrics(truth, cells, "true_class", labeller)
     known = truth["true_class"].to_numpy() >= 0
-    result.rows["model"].update(
-        {
-            f"cell_{k}": v
-            for k, v in topk_accuracy(frame.attrs["probs"][known], truth["true_class"][known], (3, 10)).items()
-        }
-    )
+    if frame.attrs["probs"].shape[1] and known.any():
+        topk = topk_accuracy(frame.attrs["probs"][known], truth["true_class"][known], (3, 10))
+        result.rows["model"].update({f"cell_{k}": v for k, v in topk.items()})
     if spec.get("cells") and "train" in dataset_dict:
         train = dataset_dict["train"].select_columns(columns).to_pandas()
         train["true_class"] = true_classes(train, predictor)

@@ -27,6 +27,8 @@ from ..data.transforms import (
     train_transform,
 )
 from ..geo.cells import CellPartition
+from ..geo.countries import country_name
+from ..geo.sphere import spherical_mean
 from ..modeling import GeoConfig, GeoImageProcessor, GeoModelForImageGeolocation, build_model
 from ..modeling.backbones import backbone_preprocessing, is_transformers_name, transformers_backbone_kwargs
 from .trainer import GeoTrainer, inverse_frequency, make_compute_metrics
@@ -136,15 +138,40 @@ def head_specs(
         elif kind == "regression":
             spec = {"name": kind, "type": "regression", "label_column": None}
         else:
-            column = f"{kind}_code"
-            codes = pd.DataFrame({c: label_column_values(train, c, label_rows) for c in {"country_code", column}})
-            labels = sorted(set(codes[column]) - {""})
-            spec = {"name": kind, "type": "classification", "label_column": column, "labels": labels}
-            if kind == "region":  # each region's country, so a region head also answers "which country"
-                country = codes.groupby(column)["country_code"].agg(lambda s: s.value_counts().index[0])
-                spec["label_country"] = [country[r] for r in labels]
+            spec = label_head_spec(kind, train, label_rows)
         specs.append(spec)
     return specs
+
+
+def label_head_spec(kind: str, train, label_rows: int) -> dict:
+    """A country or region classification head; each class gets the spherical mean of its
+    training samples as centroid (so the head also predicts coordinates) and its country."""
+    column = f"{kind}_code"
+    wanted = {"country_code", column, "latitude", "longitude"}
+    rows = pd.DataFrame({c: label_column_values(train, c, label_rows) for c in sorted(wanted)})
+    rows = rows[rows[column] != ""]
+    labels = sorted(set(rows[column]))
+    groups = rows.groupby(column)
+    centroids = [spherical_mean(g["latitude"].to_numpy(), g["longitude"].to_numpy()) for _, g in groups]
+    country = groups["country_code"].agg(lambda s: s.value_counts().index[0])
+    codes = [country[label] for label in labels]
+    cells = {
+        "name": labels,
+        "latitude": [round(float(c[0]), 6) for c in centroids],
+        "longitude": [round(float(c[1]), 6) for c in centroids],
+        "country_code": codes,
+        "country": [country_name(c) for c in codes],
+        "region_code": labels if kind == "region" else [""] * len(labels),
+        "region": [""] * len(labels),
+    }
+    return {
+        "name": kind,
+        "type": "classification",
+        "label_column": column,
+        "labels": labels,
+        "label_country": codes,
+        "cells": cells,
+    }
 
 
 def make_config(model_args: ModelArguments, heads: list[dict]) -> GeoConfig:

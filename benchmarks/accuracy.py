@@ -1,0 +1,262 @@
+"""Accuracy study on the Blue Marble benchmark: which head geolocates best?
+
+    python benchmarks/accuracy.py [--steps 200] [--image-size 64] [--seeds 3] [--output runs/bench/accuracy]
+
+Same spatially disjoint splits, same backbone (tf_efficientnet_lite0 from the offline ImageNet
+weights), same budget (steps, batch, image size) for every trained row:
+
+1. regression head (unit vector, great-circle loss);
+2. plain cross-entropy over countries (class centroids give coordinates);
+3. plain cross-entropy over geocells;
+4. haversine-smoothed geocells, τ = 25, 75, 200 km;
+5. multi-task: smoothed cells + regression + country;
+6. frozen backbone (linear probe) for the smoothed cells;
+7. kNN retrieval on the frozen backbone's embeddings (im2gps);
+8. naive baselines: the training set's geometric median, a random cell by frequency.
+
+Cell models turn probabilities into coordinates with the rule tuned on the validation
+split (the same procedure for every row). Prints a table (mean ± std over seeds) and writes
+JSON. The claim under test (PIGEON, seed 004): smoothed cells beat regression and plain
+classification on median km.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from transformers import TrainingArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import geohf  # noqa: E402,F401
+from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
+from geohf.data.transforms import AugmentConfig  # noqa: E402
+from geohf.geo.labelling import PointLabeller  # noqa: E402
+from geohf.geo.sphere import spherical_mean  # noqa: E402
+from geohf.inference.predictor import GeoPredictor  # noqa: E402
+from geohf.modeling import GeoImageProcessor, build_model  # noqa: E402
+from geohf.training.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
+from geohf.training.metrics import accuracy, distance_metrics  # noqa: E402
+from geohf.training.train import DataArguments, ModelArguments, make_config, run_training  # noqa: E402
+
+COLUMNS = [
+    ("median_km", "median km", "{:,.0f}"),
+    ("mean_km", "mean km", "{:,.0f}"),
+    ("within_25km", "≤25 km %", "{:.1f}"),
+    ("within_200km", "≤200 km %", "{:.1f}"),
+    ("within_750km", "≤750 km %", "{:.1f}"),
+    ("within_2500km", "≤2500 km %", "{:.1f}"),
+    ("geoscore", "GeoScore", "{:,.0f}"),
+    ("country_accuracy", "country top-1 %", "{:.1f}"),
+    ("train_seconds", "train s", "{:,.0f}"),
+]
+
+
+@dataclass
+class Row:
+    name: str
+    heads: str
+    tau_km: float = 75.0
+    freeze: bool = False
+    seeds: int = 1  # replaced by --seeds for the main rows
+
+
+def rows(seeds: int) -> list[Row]:
+    return [
+        Row("regression (unit vector)", "regression", seeds=seeds),
+        Row("cross-entropy, countries", "country", seeds=seeds),
+        Row("cross-entropy, geocells", "cells", seeds=seeds),
+        Row("haversine cells τ=25 km", "haversine", tau_km=25.0),
+        Row("haversine cells τ=75 km", "haversine", tau_km=75.0, seeds=seeds),
+        Row("haversine cells τ=200 km", "haversine", tau_km=200.0),
+        Row("multi-task (cells τ=75 + regression + country)", "haversine,regression,country"),
+        Row("haversine cells τ=75 km, frozen backbone", "haversine", freeze=True),
+    ]
+
+
+def dataset(root: Path, n_train: int, seed: int = 0) -> Path:
+    path = root / "bluemarble"
+    if not (path / "README.md").is_file():
+        build_bluemarble(
+            path,
+            {"train": n_train, "validation": 1000, "test": 1000},
+            TileSpec(seed=seed),
+            cells=["quadtree:max_samples=60,min_samples=15"],
+            overwrite=True,
+        )
+    return path
+
+
+def train_and_score(row: Row, seed: int, data: Path, out: Path, args, labeller) -> dict:
+    model_args = ModelArguments(
+        heads=row.heads, tau_km=row.tau_km, freeze_backbone=row.freeze, image_size=args.image_size, crop_pct=1.0
+    )
+    training = TrainingArguments(
+        output_dir=str(out),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate * (10 if row.freeze else 1),
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(args.steps // 20, 1),
+        bf16=True,
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        logging_steps=args.steps,
+    )
+    start = time.perf_counter()
+    run_training(model_args, DataArguments(dataset=str(data)), AugmentConfig(), training)
+    seconds = time.perf_counter() - start
+    predictor = GeoPredictor(str(out))
+    ds = load_dataset(str(data))
+    if predictor.model.config.head(predictor.model.config.primary_head)["type"] != "regression":
+        tune_coordinate_rule(predictor, ds["validation"])
+    metrics = evaluate(predictor, ds, split="test", labeller=labeller).rows
+    return {**metrics["model"], "train_seconds": seconds, "_baselines": metrics}
+
+
+@torch.inference_mode()
+def embed(model, dataset, processor, batch: int = 128) -> np.ndarray:
+    out = []
+    for i in range(0, len(dataset), batch):
+        images = dataset[i : i + batch]["image"]
+        pixel_values = processor(images)["pixel_values"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out.append(model.geo(pixel_values).embeddings.float())
+    emb = torch.cat(out)
+    return torch.nn.functional.normalize(emb, dim=-1).numpy()
+
+
+def knn_row(data: Path, args, k: int = 10) -> dict:
+    """im2gps-style retrieval: the spherical mean of the k most similar training tiles (cosine, frozen embeddings)."""
+    ds = load_dataset(str(data))
+    part_config = make_config(
+        ModelArguments(image_size=args.image_size, crop_pct=1.0, heads="regression"),
+        [{"name": "r", "type": "regression", "label_column": None}],
+    )
+    model = build_model(part_config, "offline").eval().to(memory_format=torch.channels_last)
+    processor = GeoImageProcessor.from_config(part_config)
+    start = time.perf_counter()
+    train_emb, test_emb = embed(model, ds["train"], processor), embed(model, ds["test"], processor)
+    sims = test_emb @ train_emb.T
+    nearest = np.argsort(-sims, axis=1)[:, :k]
+    train_lat, train_lon = np.asarray(ds["train"]["latitude"]), np.asarray(ds["train"]["longitude"])
+    lat, lon = spherical_mean(train_lat[nearest], train_lon[nearest], axis=-1)
+    test = ds["test"].select_columns(["latitude", "longitude", "country_code"]).to_pandas()
+    metrics = distance_metrics(test.latitude, test.longitude, lat, lon)
+    train_cc = np.asarray(ds["train"]["country_code"])
+    votes = [max(set(c), key=list(c).count) for c in train_cc[nearest]]
+    metrics["country_accuracy"] = accuracy(votes, test.country_code)
+    metrics["train_seconds"] = time.perf_counter() - start  # no training: embedding time
+    return metrics
+
+
+def summarise(results: list[dict]) -> dict:
+    keys = [k for k, _, _ in COLUMNS]
+    out = {}
+    for key in keys:
+        values = [r[key] for r in results if key in r]
+        if values:
+            out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    return out
+
+
+def table(summary: dict[str, dict]) -> str:
+    head = ["method", *[label for _, label, _ in COLUMNS]]
+    lines = [head]
+    for name, s in summary.items():
+        cells = [name]
+        for key, _, fmt in COLUMNS:
+            if key not in s:
+                cells.append("-")
+            elif s[key]["n"] > 1:
+                cells.append(f"{fmt.format(s[key]['mean'])} ± {fmt.format(s[key]['std'])}")
+            else:
+                cells.append(fmt.format(s[key]["mean"]))
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    rendered = [
+        " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines
+    ]
+    rendered.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(rendered)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default=str(ROOT / "runs" / "bench" / "accuracy"))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-tiles", type=int, default=8000)
+    parser.add_argument("--only", nargs="*", help="run only rows whose name contains one of these")
+    args = parser.parse_args(argv)
+    root = Path(args.output)
+    root.mkdir(parents=True, exist_ok=True)
+    data = dataset(root, args.train_tiles)
+    labeller = PointLabeller()
+    summary: dict[str, dict] = {}
+    raw: dict[str, list] = {}
+    baselines = None
+    for row in rows(args.seeds):
+        if args.only and not any(o in row.name for o in args.only):
+            continue
+        results = []
+        for seed in range(row.seeds):
+            result = train_and_score(
+                row,
+                seed,
+                data,
+                root / f"{row.heads.replace(',', '+')}-{row.tau_km:g}-{'frozen' if row.freeze else 'ft'}-{seed}",
+                args,
+                labeller,
+            )
+            baselines = result.pop("_baselines")
+            results.append(result)
+            print(f"{row.name} seed {seed}: median {result['median_km']:,.0f} km", flush=True)
+        raw[row.name], summary[row.name] = results, summarise(results)
+    if not args.only or any("kNN" in o for o in args.only):
+        name = "kNN retrieval (k=10, frozen ImageNet embeddings)"
+        raw[name] = [knn_row(data, args)]
+        summary[name] = summarise(raw[name])
+    for name in ("geometric median", "random cell by frequency"):
+        if baselines and name in baselines:
+            summary[f"baseline: {name}"] = summarise([baselines[name]])
+    text = table(summary)
+    print(text)
+    report = {
+        "args": vars(args),
+        "summary": summary,
+        "runs": raw,
+        "table": text,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+    }
+    (root / "accuracy.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    main()
