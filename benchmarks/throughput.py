@@ -1,0 +1,253 @@
+"""Throughput: geohf's paths against minimal PyTorch, measured side by side in one process.
+
+    python benchmarks/throughput.py [--steps 20] [--image-size 96] [--batch-size 64] [--output runs/bench/throughput]
+
+* training img/s: ``Trainer`` (``GeoTrainer`` via ``run_training``'s components) vs a raw
+  PyTorch loop on the same model, data path, batch and precision (target ≥ 0.90);
+* inference img/s: ``pipeline("image-geolocation")`` and ``geohf predict`` (``predict_files``
+  on PNG files) vs a raw batched forward on preprocessed tensors (target ≥ 0.85);
+* input pipeline: images/s decoded + transformed by the training data path with 0 and 2
+  DataLoader workers vs the model's consumption rate (the data path must not be the bottleneck);
+* bf16 vs fp32 and channels_last vs not, for a training step and for inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from datasets import load_dataset
+from transformers import TrainingArguments, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import geohf  # noqa: E402,F401
+from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
+from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
+from geohf.geo.cells import CellPartition  # noqa: E402
+from geohf.inference.predict import predict_files  # noqa: E402
+from geohf.inference.predictor import GeoPredictor  # noqa: E402
+from geohf.modeling import GeoImageProcessor, build_model  # noqa: E402
+from geohf.training.train import ModelArguments, head_specs, make_config  # noqa: E402
+from geohf.training.trainer import GeoTrainer  # noqa: E402
+
+
+def data(root: Path) -> Path:
+    path = root / "bluemarble"
+    if not (path / "README.md").is_file():
+        build_bluemarble(
+            path,
+            {"train": 3000, "validation": 200, "test": 1000},
+            TileSpec(),
+            cells=["quadtree:max_samples=60,min_samples=15"],
+            overwrite=True,
+        )
+    return path
+
+
+def model_and_processor(dataset: Path, image_size: int, channels_last: bool = True, depthwise_fp32: bool = True):
+    part = CellPartition.load(dataset / "cells" / "quadtree.parquet")
+    config = make_config(
+        ModelArguments(image_size=image_size, crop_pct=1.0), head_specs(["haversine"], None, part, "quadtree", 75.0)
+    )
+    config.depthwise_fp32 = depthwise_fp32
+    model = build_model(config, "offline")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, GeoImageProcessor.from_config(config)
+
+
+def train_set(dataset: Path, model, processor):
+    train = load_dataset(str(dataset), split="train")
+    return train.with_transform(example_transform(processor.transform, model.config.heads, model.config.primary_head))
+
+
+def timed(fn, steps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def raw_train_rate(model, loader, bf16: bool, steps: int, channels_last: bool = True) -> float:
+    """Images/s of a minimal loop: load batch, autocast forward, backward, AdamW step."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        x = batch["pixel_values"]
+        if not channels_last:
+            x = x.contiguous()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=x, labels=batch["labels"], coordinates=batch["coordinates"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return loader.batch_size / timed(step, steps)
+
+
+def trainer_rate(model, train, processor, batch: int, bf16: bool, steps: int, out: Path) -> float:
+    """Images/s of ``GeoTrainer.train`` for ``steps`` steps (after a warm-up run)."""
+
+    def run(n):
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=n,
+            per_device_train_batch_size=batch,
+            bf16=bf16,
+            use_cpu=True,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            logging_steps=10_000,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+        )
+        trainer = GeoTrainer(
+            model=model, args=args, train_dataset=train, data_collator=GeoCollator(), processing_class=processor
+        )
+        start = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - start
+
+    run(3)  # warm-up (oneDNN kernels, allocator)
+    return steps * batch / run(steps)
+
+
+def input_rate(train, batch: int, workers: int, batches: int = 20) -> float:
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=batch,
+        shuffle=True,
+        collate_fn=GeoCollator(),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def raw_infer_rate(model, x: torch.Tensor, bf16: bool, steps: int) -> float:
+    model.eval()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(pixel_values=x)
+
+    return x.shape[0] / timed(step, steps)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default=str(ROOT / "runs" / "bench" / "throughput"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=512, help="images for the inference comparisons")
+    args = parser.parse_args(argv)
+    root = Path(args.output)
+    root.mkdir(parents=True, exist_ok=True)
+    dataset = data(root)
+    torch.manual_seed(0)
+    results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads()}
+
+    # ---- training: Trainer vs raw loop, same model, data path, batch, precision
+    model, processor = model_and_processor(dataset, args.image_size)
+    train = train_set(dataset, model, processor)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=GeoCollator())
+    raw = raw_train_rate(model, loader, True, args.steps)
+    trainer = trainer_rate(model, train, processor, args.batch_size, True, args.steps, root / "trainer")
+    results["train"] = {"raw_img_s": raw, "trainer_img_s": trainer, "ratio": trainer / raw, "target": 0.90}
+
+    # ---- input pipeline vs consumption
+    results["input"] = {f"workers_{w}_img_s": input_rate(train, args.batch_size, w) for w in (0, 2)}
+    results["input"]["model_consumption_img_s"] = raw
+
+    # ---- precision and layout, training step on a fixed batch (no data loading)
+    batch = GeoCollator()([train[i] for i in range(args.batch_size)])
+    fixed = [batch]
+
+    class Repeat(list):
+        batch_size = args.batch_size
+
+        def __iter__(self):
+            while True:
+                yield fixed[0]
+
+    grid = {}
+    for depthwise in (True, False):
+        for cl in (True, False):
+            m, _ = model_and_processor(dataset, args.image_size, channels_last=cl, depthwise_fp32=depthwise)
+            for bf16 in (True, False):
+                if not depthwise and not bf16:
+                    continue  # the depthwise switch only matters under bf16
+                key = f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}" + (
+                    "" if depthwise or not bf16 else " (bf16 depthwise convs)"
+                )
+                grid[key] = {"train_img_s": raw_train_rate(m, Repeat(), bf16, max(args.steps // 2, 5), cl)}
+                x = batch["pixel_values"] if cl else batch["pixel_values"].contiguous()
+                grid[key]["infer_img_s"] = raw_infer_rate(m, x, bf16, max(args.steps // 2, 5))
+    results["precision_layout"] = grid
+
+    # ---- inference: pipeline and geohf predict vs raw forward on preprocessed tensors
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    test = load_dataset(str(dataset), split="test").select(range(args.images))
+    images = [r["image"] for r in test]
+    files = []
+    (root / "png").mkdir(exist_ok=True)
+    for i, im in enumerate(images):
+        path = root / "png" / f"{i:05d}.png"
+        if not path.exists():
+            im.save(path)
+        files.append(path)
+    pixel = processor(images[:32])["pixel_values"].contiguous(memory_format=torch.channels_last)
+    raw_infer = raw_infer_rate(model, pixel, True, max(args.steps // 2, 5))
+    geo = pipeline("image-geolocation", model=str(root / "model"))
+    geo(images[:32], batch_size=32)
+    start = time.perf_counter()
+    geo(images, batch_size=32)
+    pipe_rate = len(images) / (time.perf_counter() - start)
+    predictor = GeoPredictor(str(root / "model"))
+    predict_files(predictor, files[:64], batch_size=32)
+    start = time.perf_counter()
+    predict_files(predictor, files, batch_size=32)
+    cli_rate = len(files) / (time.perf_counter() - start)
+    results["inference"] = {
+        "raw_forward_img_s": raw_infer,
+        "pipeline_img_s": pipe_rate,
+        "pipeline_ratio": pipe_rate / raw_infer,
+        "predict_img_s": cli_rate,
+        "predict_ratio": cli_rate / raw_infer,
+        "target": 0.85,
+        "note": "pipeline and predict include decoding and preprocessing; the raw forward does not",
+    }
+    print(json.dumps(results, indent=2))
+    (root / "throughput.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
