@@ -37,9 +37,10 @@ def validate_coordinates(
     """Keep rows with usable coordinates and add the label columns.
 
     Dropped, with the reason: non-numbers, NaN / inf, latitude outside [-90, 90] or
-    longitude outside [-180, 180], points at sea (no country within the labeller's
-    distance). A point at sea, or out of range, whose swapped order lands on land is
-    reported as "probably swapped" (and swapped only when ``fix_swapped``).
+    longitude outside [-180, 360], points at sea (no country within the labeller's
+    distance). Longitudes in (180, 360] are read in the 0–360 convention and wrapped
+    (reported as a fix). A point at sea, or out of range, whose swapped order lands on land
+    is reported as "probably swapped" (and swapped only when ``fix_swapped``).
     """
     lat = np.array([_as_float(v) for v in frame["latitude"]], dtype=np.float64)
     lon = np.array([_as_float(v) for v in frame["longitude"]], dtype=np.float64)
@@ -50,6 +51,11 @@ def validate_coordinates(
             if keep[i]:
                 log.skip("coordinates", items[i], f"{name} is not a finite number: got {raw.iloc[i]!r}")
                 keep[i] = False
+    # longitudes in the 0–360 convention (181 = 179°W) are wrapped, and reported
+    east = keep & (lon > 180) & (lon <= 360) & (np.abs(lat) <= 90)
+    for i in np.flatnonzero(east):
+        log.fix("coordinates", items[i], f"longitude in the 0–360 convention: {lon[i]:g} read as {lon[i] - 360:g}")
+    lon = np.where(east, lon - 360.0, lon)
     in_range = keep & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0))
     on_land = in_range & (labels["match"].to_numpy() != "none")
@@ -79,7 +85,7 @@ def validate_coordinates(
                     "--fix-swapped"
                 )
             elif not in_range[i]:
-                reason = f"coordinates out of range: {where}, need latitude in [-90, 90] and longitude in [-180, 180]"
+                reason = f"coordinates out of range: {where}, need latitude in [-90, 90] and longitude in [-180, 360]"
             else:
                 reason = f"at sea: no country within {labeller.max_distance_km:g} km of {where}"
             log.skip("coordinates", items[i], reason)

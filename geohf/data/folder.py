@@ -93,6 +93,8 @@ def atomic_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.parent.glob(f".{output_dir.name}.partial-*"):  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

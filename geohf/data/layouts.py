@@ -63,7 +63,16 @@ def _laf_json_for(image: Path) -> tuple[Path, str] | None:
     return image.with_name(f"location_{m['id']}.json"), m["id"]
 
 
-def _coordinates(value) -> tuple[object, object] | None:
+def _coordinates(meta: dict) -> tuple[object, object] | None:
+    """(latitude, longitude) of a lost-and-found JSON: ``coordinates: [lat, lon]`` (the dataset's
+    order), ``{"lat", "lng"}``, or a GeoJSON Point (``[lon, lat]``, as GeoJSON says)."""
+    geometry = meta.get("geometry") if isinstance(meta.get("geometry"), dict) else meta
+    if geometry.get("type") == "Point":
+        value = geometry.get("coordinates")
+        if isinstance(value, (list, tuple)) and len(value) >= 2:
+            return value[1], value[0]
+        return None
+    value = meta.get("coordinates")
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return value[0], value[1]
     if isinstance(value, dict) and {"lat", "lng"} <= set(value):
@@ -98,7 +107,7 @@ def read_lost_and_found(root: str | Path, log: SkipLog) -> pd.DataFrame:
         if not isinstance(meta, dict):
             log.skip(STAGE, meta_path, f"JSON is not an object: got {type(meta).__name__}")
             continue
-        coords = _coordinates(meta.get("coordinates"))
+        coords = _coordinates(meta)
         if coords is None:
             log.skip(STAGE, meta_path, 'no coordinates: the JSON needs "coordinates": [lat, lon]')
             continue
@@ -205,13 +214,17 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         raise ValueError(
             f"{found[0]} has no column(s) {missing}: imagefolder metadata needs file_name, latitude, longitude"
         )
-    rows = []
+    rows, seen = [], set()
     for i, rec in enumerate(table.to_dict("records")):
         name = rec.get("file_name")
         where = f"{found[0].name} row {i + 2 if found[0].suffix == '.csv' else i + 1} ({name})"
         if not isinstance(name, str) or not name:
             log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
             continue
+        if name in seen:
+            log.skip(STAGE, where, "file listed twice: the first row is kept")
+            continue
+        seen.add(name)
         path = root / name
         if not path.is_file():
             log.skip(STAGE, where, f"file not found: {path}")

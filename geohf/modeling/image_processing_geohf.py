@@ -14,9 +14,16 @@ from .remote_code import write_remote_code
 
 
 def to_rgb_image(image: Any) -> Image.Image:
-    """A PIL RGB image from a PIL image, an HWC/CHW array or a CHW tensor."""
+    """A PIL RGB image from a PIL image (any mode: 16-bit and float greys are rescaled, not
+    clipped to white), an HWC/CHW array or a CHW tensor."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            array = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+            image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+        return image.convert("RGB")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
