@@ -18,25 +18,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    import json
-
-    from .inference.predict import predict_files, print_error
-    from .inference.predictor import GeoPredictor
-
-    predictor = GeoPredictor(args.model, top_k=args.top_k)
-    run = predict_files(predictor, args.images, batch_size=args.batch_size, output=args.output, on_error=print_error)
-    if args.output is None:
-        for record in run.records:
-            print(json.dumps(record, ensure_ascii=False))
-    else:
-        print(f"wrote {len(run.records)} predictions to {args.output}", file=sys.stderr)
-    if run.errors:
-        print(f"{len(run.errors)} of {len(args.images)} images could not be read", file=sys.stderr)
-        return 1
-    return 0
-
-
 def _dataset_build(args: argparse.Namespace) -> int:
     from .data.filters import ImageFilter
     from .data.pipeline import BuildConfig, build_dataset
@@ -130,13 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", dest="batch_size", type=int)
     demo.set_defaults(func=_demo)
 
-    pred = sub.add_parser("predict", help="predict where images were taken (JSON lines)")
-    pred.add_argument("images", nargs="+", help="image files")
-    pred.add_argument("--model", required=True, help="model folder or Hub id")
-    pred.add_argument("--top-k", dest="top_k", type=int, default=5)
-    pred.add_argument("--batch-size", dest="batch_size", type=int, default=32)
-    pred.add_argument("--output", default=None, help="write JSON lines here instead of stdout")
-    pred.set_defaults(func=_predict)
+    from .inference.cli import add_predict_parser
+
+    add_predict_parser(sub)
 
     ds = sub.add_parser("dataset", help="build datasets")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
@@ -213,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     ev.set_defaults(func=_evaluate)
 
+    from .app.cli import add_app_parser
     from .collect.cli import add_collect_parser
+    from .export.onnx import add_export_parser
 
     add_collect_parser(sub)
+    add_app_parser(sub)
+    add_export_parser(sub)
 
     sub.add_parser("train", help="fine-tune a model (same flags as scripts/train.py; --help for all)", add_help=False)
     return parser

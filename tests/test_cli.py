@@ -35,8 +35,17 @@ def test_predict_jsonl(tiny_model_dir, images, tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["file"] for r in records] == [str(p) for p in images["good"]]
     for r in records:
-        assert set(r) == {"file", "latitude", "longitude", "country_code", "country", "region", "score", "radius_km",
-                          "top_k"}
+        assert set(r) == {
+            "file",
+            "latitude",
+            "longitude",
+            "country_code",
+            "country",
+            "region",
+            "score",
+            "radius_km",
+            "top_k",
+        }
         assert r["radius_km"] >= 0
         assert len(r["top_k"]) == 3 and set(r["top_k"][0]) == {"label", "score", "latitude", "longitude"}
         assert -90 <= r["latitude"] <= 90 and -180 <= r["longitude"] <= 180

@@ -16,21 +16,23 @@ Inputs may be paths, URLs, PIL images or numpy arrays.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from transformers import Pipeline
-from transformers.image_utils import load_image
 
 from ..modeling import GeoModelOutput
+from .images import load_image
 from .predictor import CellTable, format_predictions, postprocess_outputs
 
 
 def _image(item: Any) -> Any:
-    if isinstance(item, (str, Image.Image)):
-        return load_image(item)
-    if isinstance(item, np.ndarray):
+    """Paths and URLs decoded by :func:`load_image` (EXIF orientation, clear errors); arrays as they are."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item).image
+    if isinstance(item, (Image.Image, np.ndarray)):
         return item
     raise TypeError(f"image-geolocation takes paths, URLs, PIL images or numpy arrays, got {type(item).__name__}")
 

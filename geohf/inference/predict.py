@@ -1,33 +1,485 @@
-"""``geohf predict``: image files → one JSON object per image."""
+"""``geohf predict``: images → one record per image (or per place), streamed batch by batch.
+
+Images are decoded and preprocessed by a DataLoader (optionally in worker processes),
+predicted in batches, and every record goes straight to the output (JSON lines, CSV or
+Parquet, written to a temporary file renamed into place at the end), so memory stays
+flat however many images there are. Unreadable images are reported one line each and
+the others still predicted.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from .images import ImageLoadError, open_image
+from ..geo.sphere import haversine_km
+from .exif import GpsFix, write_estimated_copy
+from .images import ImageLoadError, load_image
+from .inputs import ImageRef, Inputs, PredictItem
 from .predictor import GeoPredictor
+
+FORMATS = ("jsonl", "csv", "parquet")
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+PREDICTION_COLUMNS = ["latitude", "longitude", "country_code", "country", "region", "score", "radius_km"]
+TRUTH_COLUMNS = ["true_latitude", "true_longitude", "exif_latitude", "exif_longitude", "error_km"]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass
+class LoadedItem:
+    """One item decoded and preprocessed: (3, H, W), or (views, 3, H, W) for a place; ``None`` if nothing read."""
+
+    index: int
+    pixel_values: torch.Tensor | None
+    views: list[str]
+    gps: GpsFix | None
+    errors: list[ImageLoadError]
+    item: PredictItem | None = None  # the item without its encoded bytes
+
+
+class ItemDataset(torch.utils.data.Dataset):
+    """Decodes items lazily; unreadable images come back as errors, never as exceptions."""
+
+    def __init__(self, items: Sequence[PredictItem], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> LoadedItem:
+        item = self.items[index]
+        tensors, views, errors, gps = [], [], [], None
+        for ref in item.images:
+            try:
+                loaded = load_image(ref.name, ref.data)
+            except ImageLoadError as err:
+                errors.append(err)
+                continue
+            tensors.append(self.transform(loaded.image))
+            views.append(ref.name)
+            gps = gps or loaded.gps
+        pixel_values = None
+        if tensors:
+            pixel_values = torch.stack(tensors) if item.location_id is not None else tensors[0]
+        return LoadedItem(index, pixel_values, views, gps, errors, item.without_data())
+
+
+def _keep_list(batch: list[LoadedItem]) -> list[LoadedItem]:
+    return batch
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class Prediction:
+    """One predicted item: its JSON-able record and the primary head's probabilities."""
+
+    item: PredictItem
+    record: dict[str, Any]
+    probs: np.ndarray
+    gps: GpsFix | None = None
+
+
+def make_record(
+    item: PredictItem, prediction: dict[str, Any], views: list[str] | None = None, gps: GpsFix | None = None
+) -> dict[str, Any]:
+    """Name fields, the prediction, and ground truth (``item.truth``, else a real EXIF ``gps`` fix)
+    with the error in km. ``views``: the files of a place that could be read (default: all)."""
+    if item.location_id is None:
+        out: dict[str, Any] = {"file": item.images[0].name}
+    else:
+        out = {"location_id": item.location_id, "files": views if views is not None else [r.name for r in item.images]}
+    prediction = dict(prediction)
+    top_k = prediction.pop("top_k")
+    out.update(prediction)
+    truth = None
+    if item.truth is not None:
+        out["true_latitude"], out["true_longitude"] = truth = item.truth
+    if gps is not None and not gps.estimated:
+        out["exif_latitude"], out["exif_longitude"] = round(gps.latitude, 6), round(gps.longitude, 6)
+        truth = truth or (gps.latitude, gps.longitude)
+    if truth is not None and out.get("latitude") is not None:
+        out["error_km"] = round(float(haversine_km(truth[0], truth[1], out["latitude"], out["longitude"])), 1)
+    out["top_k"] = top_k
+    return out
+
+
+def iter_predictions(
+    predictor: GeoPredictor,
+    items: Sequence[PredictItem],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    on_error=None,
+    progress: bool = True,
+) -> Iterator[Prediction]:
+    """Predictions in input order, decoded by a DataLoader and predicted one batch at a time.
+
+    Items whose images could not be read (all of their views) yield nothing; every
+    unreadable image goes to ``on_error``. Places with different numbers of views in one
+    batch are predicted in sub-batches of equal shape.
+    """
+    loader = torch.utils.data.DataLoader(
+        ItemDataset(items, predictor.processor.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_keep_list,
+    )
+    with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
+        for batch in loader:
+            for loaded in batch:
+                for err in loaded.errors:
+                    if on_error is not None:
+                        on_error(err)
+            shapes: dict[tuple, list[LoadedItem]] = {}
+            for loaded in batch:
+                if loaded.pixel_values is not None:
+                    shapes.setdefault(tuple(loaded.pixel_values.shape), []).append(loaded)
+            done: dict[int, Prediction] = {}
+            for group in shapes.values():
+                arrays = predictor.predict_tensors(torch.stack([g.pixel_values for g in group]))
+                for j, (loaded, base) in enumerate(zip(group, predictor.records(arrays))):
+                    record = make_record(loaded.item, base, loaded.views, loaded.gps)
+                    done[loaded.index] = Prediction(loaded.item, record, arrays["probs"][j], loaded.gps)
+            yield from (done[i] for i in sorted(done))
+            bar.update(len(batch))
+
+
+# ---------------------------------------------------------------- writers
+
+
+def output_format(path: str | os.PathLike | None, fmt: str | None = None) -> str:
+    """The output format: ``fmt`` if given, else from the file suffix (JSON lines by default)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown output format {fmt!r}; use one of {FORMATS}")
+        return fmt
+    return SUFFIX_FORMATS.get(Path(str(path)).suffix.lower(), "jsonl") if path not in (None, "-") else "jsonl"
+
+
+def output_columns(grouped: bool, exif_copies: bool) -> list[str]:
+    """The fixed columns of CSV and Parquet outputs."""
+    names = ["location_id", "files"] if grouped else ["file"]
+    return names + PREDICTION_COLUMNS + TRUTH_COLUMNS + (["exif_copy"] if exif_copies else []) + ["top_k"]
+
+
+class RecordWriter:
+    """Streams records to ``path`` (``"-"``: stdout) through a temporary file renamed on :meth:`close`.
+
+    Use as a context manager: on an exception the temporary file is removed, so a failed
+    run never leaves a half-written output behind.
+    """
+
+    binary = False
+
+    def __init__(self, path: str | os.PathLike, columns: list[str]):
+        self.columns, self.count = columns, 0
+        self.path = None if str(path) == "-" else Path(path)
+        if self.path is None:
+            if self.binary:
+                raise ValueError("Parquet cannot go to stdout; pass --output FILE.parquet")
+            self.tmp, self.stream = None, sys.stdout
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.path.with_name(self.path.name + ".tmp")
+            mode = {"mode": "wb"} if self.binary else {"mode": "w", "encoding": "utf-8", "newline": ""}
+            self.stream = open(self.tmp, **mode)  # noqa: SIM115 - closed by close() / abort()
+        self.open()
+
+    def open(self) -> None:
+        """Write a header, if the format has one."""
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Flush what is buffered."""
+
+    def close(self) -> None:
+        self.finish()
+        if self.tmp is not None:
+            self.stream.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.stream.flush()
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self.stream.close()
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class JsonlWriter(RecordWriter):
+    """One JSON object per line; ground-truth keys only where known."""
+
+    def write(self, records):
+        for r in records:
+            self.stream.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self.count += len(records)
+
+
+class CsvWriter(RecordWriter):
+    """Fixed columns; lists (``top_k``, ``files``) as JSON strings, unknown values empty."""
+
+    def open(self):
+        self.writer = csv.DictWriter(self.stream, self.columns, restval="", extrasaction="raise")
+        self.writer.writeheader()
+
+    def write(self, records):
+        for r in records:
+            self.writer.writerow(
+                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in r.items()}
+            )
+        self.count += len(records)
+
+
+def parquet_schema(columns: list[str]):
+    """Arrow types of the output columns (``top_k``: a list of structs)."""
+    import pyarrow as pa
+
+    top = pa.struct(
+        [("label", pa.string()), ("score", pa.float64()), ("latitude", pa.float64()), ("longitude", pa.float64())]
+    )
+    types = {"files": pa.list_(pa.string()), "top_k": pa.list_(top)}
+    strings = {"file", "location_id", "country_code", "country", "region", "exif_copy"}
+    return pa.schema([(c, types.get(c, pa.string() if c in strings else pa.float64())) for c in columns])
+
+
+class ParquetWriter(RecordWriter):
+    """Row groups of ``rows_per_group`` records with a fixed schema."""
+
+    binary = True
+    rows_per_group = 4096
+
+    def open(self):
+        import pyarrow.parquet as pq
+
+        self.schema = parquet_schema(self.columns)
+        self.writer = pq.ParquetWriter(self.stream, self.schema)
+        self.buffer: list[dict] = []
+
+    def write(self, records):
+        self.buffer.extend(records)
+        self.count += len(records)
+        if len(self.buffer) >= self.rows_per_group:
+            self.finish()
+
+    def finish(self):
+        import pyarrow as pa
+
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+            self.buffer = []
+
+    def close(self):
+        self.finish()
+        self.writer.close()
+        super().close()
+
+    def abort(self):
+        self.writer.close()
+        super().abort()
+
+
+WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "parquet": ParquetWriter}
+
+
+def open_writer(path: str | os.PathLike, fmt: str, columns: list[str]) -> RecordWriter:
+    return WRITERS[fmt](path, columns)
+
+
+def write_jsonl(records: list[dict], path: str | os.PathLike) -> None:
+    """Write JSON lines atomically (temporary file, then rename)."""
+    with JsonlWriter(path, []) as writer:
+        writer.write(records)
+
+
+# ---------------------------------------------------------------- EXIF copies
+
+
+class ExifCopier:
+    """Writes each predicted location into a copy of its image under ``folder`` (originals untouched).
+
+    Copies keep the file name; a name met twice in one run gets ``-1``, ``-2``... Images
+    that are not local files, and images with a real GPS fix (better than any estimate),
+    are not copied and are counted in :attr:`left_out`.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.used: set[str] = set()
+        self.written = 0
+        self.left_out: Counter = Counter()
+
+    def _destination(self, source: Path) -> Path:
+        name, n = source.name, 0
+        while name in self.used:
+            n += 1
+            name = f"{source.stem}-{n}{source.suffix}"
+        self.used.add(name)
+        return self.folder / name
+
+    def copy(self, prediction: Prediction) -> list[str]:
+        """Copies written for one prediction; raises :class:`ImageLoadError` for one that cannot be written."""
+        record = prediction.record
+        if record.get("latitude") is None:
+            return []
+        if prediction.gps is not None and not prediction.gps.estimated:
+            self.left_out["images with a real GPS fix in EXIF (kept, no estimate written)"] += 1
+            return []
+        views = set(record.get("files") or [record["file"]])
+        written = []
+        for ref in prediction.item.images:
+            source = ref.local_path
+            if ref.name not in views:
+                continue
+            if source is None:
+                self.left_out["images that are not local files (URLs, dataset rows)"] += 1
+                continue
+            try:
+                dest = write_estimated_copy(
+                    source, self._destination(source), record["latitude"], record["longitude"], record.get("radius_km")
+                )
+            except (ValueError, OSError) as err:
+                raise ImageLoadError(ref.name, f"EXIF copy not written: {err}") from err
+            written.append(str(dest))
+            self.written += 1
+        return written
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+@dataclass
+class PredictOptions:
+    """Where predictions go: ``output`` (``"-"``: stdout, ``None``: nowhere), its ``format``,
+    EXIF copies into ``write_exif``, an HTML map into ``map``."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    output: str | None = None
+    format: str | None = None
+    write_exif: str | None = None
+    map: str | None = None
+    map_polygons: Any = None  # the primary head's cell polygons (GeoDataFrame) for a single image's map
+    progress: bool = True
 
 
 @dataclass
 class PredictionRun:
-    """Predictions for the images that could be read, and an error per image that could not."""
+    """What a run did: counts, an error per unreadable image, notes on what was left out.
+
+    ``records`` is filled only when asked (:func:`predict_files`); streamed runs keep nothing.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[ImageLoadError] = field(default_factory=list)
+    images: int = 0
+    predicted: int = 0
+    exif_copies: int = 0
+    notes: list[str] = field(default_factory=list)
+    output: str | None = None
+    map: str | None = None
 
 
-def _batches(paths: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for p in paths:
-        batch.append(p)
+def run_prediction(
+    predictor: GeoPredictor,
+    inputs: Inputs,
+    options: PredictOptions,
+    on_error=None,
+    keep_records: bool = False,
+) -> PredictionRun:
+    """Predict every item of ``inputs`` and stream the records to the outputs in ``options``."""
+    from .maps import MapPoint, prediction_map, save_map
+
+    run = PredictionRun(images=inputs.n_images, notes=inputs.notes())
+
+    def report(err: ImageLoadError) -> None:
+        run.errors.append(err)
+        if on_error is not None:
+            on_error(err)
+
+    for err in inputs.errors:
+        report(err)
+    grouped = any(item.location_id is not None for item in inputs.items[:1])
+    copier = ExifCopier(options.write_exif) if options.write_exif else None
+    points, single = [], None
+    writer = None
+    if options.output is not None:
+        fmt = output_format(options.output, options.format)
+        writer = open_writer(options.output, fmt, output_columns(grouped, copier is not None))
+    estimated = 0
+    try:
+        predictions = iter_predictions(
+            predictor, inputs.items, options.batch_size, options.num_workers, report, options.progress
+        )
+        for batch in _chunks(predictions, options.batch_size):
+            records = []
+            for p in batch:
+                if copier is not None:
+                    try:
+                        p.record["exif_copy"] = ";".join(copier.copy(p)) or None
+                    except ImageLoadError as err:
+                        report(err)
+                        p.record["exif_copy"] = None
+                    p.record["top_k"] = p.record.pop("top_k")
+                estimated += bool(p.gps is not None and p.gps.estimated)
+                if options.map is not None:
+                    points.append(MapPoint.from_record(p.record))
+                    if len(inputs.items) == 1:
+                        single = p.probs
+                records.append(p.record)
+            if writer is not None:
+                writer.write(records)
+            if keep_records:
+                run.records.extend(records)
+            run.predicted += len(records)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+        run.output = options.output
+    if copier is not None:
+        run.exif_copies = copier.written
+        run.notes += [f"left out {n} {reason}" for reason, n in copier.left_out.items()]
+    if estimated:
+        run.notes.append(f"{estimated} images carry a geohf estimate in EXIF (not used as ground truth)")
+    if options.map is not None:
+        points = [p for p in points if p is not None]
+        cells = predictor.cells if single is not None else None
+        fmap = prediction_map(points, cells, single, options.map_polygons if single is not None else None)
+        run.map = str(save_map(fmap, options.map))
+    return run
+
+
+def _chunks(iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for x in iterable:
+        batch.append(x)
         if len(batch) == size:
             yield batch
             batch = []
@@ -42,47 +494,15 @@ def predict_files(
     output: str | os.PathLike | None = None,
     on_error=None,
 ) -> PredictionRun:
-    """Predict every readable image; unreadable ones are reported through ``on_error`` and kept in ``errors``.
+    """Predict image files and keep their records (small lists; :func:`run_prediction` streams).
 
-    With ``output``, records are written as JSON lines to a temporary file renamed into
-    place at the end.
+    With ``output``, records are also written as JSON lines, atomically.
     """
-    run = PredictionRun()
-    paths = [str(p) for p in paths]
-    for batch in tqdm(
-        list(_batches(paths, batch_size)),
-        desc="predicting",
-        unit="batch",
-        leave=False,
-        disable=len(paths) <= batch_size,
-    ):
-        images, names = [], []
-        for path in batch:
-            try:
-                images.append(open_image(path))
-                names.append(path)
-            except ImageLoadError as err:
-                run.errors.append(err)
-                if on_error is not None:
-                    on_error(err)
-        if images:
-            for name, record in zip(names, predictor.predict_images(images)):
-                run.records.append({"file": name, **record})
-    if output is not None:
-        write_jsonl(run.records, output)
-    return run
-
-
-def write_jsonl(records: list[dict], path: str | os.PathLike) -> None:
-    """Write JSON lines atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    inputs = Inputs(items=[PredictItem([ImageRef(str(p))]) for p in paths])
+    options = PredictOptions(batch_size=batch_size, output=None if output is None else str(output), format="jsonl")
+    return run_prediction(predictor, inputs, options, on_error=on_error, keep_records=True)
 
 
 def print_error(err: ImageLoadError) -> None:
-    print(f"error: {err}", file=sys.stderr)
+    """``error: <file>: <reason>`` on stderr, one line (above any progress bar)."""
+    tqdm.write(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,88 @@
+"""Static world maps for the app (matplotlib, offline): predictions, guesses, a clickable map."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data.bluemarble import pixel_to_latlon
+from ..geo.sphere import EARTH_RADIUS_KM
+from ..inference.predictor import CellTable
+from ..plots import world_axes
+
+COLOURS = {"truth": "#31a354", "model": "#e6550d", "player": "#3182bd", "cells": "#cb181d"}
+
+
+def circle_latlon(lat: float, lon: float, radius_km: float, n: int = 90) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the great circle ``radius_km`` around a point (for drawing confidence radii)."""
+    phi, lmb, d = np.deg2rad(lat), np.deg2rad(lon), radius_km / EARTH_RADIUS_KM
+    bearing = np.linspace(0, 2 * np.pi, n)
+    phi2 = np.arcsin(np.sin(phi) * np.cos(d) + np.cos(phi) * np.sin(d) * np.cos(bearing))
+    lmb2 = lmb + np.arctan2(np.sin(bearing) * np.sin(d) * np.cos(phi), np.cos(d) - np.sin(phi) * np.sin(phi2))
+    return np.rad2deg(phi2), (np.rad2deg(lmb2) + 540.0) % 360.0 - 180.0
+
+
+def _draw_radius(ax, lat, lon, radius_km, colour):
+    clat, clon = circle_latlon(lat, lon, radius_km)
+    breaks = np.flatnonzero(np.abs(np.diff(clon)) > 180) + 1  # split where the circle crosses the antimeridian
+    for part_lat, part_lon in zip(np.split(clat, breaks), np.split(clon, breaks)):
+        ax.plot(part_lon, part_lat, color=colour, linewidth=1, alpha=0.8)
+
+
+def place_figure(cells: CellTable, probs: np.ndarray, record: dict, guesses: dict | None = None):
+    """Cell probabilities (circles sized by probability), the predicted point and its radius, and
+    ``guesses``: ``{"truth": (lat, lon), "player": (lat, lon)}`` where known, joined to the model's point."""
+    fig, ax = world_axes(figsize=(9, 4.7))
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.size and probs.max() > 0:  # a regression-only model has no cells
+        ok = np.isfinite(cells.latitude) & (probs >= 1e-3 * probs.max())
+        ax.scatter(
+            cells.longitude[ok],
+            cells.latitude[ok],
+            s=600 * probs[ok] / probs.max(),
+            color=COLOURS["cells"],
+            alpha=0.35,
+            linewidths=0,
+            label="cell probability",
+        )
+    lat, lon = record.get("latitude"), record.get("longitude")
+    if lat is not None:
+        if record.get("radius_km"):
+            _draw_radius(ax, lat, lon, record["radius_km"], COLOURS["model"])
+        ax.scatter([lon], [lat], marker="*", s=220, color=COLOURS["model"], edgecolor="k", label="model", zorder=5)
+    for who, point in (guesses or {}).items():
+        if point is None or point[0] is None:
+            continue
+        ax.scatter([point[1]], [point[0]], s=90, color=COLOURS[who], edgecolor="k", label=who, zorder=6)
+        if lat is not None:
+            ax.plot([lon, point[1]], [lat, point[0]], color=COLOURS[who], linewidth=1, linestyle="--")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def clickable_world_map(path: str | os.PathLike, width_px: int = 1000) -> Path:
+    """An equirectangular world map filling the whole image (x: longitude, y: latitude), for clicks."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    fig, ax = world_axes(figsize=(width_px / 100, width_px / 200))
+    ax.set_position([0, 0, 1, 1])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("")
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def click_to_latlon(x: float, y: float, width: int, height: int) -> tuple[float, float]:
+    """Latitude and longitude of a click on :func:`clickable_world_map`."""
+    lat, lon = pixel_to_latlon(x, y, width, height)
+    return round(float(lat), 4), round(float(lon), 4)

@@ -1,0 +1,185 @@
+"""``geohf predict``: wired into ``geohf`` by :func:`add_predict_parser`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import cache
+
+import torch
+
+EPILOG = """examples:
+  geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
+  geohf predict --model M --dataset data/bm --split test --output pred.parquet --map pred.html
+  geohf predict --model M views/ --group-pattern '(?P<location>[^/]+)_[NESW]\\.jpg$'
+  geohf predict --model M photo.jpg --write-exif estimated/ --map photo.html
+"""
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_helps(device: str | None = None) -> bool:
+    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX / AVX512-BF16."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def default_workers(n_items: int, batch_size: int) -> int:
+    """DataLoader workers: none for a batch or two, else up to 4 decoding processes beside the model."""
+    return 0 if n_items <= 2 * batch_size else min(4, max(1, (os.cpu_count() or 1) // 2))
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _inputs(args: argparse.Namespace):
+    from .inputs import collect_inputs, dataset_inputs, group_by_csv, group_by_pattern
+
+    if args.dataset:
+        return dataset_inputs(args.dataset, args.split, args.image_column, args.revision)
+    if args.group_csv:
+        return group_by_csv(args.group_csv)
+    inputs = collect_inputs(args.inputs, recursive=args.recursive)
+    return group_by_pattern(inputs, args.group_pattern) if args.group_pattern else inputs
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """A usage error, or ``None``."""
+    sources = sum(map(bool, (args.inputs, args.dataset, args.group_csv)))
+    if sources == 0:
+        return "nothing to predict: give image files, folders, globs or URLs, --dataset, or --group-csv"
+    if sources > 1:
+        return "give images, --dataset or --group-csv, not several (--group-csv lists its own files)"
+    if args.group_pattern and not args.inputs:
+        return "--group-pattern groups the image inputs; give some"
+    if args.batch_size < 1 or args.top_k < 1:
+        return "--batch-size and --top-k must be at least 1"
+    return None
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
+    from .maps import cell_polygons
+    from .predict import PredictOptions, output_format, print_error, run_prediction
+    from .predictor import GeoPredictor
+
+    problem = _check(args)
+    if problem is None and output_format(args.output, args.format) == "parquet" and args.output is None:
+        problem = "Parquet cannot go to stdout; pass --output FILE.parquet"
+    if problem:
+        return _error(problem)
+    try:
+        inputs = _inputs(args)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    bf16 = bf16_helps(args.device) if args.bf16 is None else args.bf16
+    try:
+        predictor = GeoPredictor(
+            args.model,
+            top_k=args.top_k,
+            bf16=bf16,
+            channels_last=args.channels_last,
+            device=args.device,
+            mass=args.mass,
+        )
+    except (OSError, ValueError) as err:
+        return _error(f"cannot load model {args.model!r} ({err}); pass a model folder or Hub id")
+    polygons = cell_polygons(predictor) if args.map and len(inputs.items) == 1 else None
+    workers = default_workers(len(inputs.items), args.batch_size) if args.workers is None else args.workers
+    options = PredictOptions(
+        batch_size=args.batch_size,
+        num_workers=workers,
+        output=args.output or "-",
+        format=args.format,
+        write_exif=args.write_exif,
+        map=args.map,
+        map_polygons=polygons,
+        progress=not args.quiet,
+    )
+    run = run_prediction(predictor, inputs, options, on_error=print_error)
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.output is not None:
+        print(f"wrote {run.predicted} predictions to {args.output}", file=sys.stderr)
+    if args.write_exif:
+        print(f"wrote {run.exif_copies} copies with the estimated location to {args.write_exif}", file=sys.stderr)
+    if run.map:
+        print(f"wrote the map to {run.map}", file=sys.stderr)
+    if run.errors:
+        print(f"{len(run.errors)} of {run.images} images could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``predict`` to a ``geohf`` subparsers object."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict where images were taken (JSON lines, CSV or Parquet; maps; EXIF copies)",
+        description="Predict where images were taken. One record per image (or per place with grouped views).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", help="image files, folders (searched recursively), glob patterns, URLs")
+    p.add_argument("--model", required=True, help="model folder or Hub id")
+    src = p.add_argument_group("dataset input")
+    src.add_argument("--dataset", help="a datasets folder or Hub repo id instead of files")
+    src.add_argument("--split", default="test", help="dataset split (default: test)")
+    src.add_argument("--image-column", dest="image_column", default="image", help="dataset image column")
+    src.add_argument("--revision", default=None, help="dataset revision on the Hub")
+    views = p.add_argument_group("multi-view (several images of one place → one prediction)")
+    group = views.add_mutually_exclusive_group()
+    group.add_argument(
+        "--group-pattern",
+        dest="group_pattern",
+        help="regex on the file path giving the location id (named group 'location', else the first group)",
+    )
+    group.add_argument(
+        "--group-csv", dest="group_csv", help="CSV with columns file,location_id[,latitude,longitude] (no other inputs)"
+    )
+    out = p.add_argument_group("outputs")
+    out.add_argument("-o", "--output", default=None, help="write records here (default: JSON lines on stdout)")
+    out.add_argument(
+        "--format", choices=["jsonl", "csv", "parquet"], default=None, help="default: from --output's suffix"
+    )
+    out.add_argument("--top-k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
+    out.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
+    out.add_argument("--map", default=None, metavar="HTML", help="write a folium map of the predictions")
+    out.add_argument(
+        "--write-exif",
+        dest="write_exif",
+        default=None,
+        metavar="DIR",
+        help="write copies of the images into DIR with the predicted location in EXIF, marked as an estimate",
+    )
+    run = p.add_argument_group("running")
+    run.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    run.add_argument("--workers", type=int, default=None, help="decoding processes (default: 0 for small inputs)")
+    run.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it is fast)"
+    )
+    run.add_argument(
+        "--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True, help="NHWC layout"
+    )
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    run.add_argument(
+        "--recursive", action=argparse.BooleanOptionalAction, default=True, help="search subfolders (default: yes)"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=predict_command)
+    return p

@@ -1,0 +1,224 @@
+"""Interactive maps of predictions (folium): points, confidence radii, ground truth, cell probabilities.
+
+As in seed 001's fig. 7: the predicted point, the true point and a line between them;
+for a single image, every cell shaded by its probability (rescaled so the best cell is
+opaque), or circles at the cell centroids when the model has no cell polygons. The HTML
+loads Leaflet and the base tiles from their CDNs when opened; building it needs no network.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..geo.sphere import haversine_km
+from .predictor import CellTable, GeoPredictor
+
+logger = logging.getLogger(__name__)
+
+PREDICTED, TRUTH, ERROR_LINE, CELLS = "#e6550d", "#31a354", "#3182bd", "#cb181d"
+
+
+@dataclass
+class MapPoint:
+    """One prediction on the map, with its ground truth when known."""
+
+    name: str
+    latitude: float
+    longitude: float
+    radius_km: float | None = None
+    truth: tuple[float, float] | None = None
+    label: str = ""
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> MapPoint | None:
+        """From a ``geohf predict`` record (``None`` when it has no coordinates)."""
+        if record.get("latitude") is None or record.get("longitude") is None:
+            return None
+        truth = None
+        for prefix in ("true", "exif"):
+            lat, lon = record.get(f"{prefix}_latitude"), record.get(f"{prefix}_longitude")
+            if lat is not None and lon is not None:
+                truth = (float(lat), float(lon))
+                break
+        place = ", ".join(x for x in (record.get("region"), record.get("country")) if x)
+        score = record.get("score")
+        label = f"{place} ({100 * score:.1f}%)" if score is not None else place
+        return cls(
+            name=str(record.get("file") or record.get("location_id") or ""),
+            latitude=float(record["latitude"]),
+            longitude=float(record["longitude"]),
+            radius_km=record.get("radius_km"),
+            truth=truth,
+            label=label,
+        )
+
+    @property
+    def error_km(self) -> float | None:
+        if self.truth is None:
+            return None
+        return float(haversine_km(self.truth[0], self.truth[1], self.latitude, self.longitude))
+
+    def popup(self) -> str:
+        lines = [f"<b>{html.escape(self.name)}</b>", html.escape(self.label)]
+        lines.append(f"predicted {self.latitude:.4f}, {self.longitude:.4f}")
+        if self.radius_km is not None:
+            lines.append(f"50% radius {self.radius_km:,.0f} km")
+        if self.truth is not None:
+            lines.append(f"true {self.truth[0]:.4f}, {self.truth[1]:.4f}: error {self.error_km:,.0f} km")
+        return "<br>".join(lines)
+
+
+def _short_way(lon_from: float, lon_to: float) -> float:
+    """``lon_to`` shifted by ±360° so a line from ``lon_from`` takes the short way round."""
+    return lon_to + 360.0 * round((lon_from - lon_to) / 360.0)
+
+
+def cell_polygons(predictor: GeoPredictor):
+    """The primary head's cell polygons (GeoDataFrame in class order) for a choropleth, or ``None``.
+
+    ``None`` when the model has no ``cells/<name>.parquet`` beside its weights or when
+    that partition's cells are not the model's classes.
+    """
+    partition = predictor.partition
+    if partition is None:
+        return None
+    if partition.names != list(predictor.cells.names):
+        logger.warning("the model's cell polygons do not match its classes; drawing circles at the centroids")
+        return None
+    return partition.cells
+
+
+def _add_cell_probabilities(fmap, cells: CellTable, probs: np.ndarray, polygons=None, min_share: float = 1e-3):
+    """Cells shaded by probability (polygons) or circles at their centroids sized by it."""
+    import branca.colormap
+    import folium
+
+    probs = np.asarray(probs, dtype=np.float64)
+    top = float(probs.max()) if probs.size else 0.0
+    if top <= 0:
+        return
+    scale = branca.colormap.LinearColormap(["#fee5d9", CELLS], vmin=0.0, vmax=top, caption="cell probability")
+    keep = np.flatnonzero(probs >= min_share * top)
+    layer = folium.FeatureGroup(name="cell probability")
+    if polygons is not None:
+        frame = polygons.iloc[keep][["name", "geometry"]].copy()
+        frame["probability"] = probs[keep]
+        frame["percent"] = [f"{100 * p:.2f}%" for p in probs[keep]]
+        frame["geometry"] = frame.geometry.simplify(0.05)
+        folium.GeoJson(
+            frame.to_json(),
+            style_function=lambda f: {
+                "fillColor": scale(f["properties"]["probability"]),
+                "fillOpacity": 0.1 + 0.7 * f["properties"]["probability"] / top,
+                "color": CELLS,
+                "weight": 0.5,
+            },
+            tooltip=folium.GeoJsonTooltip(["name", "percent"], aliases=["cell", "probability"]),
+        ).add_to(layer)
+    else:
+        for j in keep:
+            if not (np.isfinite(cells.latitude[j]) and np.isfinite(cells.longitude[j])):
+                continue
+            share = probs[j] / top
+            folium.CircleMarker(
+                [float(cells.latitude[j]), float(cells.longitude[j])],
+                radius=3 + 17 * math.sqrt(share),
+                color=CELLS,
+                weight=0.5,
+                fill=True,
+                fill_color=scale(probs[j]),
+                fill_opacity=0.15 + 0.6 * share,
+                tooltip=f"{html.escape(cells.names[j])}: {100 * probs[j]:.2f}%",
+            ).add_to(layer)
+    layer.add_to(fmap)
+    scale.add_to(fmap)
+
+
+def prediction_map(
+    points: list[MapPoint],
+    cells: CellTable | None = None,
+    probs: np.ndarray | None = None,
+    polygons=None,
+    tiles: str = "OpenStreetMap",
+):
+    """A folium map of predictions: points, 50% confidence circles, ground truth and error lines.
+
+    With ``cells`` and ``probs`` (one image's primary-head probabilities) the cells are
+    drawn too: ``polygons`` (a GeoDataFrame in class order) shaded by probability, or
+    circles at the centroids when it is ``None``.
+    """
+    import folium
+
+    fmap = folium.Map(location=[20, 0], zoom_start=2, tiles=tiles, world_copy_jump=True)
+    if cells is not None and probs is not None:
+        _add_cell_probabilities(fmap, cells, probs, polygons)
+    radius = folium.FeatureGroup(name="confidence radius (50%)")
+    predicted = folium.FeatureGroup(name="predictions")
+    truth = folium.FeatureGroup(name="ground truth")
+    errors = folium.FeatureGroup(name="errors")
+    for p in points:
+        if p.radius_km is not None and p.radius_km > 0:
+            folium.Circle(
+                [p.latitude, p.longitude],
+                radius=1000 * p.radius_km,
+                color=PREDICTED,
+                weight=1,
+                fill=True,
+                fill_opacity=0.08,
+                tooltip=f"50% radius: {p.radius_km:,.0f} km",
+            ).add_to(radius)
+        folium.CircleMarker(
+            [p.latitude, p.longitude],
+            radius=6,
+            color=PREDICTED,
+            fill=True,
+            fill_opacity=0.9,
+            popup=folium.Popup(p.popup(), max_width=320),
+            tooltip=html.escape(p.name),
+        ).add_to(predicted)
+        if p.truth is not None:
+            t_lat, t_lon = p.truth[0], _short_way(p.longitude, p.truth[1])
+            folium.CircleMarker(
+                [t_lat, t_lon],
+                radius=6,
+                color=TRUTH,
+                fill=True,
+                fill_opacity=0.9,
+                tooltip=f"true location of {html.escape(p.name)}",
+            ).add_to(truth)
+            folium.PolyLine(
+                [[p.latitude, p.longitude], [t_lat, t_lon]],
+                color=ERROR_LINE,
+                weight=2,
+                tooltip=f"{p.error_km:,.0f} km",
+            ).add_to(errors)
+    for layer in (radius, errors, truth, predicted):
+        layer.add_to(fmap)
+    folium.LayerControl(collapsed=True).add_to(fmap)
+    if points:
+        lats = [p.latitude for p in points] + [p.truth[0] for p in points if p.truth]
+        lons = [p.longitude for p in points] + [_short_way(p.longitude, p.truth[1]) for p in points if p.truth]
+        pad = 5.0 if len(points) == 1 and not any(p.truth for p in points) else 1.0
+        fmap.fit_bounds([[min(lats) - pad, min(lons) - pad], [max(lats) + pad, max(lons) + pad]])
+    return fmap
+
+
+def save_map(fmap, path: str | os.PathLike) -> Path:
+    """Write the map's HTML atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.html")
+    try:
+        fmap.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,161 @@
+"""The Gradio app, headless: one prediction and one game round through gradio_client; the results file."""
+
+import argparse
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from geohf.app import add_app_parser, append_result, summarise_results
+from geohf.app.figures import circle_latlon, click_to_latlon
+from geohf.app.game import Guess, score_guess
+from geohf.geo.sphere import haversine_km
+from geohf.training.metrics import geoscore
+
+TABLE_KEYS = {"country_accuracy", "mean_km", "median_km", "within_25km", "within_750km", "geoscore"}
+
+
+def row(truth="FR", player=("FR",), km=100.0, model=("DE", "FR"), model_km=500.0):
+    return {
+        "true_country_code": truth,
+        "player_countries": list(player),
+        "player_km": km,
+        "model_countries": list(model),
+        "model_km": model_km,
+    }
+
+
+def test_score_guess_top1_top5_km_and_geoscore():
+    s = score_guess(Guess(["DE", "FR"], 48.0, 2.0), 48.8566, 2.3522, "FR")
+    assert not s["country_correct"] and s["country_top5_correct"]
+    assert s["km"] == pytest.approx(float(haversine_km(48.8566, 2.3522, 48.0, 2.0)), abs=0.1)
+    assert s["geoscore"] == pytest.approx(geoscore([s["km"]]), abs=0.1)
+    countries_only = score_guess(Guess(["FR"]), 48.8566, 2.3522, "FR")
+    assert countries_only["country_correct"] and countries_only["km"] is None and countries_only["geoscore"] is None
+
+
+def test_results_file_appends_atomically_and_summarises(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rows = [row(), row(truth="ES", km=None), row(truth="IT", player=("FR", "ES", "IT"), km=2000.0)]
+    threads = [threading.Thread(target=append_result, args=(path, r)) for r in rows * 20]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 60 and all(json.loads(line) for line in lines)
+    with open(path, "a") as f:
+        f.write('{"broken": \n')
+    with pytest.warns(UserWarning, match="skipped 1"):
+        human = summarise_results(path)
+    assert set(human) >= TABLE_KEYS
+    assert human["n"] == 60 and human["n_km"] == 40 and human["skipped_lines"] == 1
+    assert human["country_accuracy"] == pytest.approx(100 / 3)
+    assert human["country_top5_accuracy"] == pytest.approx(200 / 3)
+    assert human["mean_km"] == pytest.approx(1050.0) and human["within_750km"] == pytest.approx(50.0)
+    with pytest.warns(UserWarning):
+        model = summarise_results(path, who="model")
+    assert model["country_accuracy"] == 0.0 and model["country_top5_accuracy"] == pytest.approx(100 / 3)
+
+
+def test_click_map_geometry():
+    assert click_to_latlon(0, 0, 1000, 500) == (90.0, -180.0)
+    assert click_to_latlon(500, 250, 1000, 500) == (0.0, 0.0)
+    assert click_to_latlon(750, 125, 1000, 500) == (45.0, 90.0)
+    lat, lon = circle_latlon(10.0, 170.0, 1000.0)
+    assert haversine_km(10.0, 170.0, lat, lon) == pytest.approx(1000.0, rel=1e-6)
+    assert (lon >= -180).all() and (lon < 180).all()
+
+
+def test_parser_binds_locally_by_default():
+    parser = argparse.ArgumentParser(prog="geohf")
+    add_app_parser(parser.add_subparsers())
+    args = parser.parse_args(["app", "--model", "m"])
+    assert args.host == "127.0.0.1" and args.max_file_size and args.dataset is None and callable(args.func)
+
+
+@pytest.fixture(scope="module")
+def app_server(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    """The app with a game on the tiny dataset, served on a free port of 127.0.0.1 (connections recorded)."""
+    import gradio  # noqa: F401 - imported before recording connections
+
+    from geohf.app.game import Game
+    from geohf.app.ui import GeoApp, build_app, serve
+    from geohf.inference.predictor import GeoPredictor
+
+    results = tmp_path_factory.mktemp("game") / "human.jsonl"
+    predictor = GeoPredictor(str(tiny_model_dir), bf16=False)
+    game = Game(predictor, str(tiny_dataset), "test", results=str(results), seed=0, model_name="tiny")
+    demo = build_app(GeoApp(predictor, game, workdir=str(tmp_path_factory.mktemp("app"))))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve(demo, port=port, max_file_size="200kb", block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "results": results, "game": game, "demo": demo}
+    demo.close()
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every address a socket in this process connects to."""
+    seen = []
+    connect = socket.socket.connect
+
+    def record(self, address):
+        seen.append(address)
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", record)
+    return seen
+
+
+def test_app_predicts_and_plays_a_round_headless(app_server, tiny_dataset, tmp_path, connections):
+    from datasets import load_dataset
+    from gradio_client import Client, handle_file
+
+    assert app_server["demo"].server_name == "127.0.0.1"
+    client = Client(app_server["url"], verbose=False)
+    tile = tmp_path / "tile.png"
+    test = load_dataset(str(tiny_dataset), split="test")
+    test[0]["image"].save(tile)
+
+    figure, summary, countries, regions, record, html_map = client.predict(
+        [handle_file(str(tile))], api_name="/predict"
+    )
+    assert -90 <= record["latitude"] <= 90 and record["radius_km"] > 0 and len(record["top_k"]) == 5
+    assert "coordinates" in summary and figure
+    assert countries["label"] and sum(c["confidence"] for c in countries["confidences"]) <= 1.0 + 1e-6
+    assert regions["confidences"]
+    assert "L.circle(" in Path(html_map).read_text()
+
+    image, message = client.predict(api_name="/next_round")
+    assert image and message.startswith("Round 1")
+    result, reveal, board, *_ = client.predict(["FR", "US"], 10.0, 20.0, "alice", api_name="/guess")
+    assert "Truth:" in result and "| you |" in result and "| model |" in result
+    assert [r[0] for r in board["data"]] == ["player", "model"]
+
+    (line,) = app_server["results"].read_text().splitlines()
+    saved = json.loads(line)
+    row = app_server["game"].row(0)
+    truth = test[row]
+    assert saved["row"] == row and saved["player"] == "alice" and saved["player_countries"] == ["FR", "US"]
+    assert saved["true_country_code"] == truth["country_code"]
+    expected = float(haversine_km(truth["latitude"], truth["longitude"], 10.0, 20.0))
+    assert saved["player_km"] == pytest.approx(expected, abs=0.1)
+    assert saved["model_countries"][0] == saved["model_countries"][0] and len(saved["model_countries"]) >= 1
+    assert board["data"][0][4] == pytest.approx(saved["player_km"], abs=0.1)
+    human = summarise_results(app_server["results"])
+    assert human["n"] == 1 and human["mean_km"] == pytest.approx(saved["player_km"])
+
+    with pytest.raises(Exception, match="already scored"):
+        client.predict(["FR"], None, None, "alice", api_name="/guess")
+    big = tmp_path / "big.png"
+    big.write_bytes(tile.read_bytes() + b"\0" * 300_000)
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own error types for a refused upload
+        client.predict([handle_file(str(big))], api_name="/predict")
+    assert len(app_server["results"].read_text().splitlines()) == 1
+
+    hosts = {a[0] for a in connections if isinstance(a, tuple)}
+    assert hosts <= {"127.0.0.1", "localhost", "::1"}, f"the app or client reached out: {hosts}"
