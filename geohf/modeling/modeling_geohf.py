@@ -69,12 +69,46 @@ class GeoPreTrainedModel(PreTrainedModel):
         elif hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As transformers', but a checkpoint that does not fit the config names the tensors and the fix."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            raise RuntimeError(_mismatch_message(cls, pretrained_model_name_or_path, kwargs)) from err
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
+
+
+def _mismatch_message(cls, source, kwargs) -> str:
+    """Which tensors of the checkpoint at ``source`` differ in shape from the model its config builds."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    config = kwargs.get("config") or cls.config_class.from_pretrained(source, revision=kwargs.get("revision"))
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+    lines = []
+    try:
+        with safe_open(cached_file(source, "model.safetensors", revision=kwargs.get("revision")), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shape = tuple(f.get_slice(key).get_shape())
+                if key in expected and expected[key] != shape:
+                    lines.append(f"  {key}: checkpoint {list(shape)}, config {list(expected[key])}")
+    except OSError:
+        lines.append("  (the checkpoint file could not be read to list them)")
+    return (
+        f"the checkpoint at {source} does not fit this config: tensor shapes differ\n" + "\n".join(lines) + "\n"
+        "The heads' labels and cells must be those the checkpoint was trained with (load its own config.json), "
+        "or pass ignore_mismatched_sizes=True to re-initialise these layers and fine-tune them."
+    )
 
 
 class GeoModel(GeoPreTrainedModel):

@@ -432,7 +432,13 @@ def hyperparameter_search(make_trainer, model, trials: int, training_args: Train
 
 
 def save_model_folder(trainer: GeoTrainer, output_dir: Path, partition: CellPartition, cells: str) -> None:
-    """Weights, config, processor and code, plus the cell partition (for maps and choropleths)."""
+    """Weights, config, processor and code, plus the cell partition (for maps and choropleths).
+
+    Trainer's ``training_args.bin`` is a pickle: the folder keeps ``training_args.json`` instead,
+    so nothing in a model folder needs unpickling (checkpoints keep theirs for resuming).
+    """
     trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)
+    (output_dir / "training_args.json").write_text(trainer.args.to_json_string())
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
     partition.save(output_dir / "cells" / f"{cells}.parquet")

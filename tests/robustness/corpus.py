@@ -1,0 +1,102 @@
+"""The bad-input corpus: files a scraper really produces, generated on the fly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _rgb(size=(64, 48), seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png(path: Path, side: int = 20000) -> Path:
+    """A valid 1-bit PNG of side × side pixels (400 Mpx) in a few kB, written row by row."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * (side // 8)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    )
+    return path
+
+
+def write_image_cases(root: Path) -> dict[str, Path]:
+    """name → file, one per image case (see IMAGE_CASES for what each should do)."""
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+
+    def save(name, image, **kw):
+        out[name] = root / name
+        image.save(out[name], **kw)
+
+    base = _rgb()
+    save("ok.png", base)
+    (root / "zero.jpg").write_bytes(b"")
+    out["zero.jpg"] = root / "zero.jpg"
+    buf = io.BytesIO()
+    base.save(buf, format="JPEG", quality=90)
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["truncated.jpg"] = root / "truncated.jpg"
+    buf = io.BytesIO()
+    _rgb((256, 256), 1).save(buf, format="PNG")
+    (root / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["truncated.png"] = root / "truncated.png"
+    save("png-named.jpg", base, format="PNG")
+    (root / "notes.jpg").write_text("this is a text file, not an image\n")
+    out["notes.jpg"] = root / "notes.jpg"
+    save("cmyk.jpg", base.convert("CMYK"), format="JPEG")
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    save("rgba.png", rgba)
+    save("palette.png", base.convert("P", palette=Image.Palette.ADAPTIVE))
+    sixteen = Image.fromarray((np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16))
+    save("gray16.png", sixteen)
+    save("gray.png", base.convert("L"))
+    save("one-pixel.png", Image.new("RGB", (1, 1), (200, 30, 30)))
+    out["bomb.png"] = huge_png(root / "bomb.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    save("rotated.jpg", _rgb((80, 40), 2), exif=exif.tobytes())
+    frames = [_rgb((40, 40), s) for s in range(3)]
+    out["animated.gif"] = root / "animated.gif"
+    frames[0].save(out["animated.gif"], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out["animated.webp"] = root / "animated.webp"
+    frames[0].save(out["animated.webp"], save_all=True, append_images=frames[1:], duration=100)
+    (root / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    out["photo.heic"] = root / "photo.heic"
+    save("Straße 東京 🗺.png", base)
+    return out
+
+
+# name → (expected: "ok" or the words the error must contain)
+IMAGE_CASES = {
+    "ok.png": "ok",
+    "zero.jpg": "not an image",
+    "truncated.jpg": "truncated",
+    "truncated.png": "truncated",
+    "png-named.jpg": "ok",
+    "notes.jpg": "not an image",
+    "cmyk.jpg": "ok",
+    "rgba.png": "ok",
+    "palette.png": "ok",
+    "gray16.png": "ok",
+    "gray.png": "ok",
+    "one-pixel.png": "ok",
+    "bomb.png": "decompression bomb",
+    "rotated.jpg": "ok",
+    "animated.gif": "ok",
+    "animated.webp": "ok",
+    "photo.heic": "pillow-heif",
+    "Straße 東京 🗺.png": "ok",
+}
