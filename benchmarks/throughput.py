@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,8 @@ def main(argv=None) -> dict:
     raw = raw_train_rate(model, loader, True, args.steps)
     trainer = trainer_rate(model, train, processor, args.batch_size, True, args.steps, root / "trainer")
     results["train"] = {"raw_img_s": raw, "trainer_img_s": trainer, "ratio": trainer / raw, "target": 0.90}
+    # the process has only built the dataset and trained so far: its peak is training's (batch --batch-size)
+    results["train"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # ---- input pipeline vs consumption
     results["input"] = {f"workers_{w}_img_s": input_rate(train, args.batch_size, w) for w in (0, 2)}

@@ -147,3 +147,28 @@ def hub(tmp_path_factory):
     yield HubServer(root, port)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+class LazyItems:
+    """A sequence of ``n`` prediction items made on demand (nothing held), cycling over ``paths``."""
+
+    def __init__(self, paths, n: int):
+        self.paths, self.n = list(paths), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        from geohf.inference.inputs import ImageRef, PredictItem
+
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return PredictItem([ImageRef(str(self.paths[i % len(self.paths)]))])
+
+
+@pytest.fixture(scope="session")
+def lazy_items():
+    """``lazy_items(paths, n)``: many prediction inputs without holding them (streaming and memory tests)."""
+    return LazyItems

@@ -209,27 +209,8 @@ def test_group_csv_errors(tmp_path):
     assert len(inputs.items) == 1 and "holes.csv:3" in str(inputs.errors[0])
 
 
-class LazyItems:
-    """A sequence of ``n`` items made on demand (nothing held), cycling over ``paths``."""
-
-    def __init__(self, paths, n):
-        from geohf.inference.inputs import ImageRef, PredictItem
-
-        self.paths, self.n, self.make = paths, n, lambda i: PredictItem([ImageRef(str(paths[i % len(paths)]))])
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.make(i)
-
-
-def test_streaming_keeps_nothing_and_workers_keep_order(predictor, tiles, tmp_path):
-    items = LazyItems(tiles["paths"], 100)
+def test_streaming_keeps_nothing_and_workers_keep_order(predictor, tiles, tmp_path, lazy_items):
+    items = lazy_items(tiles["paths"], 100)
     out0, out2 = tmp_path / "w0.jsonl", tmp_path / "w2.jsonl"
     run = run_prediction(
         predictor, Inputs(items=items), PredictOptions(batch_size=16, output=str(out0), progress=False)

@@ -39,6 +39,12 @@ COORDINATE_CASES = {
 }
 
 
+def build(layout: str, root, out, boundaries: str, *extra: str) -> int:
+    """``geohf dataset build`` as a user types it."""
+    argv = ["dataset", "build", "--layout", layout, "--input", str(root), "--output", str(out)]
+    return main([*argv, "--boundaries", boundaries, *extra])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, labeller, admin1_path):
     root = make_lost_and_found(tmp_path_factory.mktemp("raw") / "laf", land_points(40, labeller, seed=11))
@@ -47,22 +53,14 @@ def built(tmp_path_factory, labeller, admin1_path):
         image.save(root / f"location_{name}.png")
         (root / f"location_{name}.json").write_text(text)
     out = tmp_path_factory.mktemp("out") / "ds"
-    code = main(
-        [
-            "dataset",
-            "build",
-            "--layout",
-            "lost-and-found",
-            "--input",
-            str(root),
-            "--output",
-            str(out),
-            "--boundaries",
-            admin1_path,
-            "--cells",
-            "quadtree:max_samples=20,min_samples=3",
-            "--no-filter",
-        ]
+    code = build(
+        "lost-and-found",
+        str(root),
+        str(out),
+        admin1_path,
+        "--cells",
+        "quadtree:max_samples=20,min_samples=3",
+        "--no-filter",
     )
     assert code == 0
     with open(out / "skipped.csv", encoding="utf-8") as f:
@@ -117,26 +115,18 @@ def image_build(tmp_path_factory, admin1_path):
             w.writerow([name, 46.0 + i * 0.5, 2.0 + i * 0.5])  # France and neighbours, distinct places
         w.writerow(["ok.png", 46.0, 2.0])  # the same file listed twice
     out = tmp_path_factory.mktemp("imgs_out") / "ds"
-    code = main(
-        [
-            "dataset",
-            "build",
-            "--layout",
-            "imagefolder",
-            "--input",
-            str(root),
-            "--output",
-            str(out),
-            "--boundaries",
-            admin1_path,
-            "--cells",
-            "quadtree:max_samples=20,min_samples=2",
-            "--no-filter",
-            "--fractions",
-            "0.6",
-            "0.2",
-            "0.2",
-        ]
+    code = build(
+        "imagefolder",
+        str(root),
+        str(out),
+        admin1_path,
+        "--cells",
+        "quadtree:max_samples=20,min_samples=2",
+        "--no-filter",
+        "--fractions",
+        "0.6",
+        "0.2",
+        "0.2",
     )
     assert code == 0
     with open(out / "skipped.csv", encoding="utf-8") as f:
@@ -196,20 +186,7 @@ def test_duplicate_and_unicode_rows(image_build, record):
 def test_empty_folder(tmp_path, admin1_path, record):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError) as err:
-        main(
-            [
-                "dataset",
-                "build",
-                "--layout",
-                "grid-folders",
-                "--input",
-                str(tmp_path / "empty"),
-                "--output",
-                str(tmp_path / "out"),
-                "--boundaries",
-                admin1_path,
-            ]
-        )
+        build("grid-folders", str(tmp_path / "empty"), str(tmp_path / "out"), admin1_path)
     ok = "no usable images" in str(err.value) and not (tmp_path / "out").exists()
     assert record(
         "coordinates / metadata",
@@ -233,22 +210,14 @@ def test_single_class_dataset_trains(tmp_path, admin1_path, record):
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     del image
     out = tmp_path / "ds"
-    main(
-        [
-            "dataset",
-            "build",
-            "--layout",
-            "imagefolder",
-            "--input",
-            str(root),
-            "--output",
-            str(out),
-            "--boundaries",
-            admin1_path,
-            "--cells",
-            "quadtree:max_samples=100,min_samples=1",
-            "--no-filter",
-        ]
+    build(
+        "imagefolder",
+        str(root),
+        str(out),
+        admin1_path,
+        "--cells",
+        "quadtree:max_samples=100,min_samples=1",
+        "--no-filter",
     )
     model = tmp_path / "model"
     main(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geohf.inference.inputs import ImageRef, Inputs, PredictItem
+from geohf.inference.inputs import Inputs
 from geohf.inference.predict import PredictOptions, run_prediction
 from geohf.inference.predictor import GeoPredictor
 
@@ -78,25 +78,8 @@ def rss_mb() -> float:
     return float("nan")
 
 
-class ManyItems:
-    """``n`` prediction items made on demand, cycling over a few files (nothing held)."""
-
-    def __init__(self, paths: list[Path], n: int):
-        self.paths, self.n = paths, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return PredictItem([ImageRef(str(self.paths[i % len(self.paths)]))])
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
-def test_predicting_many_images_keeps_memory_flat(tiny_model_dir, tiny_dataset, tmp_path, record):
+def test_predicting_many_images_keeps_memory_flat(tiny_model_dir, tiny_dataset, tmp_path, record, lazy_items):
     from datasets import load_dataset
 
     paths = []
@@ -118,7 +101,7 @@ def test_predicting_many_images_keeps_memory_flat(tiny_model_dir, tiny_dataset, 
     try:
         run = run_prediction(
             predictor,
-            Inputs(items=ManyItems(paths, n)),
+            Inputs(items=lazy_items(paths, n)),
             PredictOptions(batch_size=32, output=str(tmp_path / "p.jsonl"), progress=False),
         )
     finally:
