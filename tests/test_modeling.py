@@ -234,6 +234,15 @@ def test_bf16_autocast_and_depthwise_fp32(model):
         n = depthwise_convs_in_fp32(net)
         after = net(x)
     assert n > 0 and list(net.state_dict()) == keys and torch.equal(before, after)
+    # under bf16 autocast: fp32 where a backward may follow (training), bf16 for inference
+    depthwise = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1)
+    dtypes = []
+    depthwise.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+        with torch.no_grad():
+            net(x)
+    assert dtypes == [torch.float32, torch.bfloat16]
 
 
 def test_freeze_backbone(tmp_path):

@@ -8,8 +8,7 @@ import sys
 
 def app_command(args: argparse.Namespace) -> int:
     """Load the model (and the game's dataset) and serve the app until interrupted."""
-    from ..inference.cli import bf16_helps
-    from ..inference.predictor import GeoPredictor
+    from ..inference.predictor import GeoPredictor, bf16_helps
     from .game import Game
     from .ui import GeoApp, build_app, serve
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from functools import cache
-
-import torch
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -17,29 +14,12 @@ EPILOG = """examples:
 """
 
 
-@cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def bf16_helps(device: str | None = None) -> bool:
-    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX / AVX512-BF16."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
-
-
 def default_workers(n_items: int, batch_size: int) -> int:
-    """DataLoader workers: none for a batch or two, else up to 4 decoding processes beside the model."""
-    return 0 if n_items <= 2 * batch_size else min(4, max(1, (os.cpu_count() or 1) // 2))
+    """DataLoader workers: none for a batch or two or on two cores or fewer (decoding processes then
+    take the cores the model needs: 2 workers cost 20% on a 2-core machine, benchmarks/predict_throughput.py),
+    else up to 4 decoding processes beside the model."""
+    cores = os.cpu_count() or 1
+    return 0 if n_items <= 2 * batch_size or cores <= 2 else min(4, cores // 2)
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -76,7 +56,7 @@ def predict_command(args: argparse.Namespace) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
     from .maps import cell_polygons
     from .predict import PredictOptions, output_format, print_error, run_prediction
-    from .predictor import GeoPredictor
+    from .predictor import GeoPredictor, bf16_helps
 
     problem = _check(args)
     if problem is None and output_format(args.output, args.format) == "parquet" and args.output is None:

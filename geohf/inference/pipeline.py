@@ -11,21 +11,25 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
     geo([["n.jpg", "e.jpg", "s.jpg"]])     # views of one place (a list inside the list)
 
 Each result: ``latitude, longitude, country_code, country, region, score, radius_km, top_k``.
-Inputs may be paths, URLs, PIL images or numpy arrays.
+Inputs may be paths, URLs, PIL images or numpy arrays. The model runs in channels_last and,
+where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
+autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
 """
 
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers import Pipeline
 
 from ..modeling import GeoModelOutput
 from .images import load_image
-from .predictor import CellTable, format_predictions, postprocess_outputs
+from .predictor import CellTable, autocast, bf16_helps, format_predictions, postprocess_outputs
 
 
 def _image(item: Any) -> Any:
@@ -46,13 +50,17 @@ class ImageGeolocationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, top_k: int | None = None, mass: float | None = None, timeout=None):
-        post = {}
+    def _sanitize_parameters(
+        self, top_k: int | None = None, mass: float | None = None, bf16: bool | None = None, timeout=None
+    ):
+        post, forward = {}, {}
         if top_k is not None:
             post["top_k"] = top_k
         if mass is not None:
             post["mass"] = mass
-        return {}, {}, post
+        if bf16 is not None:
+            forward["bf16"] = bf16
+        return {}, forward, post
 
     def preprocess(self, inputs: Any) -> dict:
         if isinstance(inputs, (list, tuple)):  # views of one place
@@ -61,14 +69,29 @@ class ImageGeolocationPipeline(Pipeline):
             pixel_values = self.image_processor(_image(inputs), return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values.to(self.dtype) if self.dtype is not None else pixel_values}
 
-    def _forward(self, model_inputs: dict):
-        out = self.model(**model_inputs)
+    def _forward(self, model_inputs: dict, bf16: bool | None = None):
+        """The model in channels_last, under bf16 autocast where it is fast (``bf16=False`` turns it off).
+
+        Autocast applies only to a float32 model: one loaded with ``dtype=`` runs as loaded.
+        """
+        if not getattr(self, "_channels_last", False):
+            self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
+            self._channels_last = True
+        pixel_values = model_inputs["pixel_values"]
+        if pixel_values.ndim == 4:
+            model_inputs = {**model_inputs, "pixel_values": pixel_values.contiguous(memory_format=torch.channels_last)}
+        bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
+        with autocast(self.device, bf16 and self.model.dtype == torch.float32):
+            out = self.model(**model_inputs)
         return GeoModelOutput(logits=out.logits, coordinates=out.coordinates)  # tensors only: batches unbatch
 
     def postprocess(self, model_outputs, top_k: int = 5, mass: float = 0.5) -> dict:
         arrays = postprocess_outputs(self.model, model_outputs, top_k, mass)
-        cells = CellTable.from_spec(self.model.config.head(self.model.config.primary_head))
-        return format_predictions(cells, arrays)[0]
+        return format_predictions(self._cells, arrays)[0]
+
+    @cached_property
+    def _cells(self) -> CellTable:
+        return CellTable.from_spec(self.model.config.head(self.model.config.primary_head))
 
 
 def register_pipeline() -> None:

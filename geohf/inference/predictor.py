@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,26 @@ def load_model_partition(source: str | None, spec: dict[str, Any]):
         except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
             return None
     return CellPartition.load(path)
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_helps(device: str | None = None) -> bool:
+    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX / AVX512-BF16."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -202,7 +202,8 @@ def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.Path
 
 
 def _fp32_forward(self, x):
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    # only where a backward may follow: the bf16 forward alone is the faster one (inference)
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
         with torch.autocast("cpu", enabled=False):
             return super(type(self), self).forward(x.float())
     return super(type(self), self).forward(x)
@@ -215,7 +216,8 @@ def depthwise_convs_in_fp32(model: nn.Module) -> int:
     """Make depthwise convolutions run in fp32 under CPU bf16 autocast; returns how many.
 
     oneDNN's bf16 depthwise-convolution backward is several times slower than fp32 on
-    CPU; everything else gains from bf16. Classes are swapped in place, so parameter
+    CPU; everything else gains from bf16. Without gradients (inference, evaluation) they
+    stay in bf16, whose forward is faster (benchmarks/throughput.py). Classes are swapped in place, so parameter
     names and the state dict are unchanged.
     """
     n = 0
