@@ -67,6 +67,7 @@ class Row:
     heads: str
     tau_km: float = 75.0
     freeze: bool = False
+    bf16: bool = True
     seeds: int = 1  # replaced by --seeds for the main rows
 
 
@@ -80,6 +81,7 @@ def rows(seeds: int) -> list[Row]:
         Row("haversine cells τ=200 km", "haversine", tau_km=200.0),
         Row("multi-task (cells τ=75 + regression + country)", "haversine,regression,country"),
         Row("haversine cells τ=75 km, frozen backbone", "haversine", freeze=True),
+        Row("haversine cells τ=75 km, fp32 (no autocast)", "haversine", bf16=False),
     ]
 
 
@@ -108,7 +110,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args, labeller) 
         weight_decay=0.01,
         lr_scheduler_type="cosine",
         warmup_steps=max(args.steps // 20, 1),
-        bf16=True,
+        bf16=row.bf16,
         use_cpu=True,
         save_strategy="no",
         eval_strategy="no",
@@ -205,6 +207,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-tiles", type=int, default=8000)
     parser.add_argument("--only", nargs="*", help="run only rows whose name contains one of these")
+    parser.add_argument("--report", default="accuracy.json", help="JSON file name inside --output")
     args = parser.parse_args(argv)
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
@@ -222,7 +225,8 @@ def main(argv=None) -> dict:
                 row,
                 seed,
                 data,
-                root / f"{row.heads.replace(',', '+')}-{row.tau_km:g}-{'frozen' if row.freeze else 'ft'}-{seed}",
+                root / f"{row.heads.replace(',', '+')}-{row.tau_km:g}-{'frozen' if row.freeze else 'ft'}"
+                f"{'' if row.bf16 else '-fp32'}-{seed}",
                 args,
                 labeller,
             )
@@ -247,7 +251,7 @@ def main(argv=None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
     }
-    (root / "accuracy.json").write_text(json.dumps(report, indent=2, default=float))
+    (root / args.report).write_text(json.dumps(report, indent=2, default=float))
     return report
 
 
