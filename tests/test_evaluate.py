@@ -34,8 +34,10 @@ def test_evaluate_writes_report_pictures_and_predictions(tiny_model_dir, tiny_da
     assert "![error curve](error_curve.png)" in report and "| model |" in report
 
 
-def test_multiview_evaluation_on_another_dataset(tiny_model_dir, labeller, admin1_path, tmp_path):
-    """A grid-folders dataset (3 views per place) scored with the model's own cells, per view and fused."""
+@pytest.fixture(scope="module")
+def grid_dataset(labeller, admin1_path, tmp_path_factory):
+    """A grid-folders dataset: 3 views per place."""
+    tmp_path = tmp_path_factory.mktemp("grid")
     root = make_grid_folders(tmp_path / "raw", land_points(12, labeller, seed=5), views=3)
     ds_dir = tmp_path / "ds"
     build_dataset(
@@ -49,8 +51,13 @@ def test_multiview_evaluation_on_another_dataset(tiny_model_dir, labeller, admin
             filter=False,
         )
     )
+    return ds_dir
+
+
+def test_multiview_evaluation_on_another_dataset(tiny_model_dir, grid_dataset, tmp_path):
+    """The grid-folders dataset scored with the model's own cells, per view and fused."""
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(tiny_model_dir), "--dataset", str(ds_dir), "--output", str(out)]) == 0
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--dataset", str(grid_dataset), "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     names = list(metrics["multiview"])
     assert names[0] == "per view" and names[1].startswith("fused (3.0 views)")
@@ -59,6 +66,24 @@ def test_multiview_evaluation_on_another_dataset(tiny_model_dir, labeller, admin
     part = CellPartition.load(tiny_model_dir / "cells" / "quadtree.parquet")
     np.testing.assert_array_equal(preds["true_class"], part.assign(preds["latitude"], preds["longitude"]))
     assert "Several views per place" in (out / "report.md").read_text()
+
+
+def test_regression_model_on_a_multiview_split(grid_dataset, tmp_path):
+    """No classes to fuse: the per-image table is written, the multi-view section is left out."""
+    from geohf.modeling import GeoImageProcessor, build_model
+    from geohf.training.train import ModelArguments, make_config
+
+    config = make_config(
+        ModelArguments(image_size=32, crop_pct=1.0, heads="regression"),
+        [{"name": "coordinates", "type": "regression", "label_column": None}],
+    )
+    model_dir = tmp_path / "regression"
+    build_model(config, None).save_pretrained(model_dir)
+    GeoImageProcessor.from_config(config).save_pretrained(model_dir)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model_dir), "--dataset", str(grid_dataset), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["results"]["model"]["median_km"] > 0 and not metrics.get("multiview")
 
 
 def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path):

@@ -276,3 +276,10 @@ print(json.dumps({"rows": len(ds), "country": r["country_code"], "label": clf(ds
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == 20 and out["type"] == "GeoModelForImageGeolocation" and out["country"] and out["label"]
+
+
+def test_best_metric_direction_with_and_without_the_eval_prefix():
+    from geohf.training.train import lower_is_better
+
+    assert lower_is_better("median_km") and lower_is_better("eval_median_km") and lower_is_better("eval_loss")
+    assert not lower_is_better("eval_geoscore") and not lower_is_better("country_accuracy")

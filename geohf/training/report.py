@@ -19,7 +19,7 @@ import torch
 from .. import plots
 from ..inference.predictor import GeoPredictor
 from .evaluation import TABLE_COLUMNS, Evaluation, evaluate
-from .metrics import accuracy, distance_metrics, per_class_precision_recall
+from .metrics import geolocation_metrics, per_class_precision_recall
 
 CONFUSION_TOP = 20
 
@@ -69,12 +69,13 @@ def multiview_rows(predictor: GeoPredictor, evaluation: Evaluation) -> dict[str,
     frame = evaluation.predictions
     probs = frame.attrs["probs"]
     fused = fuse_views(predictor, frame, probs)
-    rows = {}
-    for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused)):
-        m = distance_metrics(f["latitude"], f["longitude"], f["pred_latitude"], f["pred_longitude"])
-        m["country_accuracy"] = accuracy(f["pred_country_code"], f["country_code"])
-        rows[name] = m
-    return rows
+    return {
+        name: geolocation_metrics(
+            f["latitude"], f["longitude"], f["pred_latitude"], f["pred_longitude"],
+            true_country=f["country_code"], pred_country=f["pred_country_code"],
+        )  # fmt: skip
+        for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused))
+    }
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
@@ -110,7 +111,10 @@ def write_report(
     if "location_id" in dataset_dict[split].column_names:
         ids = dataset_dict[split]["location_id"]
         frame["location_id"] = list(ids)
-        if frame["location_id"].duplicated().any():
+        # fusing probabilities needs classes (not a regression-only model) and the model's own
+        # fusion to be their mean (an attention-fused model weighs views in a way this cannot replay)
+        fusable = frame.attrs["probs"].shape[1] > 0 and predictor.model.config.fusion == "mean"
+        if fusable and frame["location_id"].duplicated().any():
             multiview = multiview_rows(predictor, evaluation)
 
     countries = country_table(frame)

@@ -220,6 +220,11 @@ class TrainingExtras:
 GEO_METRICS_LOWER_IS_BETTER = {"median_km", "mean_km", "loss"}
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` (with or without Trainer's ``eval_`` prefix) is better."""
+    return metric.removeprefix("eval_") in GEO_METRICS_LOWER_IS_BETTER
+
+
 class EpochCallback(TrainerCallback):
     """Tells a :class:`SeededDataset` which epoch is running (resumed runs included)."""
 
@@ -352,7 +357,7 @@ def run_training(
         training_args.load_best_model_at_end = True
         if training_args.metric_for_best_model in (None, "loss"):
             training_args.metric_for_best_model = "median_km"
-        training_args.greater_is_better = training_args.metric_for_best_model not in GEO_METRICS_LOWER_IS_BETTER
+        training_args.greater_is_better = not lower_is_better(training_args.metric_for_best_model)
         callbacks.append(EarlyStoppingCallback(extras.early_stopping_patience))
 
     def make_trainer(**kwargs) -> GeoTrainer:
