@@ -8,14 +8,14 @@ import sys
 
 def app_command(args: argparse.Namespace) -> int:
     """Load the model (and the game's dataset) and serve the app until interrupted."""
-    from ..inference.predictor import GeoPredictor, bf16_helps
+    from ..inference.predictor import GeoPredictor
     from .game import Game
     from .ui import GeoApp, build_app, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the app", file=sys.stderr)
     try:
-        predictor = GeoPredictor(args.model, top_k=args.top_k, bf16=bf16_helps(args.device), device=args.device)
+        predictor = GeoPredictor(args.model, top_k=args.top_k, device=args.device)
     except (OSError, ValueError) as err:
         print(f"error: cannot load model {args.model!r} ({err}); pass a model folder or Hub id", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.bluemarble import pixel_to_latlon
-from ..geo.sphere import EARTH_RADIUS_KM
+from ..files import atomic_path
+from ..geo.sphere import destination_points, wrap_longitude
 from ..inference.predictor import CellTable
 from ..plots import world_axes
 
@@ -17,11 +18,8 @@ COLOURS = {"truth": "#31a354", "model": "#e6550d", "player": "#3182bd", "cells":
 
 def circle_latlon(lat: float, lon: float, radius_km: float, n: int = 90) -> tuple[np.ndarray, np.ndarray]:
     """Points of the great circle ``radius_km`` around a point (for drawing confidence radii)."""
-    phi, lmb, d = np.deg2rad(lat), np.deg2rad(lon), radius_km / EARTH_RADIUS_KM
-    bearing = np.linspace(0, 2 * np.pi, n)
-    phi2 = np.arcsin(np.sin(phi) * np.cos(d) + np.cos(phi) * np.sin(d) * np.cos(bearing))
-    lmb2 = lmb + np.arctan2(np.sin(bearing) * np.sin(d) * np.cos(phi), np.cos(d) - np.sin(phi) * np.sin(phi2))
-    return np.rad2deg(phi2), (np.rad2deg(lmb2) + 540.0) % 360.0 - 180.0
+    clat, clon = destination_points(lat, lon, radius_km, np.linspace(0, 2 * np.pi, n))
+    return clat, wrap_longitude(clon)
 
 
 def _draw_radius(ax, lat, lon, radius_km, colour):
@@ -73,12 +71,13 @@ def clickable_world_map(path: str | os.PathLike, width_px: int = 1000) -> Path:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title("")
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

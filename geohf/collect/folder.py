@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write, remove_temp_files
+from ..files import atomic_write, remove_temp_files
 from .providers import IMAGES_DIR
 from .state import WORK_DIR
 

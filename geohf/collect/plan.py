@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from .files import atomic_path
+from ..files import atomic_path
+from ..geo.sphere import wrap_longitude
 from .regions import Region, equal_area, polygon_parts
 
 PLAN_COLUMNS = ["location_id", "region", "latitude", "longitude"]
@@ -41,10 +42,6 @@ _META_KEY = b"geohf.collect.plan"
 def named_rng(seed: int, name: str) -> np.random.Generator:
     """A generator that depends on the seed and a name only (a region, a location)."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _wrap(lon: np.ndarray) -> np.ndarray:
-    return np.remainder(lon + 180.0, 360.0) - 180.0
 
 
 def _sample_part(part: shapely.Polygon, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +71,7 @@ def uniform_points(geometry, n: int, rng: np.random.Generator) -> tuple[np.ndarr
     lat = np.concatenate([d[0] for d in drawn]) if drawn else np.empty(0)
     lon = np.concatenate([d[1] for d in drawn]) if drawn else np.empty(0)
     order = rng.permutation(n)
-    return lat[order], _wrap(lon[order])
+    return lat[order], wrap_longitude(lon[order])
 
 
 def fishnet_points(geometry, n: int, rng: np.random.Generator, max_tries: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +102,7 @@ def fishnet_points(geometry, n: int, rng: np.random.Generator, max_tries: int = 
         inside = np.flatnonzero(shapely.contains_xy(geometry, lon, lat))
         if inside.size >= n:
             pick = rng.permutation(rng.choice(inside, n, replace=False))
-            return lat[pick], _wrap(lon[pick])
+            return lat[pick], wrap_longitude(lon[pick])
         size *= 0.95 * math.sqrt(max(inside.size, 1) / n)
     raise RuntimeError(f"fishnet sampler could not place {n} points after {max_tries} grids")
 

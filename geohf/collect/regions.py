@@ -30,7 +30,7 @@ import shapely
 
 from ..geo.cells import grid_pieces, merge_small_pieces
 from ..geo.countries import is_country_code
-from ..geo.sphere import EARTH_RADIUS_KM
+from ..geo.sphere import EARTH_RADIUS_KM, destination_points
 
 CITY_COLUMNS = ["name", "latitude", "longitude", "radius_km"]
 DEFAULT_CELL_DEG = 2.0
@@ -80,11 +80,8 @@ def geodesic_disc(lat: float, lon: float, radius_km: float, vertices: int = 128)
     """Polygon of the points within ``radius_km`` (great-circle) of a point."""
     if radius_km <= 0 or radius_km >= math.pi * EARTH_RADIUS_KM / 2:
         raise ValueError(f"a city radius must be in (0, {math.pi * EARTH_RADIUS_KM / 2:.0f}) km, got {radius_km}")
-    phi, lmb, delta = math.radians(lat), math.radians(lon), radius_km / EARTH_RADIUS_KM
-    bearing = np.linspace(0.0, 2 * np.pi, vertices, endpoint=False)
-    phi2 = np.arcsin(np.sin(phi) * np.cos(delta) + np.cos(phi) * np.sin(delta) * np.cos(bearing))
-    lmb2 = lmb + np.arctan2(np.sin(bearing) * np.sin(delta) * np.cos(phi), np.cos(delta) - np.sin(phi) * np.sin(phi2))
-    return shapely.Polygon(np.column_stack([np.degrees(lmb2), np.degrees(phi2)]))
+    plat, plon = destination_points(lat, lon, radius_km, np.linspace(0.0, 2 * np.pi, vertices, endpoint=False))
+    return shapely.Polygon(np.column_stack([plon, plat]))
 
 
 def equal_area(geometry):

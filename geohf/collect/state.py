@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write
+from ..files import atomic_write
 
 WORK_DIR = ".collect"
 STATE_FILE = "state.json"
 VERSION = 1
-FINISHED = ("ok", "no_imagery", "duplicate")
 
 
 @dataclass
@@ -60,10 +59,6 @@ class CollectState:
     def seen(self) -> set[str]:
         """Provider ids already collected (for de-duplication)."""
         return {d["provider_id"] for d in self.done.values() if d["status"] == "ok"}
-
-    def add_totals(self, **amounts: float) -> None:
-        for k, v in amounts.items():
-            self.totals[k] = self.totals.get(k, 0) + v
 
     def todo(self, plan: pd.DataFrame) -> pd.DataFrame:
         """The plan rows not finished yet; refuses a plan whose finished ids moved (another plan)."""

@@ -10,7 +10,7 @@ import io
 import math
 import multiprocessing as mp
 from dataclasses import asdict, dataclass
-from pathlib import Path  # noqa: F401  (type of image paths)
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -30,9 +30,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic"}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
 STAGE = "read"

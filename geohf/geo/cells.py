@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import shapely
 
+from ..files import atomic_path
 from .index import PolygonIndex
 from .labelling import LABEL_COLUMNS
 from .sphere import haversine_km, spherical_mean
@@ -68,13 +69,12 @@ class CellPartition:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the partition to one GeoParquet file (atomically)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.cells.to_parquet(tmp)
-        table = pq.read_table(tmp)
-        meta = dict(table.schema.metadata or {})
-        meta[_META_KEY] = json.dumps({"kind": self.kind, "params": self.params}).encode()
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self.cells.to_parquet(tmp)
+            table = pq.read_table(tmp)
+            meta = dict(table.schema.metadata or {})
+            meta[_META_KEY] = json.dumps({"kind": self.kind, "params": self.params}).encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
         return path
 
     @classmethod

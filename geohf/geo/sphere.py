@@ -123,6 +123,16 @@ def geometric_median(
     return float(best_lat), float(best_lon)
 
 
+def destination_points(lat: float, lon: float, distance_km: float, bearing_rad) -> tuple[np.ndarray, np.ndarray]:
+    """The points ``distance_km`` along great circles from (lat, lon) at each bearing (radians from north):
+    latitudes and longitudes in degrees, longitudes not wrapped (continuous around the point)."""
+    phi, lmb, d = np.deg2rad(lat), np.deg2rad(lon), distance_km / EARTH_RADIUS_KM
+    bearing = np.asarray(bearing_rad, dtype=np.float64)
+    phi2 = np.arcsin(np.sin(phi) * np.cos(d) + np.cos(phi) * np.sin(d) * np.cos(bearing))
+    lmb2 = lmb + np.arctan2(np.sin(bearing) * np.sin(d) * np.cos(phi), np.cos(d) - np.sin(phi) * np.sin(phi2))
+    return np.rad2deg(phi2), np.rad2deg(lmb2)
+
+
 def wrap_longitude(lon):
     """Longitudes wrapped into [-180, 180)."""
     xp = _xp(lon)

@@ -56,7 +56,7 @@ def predict_command(args: argparse.Namespace) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
     from .maps import cell_polygons
     from .predict import PredictOptions, output_format, print_error, run_prediction
-    from .predictor import GeoPredictor, bf16_helps
+    from .predictor import GeoPredictor
 
     problem = _check(args)
     if problem is None and output_format(args.output, args.format) == "parquet" and args.output is None:
@@ -67,12 +67,11 @@ def predict_command(args: argparse.Namespace) -> int:
         inputs = _inputs(args)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
-    bf16 = bf16_helps(args.device) if args.bf16 is None else args.bf16
     try:
         predictor = GeoPredictor(
             args.model,
             top_k=args.top_k,
-            bf16=bf16,
+            bf16=args.bf16,
             channels_last=args.channels_last,
             device=args.device,
             mass=args.mass,

@@ -17,6 +17,8 @@ from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 from PIL.TiffImagePlugin import IFDRational
 
+from ..files import atomic_path
+
 ESTIMATE_MARK = "geohf estimate"
 ASCII_PREFIX = b"ASCII\x00\x00\x00"  # the character code of EXIF UNDEFINED text fields
 WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -140,8 +142,7 @@ def write_estimated_copy(
     with Image.open(source) as im:
         fmt, exif = im.format, estimated_exif(im.getexif(), latitude, longitude, radius_km)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        tmp = destination.with_name(destination.name + ".tmp")
-        try:
+        with atomic_path(destination) as tmp:
             if fmt == "JPEG":
                 tmp.write_bytes(_splice_jpeg_exif(source.read_bytes(), exif.tobytes()))
             elif fmt == "PNG":
@@ -155,7 +156,4 @@ def write_estimated_copy(
                 raise ValueError(
                     f"{source}: a {fmt} file named {source.suffix}; EXIF is written into JPEG and PNG only"
                 )
-            os.replace(tmp, destination)
-        finally:
-            tmp.unlink(missing_ok=True)
     return destination

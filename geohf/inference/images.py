@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..files import HEIF_SUFFIXES
 from ..modeling.image_processing_geohf import to_rgb_image
 from .exif import GpsFix, read_gps
 
-HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 URL_SCHEMES = ("http://", "https://")
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
@@ -117,8 +117,3 @@ def load_image(source: str | os.PathLike, data: bytes | None = None) -> LoadedIm
         raise ImageLoadError(source, "is a folder, not an image")
     with open(p, "rb") as f:
         return _decode(f, name)
-
-
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file (or URL) fully into RGB, applying its EXIF orientation."""
-    return load_image(path).image

@@ -18,21 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import IMAGE_SUFFIXES
 from .images import ImageLoadError, is_url
 
-IMAGE_SUFFIXES = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".heic",
-    ".heif",
-    ".hif",
-)
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_path
 from ..geo.sphere import haversine_km
 from .predictor import CellTable, GeoPredictor
 
@@ -215,10 +216,6 @@ def save_map(fmap, path: str | os.PathLike) -> Path:
     """Write the map's HTML atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.html")
-    try:
+    with atomic_path(path) as tmp:
         fmap.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -310,12 +310,6 @@ def open_writer(path: str | os.PathLike, fmt: str, columns: list[str]) -> Record
     return WRITERS[fmt](path, columns)
 
 
-def write_jsonl(records: list[dict], path: str | os.PathLike) -> None:
-    """Write JSON lines atomically (temporary file, then rename)."""
-    with JsonlWriter(path, []) as writer:
-        writer.write(records)
-
-
 # ---------------------------------------------------------------- EXIF copies
 
 

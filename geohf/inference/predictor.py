@@ -178,7 +178,8 @@ class GeoPredictor:
         model: a :class:`GeoModelForImageGeolocation` (or a folder / Hub id to load one).
         processor: its image processor (default: built from the model config).
         top_k: how many classes to report per image.
-        bf16: bf16 autocast; ``channels_last``: NHWC layout (both faster on recent CPUs).
+        bf16: bf16 autocast (default: where it is fast, see :func:`bf16_helps`);
+            ``channels_last``: NHWC layout (both faster on recent CPUs).
         mass: probability mass of the reported confidence radius.
     """
 
@@ -187,7 +188,7 @@ class GeoPredictor:
         model: GeoModelForImageGeolocation | str,
         processor: GeoImageProcessor | None = None,
         top_k: int = 5,
-        bf16: bool = True,
+        bf16: bool | None = None,
         channels_last: bool = True,
         device: str | None = None,
         mass: float = 0.5,
@@ -200,6 +201,7 @@ class GeoPredictor:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.processor = processor or GeoImageProcessor.from_config(model.config)
+        bf16 = bf16_helps(self.device.type) if bf16 is None else bf16
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.cells = CellTable.from_spec(model.config.head(model.config.primary_head))
 

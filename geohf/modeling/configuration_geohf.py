@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 HEAD_TYPES = ("classification", "haversine", "regression")
 COORDINATE_METHODS = ("argmax", "weighted")
+FUSIONS = ("mean", "attention")
 
 
 class GeoConfig(PreTrainedConfig):
@@ -69,8 +70,8 @@ class GeoConfig(PreTrainedConfig):
                 spec.setdefault("tau_km", 75.0)
                 if not spec.get("cells"):
                     raise ValueError(f"haversine head {spec['name']!r} needs its cell centroids in 'cells'")
-        if self.fusion not in ("mean", "attention"):
-            raise ValueError(f"fusion must be 'mean' or 'attention', got {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
         classifiers = [h for h in self.heads if h["type"] != "regression"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FUSIONS = ("mean", "attention")
-
 
 class AttentionPool(nn.Module):
     """Attention pooling over view embeddings: a learned score per view, softmax, weighted sum."""

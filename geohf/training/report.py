@@ -71,8 +71,12 @@ def multiview_rows(predictor: GeoPredictor, evaluation: Evaluation) -> dict[str,
     fused = fuse_views(predictor, frame, probs)
     return {
         name: geolocation_metrics(
-            f["latitude"], f["longitude"], f["pred_latitude"], f["pred_longitude"],
-            true_country=f["country_code"], pred_country=f["pred_country_code"],
+            f["latitude"],
+            f["longitude"],
+            f["pred_latitude"],
+            f["pred_longitude"],
+            true_country=f["country_code"],
+            pred_country=f["pred_country_code"],
         )  # fmt: skip
         for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused))
     }

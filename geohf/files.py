@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file in the same folder, flushed, then renamed into place."""
+"""Files: the image names geohf reads, and atomic writes (a temporary file in the same folder, then a rename)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", *HEIF_SUFFIXES)
 
 
 def temp_path(path: Path) -> Path:
