@@ -129,13 +129,14 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
     counts = np.bincount(load_dataset(str(tiny_dataset), split="train")["cell_quadtree"], minlength=len(weights))
     seen = counts > 0
     assert np.allclose(np.asarray(weights)[seen] * counts[seen], counts.sum() / seen.sum(), rtol=1e-4)
-    run_training(
+    sampled = run_training(
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
         tiny_args(tmp_path / "samp"),
         TrainingExtras(class_balance="sampler"),
     )
+    assert isinstance(sampled.trainer._get_train_sampler(), BalancedSampler)
 
 
 def test_step_schedule():
