@@ -77,7 +77,7 @@ def multiview_rows(predictor: GeoPredictor, evaluation: Evaluation) -> dict[str,
             f["pred_longitude"],
             true_country=f["country_code"],
             pred_country=f["pred_country_code"],
-        )  # fmt: skip
+        )
         for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused))
     }
 
