@@ -40,13 +40,13 @@ sys.path.insert(0, str(ROOT))
 import geohf  # noqa: E402,F401
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import AugmentConfig  # noqa: E402
+from geohf.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
+from geohf.evaluation.metrics import accuracy, distance_metrics  # noqa: E402
 from geohf.geo.labelling import PointLabeller  # noqa: E402
 from geohf.geo.sphere import spherical_mean  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
-from geohf.modeling import GeoImageProcessor, build_model  # noqa: E402
-from geohf.training.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
-from geohf.training.metrics import accuracy, distance_metrics  # noqa: E402
-from geohf.training.train import DataArguments, ModelArguments, make_config, run_training  # noqa: E402
+from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
+from geohf.training.train import DataArguments, ModelArguments, run_training  # noqa: E402
 
 COLUMNS = [
     ("median_km", "median km", "{:,.0f}"),
@@ -124,7 +124,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args, labeller) 
     seconds = time.perf_counter() - start
     predictor = GeoPredictor(str(out))
     ds = load_dataset(str(data))
-    if predictor.model.config.head(predictor.model.config.primary_head)["type"] != "regression":
+    if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
         tune_coordinate_rule(predictor, ds["validation"])
     metrics = evaluate(predictor, ds, split="test", labeller=labeller).rows
     return {**metrics["model"], "train_seconds": seconds, "_baselines": metrics}
@@ -145,12 +145,12 @@ def embed(model, dataset, processor, batch: int = 128) -> np.ndarray:
 def knn_row(data: Path, args, k: int = 10) -> dict:
     """im2gps-style retrieval: the spherical mean of the k most similar training tiles (cosine, frozen embeddings)."""
     ds = load_dataset(str(data))
-    part_config = make_config(
-        ModelArguments(image_size=args.image_size, crop_pct=1.0, heads="regression"),
-        [{"name": "r", "type": "regression", "label_column": None}],
+    # the same backbone as the trained rows, its offline ImageNet weights; the (untrained) head is unused
+    model = create_model(
+        "tf_efficientnet_lite0", heads=["regression"], pretrained="offline", image_size=args.image_size, crop_pct=1.0
     )
-    model = build_model(part_config, "offline").eval().to(memory_format=torch.channels_last)
-    processor = GeoImageProcessor.from_config(part_config)
+    model = model.eval().to(memory_format=torch.channels_last)
+    processor = GeoImageProcessor.from_config(model.config)
     start = time.perf_counter()
     train_emb, test_emb = embed(model, ds["train"], processor), embed(model, ds["test"], processor)
     sims = test_emb @ train_emb.T

@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geohf.modeling import GeoConfig, build_model  # noqa: E402
+from geohf.modeling import GeoConfig, HeadSpec, build_model  # noqa: E402
 
 BACKBONES = {
     "resnet18": {},
@@ -46,17 +46,18 @@ def transformers_vit_kwargs(image_size: int = 224) -> dict:
     return {"hf_config": {k: v for k, v in config.items() if k not in ("transformers_version", "architectures")}}
 
 
-def head(n: int = 400) -> list[dict]:
+def head(n: int = 400) -> list[HeadSpec]:
+    """A haversine head over ``n`` placeholder cells (all at 0°, 0°: only the head's size matters here)."""
     cells = {"latitude": [0.0] * n, "longitude": [0.0] * n}
     return [
-        {
-            "name": "cells",
-            "type": "haversine",
-            "label_column": "cell",
-            "labels": [f"c{i}" for i in range(n)],
-            "cells": cells,
-            "tau_km": 75.0,
-        }
+        HeadSpec(
+            name="cells",
+            type="haversine",
+            label_column="cell",
+            labels=[f"c{i}" for i in range(n)],
+            cells=cells,
+            tau_km=75.0,
+        )
     ]
 
 

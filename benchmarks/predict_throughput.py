@@ -53,8 +53,8 @@ def make_tiles(folder: Path, n: int, tile_px: int = 64, seed: int = 0) -> list[s
 
 def make_model(folder: Path, image_size: int = 96, n_cells: int = 413, seed: int = 0) -> str:
     """The demo's architecture (ImageNet backbone weights) with ``n_cells`` random cells."""
-    from geohf.modeling import build_model
-    from geohf.training.train import ModelArguments, make_config
+    from geohf.modeling import HeadSpec, build_model
+    from geohf.modeling.factory import make_config
 
     if (folder / "config.json").is_file():
         return str(folder)
@@ -74,8 +74,10 @@ def make_model(folder: Path, image_size: int = 96, n_cells: int = 413, seed: int
         "region_code": [""] * n_cells,
         "region": [""] * n_cells,
     }
-    spec = {"name": "haversine", "type": "haversine", "label_column": "cell_random", "labels": names, "cells": cells}
-    config = make_config(ModelArguments(image_size=image_size, crop_pct=1.0), [spec])
+    spec = HeadSpec(
+        name="haversine", type="haversine", label_column="cell_random", labels=names, partition="random", cells=cells
+    )
+    config = make_config("tf_efficientnet_lite0", [spec], image_size=image_size, crop_pct=1.0)
     build_model(config, pretrained="offline").save_pretrained(folder)
     return str(folder)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from datasets import load_dataset
-from transformers import TrainerCallback, TrainingArguments, pipeline
+from transformers import TrainerCallback, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,13 +30,12 @@ sys.path.insert(0, str(ROOT))
 import geohf  # noqa: E402,F401
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
-from geohf.geo.cells import CellPartition  # noqa: E402
 from geohf.inference.images import load_image  # noqa: E402
 from geohf.inference.predict import predict_files  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
-from geohf.modeling import GeoImageProcessor, build_model  # noqa: E402
-from geohf.training.train import ModelArguments, head_specs, make_config  # noqa: E402
-from geohf.training.trainer import GeoTrainer  # noqa: E402
+from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
+from geohf.modeling.factory import load_partition  # noqa: E402
+from geohf.training import GeoTrainer, GeoTrainingArguments  # noqa: E402
 
 
 def data(root: Path) -> Path:
@@ -53,20 +52,34 @@ def data(root: Path) -> Path:
 
 
 def model_and_processor(dataset: Path, image_size: int, channels_last: bool = True, depthwise_fp32: bool = True):
-    part = CellPartition.load(dataset / "cells" / "quadtree.parquet")
-    config = make_config(
-        ModelArguments(image_size=image_size, crop_pct=1.0), head_specs(["haversine"], None, part, "quadtree", 75.0)
+    # the dataset's own quadtree partition; targets read from its cell_quadtree column, as geohf train does
+    model = create_model(
+        "tf_efficientnet_lite0",
+        heads=["haversine"],
+        cells=load_partition(str(dataset), "quadtree"),
+        cells_from_column=True,
+        pretrained="offline",
+        tau_km=75.0,
+        image_size=image_size,
+        crop_pct=1.0,
+        depthwise_fp32=depthwise_fp32,
     )
-    config.depthwise_fp32 = depthwise_fp32
-    model = build_model(config, "offline")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, GeoImageProcessor.from_config(config)
+    return model, GeoImageProcessor.from_config(model.config)
 
 
-def train_set(dataset: Path, model, processor):
-    train = load_dataset(str(dataset), split="train")
-    return train.with_transform(example_transform(processor.transform, model.config.heads, model.config.primary_head))
+def raw_train_split(dataset: Path):
+    return load_dataset(str(dataset), split="train")
+
+
+def train_set(raw, model, processor):
+    """The raw split through the training data path (what ``GeoTrainer`` attaches when not augmenting)."""
+    config = model.config
+    transform = example_transform(
+        processor.transform, config.head_specs, config.primary_head, partitions=model.cell_partitions
+    )
+    return raw.with_transform(transform)
 
 
 def timed(fn, steps: int, warmup: int = 3) -> float:
@@ -114,13 +127,14 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def trainer_rate(model, train, processor, batch: int, bf16: bool, steps: int, out: Path) -> dict[str, float]:
+def trainer_rate(model, raw, processor, batch: int, bf16: bool, steps: int, out: Path) -> dict[str, float]:
     """Images/s of ``GeoTrainer.train`` for ``steps`` steps (after a warm-up run): steady state (from the
-    end of the first step to the end of the last, as the raw loop is timed) and the whole ``train()`` call."""
+    end of the first step to the end of the last, as the raw loop is timed) and the whole ``train()`` call.
+    ``raw`` is the untransformed split: ``GeoTrainer`` attaches the transform and collator itself."""
     clock = StepClock()
 
     def run(n):
-        args = TrainingArguments(
+        args = GeoTrainingArguments(
             output_dir=str(out),
             max_steps=n,
             per_device_train_batch_size=batch,
@@ -131,17 +145,9 @@ def trainer_rate(model, train, processor, batch: int, bf16: bool, steps: int, ou
             report_to=[],
             disable_tqdm=True,
             logging_steps=10_000,
-            remove_unused_columns=False,
             dataloader_num_workers=0,
         )
-        trainer = GeoTrainer(
-            model=model,
-            args=args,
-            train_dataset=train,
-            data_collator=GeoCollator(),
-            processing_class=processor,
-            callbacks=[clock],
-        )
+        trainer = GeoTrainer(model=model, args=args, train_dataset=raw, processing_class=processor, callbacks=[clock])
         clock.ends.clear()
         start = time.perf_counter()
         trainer.train()
@@ -198,13 +204,14 @@ def main(argv=None) -> dict:
 
     # ---- training: Trainer vs raw loop, same model, data path, batch, precision
     model, processor = model_and_processor(dataset, args.image_size)
-    train = train_set(dataset, model, processor)
+    raw_train = raw_train_split(dataset)
+    train = train_set(raw_train, model, processor)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=GeoCollator())
     # interleaved rounds, best of each: the CPUs are shared and drift
     raws, trainers = [], []
     for _ in range(args.rounds):
         raws.append(raw_train_rate(model, loader, True, args.steps))
-        trainers.append(trainer_rate(model, train, processor, args.batch_size, True, args.steps, root / "trainer"))
+        trainers.append(trainer_rate(model, raw_train, processor, args.batch_size, True, args.steps, root / "trainer"))
     raw = max(raws)
     trainer = max(t["steady_img_s"] for t in trainers)
     results["train"] = {

@@ -8,7 +8,9 @@ from .modeling import (  # noqa: E402
     GeoModel,
     GeoModelForImageGeolocation,
     GeoModelOutput,
+    HeadSpec,
     build_model,
+    create_model,
     register_auto_classes,
 )
 
@@ -18,12 +20,25 @@ from .inference.pipeline import ImageGeolocationPipeline, register_pipeline  # n
 
 register_pipeline()
 
+from .evaluation import Evaluation, evaluate  # noqa: E402
+from .inference import GeoPredictions, GeoPredictor, predict  # noqa: E402
+from .training import GeoTrainer, GeoTrainingArguments  # noqa: E402
+
 __all__ = [
     "GeoConfig",
     "GeoImageProcessor",
     "GeoModel",
     "GeoModelForImageGeolocation",
     "GeoModelOutput",
+    "Evaluation",
+    "GeoPredictions",
+    "GeoPredictor",
+    "GeoTrainer",
+    "GeoTrainingArguments",
+    "HeadSpec",
     "ImageGeolocationPipeline",
     "build_model",
+    "create_model",
+    "evaluate",
+    "predict",
 ]

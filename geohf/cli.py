@@ -63,9 +63,9 @@ def _dataset_push(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .data.folder import load_geo_dataset
+    from .evaluation.report import write_report
     from .inference.predictor import GeoPredictor
-    from .training.report import write_report
-    from .training.train import load_geo_dataset
 
     predictor = GeoPredictor(args.model, bf16=args.bf16)
     ds = load_geo_dataset(args.dataset, args.revision)
@@ -78,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         human_results=args.human,
         title=Path(args.model).name,
     )
-    from .training.evaluation import Evaluation
+    from .evaluation.evaluation import Evaluation
 
     table = Evaluation(split=args.split, sizes=metrics["sizes"], rows=metrics["results"]).table()
     print(table)

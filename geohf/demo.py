@@ -107,8 +107,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     say("3/4 evaluating on the test split against naive baselines")
     from datasets import load_dataset
 
+    from .evaluation import evaluate, tune_coordinate_rule
     from .inference.predictor import GeoPredictor
-    from .training.evaluation import evaluate, tune_coordinate_rule
 
     predictor = GeoPredictor(str(model_dir))
     ds = load_dataset(str(dataset_dir))
@@ -147,12 +147,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _steps_for_budget(model_args: ModelArguments, dataset: str, cfg: DemoConfig, seconds: float) -> int:
     """Training steps that fit in ``seconds``, from a throughput probe of the real model."""
-    from .geo.cells import CellPartition
-    from .modeling import build_model
-    from .training.train import head_specs, make_config
+    from .modeling import create_model
+    from .modeling.factory import load_partition
 
-    part = CellPartition.load(Path(dataset) / "cells" / "quadtree.parquet")
-    model = build_model(make_config(model_args, head_specs(["haversine"], None, part, "quadtree", cfg.tau_km)), None)
+    part = load_partition(dataset, "quadtree")
+    model = create_model(heads=["haversine"], cells=part, pretrained=None, image_size=cfg.image_size, tau_km=cfg.tau_km)
     rate = probe_train_throughput(model, cfg.batch_size, cfg.image_size)
     # data loading, optimizer steps and evaluations take the rest
     return max(int(0.7 * rate * max(seconds, 30) / cfg.batch_size), 10)
@@ -177,4 +176,5 @@ def _predict_samples(test, model_dir: Path, out: Path, n: int = 4) -> None:
         say(f"    pipeline {path.name}: " + ", ".join(f"{t['label']} ({t['score']:.2f})" for t in top))
     run = predict_files(GeoPredictor(str(model_dir)), paths, output=out / "predictions.jsonl", on_error=print_error)
     for r in run.records:
-        say(f"    predict {Path(r['file']).name}: {r['country']} ({r['latitude']:.1f}, {r['longitude']:.1f})")
+        where = f"{r['pred_country']} ({r['pred_latitude']:.1f}, {r['pred_longitude']:.1f})"
+        say(f"    predict {Path(r['file']).name}: {where}")

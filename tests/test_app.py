@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from geohf.app import add_app_parser, append_result, summarise_results
+from geohf.app import add_app_parser, append_result
 from geohf.app.figures import circle_latlon, click_to_latlon
 from geohf.app.game import Guess, score_guess
 from geohf.app.prediction import predict_views
+from geohf.evaluation.human import summarise_results
+from geohf.evaluation.metrics import geoscore
 from geohf.geo.sphere import haversine_km
 from geohf.inference.images import LoadedImage
-from geohf.training.metrics import geoscore
 
 TABLE_KEYS = {"country_accuracy", "mean_km", "median_km", "within_25km", "within_750km", "geoscore"}
 
@@ -126,7 +127,7 @@ def test_app_predicts_and_plays_a_round_headless(app_server, tiny_dataset, tmp_p
     figure, summary, countries, regions, record, html_map = client.predict(
         [handle_file(str(tile))], api_name="/predict"
     )
-    assert -90 <= record["latitude"] <= 90 and record["radius_km"] > 0 and len(record["top_k"]) == 5
+    assert -90 <= record["pred_latitude"] <= 90 and record["radius_km"] > 0 and len(record["top_k"]) == 5
     assert "coordinates" in summary and figure
     assert countries["label"] and sum(c["confidence"] for c in countries["confidences"]) <= 1.0 + 1e-6
     assert regions["confidences"]

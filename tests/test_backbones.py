@@ -13,7 +13,7 @@ from test_modeling import CELLS
 from transformers import AutoModelForImageClassification, pipeline
 
 from geohf.modeling import GeoImageProcessor, build_model
-from geohf.training.train import ModelArguments, make_config
+from geohf.modeling.factory import make_config
 
 HIDE_GEOHF = """
 import importlib.abc, sys
@@ -75,7 +75,7 @@ def saved(tmp_path_factory, tiny_vit):
     for name, kwargs in {**TIMM, "transformers-vit": None}.items():
         backbone = tiny_vit if name == "transformers-vit" else name
         torch.manual_seed(0)
-        config = make_config(ModelArguments(backbone=backbone, backbone_kwargs=kwargs, image_size=32), heads())
+        config = make_config(backbone, heads(), backbone_kwargs=kwargs, image_size=32)
         model = build_model(config, "hub" if name == "transformers-vit" else None).eval()
         folder = root / name
         model.save_pretrained(folder)
@@ -118,7 +118,7 @@ def test_backbone_paths(name, saved):
     # the geolocation pipeline
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8))
     result = pipeline("image-geolocation", model=str(folder))(image, top_k=2)
-    assert result["country_code"] in CELLS["country_code"] and len(result["top_k"]) == 2
+    assert result["pred_country_code"] in CELLS["country_code"] and len(result["top_k"]) == 2
     assert result["radius_km"] >= 0
 
 

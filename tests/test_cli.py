@@ -37,19 +37,20 @@ def test_predict_jsonl(tiny_model_dir, images, tmp_path):
     for r in records:
         assert set(r) == {
             "file",
-            "latitude",
-            "longitude",
-            "country_code",
-            "country",
-            "region",
+            "pred_latitude",
+            "pred_longitude",
+            "pred_country_code",
+            "pred_country",
+            "pred_region_code",
+            "pred_region",
             "score",
             "radius_km",
             "top_k",
         }
         assert r["radius_km"] >= 0
         assert len(r["top_k"]) == 3 and set(r["top_k"][0]) == {"label", "score", "latitude", "longitude"}
-        assert -90 <= r["latitude"] <= 90 and -180 <= r["longitude"] <= 180
-        assert r["score"] == r["top_k"][0]["score"] and r["country_code"]
+        assert -90 <= r["pred_latitude"] <= 90 and -180 <= r["pred_longitude"] <= 180
+        assert r["score"] == r["top_k"][0]["score"] and r["pred_country_code"]
 
 
 def test_predict_bad_inputs_are_reported_and_the_rest_predicted(tiny_model_dir, images, tmp_path):

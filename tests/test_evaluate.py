@@ -64,22 +64,18 @@ def test_multiview_evaluation_on_another_dataset(tiny_model_dir, grid_dataset, t
     # true cells come from the model's partition, not the dataset's own quadtree column
     preds = pd.read_parquet(out / "predictions.parquet")
     part = CellPartition.load(tiny_model_dir / "cells" / "quadtree.parquet")
-    np.testing.assert_array_equal(preds["true_class"], part.assign(preds["latitude"], preds["longitude"]))
+    np.testing.assert_array_equal(preds["true_class"], part.assign(preds["true_latitude"], preds["true_longitude"]))
     assert "Several views per place" in (out / "report.md").read_text()
 
 
 def test_regression_model_on_a_multiview_split(grid_dataset, tmp_path):
     """No classes to fuse: the per-image table is written, the multi-view section is left out."""
-    from geohf.modeling import GeoImageProcessor, build_model
-    from geohf.training.train import ModelArguments, make_config
+    from geohf.modeling import GeoImageProcessor, create_model
 
-    config = make_config(
-        ModelArguments(image_size=32, crop_pct=1.0, heads="regression"),
-        [{"name": "coordinates", "type": "regression", "label_column": None}],
-    )
+    model = create_model(heads=["regression"], pretrained=None, image_size=32, crop_pct=1.0)
     model_dir = tmp_path / "regression"
-    build_model(config, None).save_pretrained(model_dir)
-    GeoImageProcessor.from_config(config).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
+    GeoImageProcessor.from_config(model.config).save_pretrained(model_dir)
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(model_dir), "--dataset", str(grid_dataset), "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

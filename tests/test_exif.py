@@ -10,8 +10,8 @@ from datasets import load_dataset
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
+from geohf import images as images_module
 from geohf.geo.sphere import haversine_km
-from geohf.inference import images as images_module
 from geohf.inference.cli import add_predict_parser
 from geohf.inference.exif import ESTIMATE_MARK, read_gps, write_estimated_copy
 from geohf.inference.images import ImageLoadError, load_image
@@ -121,7 +121,7 @@ def test_predict_reports_exif_truth_and_writes_copies(tiny_model_dir, photos, tm
     records = {r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, out.read_text().splitlines())}
     gps = records["gps.jpg"]
     assert (gps["exif_latitude"], gps["exif_longitude"]) == pytest.approx(photos["truth"], abs=1e-4)
-    expected = float(haversine_km(*photos["truth"], gps["latitude"], gps["longitude"]))
+    expected = float(haversine_km(*photos["truth"], gps["pred_latitude"], gps["pred_longitude"]))
     assert gps["error_km"] == pytest.approx(expected, abs=0.2)
     assert "exif_latitude" not in records["plain.jpg"] and "error_km" not in records["plain.jpg"]
     # only the photo without a GPS fix gets an estimated copy; originals unchanged

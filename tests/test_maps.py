@@ -40,13 +40,14 @@ def predictor(tiny_model_dir):
 
 
 def test_point_from_record_prefers_dataset_truth_and_skips_missing():
-    record = {"file": "a<b>.jpg", "latitude": 1.0, "longitude": 2.0, "radius_km": 300.0, "country": "Kenya",
-              "region": "Nairobi", "score": 0.25, "exif_latitude": 5.0, "exif_longitude": 6.0}  # fmt: skip
+    record = {"file": "a<b>.jpg", "pred_latitude": 1.0, "pred_longitude": 2.0, "radius_km": 300.0,
+              "pred_country": "Kenya", "pred_region": "Nairobi", "score": 0.25, "exif_latitude": 5.0,
+              "exif_longitude": 6.0}  # fmt: skip
     assert MapPoint.from_record(record).truth == (5.0, 6.0)
     point = MapPoint.from_record({**record, "true_latitude": 3.0, "true_longitude": 4.0})
     assert point.truth == (3.0, 4.0) and point.label == "Nairobi, Kenya (25.0%)"
     assert "a&lt;b&gt;.jpg" in point.popup() and "<b>a<b>" not in point.popup()
-    assert MapPoint.from_record({"file": "x", "latitude": None, "longitude": None}) is None
+    assert MapPoint.from_record({"file": "x", "pred_latitude": None, "pred_longitude": None}) is None
 
 
 def test_map_of_points_with_truth_and_antimeridian(tmp_path):

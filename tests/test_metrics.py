@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geohf.training.metrics import (
+from geohf.evaluation.metrics import (
     balanced_accuracy,
     distance_metrics,
     distance_summary,
@@ -64,7 +64,7 @@ def test_geolocation_metrics_combines_levels():
 def test_evaluate_module_loads_offline_by_path():
     import evaluate
 
-    from geohf.training.geo_metric import PATH
+    from geohf.evaluation.geo_metric import PATH
 
     metric = evaluate.load(PATH)
     out = metric.compute(predictions=[[48.8566, 2.3522], [0, 0]], references=[[51.5074, -0.1278], [0, 0]])

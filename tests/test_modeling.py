@@ -5,7 +5,7 @@ from PIL import Image
 
 import geohf
 from geohf.geo.sphere import haversine_km
-from geohf.modeling import GeoConfig, GeoImageProcessor, GeoModelForImageGeolocation, build_model
+from geohf.modeling import GeoConfig, GeoImageProcessor, GeoModelForImageGeolocation, HeadSpec, build_model
 from geohf.modeling.backbones import depthwise_convs_in_fp32, load_backbone_weights, match_state_dict
 from geohf.modeling.heads import ClassificationHead
 from geohf.modeling.losses import haversine_smoothed_loss, haversine_soft_targets
@@ -87,7 +87,7 @@ def test_loss_matches_hand_computation():
 
 
 def test_coordinates_from_cells_by_hand():
-    head = ClassificationHead({"name": "c", "labels": CELLS["name"], "cells": CELLS}, embed_dim=4)
+    head = ClassificationHead(HeadSpec("c", "classification", labels=CELLS["name"], cells=CELLS), embed_dim=4)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.allclose(head.coordinates(logits, "argmax"), torch.tensor([[48.0, 2.0]]))
     # weighted over the two best cells: the spherical mean with weights 0.5, 0.3
@@ -266,7 +266,12 @@ def test_config_errors_are_clear():
 
 def test_confidence_radius_by_hand():
     head = ClassificationHead(
-        {"name": "c", "labels": ["a", "b", "c"], "cells": {"latitude": [0.0, 0.0, 0.0], "longitude": [0.0, 1.0, 10.0]}},
+        HeadSpec(
+            "c",
+            "classification",
+            labels=["a", "b", "c"],
+            cells={"latitude": [0.0, 0.0, 0.0], "longitude": [0, 1.0, 10]},
+        ),
         embed_dim=4,
     )
     logits = torch.log(torch.tensor([[0.3, 0.3, 0.4]]))
@@ -291,20 +296,39 @@ def test_attention_fusion_starts_as_the_mean_and_learns():
 
 
 def test_every_head_answers_country_and_region():
-    from geohf.inference.predictor import CellTable
+    from geohf.inference import CellTable
 
     cells = CellTable.from_spec(small_config().head("cells"))
     assert cells.country_code.tolist() == CELLS["country_code"] and cells.region.tolist() == CELLS["region"]
     country = CellTable.from_spec(small_config().head("country"))
     assert country.country_code.tolist() == ["AU", "DE", "ES", "FR"] and country.country[3] == "France"
     region = CellTable.from_spec(
-        {
-            "name": "region",
-            "type": "classification",
-            "label_column": "region_code",
-            "labels": ["DE-BE", "FR-75"],
-            "label_country": ["DE", "FR"],
-        }
+        HeadSpec(
+            name="region",
+            type="classification",
+            label_column="region_code",
+            labels=["DE-BE", "FR-75"],
+            label_country=["DE", "FR"],
+        )
     )
     assert region.country_code.tolist() == ["DE", "FR"] and region.region_code.tolist() == ["DE-BE", "FR-75"]
     assert np.isnan(region.latitude).all()  # no centroids: coordinates come from a coordinate head
+
+
+def test_head_spec_says_what_a_head_is():
+    config = small_config()
+    cells, coords, country = config.head_specs
+    assert config.head().name == "cells" and config.primary_head == "cells"
+    assert cells.is_classifier and cells.has_coordinates and not cells.is_geocell  # column "cell": no partition
+    assert not coords.is_classifier and coords.has_coordinates and coords.labels == []
+    assert country.is_classifier and not country.has_coordinates and not country.is_geocell
+    # a folder saved before `partition` existed: named by its cell_<name> column
+    legacy = HeadSpec.from_dict({**config.heads[0], "label_column": "cell_quadtree"} | {"partition": None})
+    assert legacy.partition is None
+    old = {k: v for k, v in config.heads[0].items() if k != "partition"} | {"label_column": "cell_quadtree"}
+    assert HeadSpec.from_dict(old).partition == "quadtree" and HeadSpec.from_dict(old).is_geocell
+    with pytest.raises(ValueError, match="needs its class names"):
+        HeadSpec(name="x", type="classification")
+    with pytest.raises(ValueError, match="use one of"):
+        HeadSpec(name="x", type="nonsense", labels=["a"])
+    assert GeoConfig.from_dict(config.to_dict()).head_specs == config.head_specs  # round trip through config.json

@@ -20,7 +20,17 @@ from geohf.inference.inputs import Inputs, collect_inputs, group_by_csv, group_b
 from geohf.inference.predict import JsonlWriter, PredictOptions, run_prediction
 from geohf.inference.predictor import GeoPredictor
 
-PREDICTION_KEYS = {"latitude", "longitude", "country_code", "country", "region", "score", "radius_km", "top_k"}
+PREDICTION_KEYS = {
+    "pred_latitude",
+    "pred_longitude",
+    "pred_country_code",
+    "pred_country",
+    "pred_region_code",
+    "pred_region",
+    "score",
+    "radius_km",
+    "top_k",
+}
 
 
 def geohf(*argv) -> int:
@@ -81,15 +91,15 @@ def test_predict_folder_to_csv_and_parquet(tiny_model_dir, tiles, tmp_path, caps
     frame = pd.read_csv(csv_path)
     assert list(frame["file"]) == sorted(map(str, tiles["paths"]))
     assert {"error_km", "exif_latitude", "true_latitude"} <= set(frame.columns)
-    assert frame["latitude"].between(-90, 90).all() and frame["error_km"].isna().all()
+    assert frame["pred_latitude"].between(-90, 90).all() and frame["error_km"].isna().all()
     assert [len(json.loads(t)) for t in frame["top_k"]] == [2] * 8
 
     code = geohf("predict", "--model", tiny_model_dir, tiles["root"], "--output", parquet_path, "--batch-size", "3")
     assert code == 0
     table = pq.read_table(parquet_path)
     assert table.num_rows == 8 and table.schema.field("top_k").type.value_type.num_fields == 4
-    assert table.column("country_code").to_pylist() == frame["country_code"].tolist()
-    assert np.allclose(table.column("latitude").to_numpy(), frame["latitude"].to_numpy(), atol=1e-4)
+    assert table.column("pred_country_code").to_pylist() == frame["pred_country_code"].tolist()
+    assert np.allclose(table.column("pred_latitude").to_numpy(), frame["pred_latitude"].to_numpy(), atol=1e-4)
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -103,7 +113,9 @@ def test_predict_dataset_split_reports_truth_and_error(tiny_model_dir, tiny_data
     assert [r["file"] for r in records] == [f"test/{i}" for i in range(len(truth))]
     for r, lat, lon in zip(records, truth["latitude"], truth["longitude"]):
         assert (r["true_latitude"], r["true_longitude"]) == (lat, lon)
-        assert r["error_km"] == pytest.approx(float(haversine_km(lat, lon, r["latitude"], r["longitude"])), abs=0.1)
+        assert r["error_km"] == pytest.approx(
+            float(haversine_km(lat, lon, r["pred_latitude"], r["pred_longitude"])), abs=0.1
+        )
 
     assert geohf("predict", "--model", tiny_model_dir, "--dataset", tiny_dataset, "--split", "nope") == 2
     assert geohf("predict", "--model", tiny_model_dir, "--dataset", tiny_dataset, "--image-column", "x") == 2
@@ -114,12 +126,12 @@ def test_streamed_predictions_match_the_predictor(predictor, tiles):
     inputs = collect_inputs([tiles["root"]])
     run = run_prediction(predictor, inputs, PredictOptions(batch_size=3, progress=False), keep_records=True)
     images = [Image.open(p).convert("RGB") for p in sorted(map(str, tiles["paths"]))]
-    direct = predictor.predict_images(images)
-    assert [r["country_code"] for r in run.records] == [d["country_code"] for d in direct]
+    direct = predictor.predict_images(images).records()
+    assert [r["pred_country_code"] for r in run.records] == [d["pred_country_code"] for d in direct]
     for r, d in zip(run.records, direct):
         assert [t["label"] for t in r["top_k"]] == [t["label"] for t in d["top_k"]]
-        assert (r["latitude"], r["longitude"], r["score"]) == pytest.approx(
-            (d["latitude"], d["longitude"], d["score"]), abs=1e-3
+        assert (r["pred_latitude"], r["pred_longitude"], r["score"]) == pytest.approx(
+            (d["pred_latitude"], d["pred_longitude"], d["score"]), abs=1e-3
         )
 
 
@@ -171,8 +183,10 @@ def test_multiview_groups_by_pattern_and_csv(tiny_model_dir, predictor, views, t
     # the same as giving the model the views of each place together
     for r in records:
         views_b = [Image.open(f).convert("RGB") for f in r["files"]]
-        direct = predictor.predict_images([views_b])[0]
-        assert (r["latitude"], r["longitude"]) == pytest.approx((direct["latitude"], direct["longitude"]), abs=1e-3)
+        direct = predictor.predict_images([views_b]).records()[0]
+        assert (r["pred_latitude"], r["pred_longitude"]) == pytest.approx(
+            (direct["pred_latitude"], direct["pred_longitude"]), abs=1e-3
+        )
 
     out_csv = tmp_path / "csv.jsonl"
     assert (
@@ -193,7 +207,9 @@ def test_multiview_groups_by_pattern_and_csv(tiny_model_dir, predictor, views, t
     assert [r["top_k"] for r in by_csv] == [r["top_k"] for r in records]
     for r in by_csv:  # the CSV's coordinates (10, 20) are the truth each place is scored against
         assert (r["true_latitude"], r["true_longitude"]) == (10.0, 20.0)
-        assert r["error_km"] == pytest.approx(float(haversine_km(10.0, 20.0, r["latitude"], r["longitude"])), abs=0.1)
+        assert r["error_km"] == pytest.approx(
+            float(haversine_km(10.0, 20.0, r["pred_latitude"], r["pred_longitude"])), abs=0.1
+        )
 
     grouped = group_by_pattern(collect_inputs([views["folder"]]), r"place(\w)_0\.png$")
     assert len(grouped.items) == 3 and len(grouped.errors) == 3  # the _1 and _2 views do not match
@@ -223,7 +239,7 @@ def test_streaming_keeps_nothing_and_workers_keep_order(predictor, tiles, tmp_pa
     a, b = read_jsonl(out0), read_jsonl(out2)
     assert [r["file"] for r in a] == [str(tiles["paths"][i % 8]) for i in range(100)]
     assert [r["file"] for r in b] == [r["file"] for r in a]
-    assert [r["latitude"] for r in b] == pytest.approx([r["latitude"] for r in a], abs=1e-4)
+    assert [r["pred_latitude"] for r in b] == pytest.approx([r["pred_latitude"] for r in a], abs=1e-4)
 
 
 def test_failed_run_leaves_no_output(predictor, tiles, tmp_path):
@@ -274,4 +290,4 @@ def test_bf16_and_fp32_agree(tiny_model_dir, tiles):
     images = [Image.open(p).convert("RGB") for p in tiles["paths"][:4]]
     fp32 = GeoPredictor(str(tiny_model_dir), bf16=False).predict_images(images)
     bf16 = GeoPredictor(str(tiny_model_dir), bf16=True).predict_images(images)
-    assert torch.allclose(torch.tensor([r["score"] for r in fp32]), torch.tensor([r["score"] for r in bf16]), atol=0.02)
+    assert torch.allclose(torch.tensor(fp32.score), torch.tensor(bf16.score), atol=0.02)

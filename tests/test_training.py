@@ -9,9 +9,9 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from geohf.inference.predictor import CellTable, GeoPredictor
-from geohf.training.evaluation import Guesses, evaluate, frequency_baseline, median_baseline
-from geohf.training.trainer import GeoTrainer, make_compute_metrics
+from geohf.evaluation.evaluation import Guesses, evaluate, frequency_baseline, median_baseline
+from geohf.inference import CellTable, GeoPredictions, GeoPredictor
+from geohf.training.trainer import GeoTrainer, GeoTrainingArguments, make_compute_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,15 +24,18 @@ def test_trained_model_folder(tiny_model_dir):
 
 
 def test_backbone_learning_rate_multiplier(tiny_model_dir):
-    from transformers import TrainingArguments
-
     from geohf.modeling import GeoModelForImageGeolocation
 
     model = GeoModelForImageGeolocation.from_pretrained(tiny_model_dir)
-    args = TrainingArguments(
-        output_dir=str(tiny_model_dir / "tmp"), learning_rate=1e-3, weight_decay=0.05, report_to=[], use_cpu=True
+    args = GeoTrainingArguments(
+        output_dir=str(tiny_model_dir / "tmp"),
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        report_to=[],
+        use_cpu=True,
+        backbone_lr_multiplier=0.1,
     )
-    trainer = GeoTrainer(model=model, args=args, backbone_lr_multiplier=0.1)
+    trainer = GeoTrainer(model=model, args=args)
     opt = trainer.create_optimizer()
     lrs = {(g["lr"], g["weight_decay"]) for g in opt.param_groups}
     assert lrs == {(1e-4, 0.05), (1e-4, 0.0), (1e-3, 0.05), (1e-3, 0.0)}
@@ -92,20 +95,33 @@ def test_evaluate_against_baselines(tiny_dataset, tiny_model_dir):
         assert 0 <= row["median_km"] <= 20_016 and 0 <= row["geoscore"] <= 5000
     table = result.table()
     assert "geometric median" in table and "median km" in table
-    assert len(result.predictions) == 20 and (result.predictions["error_km"] >= 0).all()
+    assert isinstance(result.predictions, GeoPredictions) and len(result.predictions) == 20
+    assert (result.predictions.error_km >= 0).all() and (result.frame()["error_km"] >= 0).all()
+    truth = ds["test"].to_pandas()
+    assert result.frame()["true_country_code"].tolist() == truth["country_code"].tolist()
+    np.testing.assert_allclose(result.predictions.true_latitude, truth["latitude"])
 
 
 def test_predictor_matches_model_outputs(tiny_dataset, tiny_model_dir):
     ds = load_dataset(str(tiny_dataset), split="test")
     predictor = GeoPredictor(str(tiny_model_dir), bf16=False, channels_last=False)
-    frame = predictor.predict_dataset(ds, batch_size=7)
+    predictions = predictor.predict_dataset(ds, batch_size=7, embeddings=True)
     pixel_values = predictor.processor([ds[i]["image"] for i in range(3)])["pixel_values"]
     with torch.no_grad():
-        out = predictor.model(pixel_values=pixel_values)
+        out = predictor.model(pixel_values=pixel_values, output_embeddings=True)
+    frame = predictions.to_pandas()
     np.testing.assert_allclose(
         frame[["pred_latitude", "pred_longitude"]].to_numpy()[:3], out.coordinates.numpy(), atol=1e-4
     )
-    assert frame.attrs["probs"].shape == (20, len(predictor.cells.names))
+    assert predictions.probs.shape == (20, len(predictor.cells.names))
+    np.testing.assert_allclose(predictions.embeddings[:3], out.embeddings.numpy(), atol=1e-4)
+    np.testing.assert_allclose(predictions.probs[:3], torch.softmax(out.logits, -1).numpy(), atol=1e-5)
+    assert (frame["pred_class"] == predictions.probs.argmax(1)).all()
+    assert frame["pred_country_code"].tolist() == list(predictor.cells.country_code[predictions.probs.argmax(1)])
+    np.testing.assert_allclose(predictions.true_latitude, ds["latitude"])
+    record = predictions.records()[0]
+    assert record["pred_latitude"] == pytest.approx(frame["pred_latitude"][0], abs=1e-4)
+    assert record["error_km"] == pytest.approx(frame["error_km"][0], abs=0.1) and record["true_latitude"] is not None
 
 
 @pytest.mark.slow

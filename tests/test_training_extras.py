@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
-from transformers import TrainingArguments
 
 from geohf.data.transforms import AugmentConfig
 from geohf.training.train import DataArguments, ModelArguments, TrainingExtras, run_training
-from geohf.training.trainer import BalancedSampler, inverse_frequency, step_schedule
+from geohf.training.trainer import BalancedSampler, GeoTrainingArguments, inverse_frequency, step_schedule
 
 RUN = """
 import json, os, signal, sys
@@ -40,7 +39,7 @@ print(json.dumps([h["loss"] for h in result.trainer.state.log_history if "loss" 
 """
 
 
-def tiny_args(out, **kw) -> TrainingArguments:
+def tiny_args(out, **kw) -> GeoTrainingArguments:
     base = dict(
         output_dir=str(out),
         max_steps=2,
@@ -56,7 +55,7 @@ def tiny_args(out, **kw) -> TrainingArguments:
         logging_steps=1,
     )
     base.update(kw)
-    return TrainingArguments(**base)
+    return GeoTrainingArguments(**base)
 
 
 def tiny_model() -> ModelArguments:
@@ -99,13 +98,13 @@ def test_early_stopping_on_median_km(tiny_dataset, tmp_path):
         save_strategy="steps",
         save_steps=1,
         save_total_limit=2,
+        early_stopping_patience=2,
     )
     result = run_training(
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
         args,
-        TrainingExtras(early_stopping_patience=2),
     )
     assert args.metric_for_best_model == "median_km" and args.greater_is_better is False
     assert result.trainer.state.global_step == 3  # no improvement with lr 0: stops after patience evaluations
@@ -122,10 +121,9 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
-        tiny_args(tmp_path / "bal"),
-        TrainingExtras(class_balance="loss"),
+        tiny_args(tmp_path / "bal", class_balance="loss"),
     )
-    weights = result.model.config.head("haversine")["class_weights"]
+    weights = result.model.config.head("haversine").class_weights
     counts = np.bincount(load_dataset(str(tiny_dataset), split="train")["cell_quadtree"], minlength=len(weights))
     seen = counts > 0
     assert np.allclose(np.asarray(weights)[seen] * counts[seen], counts.sum() / seen.sum(), rtol=1e-4)
@@ -133,8 +131,7 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
-        tiny_args(tmp_path / "samp"),
-        TrainingExtras(class_balance="sampler"),
+        tiny_args(tmp_path / "samp", class_balance="sampler"),
     )
     assert isinstance(sampled.trainer._get_train_sampler(), BalancedSampler)
 
@@ -280,7 +277,7 @@ print(json.dumps({"rows": len(ds), "country": r["country_code"], "label": clf(ds
 
 
 def test_best_metric_direction_with_and_without_the_eval_prefix():
-    from geohf.training.train import lower_is_better
+    from geohf.training.trainer import lower_is_better
 
     assert lower_is_better("median_km") and lower_is_better("eval_median_km") and lower_is_better("eval_loss")
     assert not lower_is_better("eval_geoscore") and not lower_is_better("country_accuracy")

@@ -5,6 +5,6 @@ work without it.
 """
 
 from .cli import add_app_parser
-from .results import append_result, summarise_results
+from .results import append_result
 
-__all__ = ["add_app_parser", "append_result", "summarise_results"]
+__all__ = ["add_app_parser", "append_result"]

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.bluemarble import pixel_to_latlon
 from ..files import atomic_path
 from ..geo.sphere import destination_points, wrap_longitude
-from ..inference.predictor import CellTable
+from ..inference.predictions import CellTable
 from ..plots import world_axes
 
 COLOURS = {"truth": "#31a354", "model": "#e6550d", "player": "#3182bd", "cells": "#cb181d"}
@@ -45,7 +45,7 @@ def place_figure(cells: CellTable, probs: np.ndarray, record: dict, guesses: dic
             linewidths=0,
             label="cell probability",
         )
-    lat, lon = record.get("latitude"), record.get("longitude")
+    lat, lon = record.get("pred_latitude"), record.get("pred_longitude")
     if lat is not None:
         if record.get("radius_km"):
             _draw_radius(ax, lat, lon, record["radius_km"], COLOURS["model"])

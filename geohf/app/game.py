@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..evaluation.human import summarise_rows
+from ..evaluation.metrics import geoscore
 from ..geo.countries import all_country_codes, country_name
 from ..geo.sphere import haversine_km
 from ..inference.images import load_image
 from ..inference.inputs import DatasetItems, load_split
 from ..inference.predictor import GeoPredictor
-from ..training.metrics import geoscore
 from .prediction import PlacePrediction, predict_views
-from .results import append_result, summarise_rows
+from .results import append_result
 
 GAME_COLUMNS = ("latitude", "longitude", "country_code")
 
@@ -117,7 +118,7 @@ class Game:
         lat, lon, code = float(truth["latitude"]), float(truth["longitude"]), str(truth["country_code"])
         ref = self.items[row].images[0]
         place = predict_views(self.predictor, [load_image(ref.name, ref.data)], [ref.name])
-        model = Guess(place.country_codes, place.record["latitude"], place.record["longitude"])
+        model = Guess(place.country_codes, place.record["pred_latitude"], place.record["pred_longitude"])
         record = {
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "session": session,

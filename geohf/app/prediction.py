@@ -11,7 +11,8 @@ import pandas as pd
 from ..inference.images import LoadedImage, load_image
 from ..inference.inputs import ImageRef, PredictItem
 from ..inference.predict import make_record
-from ..inference.predictor import CellTable, GeoPredictor
+from ..inference.predictions import CellTable
+from ..inference.predictor import GeoPredictor
 
 
 @dataclass
@@ -47,11 +48,11 @@ def predict_views(predictor: GeoPredictor, loaded: list[LoadedImage], names: lis
     """Predict one place from decoded images (several: views of it, fused by the model)."""
     views = [x.image for x in loaded]
     pixel_values = predictor.processor([views] if len(views) > 1 else views, return_tensors="pt")["pixel_values"]
-    arrays = predictor.predict_tensors(pixel_values)
+    predictions = predictor.predict_tensors(pixel_values)
     item = PredictItem([ImageRef(n) for n in names], location_id="upload" if len(names) > 1 else None)
     gps = next((x.gps for x in loaded if x.gps is not None), None)
-    record = make_record(item, predictor.records(arrays)[0], list(names), gps)
-    probs, cells = arrays["probs"][0], predictor.cells
+    record = make_record(item, predictions.records()[0], list(names), gps)
+    probs, cells = predictions.probs[0], predictor.cells
     return PlacePrediction(
         record=record,
         probs=probs,

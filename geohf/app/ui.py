@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from ..geo.countries import country_name  # noqa: E402
-from ..inference.images import ImageLoadError  # noqa: E402
+from ..images import ImageLoadError  # noqa: E402
 from ..inference.maps import MapPoint, prediction_map, save_map  # noqa: E402
 from ..inference.predictor import GeoPredictor  # noqa: E402
 from .figures import click_to_latlon, clickable_world_map, place_figure  # noqa: E402
@@ -30,8 +30,9 @@ SCOREBOARD_HEADERS = ["who", "rounds", "country top-1 %", "country top-5 %", "me
 
 def _summary(record: dict[str, Any]) -> str:
     lines = [
-        f"**{record['region'] or record['country']}, {record['country']}** ({100 * record['score']:.1f}% top cell)",
-        f"coordinates **{record['latitude']:.4f}, {record['longitude']:.4f}**",
+        f"**{record['pred_region'] or record['pred_country']}, {record['pred_country']}** "
+        f"({100 * record['score']:.1f}% top cell)",
+        f"coordinates **{record['pred_latitude']:.4f}, {record['pred_longitude']:.4f}**",
     ]
     if record.get("radius_km") is not None:
         lines.append(f"50% of the probability within **{record['radius_km']:,.0f} km**")

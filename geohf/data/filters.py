@@ -6,7 +6,6 @@ Each step returns the rows it keeps and records every row it drops in the
 
 from __future__ import annotations
 
-import io
 import math
 import multiprocessing as mp
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..geo.labelling import LABEL_COLUMNS, PointLabeller
+from ..images import ImageLoadError, decode_image
 from .skips import SkipLog
 
 
@@ -146,14 +146,13 @@ class ImageFilter:
 
 
 def image_quality(data: bytes | str | Path, stats_side: int = 256) -> tuple[float, float, int, int]:
-    """``(max channel variance, Laplacian variance, width, height)``; raises on undecodable data."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(src) as im:
-        im.load()
-        width, height = im.size
-        im = im.convert("RGB")
-        im.thumbnail((stats_side, stats_side), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.float32)
+    """``(max channel variance, Laplacian variance, width, height)`` of the upright image, decoded by
+    :func:`geohf.images.decode_image` as prediction decodes it; raises on undecodable data."""
+    name = "<bytes>" if isinstance(data, bytes) else data
+    im = decode_image(name, data if isinstance(data, bytes) else None).image
+    width, height = im.size
+    im.thumbnail((stats_side, stats_side), Image.Resampling.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
     channel_var = float(a.reshape(-1, 3).var(0).max())
     g = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
@@ -164,6 +163,8 @@ def _quality_task(args: tuple[str, int]):
     path, side = args
     try:
         return (*image_quality(path, side), "")
+    except ImageLoadError as err:
+        return math.nan, math.nan, 0, 0, err.reason
     except Exception as err:  # noqa: BLE001 - any decoder failure means "undecodable"
         return math.nan, math.nan, 0, 0, f"{type(err).__name__}: {err}"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features
+from datasets import DatasetDict, Features, load_dataset
 
 DATA_DIR = "data"
 
@@ -166,3 +166,10 @@ def write_dataset_folder(
             side_files(tmp)
         (tmp / "README.md").write_text(make_card(tmp, infos), encoding="utf-8")
     return infos
+
+
+def load_geo_dataset(name: str, revision: str | None = None) -> DatasetDict:
+    """A dataset folder or Hub dataset repo as a DatasetDict."""
+    if Path(name).is_dir():
+        return load_dataset(str(name))
+    return load_dataset(name, revision=revision)

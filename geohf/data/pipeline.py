@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..geo.boundaries import find_boundaries
 from ..geo.labelling import PointLabeller
+from ..images import decode_image, heif_available
 from .balance import BalanceSpec, balance
 from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import ImageFilter, drop_duplicate_locations, filter_images, label_disagreements, validate_coordinates
@@ -70,17 +71,19 @@ class BuildConfig:
     block_px: int | None = None
 
 
-def shrink_image(data: bytes, max_side: int) -> bytes:
-    """Re-encode an image whose longer side exceeds ``max_side`` (same format; JPEG at quality 95)."""
+def shrink_image(data: bytes, max_side: int, name: str = "<bytes>") -> bytes:
+    """Re-encode an image whose longer side exceeds ``max_side``: decoded upright (EXIF orientation
+    applied, so the stored pixels need no tag), same format where PIL writes it, JPEG at quality 95."""
+    heif_available()
     with Image.open(io.BytesIO(data)) as im:
         if max(im.size) <= max_side:
             return data
-        fmt = im.format or "PNG"
-        im = im.convert("RGB") if fmt == "JPEG" else im
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        return buf.getvalue()
+        fmt = im.format if im.format in ("JPEG", "PNG", "WEBP") else "PNG"
+    image = decode_image(name, data).image
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
 
 
 def file_loader(max_side: int | None):
@@ -89,7 +92,7 @@ def file_loader(max_side: int | None):
     def load(row) -> dict:
         data = Path(row["_path"]).read_bytes()
         if max_side:
-            data = shrink_image(data, max_side)
+            data = shrink_image(data, max_side, row["source_file"])
         return {"bytes": data, "path": row["source_file"]}
 
     return load

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision import transforms as T
 
-from ..modeling.image_processing_geohf import GeoImageProcessor, to_rgb_image
+from ..images import to_rgb_image
+
+if TYPE_CHECKING:  # the processor is passed in: data sits below modeling
+    from ..geo.cells import CellPartition
+    from ..modeling.configuration_geohf import HeadSpec
+    from ..modeling.image_processing_geohf import GeoImageProcessor
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -74,29 +79,33 @@ def train_transform(
     return lambda image: pipeline(to_rgb_image(image))
 
 
-def label_encoder(spec: dict[str, Any]) -> Callable[[Any], int]:
+def label_encoder(spec: HeadSpec) -> Callable[[Any], int]:
     """Value of a head's label column → class index (-100 for a value the head does not know)."""
-    if spec["type"] == "regression":
+    if not spec.is_classifier:
         return lambda v: 0
-    labels = spec["labels"]
-    if str(spec.get("label_column") or "").startswith("cell_"):  # geocell ids are stored as integers
-        n = len(labels)
+    if spec.is_geocell:  # geocell ids are stored as integers
+        n = len(spec.labels)
         return lambda v: int(v) if 0 <= int(v) < n else -100
-    index = {name: i for i, name in enumerate(labels)}
+    index = {name: i for i, name in enumerate(spec.labels)}
     return lambda v: index.get(v, -100)
 
 
 def example_transform(
     transform: Callable[[Any], torch.Tensor],
-    heads: list[dict[str, Any]],
+    heads: list[HeadSpec],
     primary_head: str | None,
     image_column: str = "image",
+    partitions: dict[str, CellPartition] | None = None,
 ) -> Callable[[dict], dict]:
     """A ``set_transform`` function: batch of rows → pixel_values, labels, coordinates.
 
-    The primary head's targets are ``labels``; other heads' are ``labels_<head name>``.
+    The primary head's targets are ``labels``; other heads' are ``labels_<head name>``. A geocell
+    head without a label column takes the cell of ``partitions[spec.partition]`` holding each row's
+    coordinates.
     """
-    encoders = {h["name"]: (h["label_column"], label_encoder(h)) for h in heads if h["type"] != "regression"}
+    partitions = partitions or {}
+    encoders = {h.name: (h.label_column, label_encoder(h)) for h in heads if h.is_classifier and h.label_column}
+    assigners = {h.name: partitions[h.partition] for h in heads if h.is_geocell and not h.label_column}
 
     def apply(batch: dict) -> dict:
         out = {"pixel_values": [transform(im) for im in batch[image_column]]}
@@ -106,6 +115,10 @@ def example_transform(
             if column in batch:
                 key = "labels" if name == primary_head else f"labels_{name}"
                 out[key] = [encode(v) for v in batch[column]]
+        for name, partition in assigners.items():
+            if "latitude" in batch:
+                key = "labels" if name == primary_head else f"labels_{name}"
+                out[key] = partition.assign(batch["latitude"], batch["longitude"]).tolist()
         return out
 
     return apply

@@ -83,9 +83,9 @@ def spherical_mean(lat, lon, weights=None, axis: int = -1):
 
 
 def geometric_median(
-    lat: np.ndarray, lon: np.ndarray, max_points: int = 20000, seed: int = 0, iters: int = 200
+    lat: np.ndarray, lon: np.ndarray, max_points: int = 20000, seed: int = 0, iters: int = 200, weights=None
 ) -> tuple[float, float]:
-    """The point minimising the mean great-circle distance to ``(lat, lon)``.
+    """The point minimising the mean (``weights``: weighted mean) great-circle distance to ``(lat, lon)``.
 
     A coarse search over a global grid followed by a spherical Weiszfeld refinement;
     the best point seen is returned, so the result is never worse than the grid.
@@ -94,13 +94,15 @@ def geometric_median(
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     if lat.size == 0:
         raise ValueError("geometric_median needs at least one point")
+    wts = np.ones(lat.size) if weights is None else np.asarray(weights, dtype=np.float64)
     if lat.size > max_points:
         idx = np.random.default_rng(seed).choice(lat.size, max_points, replace=False)
-        lat, lon = lat[idx], lon[idx]
+        lat, lon, wts = lat[idx], lon[idx], wts[idx]
+    wts = wts / wts.sum()
     pts = latlon_to_xyz(lat, lon)
 
     def cost(glat, glon):
-        return pairwise_haversine_km(np.atleast_1d(glat), np.atleast_1d(glon), lat, lon).mean(1)
+        return pairwise_haversine_km(np.atleast_1d(glat), np.atleast_1d(glon), lat, lon) @ wts
 
     glat, glon = np.meshgrid(np.arange(-87.5, 90, 5.0), np.arange(-177.5, 180, 5.0), indexing="ij")
     glat, glon = glat.ravel(), glon.ravel()
@@ -110,7 +112,7 @@ def geometric_median(
     x = latlon_to_xyz(best_lat, best_lon)
     for _ in range(iters):
         d = np.arccos(np.clip(pts @ x, -1.0, 1.0))
-        w = 1.0 / np.maximum(d, 1e-9)
+        w = wts / np.maximum(d, 1e-9)
         x_new = (pts * w[:, None]).sum(0)
         x_new /= np.linalg.norm(x_new)
         if np.linalg.norm(x_new - x) < 1e-12:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import IMAGE_SUFFIXES
-from .images import ImageLoadError, is_url
+from ..images import ImageLoadError, is_url
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 

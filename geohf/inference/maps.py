@@ -20,7 +20,8 @@ import numpy as np
 
 from ..files import atomic_path
 from ..geo.sphere import haversine_km
-from .predictor import CellTable, GeoPredictor
+from .predictions import CellTable
+from .predictor import GeoPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class MapPoint:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MapPoint | None:
         """From a ``geohf predict`` record (``None`` when it has no coordinates)."""
-        if record.get("latitude") is None or record.get("longitude") is None:
+        if record.get("pred_latitude") is None or record.get("pred_longitude") is None:
             return None
         truth = None
         for prefix in ("true", "exif"):
@@ -49,13 +50,13 @@ class MapPoint:
             if lat is not None and lon is not None:
                 truth = (float(lat), float(lon))
                 break
-        place = ", ".join(x for x in (record.get("region"), record.get("country")) if x)
+        place = ", ".join(x for x in (record.get("pred_region"), record.get("pred_country")) if x)
         score = record.get("score")
         label = f"{place} ({100 * score:.1f}%)" if score is not None else place
         return cls(
             name=str(record.get("file") or record.get("location_id") or ""),
-            latitude=float(record["latitude"]),
-            longitude=float(record["longitude"]),
+            latitude=float(record["pred_latitude"]),
+            longitude=float(record["pred_longitude"]),
             radius_km=record.get("radius_km"),
             truth=truth,
             label=label,

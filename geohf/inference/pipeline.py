@@ -10,7 +10,8 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
     geo(["a.jpg", "b.jpg"], batch_size=8)  # several images: a list of dicts
     geo([["n.jpg", "e.jpg", "s.jpg"]])     # views of one place (a list inside the list)
 
-Each result: ``latitude, longitude, country_code, country, region, score, radius_km, top_k``.
+Each result: ``pred_latitude, pred_longitude, pred_country_code, pred_country, pred_region_code,
+pred_region, score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
 Inputs may be paths, URLs, PIL images or numpy arrays. The model runs in channels_last and,
 where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
 autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
@@ -29,7 +30,8 @@ from transformers import Pipeline
 
 from ..modeling import GeoModelOutput
 from .images import load_image
-from .predictor import CellTable, autocast, bf16_helps, format_predictions, postprocess_outputs
+from .predictions import CellTable
+from .predictor import bf16_helps, forward, predictions_from_outputs
 
 
 def _image(item: Any) -> Any:
@@ -70,28 +72,21 @@ class ImageGeolocationPipeline(Pipeline):
         return {"pixel_values": pixel_values.to(self.dtype) if self.dtype is not None else pixel_values}
 
     def _forward(self, model_inputs: dict, bf16: bool | None = None):
-        """The model in channels_last, under bf16 autocast where it is fast (``bf16=False`` turns it off).
-
-        Autocast applies only to a float32 model: one loaded with ``dtype=`` runs as loaded.
-        """
+        """:func:`~geohf.inference.predictor.forward`: channels_last, bf16 autocast where it is fast
+        (``bf16=False`` turns it off)."""
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
             self._channels_last = True
-        pixel_values = model_inputs["pixel_values"]
-        if pixel_values.ndim == 4:
-            model_inputs = {**model_inputs, "pixel_values": pixel_values.contiguous(memory_format=torch.channels_last)}
         bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
-        with autocast(self.device, bf16 and self.model.dtype == torch.float32):
-            out = self.model(**model_inputs)
+        out = forward(self.model, model_inputs["pixel_values"], bf16)
         return GeoModelOutput(logits=out.logits, coordinates=out.coordinates)  # tensors only: batches unbatch
 
     def postprocess(self, model_outputs, top_k: int = 5, mass: float = 0.5) -> dict:
-        arrays = postprocess_outputs(self.model, model_outputs, top_k, mass)
-        return format_predictions(self._cells, arrays)[0]
+        return predictions_from_outputs(self.model, model_outputs, self._cells, top_k, mass).records()[0]
 
     @cached_property
     def _cells(self) -> CellTable:
-        return CellTable.from_spec(self.model.config.head(self.model.config.primary_head))
+        return CellTable.from_spec(self.model.config.head())
 
 
 def register_pipeline() -> None:

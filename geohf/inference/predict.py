@@ -31,7 +31,16 @@ from .predictor import GeoPredictor
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-PREDICTION_COLUMNS = ["latitude", "longitude", "country_code", "country", "region", "score", "radius_km"]
+PREDICTION_COLUMNS = [
+    "pred_latitude",
+    "pred_longitude",
+    "pred_country_code",
+    "pred_country",
+    "pred_region_code",
+    "pred_region",
+    "score",
+    "radius_km",
+]
 TRUTH_COLUMNS = ["true_latitude", "true_longitude", "exif_latitude", "exif_longitude", "error_km"]
 
 
@@ -97,8 +106,9 @@ class Prediction:
 def make_record(
     item: PredictItem, prediction: dict[str, Any], views: list[str] | None = None, gps: GpsFix | None = None
 ) -> dict[str, Any]:
-    """Name fields, the prediction, and ground truth (``item.truth``, else a real EXIF ``gps`` fix)
-    with the error in km. ``views``: the files of a place that could be read (default: all)."""
+    """Name fields, the prediction (a :meth:`GeoPredictions.records` row), and ground truth
+    (``item.truth``, else a real EXIF ``gps`` fix) with the error in km. ``views``: the files of a
+    place that could be read (default: all)."""
     if item.location_id is None:
         out: dict[str, Any] = {"file": item.images[0].name}
     else:
@@ -112,8 +122,9 @@ def make_record(
     if gps is not None and not gps.estimated:
         out["exif_latitude"], out["exif_longitude"] = round(gps.latitude, 6), round(gps.longitude, 6)
         truth = truth or (gps.latitude, gps.longitude)
-    if truth is not None and out.get("latitude") is not None:
-        out["error_km"] = round(float(haversine_km(truth[0], truth[1], out["latitude"], out["longitude"])), 1)
+    if truth is not None and out.get("pred_latitude") is not None:
+        d = haversine_km(truth[0], truth[1], out["pred_latitude"], out["pred_longitude"])
+        out["error_km"] = round(float(d), 1)
     out["top_k"] = top_k
     return out
 
@@ -150,10 +161,10 @@ def iter_predictions(
                     shapes.setdefault(tuple(loaded.pixel_values.shape), []).append(loaded)
             done: dict[int, Prediction] = {}
             for group in shapes.values():
-                arrays = predictor.predict_tensors(torch.stack([g.pixel_values for g in group]))
-                for j, (loaded, base) in enumerate(zip(group, predictor.records(arrays))):
+                predictions = predictor.predict_tensors(torch.stack([g.pixel_values for g in group]))
+                for j, (loaded, base) in enumerate(zip(group, predictions.records())):
                     record = make_record(loaded.item, base, loaded.views, loaded.gps)
-                    done[loaded.index] = Prediction(loaded.item, record, arrays["probs"][j], loaded.gps)
+                    done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
             yield from (done[i] for i in sorted(done))
             bar.update(len(batch))
 
@@ -263,7 +274,15 @@ def parquet_schema(columns: list[str]):
         [("label", pa.string()), ("score", pa.float64()), ("latitude", pa.float64()), ("longitude", pa.float64())]
     )
     types = {"files": pa.list_(pa.string()), "top_k": pa.list_(top)}
-    strings = {"file", "location_id", "country_code", "country", "region", "exif_copy"}
+    strings = {
+        "file",
+        "location_id",
+        "pred_country_code",
+        "pred_country",
+        "pred_region_code",
+        "pred_region",
+        "exif_copy",
+    }
     return pa.schema([(c, types.get(c, pa.string() if c in strings else pa.float64())) for c in columns])
 
 
@@ -338,7 +357,7 @@ class ExifCopier:
     def copy(self, prediction: Prediction) -> list[str]:
         """Copies written for one prediction; raises :class:`ImageLoadError` for one that cannot be written."""
         record = prediction.record
-        if record.get("latitude") is None:
+        if record.get("pred_latitude") is None:
             return []
         if prediction.gps is not None and not prediction.gps.estimated:
             self.left_out["images with a real GPS fix in EXIF (kept, no estimate written)"] += 1
@@ -354,7 +373,11 @@ class ExifCopier:
                 continue
             try:
                 dest = write_estimated_copy(
-                    source, self._destination(source), record["latitude"], record["longitude"], record.get("radius_km")
+                    source,
+                    self._destination(source),
+                    record["pred_latitude"],
+                    record["pred_longitude"],
+                    record.get("radius_km"),
                 )
             except (ValueError, OSError) as err:
                 raise ImageLoadError(ref.name, f"EXIF copy not written: {err}") from err

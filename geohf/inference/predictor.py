@@ -7,77 +7,29 @@ country/region, image processor), so inference needs no boundaries and no datase
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import os
 from functools import cache
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ..data.transforms import GeoCollator, example_transform
-from ..geo.countries import country_name
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
+from ..modeling.configuration_geohf import HeadSpec
+from .predictions import CellTable, GeoPredictions
 
 
-@dataclass
-class CellTable:
-    """What the primary head's classes mean on the map (NaN coordinates: a class without a centroid)."""
-
-    names: list[str]
-    latitude: np.ndarray
-    longitude: np.ndarray
-    country_code: np.ndarray
-    country: np.ndarray
-    region: np.ndarray
-    region_code: np.ndarray
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> CellTable:
-        """From a head spec: cell heads carry centroids and majority labels; country and
-        region heads map their classes to countries (``label_country`` for regions)."""
-        names = list(spec.get("labels") or [])
-        n = len(names)
-        cells = spec.get("cells") or {}
-        column = spec.get("label_column")
-
-        def col(key, default):
-            return np.asarray(cells.get(key) or default, dtype=object)
-
-        if cells:
-            country_code = col("country_code", [""] * n)
-        elif column == "country_code":
-            country_code = np.asarray(names, dtype=object)
-        else:
-            country_code = np.asarray(spec.get("label_country") or [""] * n, dtype=object)
-        region_code = col("region_code", names if column == "region_code" else [""] * n)
-        region = col("region", [""] * n)
-        nan = [np.nan] * n
-        return cls(
-            names=names,
-            latitude=np.asarray(cells.get("latitude") or nan, dtype=np.float64),
-            longitude=np.asarray(cells.get("longitude") or nan, dtype=np.float64),
-            country_code=country_code,
-            country=np.asarray(
-                [c if cells else country_name(cc) for cc, c in zip(country_code, col("country", country_code))],
-                dtype=object,
-            ),
-            region=region,
-            region_code=region_code,
-        )
-
-
-def load_model_partition(source: str | None, spec: dict[str, Any]):
+def load_model_partition(source: str | None, spec: HeadSpec):
     """The cell partition saved with a model folder (or Hub repo) for a cell head, if there is one."""
     from pathlib import Path
 
     from ..geo.cells import CellPartition
 
-    column = spec.get("label_column") or ""
-    if not spec.get("cells") or not column.startswith("cell_") or not source:
+    if not spec.is_geocell or not source:
         return None
-    name = f"cells/{column[len('cell_') :]}.parquet"
+    name = f"cells/{spec.partition}.parquet"
     path = Path(source, name)
     if not path.is_file():
         try:
@@ -116,59 +68,50 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _round(v: float, digits: int = 5):
-    return None if not np.isfinite(v) else round(float(v), digits)
+def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool = True, **kwargs):
+    """The one inference forward of geohf (predictor and pipeline): channels_last images, bf16 autocast
+    when asked and the model is float32 (one loaded with ``dtype=`` runs as loaded)."""
+    device = next(model.parameters()).device
+    pixel_values = pixel_values.to(device)
+    if channels_last and pixel_values.ndim == 4:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    with autocast(device, bf16 and model.dtype == torch.float32):
+        return model(pixel_values=pixel_values, **kwargs)
 
 
-def format_predictions(cells: CellTable, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """One JSON-able dict per image: coordinates, country, region, score, radius and top-k."""
-    out = []
-    for i in range(arrays["top_index"].shape[0]):
-        top = arrays["top_index"][i]
-        best = int(top[0]) if len(top) else None  # None: a regression-only model names no place
-        record = {
-            "latitude": _round(arrays["latitude"][i]),
-            "longitude": _round(arrays["longitude"][i]),
-            "country_code": str(cells.country_code[best]) if best is not None else "",
-            "country": str(cells.country[best]) if best is not None else "",
-            "region": str(cells.region[best]) if best is not None else "",
-            "score": _round(arrays["top_score"][i][0]) if best is not None else None,
-        }
-        if "radius_km" in arrays:
-            record["radius_km"] = _round(arrays["radius_km"][i], 1)
-        record["top_k"] = [
-            {
-                "label": cells.names[j],
-                "score": _round(s),
-                "latitude": _round(cells.latitude[j]),
-                "longitude": _round(cells.longitude[j]),
-            }
-            for j, s in zip(top, arrays["top_score"][i])
-        ]
-        out.append(record)
-    return out
-
-
-def postprocess_outputs(model, outputs, top_k: int, mass: float | None = 0.5) -> dict[str, np.ndarray]:
-    """Model outputs → numpy arrays: coordinates, top-k classes and scores, probabilities, radius.
+def predictions_from_outputs(
+    model, outputs, cells: CellTable, top_k: int = 5, mass: float | None = 0.5
+) -> GeoPredictions:
+    """Model outputs → :class:`GeoPredictions`: coordinates, top-k classes, probabilities, radius, embeddings.
 
     A regression-only model has no classes: its top-k arrays are empty.
     """
-    if model.config.head(model.config.primary_head)["type"] == "regression":
-        probs = outputs.coordinates.new_zeros((outputs.coordinates.shape[0], 0))
+    n = outputs.coordinates.shape[0] if outputs.coordinates is not None else outputs.logits.shape[0]
+    if not model.config.head().is_classifier:
+        probs = torch.zeros((n, 0))
     else:
         probs = torch.softmax(outputs.logits.float(), dim=-1)
     score, index = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    arrays = {"top_index": index.cpu().numpy(), "top_score": score.cpu().numpy(), "probs": probs.cpu().numpy()}
+    radius = None
     if outputs.coordinates is not None:
         coords = outputs.coordinates.float()
-        arrays["latitude"], arrays["longitude"] = coords[:, 0].cpu().numpy(), coords[:, 1].cpu().numpy()
+        lat, lon = coords[:, 0].cpu().numpy(), coords[:, 1].cpu().numpy()
         primary = model.heads[model.config.primary_head]
         if mass is not None and getattr(primary, "has_coordinates", False) and hasattr(primary, "confidence_radius"):
-            arrays["radius_km"] = primary.confidence_radius(outputs.logits, coords, mass).cpu().numpy()
+            radius = primary.confidence_radius(outputs.logits, coords, mass).cpu().numpy()
     else:
-        arrays["latitude"] = arrays["longitude"] = np.full(probs.shape[0], np.nan)
-    return arrays
+        lat = lon = np.full(n, np.nan)
+    embeddings = getattr(outputs, "embeddings", None)
+    return GeoPredictions(
+        pred_latitude=lat.astype(np.float64),
+        pred_longitude=lon.astype(np.float64),
+        top_index=index.cpu().numpy(),
+        top_score=score.cpu().numpy().astype(np.float64),
+        cells=cells,
+        radius_km=radius,
+        probs=probs.cpu().numpy(),
+        embeddings=None if embeddings is None else embeddings.float().cpu().numpy(),
+    )
 
 
 class GeoPredictor:
@@ -203,41 +146,37 @@ class GeoPredictor:
         self.processor = processor or GeoImageProcessor.from_config(model.config)
         bf16 = bf16_helps(self.device.type) if bf16 is None else bf16
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
-        self.cells = CellTable.from_spec(model.config.head(model.config.primary_head))
+        self.cells = CellTable.from_spec(model.config.head())
 
     @property
     def partition(self):
         """The primary head's cell polygons (``cells/<name>.parquet`` beside the weights), or ``None``."""
         if not hasattr(self, "_partition"):
-            self._partition = load_model_partition(self.source, self.model.config.head(self.model.config.primary_head))
+            self._partition = self.model.cell_partitions.get(
+                self.model.config.head().partition
+            ) or load_model_partition(self.source, self.model.config.head())
         return self._partition
 
     @torch.inference_mode()
-    def predict_tensors(self, pixel_values: torch.Tensor) -> dict[str, np.ndarray]:
-        """Arrays for a preprocessed batch: ``latitude, longitude, top_index, top_score, probs, radius_km``."""
-        pixel_values = pixel_values.to(self.device)
-        if self.channels_last and pixel_values.ndim == 4:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.bf16):
-            out = self.model(pixel_values=pixel_values)
-        return postprocess_outputs(self.model, out, self.top_k, self.mass)
+    def predict_tensors(self, pixel_values: torch.Tensor, embeddings: bool = False) -> GeoPredictions:
+        """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings)."""
+        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings)
+        return predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass)
 
-    def records(self, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        """One JSON-able dict per image from :meth:`predict_tensors` output."""
-        return format_predictions(self.cells, arrays)
-
-    def predict_images(self, images: list[Any]) -> list[dict[str, Any]]:
+    def predict_images(self, images: list[Any]) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        return self.records(self.predict_tensors(pixel_values))
+        return self.predict_tensors(pixel_values)
 
-    def predict_dataset(self, dataset, image_column: str = "image", batch_size: int = 64, desc: str = "predicting"):
-        """Predictions for every row of a ``datasets.Dataset`` as a DataFrame.
-
-        Columns: ``pred_latitude, pred_longitude, pred_cell, pred_country_code,
-        pred_region_code, top_index, top_score``, and the probabilities in
-        ``frame.attrs["probs"]`` (N, n_classes).
-        """
+    def predict_dataset(
+        self,
+        dataset,
+        image_column: str = "image",
+        batch_size: int = 64,
+        desc: str = "predicting",
+        embeddings: bool = False,
+    ) -> GeoPredictions:
+        """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth."""
         if len(dataset) == 0:
             raise ValueError("the dataset split is empty: nothing to predict")
         data = dataset.with_transform(example_transform(self.processor.transform, [], None, image_column))
@@ -245,23 +184,28 @@ class GeoPredictor:
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
         parts = [
-            self.predict_tensors(batch["pixel_values"]) for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
+            self.predict_tensors(batch["pixel_values"], embeddings)
+            for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
         ]
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        classes = arrays["top_index"].shape[1] > 0
-        best = arrays["top_index"][:, 0] if classes else np.full(len(arrays["latitude"]), -1)
-        frame = pd.DataFrame(
-            {
-                "pred_latitude": arrays["latitude"],
-                "pred_longitude": arrays["longitude"],
-                "pred_cell": best,
-                "pred_country_code": self.cells.country_code[best] if classes else "",
-                "pred_region_code": self.cells.region_code[best] if classes else "",
-                "top_index": list(arrays["top_index"]),
-                "top_score": list(arrays["top_score"]),
-            }
-        )
-        if "radius_km" in arrays:
-            frame["radius_km"] = arrays["radius_km"]
-        frame.attrs["probs"] = arrays["probs"]
-        return frame
+        predictions = GeoPredictions.concat(parts)
+        if {"latitude", "longitude"} <= set(dataset.column_names):
+            truth = dataset.select_columns(["latitude", "longitude"]).to_pandas()
+            predictions = predictions.with_truth(truth["latitude"], truth["longitude"])
+        return predictions
+
+
+def predict(model, inputs, batch_size: int = 64, top_k: int = 5, bf16: bool | None = None, **kwargs) -> GeoPredictions:
+    """Predict ``inputs`` with ``model`` (a model, a :class:`GeoPredictor`, or a model folder / Hub id).
+
+    ``inputs``: a ``datasets.Dataset`` split (its ``latitude``/``longitude`` become the truth), or a
+    list of image paths, URLs, PIL images or arrays. An unreadable file raises
+    :class:`~geohf.images.ImageLoadError` naming it (``geohf predict`` reports and skips them instead).
+    """
+    predictor = model if isinstance(model, GeoPredictor) else GeoPredictor(model, top_k=top_k, bf16=bf16)
+    if hasattr(inputs, "column_names"):
+        return predictor.predict_dataset(inputs, batch_size=batch_size, **kwargs)
+    from .images import load_image
+
+    items = [load_image(x).image if isinstance(x, (str, os.PathLike)) else x for x in inputs]
+    parts = [predictor.predict_images(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    return GeoPredictions.concat(parts)

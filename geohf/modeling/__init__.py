@@ -1,6 +1,7 @@
 """Models: config/model pairs over timm backbones, heads, losses, image processor."""
 
-from .configuration_geohf import GeoConfig
+from .configuration_geohf import GeoConfig, HeadSpec
+from .factory import create_model
 from .image_processing_geohf import GeoImageProcessor
 from .modeling_geohf import (
     GeoEmbeddingOutput,
@@ -32,6 +33,8 @@ __all__ = [
     "GeoModelForImageGeolocation",
     "GeoModelOutput",
     "GeoPreTrainedModel",
+    "HeadSpec",
     "build_model",
+    "create_model",
     "register_auto_classes",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -10,6 +10,75 @@ from transformers import PreTrainedConfig
 HEAD_TYPES = ("classification", "haversine", "regression")
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
+CELL_COLUMN_PREFIX = "cell_"
+
+
+@dataclass
+class HeadSpec:
+    """What one head is: its loss, the dataset column it learns, its classes and what they mean on the map.
+
+    Attributes:
+        name: the head's name (its key in ``logits_per_head`` and ``labels_<name>`` targets).
+        type: ``classification`` (cross-entropy), ``haversine`` (cells with haversine-smoothed
+            targets) or ``regression`` (coordinates on the sphere).
+        label_column: the dataset column of its targets (``None``: coordinates only).
+        labels: class names (none for regression).
+        partition: the geocell partition the classes are (``quadtree``...), ``None`` for a
+            class head (country, region) or a regression head.
+        cells: per class the centroid and majority labels (``name, latitude, longitude,
+            country_code, country, region_code, region``); classes with centroids predict coordinates.
+        label_country: per class its country code (region heads).
+        weight: loss weight; tau_km: haversine smoothing temperature; class_weights: loss weights per class.
+    """
+
+    name: str
+    type: str
+    label_column: str | None = None
+    labels: list[str] = field(default_factory=list)
+    partition: str | None = None
+    cells: dict[str, Any] | None = None
+    label_country: list[str] | None = None
+    weight: float = 1.0
+    tau_km: float | None = None
+    class_weights: list[float] | None = None
+
+    def __post_init__(self):
+        if self.type not in HEAD_TYPES:
+            raise ValueError(f"head {self.name!r} has type {self.type!r}; use one of {HEAD_TYPES}")
+        if self.type != "regression" and not self.labels:
+            raise ValueError(f"head {self.name!r} needs its class names in 'labels'")
+        if self.type == "haversine":
+            self.tau_km = 75.0 if self.tau_km is None else float(self.tau_km)
+            if not self.cells:
+                raise ValueError(f"haversine head {self.name!r} needs its cell centroids in 'cells'")
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> HeadSpec:
+        """From a config's head dict; folders saved before ``partition`` existed name it by their column."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in spec.items() if k in known}
+        column = values.get("label_column") or ""
+        if "partition" not in spec and values.get("cells") and column.startswith(CELL_COLUMN_PREFIX):
+            values["partition"] = column[len(CELL_COLUMN_PREFIX) :]
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("label_column", "partition")}
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the head outputs class logits (everything but regression)."""
+        return self.type != "regression"
+
+    @property
+    def is_geocell(self) -> bool:
+        """Whether the classes are the cells of a partition (class ids stored as integers in ``cell_<partition>``)."""
+        return self.partition is not None
+
+    @property
+    def has_coordinates(self) -> bool:
+        """Whether the head predicts coordinates: regression, or classes with centroids."""
+        return self.type == "regression" or bool(self.cells and self.cells.get("latitude"))
 
 
 class GeoConfig(PreTrainedConfig):
@@ -21,10 +90,7 @@ class GeoConfig(PreTrainedConfig):
         pretrained_source: where the backbone weights came from (provenance for model cards).
         image_size: square input side in pixels.
         interpolation, crop_pct, image_mean, image_std: the eval preprocessing (timm data config).
-        heads: head specifications, each a dict with ``name``, ``type`` (``classification``,
-            ``haversine`` or ``regression``), ``label_column``, ``labels`` (class names),
-            ``weight`` (loss weight), and for cell heads ``cells`` (centroids and majority
-            country/region per cell) and ``tau_km`` (haversine smoothing temperature).
+        heads: the heads, as :class:`HeadSpec` objects or their dicts (stored as dicts).
         primary_head: the head whose logits are ``outputs.logits`` (and the image-classification
             pipeline's labels); defaults to the first classification-type head.
         coordinate_method: ``argmax`` (centroid of the top cell) or ``weighted`` (probability-weighted
@@ -58,37 +124,34 @@ class GeoConfig(PreTrainedConfig):
     depthwise_fp32: bool = True
 
     def __post_init__(self, **kwargs):
-        for spec in self.heads:
-            if spec.get("type") not in HEAD_TYPES:
-                raise ValueError(f"head {spec.get('name')!r} has type {spec.get('type')!r}; use one of {HEAD_TYPES}")
-            if spec["type"] == "regression":
-                spec.setdefault("labels", [])
-            elif not spec.get("labels"):
-                raise ValueError(f"head {spec['name']!r} needs its class names in 'labels'")
-            spec.setdefault("weight", 1.0)
-            if spec["type"] == "haversine":
-                spec.setdefault("tau_km", 75.0)
-                if not spec.get("cells"):
-                    raise ValueError(f"haversine head {spec['name']!r} needs its cell centroids in 'cells'")
+        # stored as plain dicts (config.json), validated and completed through HeadSpec
+        self.heads = [(h if isinstance(h, HeadSpec) else HeadSpec.from_dict(h)).to_dict() for h in self.heads]
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
-        classifiers = [h for h in self.heads if h["type"] != "regression"]
-        if self.primary_head is None and self.heads:  # the first classifier, else the regression head
-            self.primary_head = (classifiers or self.heads)[0]["name"]
+        specs = self.head_specs
+        classifiers = [h for h in specs if h.is_classifier]
+        if self.primary_head is None and specs:  # the first classifier, else the regression head
+            self.primary_head = (classifiers or specs)[0].name
         if self.primary_head is not None:
             primary = self.head(self.primary_head)
-            if primary["type"] != "regression":
-                kwargs.setdefault("id2label", dict(enumerate(primary["labels"])))
-                kwargs.setdefault("label2id", {name: i for i, name in enumerate(primary["labels"])})
+            if primary.is_classifier:
+                kwargs.setdefault("id2label", dict(enumerate(primary.labels)))
+                kwargs.setdefault("label2id", {name: i for i, name in enumerate(primary.labels)})
         super().__post_init__(**kwargs)
 
-    def head(self, name: str) -> dict[str, Any]:
-        """The specification of head ``name``."""
+    @property
+    def head_specs(self) -> list[HeadSpec]:
+        """Every head as a :class:`HeadSpec`, in order."""
+        return [HeadSpec.from_dict(h) for h in self.heads]
+
+    def head(self, name: str | None = None) -> HeadSpec:
+        """The specification of head ``name`` (default: the primary head)."""
+        name = self.primary_head if name is None else name
         for spec in self.heads:
             if spec["name"] == name:
-                return spec
+                return HeadSpec.from_dict(spec)
         raise KeyError(f"no head named {name!r}; heads are {[h['name'] for h in self.heads]}")
 
     @property

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..geo.sphere import haversine_km, latlon_to_xyz, spherical_mean, xyz_to_latlon
+from .configuration_geohf import HeadSpec
 from .losses import great_circle_loss, haversine_smoothed_loss
 
 
 class GeoHead(nn.Module):
-    """A linear head on the pooled embedding, described by a config spec dict."""
+    """A linear head on the pooled embedding, described by a :class:`HeadSpec`."""
 
-    def __init__(self, spec: dict[str, Any], embed_dim: int, out_features: int, dropout: float = 0.0):
+    def __init__(self, spec: HeadSpec, embed_dim: int, out_features: int, dropout: float = 0.0):
         super().__init__()
-        self.name = spec["name"]
-        self.weight = float(spec.get("weight", 1.0))
+        self.name = spec.name
+        self.weight = float(spec.weight)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(embed_dim, out_features)
         self.fc.geohf_init = "head"
@@ -39,17 +38,16 @@ class GeoHead(nn.Module):
 
 
 class ClassificationHead(GeoHead):
-    """Cross-entropy over the classes in ``spec["labels"]``.
+    """Cross-entropy over the classes in ``spec.labels``.
 
-    With ``spec["cells"]`` (centroids of geocells) it also predicts coordinates.
+    With class centroids (``spec.cells``: geocells, or countries and regions) it also predicts coordinates.
     """
 
-    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
-        super().__init__(spec, embed_dim, len(spec["labels"]), dropout)
-        cells = spec.get("cells")
-        self._centroid_values = [cells["latitude"], cells["longitude"]] if cells else None
+    def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
+        super().__init__(spec, embed_dim, len(spec.labels), dropout)
+        self._centroid_values = [spec.cells["latitude"], spec.cells["longitude"]] if spec.has_coordinates else None
         self.register_buffer("centroids", self._centroid_tensor(), persistent=False)
-        self._class_weights = spec.get("class_weights")
+        self._class_weights = spec.class_weights
         self.register_buffer("class_weights", self._weight_tensor(), persistent=False)
 
     def _weight_tensor(self) -> torch.Tensor | None:
@@ -116,9 +114,9 @@ class ClassificationHead(GeoHead):
 class HaversineHead(ClassificationHead):
     """Cell classification trained on haversine-smoothed labels (PIGEON, seed 004)."""
 
-    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
+    def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
         super().__init__(spec, embed_dim, dropout)
-        self.tau_km = float(spec["tau_km"])
+        self.tau_km = float(spec.tau_km)
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         valid = labels >= 0  # -100: a label this head does not know
@@ -132,7 +130,7 @@ class HaversineHead(ClassificationHead):
 class RegressionHead(GeoHead):
     """Coordinates as a unit vector on the sphere; loss is the great-circle distance."""
 
-    def __init__(self, spec: dict[str, Any], embed_dim: int, dropout: float = 0.0):
+    def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
         super().__init__(spec, embed_dim, 3, dropout)
 
     @property
@@ -158,5 +156,5 @@ class RegressionHead(GeoHead):
 HEADS = {"classification": ClassificationHead, "haversine": HaversineHead, "regression": RegressionHead}
 
 
-def build_head(spec: dict[str, Any], embed_dim: int, dropout: float = 0.0) -> GeoHead:
-    return HEADS[spec["type"]](spec, embed_dim, dropout)
+def build_head(spec: HeadSpec, embed_dim: int, dropout: float = 0.0) -> GeoHead:
+    return HEADS[spec.type](spec, embed_dim, dropout)

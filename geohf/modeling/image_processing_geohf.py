@@ -4,36 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import timm.data
 import torch
-from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from ..images import to_rgb_image
 from .remote_code import write_remote_code
-
-
-def to_rgb_image(image: Any) -> Image.Image:
-    """A PIL RGB image from a PIL image (any mode: 16-bit and float greys are rescaled, not
-    clipped to white), an HWC/CHW array or a CHW tensor."""
-    if isinstance(image, Image.Image):
-        if image.mode == "RGB":
-            return image
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            array = np.asarray(image, dtype=np.float64)
-            top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-            image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = array.transpose(1, 2, 0)
-    if array.dtype != np.uint8:
-        array = np.clip(array * 255.0 if array.max() <= 1.0 else array, 0, 255).astype(np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return Image.fromarray(array).convert("RGB")
 
 
 class GeoImageProcessor(BaseImageProcessor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,11 +81,15 @@ class GeoPreTrainedModel(PreTrainedModel):
             raise RuntimeError(_mismatch_message(cls, pretrained_model_name_or_path, kwargs)) from err
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users."""
+        """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users,
+        and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells)."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
+            for name, partition in getattr(self, "cell_partitions", {}).items():
+                (Path(save_directory) / "cells").mkdir(parents=True, exist_ok=True)
+                partition.save(Path(save_directory) / "cells" / f"{name}.parquet")
 
 
 def _mismatch_message(cls, source, kwargs) -> str:
@@ -153,9 +158,10 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
             raise ValueError("GeoConfig.heads is empty: declare at least one head")
         self.geo = GeoModel(config)
         self.heads = nn.ModuleDict(
-            {spec["name"]: build_head(spec, config.embed_dim, config.dropout) for spec in config.heads}
+            {spec.name: build_head(spec, config.embed_dim, config.dropout) for spec in config.head_specs}
         )
         self.fusion = AttentionPool(config.embed_dim) if config.fusion == "attention" else None
+        self.cell_partitions: dict = {}  # name → CellPartition (polygons), saved to cells/<name>.parquet
         self.post_init()
 
     @property
@@ -174,6 +180,15 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         if getattr(self, "_backbone_frozen", False):
             self.geo.eval()
         return self
+
+    def set_class_weights(self, head: str, weights: list[float]) -> None:
+        """Per-class loss weights for ``head`` (inverse frequency, say), kept in the config."""
+        for spec in self.config.heads:
+            if spec["name"] == head:
+                spec["class_weights"] = list(weights)
+        module = self.heads[head]
+        module._class_weights = list(weights)
+        module.init_buffers()
 
     def coordinate_head(self) -> GeoHead | None:
         """The head that provides ``outputs.coordinates``: the primary head if it can, else the first that can."""

@@ -23,6 +23,8 @@ CODE_FILES = (
     "image_processing_geohf.py",
     "remote_code.py",
     "sphere.py",
+    "images.py",
+    "files.py",
 )
 # The processor's entry lives in config.json, and preprocessor_config.json names no class: an
 # auto_map there makes transformers derive a remote *video* processor and ask every pipeline user
@@ -35,11 +37,14 @@ MODEL_AUTO_MAP = {
 }
 
 
+# modules that live elsewhere in the package, and how their imports read once flat
+_ELSEWHERE = {"sphere.py": "geo/sphere.py", "images.py": "images.py", "files.py": "files.py"}
+_FLAT_IMPORTS = {"from ..geo.sphere import": "from .sphere import", "from ..images import": "from .images import"}
+
+
 def _source(name: str) -> Path:
     here = Path(__file__).parent
-    if (here / name).is_file():
-        return here / name
-    return here.parent / "geo" / name  # sphere.py lives with the pure geography in the package
+    return here.parent / _ELSEWHERE[name] if name in _ELSEWHERE else here / name
 
 
 def write_remote_code(folder: str | os.PathLike) -> list[str]:
@@ -47,6 +52,8 @@ def write_remote_code(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in CODE_FILES:
-        text = _source(name).read_text(encoding="utf-8").replace("from ..geo.sphere import", "from .sphere import")
+        text = _source(name).read_text(encoding="utf-8")
+        for packaged, flat in _FLAT_IMPORTS.items():
+            text = text.replace(packaged, flat)
         (folder / name).write_text(text, encoding="utf-8")
     return list(CODE_FILES)

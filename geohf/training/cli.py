@@ -6,15 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
 from ..data.transforms import AugmentConfig
 from .train import DataArguments, ModelArguments, TrainingExtras, run_training
+from .trainer import GeoTrainingArguments
 
 
 def parse_args(argv: list[str] | None = None):
     """(model, data, augment, extras, training) arguments from flags, or from one ``.json`` / ``.yaml`` file."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingExtras, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingExtras, GeoTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 2 and argv[0] == "--config":
         path = Path(argv[1])

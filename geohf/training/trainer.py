@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, Trainer
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 
-from .metrics import distance_metrics, topk_accuracy
+from ..data.transforms import (
+    AugmentConfig,
+    GeoCollator,
+    SeededDataset,
+    example_transform,
+    label_encoder,
+    train_transform,
+)
+from ..evaluation.metrics import distance_metrics, topk_accuracy
+from ..modeling import GeoImageProcessor
+from ..modeling.configuration_geohf import HeadSpec
+from ..modeling.factory import label_column_values
 
 
 class BalancedSampler(torch.utils.data.Sampler):
@@ -53,27 +66,189 @@ def step_schedule(warmup_steps: int, every: int, gamma: float):
     return factor
 
 
+@dataclass
+class GeoTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus what geolocation training turns (a geohf model's defaults)."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep the dataset's columns: geohf's transform reads them"}
+    )
+    backbone_lr_multiplier: float = field(default=0.1, metadata={"help": "backbone lr = lr × this (seed 004)"})
+    channels_last: bool = field(default=True, metadata={"help": "NHWC memory layout for convolutions"})
+    image_column: str = field(default="image", metadata={"help": "the dataset's image column"})
+    class_balance: str = field(
+        default="none", metadata={"help": "none, sampler (draw classes evenly) or loss (inverse-frequency weights)"}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after this many evaluations without a better metric_for_best_model"}
+    )
+    step_lr_every: int | None = field(
+        default=None, metadata={"help": "step schedule: multiply the lr by step_lr_gamma every N steps after warm-up"}
+    )
+    step_lr_gamma: float = field(default=0.1, metadata={"help": "factor of the step schedule"})
+    label_scan_rows: int = field(default=10_000, metadata={"help": "streaming: rows read to find the label values"})
+
+
+GEO_METRICS_LOWER_IS_BETTER = {"median_km", "mean_km", "loss"}
+CLASS_BALANCE = ("none", "sampler", "loss")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` (with or without Trainer's ``eval_`` prefix) is better."""
+    return metric.removeprefix("eval_") in GEO_METRICS_LOWER_IS_BETTER
+
+
+def _geo_args(args: TrainingArguments | None, model) -> GeoTrainingArguments:
+    """``args`` as :class:`GeoTrainingArguments` (plain ``TrainingArguments`` keep their values)."""
+    if args is None:
+        return GeoTrainingArguments(output_dir="tmp_trainer", report_to="none")
+    if isinstance(args, GeoTrainingArguments):
+        return args
+    values = {f.name: getattr(args, f.name) for f in fields(args) if f.init and hasattr(args, f.name)}
+    values["remove_unused_columns"] = False
+    return GeoTrainingArguments(**values)
+
+
+class EpochCallback(TrainerCallback):
+    """Tells a :class:`SeededDataset` which epoch is running (resumed runs included)."""
+
+    def __init__(self, dataset: SeededDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+def class_weights(spec: HeadSpec, values: list) -> tuple[np.ndarray, list[float]]:
+    """Inverse-frequency weights: per example (for sampling) and per class (for the loss, mean 1 over seen classes)."""
+    encode = label_encoder(spec)
+    labels = np.array([encode(v) for v in values])
+    per_example = inverse_frequency(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=len(spec.labels)).astype(np.float64)
+    seen = counts > 0
+    per_class = np.zeros_like(counts)
+    per_class[seen] = counts[seen].sum() / (seen.sum() * counts[seen])
+    return per_example, per_class.round(6).tolist()
+
+
+def _primary_targets(model, dataset, max_rows: int) -> tuple[HeadSpec, list]:
+    """The primary head and its raw target per training row (a geocell column, or cells from coordinates)."""
+    spec = model.config.head()
+    if spec.label_column:
+        return spec, label_column_values(dataset, spec.label_column, max_rows)
+    if spec.is_geocell:
+        partition = model.cell_partitions[spec.partition]
+        lat = label_column_values(dataset, "latitude", max_rows)
+        lon = label_column_values(dataset, "longitude", max_rows)
+        return spec, partition.assign(np.asarray(lat), np.asarray(lon)).tolist()
+    raise ValueError(f"--class_balance needs a classifier as primary head; {spec.name!r} is {spec.type}")
+
+
 class GeoTrainer(Trainer):
-    """``transformers.Trainer`` with the knobs the seeds turned.
+    """``transformers.Trainer`` for geohf models; it owns what geolocation training needs.
+
+    Given a geohf model and raw dataset splits (``image``, ``latitude``, ``longitude`` and label
+    columns, as ``geohf dataset build`` writes them), it decodes and transforms images on the
+    fly (the model's eval preprocessing, plus ``augment`` for training, reproducible per sample
+    and epoch), encodes every head's targets, collates (channels_last), reports km metrics, and
+    :meth:`save_model` writes weights, config, processor, cells, ``training_args.json`` and a
+    model card with a model-index. From :class:`GeoTrainingArguments`:
 
     * AdamW gives the backbone ``lr × backbone_lr_multiplier`` (seed 004: ×0.1);
-    * ``sample_weights``: class-balanced sampling (seed 004's imbalance problem);
-    * ``step_lr_every`` / ``step_lr_gamma``: a step schedule after the warm-up.
+    * ``class_balance``: class-balanced sampling or loss weights (seed 004's imbalance problem);
+    * ``step_lr_every`` / ``step_lr_gamma``: a step schedule after the warm-up;
+    * ``early_stopping_patience``: stop when ``metric_for_best_model`` (default ``median_km``) stalls.
     """
 
     def __init__(
         self,
-        *args,
-        backbone_lr_multiplier: float = 0.1,
+        model=None,
+        args: TrainingArguments | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        augment: AugmentConfig | None = None,
+        dataset_name: str | None = None,
         sample_weights=None,
-        step_lr_every: int | None = None,
-        step_lr_gamma: float = 0.1,
+        callbacks: list | None = None,
+        model_init=None,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        self.backbone_lr_multiplier = backbone_lr_multiplier
+        reference = model if model is not None else (model_init() if model_init is not None else None)
+        args = _geo_args(args, reference)
+        if args.label_names is None:
+            args.label_names = ["labels", "coordinates"]
+        callbacks = list(callbacks or [])
+        self.dataset_name = dataset_name or _dataset_name(train_dataset)
+        self.augment = augment or AugmentConfig()
+        if args.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"--class_balance must be one of {CLASS_BALANCE}, got {args.class_balance!r}")
+        if reference is not None:
+            if args.class_balance != "none" and train_dataset is not None and sample_weights is None:
+                spec, values = _primary_targets(reference, train_dataset, args.label_scan_rows)
+                per_example, per_class = class_weights(spec, values)
+                if args.class_balance == "loss":
+                    reference.set_class_weights(spec.name, per_class)
+                else:
+                    if not hasattr(train_dataset, "__len__"):
+                        raise ValueError("--class_balance sampler needs a map-style dataset; use loss with --streaming")
+                    sample_weights = per_example
+            if args.channels_last:
+                reference.to(memory_format=torch.channels_last)
+            kwargs.setdefault("processing_class", GeoImageProcessor.from_config(reference.config))
+            train_dataset, eval_dataset, seeded = self._attach_transforms(
+                reference, kwargs["processing_class"], train_dataset, eval_dataset, args
+            )
+            if seeded is not None:
+                callbacks.append(EpochCallback(seeded))
+        if args.early_stopping_patience:
+            if eval_dataset is None or args.eval_strategy == "no":
+                raise ValueError("--early_stopping_patience needs an eval split and --eval_strategy steps|epoch")
+            args.load_best_model_at_end = True
+            if args.metric_for_best_model in (None, "loss"):
+                args.metric_for_best_model = "median_km"
+            args.greater_is_better = not lower_is_better(args.metric_for_best_model)
+            callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+        kwargs.setdefault("data_collator", GeoCollator(channels_last=args.channels_last))
+        kwargs.setdefault("compute_metrics", make_compute_metrics())
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=callbacks,
+            model_init=model_init,
+            **kwargs,
+        )
         self.sample_weights = sample_weights
-        self.step_lr_every, self.step_lr_gamma = step_lr_every, step_lr_gamma
+
+    @property
+    def backbone_lr_multiplier(self) -> float:
+        return self.args.backbone_lr_multiplier
+
+    def _attach_transforms(self, model, processor, train, evalset, args):
+        """Raw splits decoded and transformed on the fly (``with_transform``; ``map`` for streams)."""
+        specs, primary = model.config.head_specs, model.config.primary_head
+        partitions = model.cell_partitions
+        column = args.image_column
+        train_fn = example_transform(train_transform(processor, self.augment), specs, primary, column, partitions)
+        eval_fn = example_transform(processor.transform, specs, primary, column, partitions)
+
+        def attach(ds, fn):
+            if ds is None or column not in (getattr(ds, "column_names", None) or []):
+                return ds  # already transformed (or no images to decode)
+            if hasattr(ds, "with_transform"):
+                return ds.with_transform(fn)
+            return ds.map(fn, batched=True, batch_size=64, remove_columns=list(ds.column_names))
+
+        seeded = None
+        train = attach(train, train_fn)
+        if train is not None and self.augment.enabled and hasattr(train, "__len__"):
+            train = seeded = SeededDataset(train, args.seed)  # reproducible augmentations, resume included
+        if isinstance(evalset, dict):
+            evalset = {k: attach(v, eval_fn) for k, v in evalset.items()}
+        else:
+            evalset = attach(evalset, eval_fn)
+        return train, evalset, seeded
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
@@ -81,10 +256,10 @@ class GeoTrainer(Trainer):
         return BalancedSampler(self.sample_weights, seed=self.args.seed)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.step_lr_every is None or self.lr_scheduler is not None:
+        if self.args.step_lr_every is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         warmup = max(self.args.get_warmup_steps(num_training_steps), 1)
-        factor = step_schedule(warmup, self.step_lr_every, self.step_lr_gamma)
+        factor = step_schedule(warmup, self.args.step_lr_every, self.args.step_lr_gamma)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
         return self.lr_scheduler
 
@@ -111,6 +286,31 @@ class GeoTrainer(Trainer):
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(param_groups, lr=lr, **optimizer_kwargs)
         return self.optimizer
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the model folder: weights, config, processor, code and cells, and (a final save, not a
+        checkpoint) ``training_args.json`` instead of Trainer's pickle and a model card with the metrics."""
+        super().save_model(output_dir, _internal_call)
+        if _internal_call or not self.is_world_process_zero():
+            return
+        out = Path(output_dir or self.args.output_dir)
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing in a model folder needs unpickling
+        (out / "training_args.json").write_text(self.args.to_json_string())
+        from ..hub.cards import write_model_card
+
+        write_model_card(out, self.model.config, self.logged_metrics(), self.args, self.dataset_name or "")
+
+    def logged_metrics(self) -> dict[str, float]:
+        """The last value of every metric Trainer logged (training summary and evaluations)."""
+        out: dict[str, float] = {}
+        for entry in self.state.log_history:
+            out.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+        return out
+
+
+def _dataset_name(dataset) -> str | None:
+    info = getattr(dataset, "info", None)
+    return getattr(info, "dataset_name", None) if info is not None else None
 
 
 def make_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:

@@ -259,8 +259,8 @@ def test_single_class_dataset_trains(tmp_path, admin1_path, record):
 
 
 def test_empty_split_and_unseen_labels(tiny_model_dir, tiny_dataset, tmp_path, record):
+    from geohf.evaluation.evaluation import evaluate
     from geohf.inference.predictor import GeoPredictor
-    from geohf.training.evaluation import evaluate
 
     ds = load_dataset(str(tiny_dataset))
     ds["empty"] = ds["test"].select([])
@@ -272,10 +272,10 @@ def test_empty_split_and_unseen_labels(tiny_model_dir, tiny_dataset, tmp_path, r
     test = ds["test"].map(lambda r, i: {"country_code": "ZZ" if i == 0 else r["country_code"]}, with_indices=True)
     ds["test"] = test
     result = evaluate(GeoPredictor(str(tiny_model_dir)), ds, split="test")
-    preds = result.predictions
-    hits = 100.0 * (preds["pred_country_code"] == preds["country_code"]).mean()
+    preds = result.frame()
+    hits = 100.0 * (preds["pred_country_code"] == preds["true_country_code"]).mean()
     ok_unseen = (
-        preds["country_code"].iloc[0] == "ZZ"
+        preds["true_country_code"].iloc[0] == "ZZ"
         and preds["pred_country_code"].iloc[0] != "ZZ"  # scored, as a miss
         and result.rows["model"]["country_accuracy"] == pytest.approx(hits)
     )

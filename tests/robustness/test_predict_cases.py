@@ -8,9 +8,9 @@ import pytest
 from transformers import pipeline
 
 import geohf  # noqa: F401  (registers the pipeline)
+from geohf import images as images_module
 from geohf.cli import main
-from geohf.inference import images as images_module
-from geohf.inference.images import ImageLoadError
+from geohf.images import ImageLoadError
 
 from .corpus import IMAGE_CASES, write_image_cases
 
@@ -42,7 +42,7 @@ def test_image_cases_through_geohf_predict(cases, tiny_model_dir, tmp_path, caps
     results = []
     for name, expected in IMAGE_CASES.items():
         if expected == "ok":
-            ok = name in records and name not in messages and -90 <= records[name]["latitude"] <= 90
+            ok = name in records and name not in messages and -90 <= records[name]["pred_latitude"] <= 90
             outcome = f"predicted {records[name]['country']}" if name in records else messages.get(name, "missing")
         else:
             line = messages.get(name, "")
@@ -93,11 +93,11 @@ def test_image_cases_through_the_pipeline(name, cases, geo, no_heif, record):
 
 
 def test_exif_rotation_is_applied(cases):
-    image = images_module.load_image(cases["rotated.jpg"]).image
+    image = images_module.decode_image(cases["rotated.jpg"]).image
     assert image.size == (40, 80)  # stored 80×40, orientation 6 turns it upright
 
 
 def test_sixteen_bit_is_rescaled_not_white(cases):
-    image = images_module.load_image(cases["gray16.png"]).image
+    image = images_module.decode_image(cases["gray16.png"]).image
     low, high = image.convert("L").getextrema()
     assert low < 10 and high > 245 and image.mode == "RGB"

@@ -1,7 +1,7 @@
 """Geolocation metrics as an ``evaluate`` module, loadable offline by path.
 
 import evaluate
-from geohf.training.geo_metric import PATH
+from geohf.evaluation.geo_metric import PATH
 metric = evaluate.load(PATH)
 metric.compute(predictions=[[48.85, 2.35]], references=[[51.51, -0.13]])
 """
@@ -9,7 +9,7 @@ metric.compute(predictions=[[48.85, 2.35]], references=[[51.51, -0.13]])
 import datasets
 import evaluate
 
-from geohf.training.metrics import DISTANCE_THRESHOLDS_KM, distance_metrics
+from geohf.evaluation.metrics import DISTANCE_THRESHOLDS_KM, distance_metrics
 
 _DESCRIPTION = """Great-circle error metrics for image geolocation: mean and median km, % of predictions
 within 1/25/200/750/2500 km, GeoScore (mean 5000·exp(−d/1492.7)) and mean exp(−d/1160)."""

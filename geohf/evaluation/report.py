@@ -18,7 +18,7 @@ import torch
 
 from .. import plots
 from ..inference.predictor import GeoPredictor
-from .evaluation import TABLE_COLUMNS, Evaluation, evaluate
+from .evaluation import TABLE_COLUMNS, Evaluation, as_predictor, evaluate
 from .metrics import geolocation_metrics, per_class_precision_recall
 
 CONFUSION_TOP = 20
@@ -26,7 +26,7 @@ CONFUSION_TOP = 20
 
 def country_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracy, precision, recall and support per true country."""
-    pr = per_class_precision_recall(frame["pred_country_code"], frame["country_code"])
+    pr = per_class_precision_recall(frame["pred_country_code"], frame["true_country_code"])
     rows = {c: v for c, v in pr.items() if v["support"] > 0}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table["accuracy"] = table["recall"]
@@ -35,11 +35,11 @@ def country_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def confusion(frame: pd.DataFrame, top: int = CONFUSION_TOP) -> tuple[np.ndarray, list[str]]:
     """Confusion counts over the ``top`` most frequent true countries (others pooled as "other")."""
-    labels = frame["country_code"].value_counts().index[:top].tolist()
+    labels = frame["true_country_code"].value_counts().index[:top].tolist()
     index = {c: i for i, c in enumerate(labels)}
     other = len(labels)
     m = np.zeros((other + 1, other + 1), dtype=np.int64)
-    for t, p in zip(frame["country_code"], frame["pred_country_code"]):
+    for t, p in zip(frame["true_country_code"], frame["pred_country_code"]):
         m[index.get(t, other), index.get(p, other)] += 1
     return m, [*labels, "other"]
 
@@ -57,7 +57,7 @@ def fuse_views(predictor: GeoPredictor, frame: pd.DataFrame, probs: np.ndarray) 
     coords = head.coordinates(logits, config.coordinate_method, config.coordinate_top_k, config.coordinate_radius_km)
     first = frame.groupby(codes).first().reset_index(drop=True)
     best = logits.argmax(1).numpy()
-    out = first[["location_id", "latitude", "longitude", "country_code"]].copy()
+    out = first[["location_id", "true_latitude", "true_longitude", "true_country_code"]].copy()
     out["pred_latitude"], out["pred_longitude"] = coords[:, 0].numpy(), coords[:, 1].numpy()
     out["pred_country_code"] = predictor.cells.country_code[best]
     out["views"] = np.bincount(codes)
@@ -66,16 +66,16 @@ def fuse_views(predictor: GeoPredictor, frame: pd.DataFrame, probs: np.ndarray) 
 
 def multiview_rows(predictor: GeoPredictor, evaluation: Evaluation) -> dict[str, dict]:
     """Per-view and fused metrics for splits with several views per location."""
-    frame = evaluation.predictions
-    probs = frame.attrs["probs"]
-    fused = fuse_views(predictor, frame, probs)
+    frame = evaluation.frame()
+    frame["location_id"] = evaluation.truth["location_id"].to_numpy()
+    fused = fuse_views(predictor, frame, evaluation.predictions.probs)
     return {
         name: geolocation_metrics(
-            f["latitude"],
-            f["longitude"],
+            f["true_latitude"],
+            f["true_longitude"],
             f["pred_latitude"],
             f["pred_longitude"],
-            true_country=f["country_code"],
+            true_country=f["true_country_code"],
             pred_country=f["pred_country_code"],
         )
         for name, f in (("per view", frame), (f"fused ({fused['views'].mean():.1f} views)", fused))
@@ -93,7 +93,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def write_report(
-    predictor: GeoPredictor,
+    model,
     dataset_dict,
     output: str | os.PathLike,
     split: str = "test",
@@ -104,20 +104,21 @@ def write_report(
     """Evaluate and write every artefact into ``output``; returns the metrics dict."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    predictor = as_predictor(model)
     evaluation = evaluate(predictor, dataset_dict, split=split, batch_size=batch_size)
     rows = dict(evaluation.rows)
     if human_results:
-        from ..app.results import summarise_results
+        from .human import summarise_results
 
         rows["human"] = summarise_results(human_results)
-    frame = evaluation.predictions
     multiview = {}
     if "location_id" in dataset_dict[split].column_names:
-        ids = dataset_dict[split]["location_id"]
-        frame["location_id"] = list(ids)
+        evaluation.truth["location_id"] = list(dataset_dict[split]["location_id"])
+    frame = evaluation.frame()
+    if "location_id" in frame:
         # fusing probabilities needs classes (not a regression-only model) and the model's own
         # fusion to be their mean (an attention-fused model weighs views in a way this cannot replay)
-        fusable = frame.attrs["probs"].shape[1] > 0 and predictor.model.config.fusion == "mean"
+        fusable = evaluation.predictions.probs.shape[1] > 0 and predictor.model.config.fusion == "mean"
         if fusable and frame["location_id"].duplicated().any():
             multiview = multiview_rows(predictor, evaluation)
 
@@ -128,8 +129,8 @@ def write_report(
             {"model": frame["error_km"]}, out / "error_curve.png", title=f"{split}: share of images within x km"
         ),
         "map": plots.plot_errors(
-            frame["latitude"],
-            frame["longitude"],
+            frame["true_latitude"],
+            frame["true_longitude"],
             frame["error_km"],
             out / "error_map.png",
             title=f"{split} images coloured by error",
@@ -137,13 +138,7 @@ def write_report(
         "countries": plots.plot_country_accuracy(countries, out / "country_accuracy.png", title="accuracy per country"),
         "confusion": plots.plot_confusion(matrix, labels, out / "country_confusion.png", title="countries"),
     }
-    keep = [c for c in frame.columns if c not in ("top_index", "top_score")]
-    predictions = frame[keep].assign(
-        top_index=[list(map(int, t)) for t in frame["top_index"]],
-        top_score=[list(map(float, t)) for t in frame["top_score"]],
-    )
-    predictions.attrs = {}  # pandas would serialise attrs (the probability matrix) into the Parquet metadata
-    predictions.to_parquet(out / "predictions.parquet")
+    frame.to_parquet(out / "predictions.parquet")
     metrics = {
         **evaluation.to_dict(),
         "results": rows,

@@ -1,0 +1,265 @@
+"""Evaluating a model against naive baselines on the same split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..data.transforms import label_encoder
+from ..geo.sphere import geometric_median, haversine_km, pairwise_haversine_km
+from ..inference.predictions import CellTable, GeoPredictions
+from ..inference.predictor import GeoPredictor
+from .metrics import accuracy, distance_metrics, topk_accuracy
+
+TABLE_COLUMNS = [
+    ("cell_top1_accuracy", "cell top-1 %"),
+    ("cell_top5_accuracy", "cell top-5 %"),
+    ("country_accuracy", "country %"),
+    ("mean_km", "mean km"),
+    ("median_km", "median km"),
+    ("within_25km", "≤25 km %"),
+    ("within_200km", "≤200 km %"),
+    ("within_750km", "≤750 km %"),
+    ("within_2500km", "≤2500 km %"),
+    ("geoscore", "GeoScore"),
+]
+
+
+@dataclass
+class Guesses:
+    """Predictions of one method on a split: coordinates and ranked cells."""
+
+    latitude: np.ndarray
+    longitude: np.ndarray
+    ranked_cells: np.ndarray  # (N, k) best first
+
+    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str, labeller=None) -> dict[str, float]:
+        out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
+        true_cell = truth[cell_column].to_numpy()
+        known = true_cell >= 0  # rows whose true class the model does not have are left out
+        if self.ranked_cells.shape[1] == 0:  # a regression model: its country is where its coordinates fall
+            if labeller is not None:
+                labels, _ = labeller.label(self.latitude, self.longitude)
+                out["country_accuracy"] = accuracy(labels["country_code"], truth["country_code"])
+                out["region_accuracy"] = accuracy(labels["region_code"], truth["region_code"])
+            return out
+        for k in (1, 5):
+            if known.any():
+                hit = (self.ranked_cells[known, :k] == true_cell[known, None]).any(1)
+                out[f"cell_top{k}_accuracy"] = float(100.0 * hit.mean())
+        out["country_accuracy"] = accuracy(cells.country_code[self.ranked_cells[:, 0]], truth["country_code"])
+        out["region_accuracy"] = accuracy(cells.region_code[self.ranked_cells[:, 0]], truth["region_code"])
+        return out
+
+
+def nearest_cells(lat, lon, cells: CellTable, k: int) -> np.ndarray:
+    """(N, k) ids of the cells whose centroids are nearest to each point."""
+    d = pairwise_haversine_km(np.atleast_1d(lat), np.atleast_1d(lon), cells.latitude, cells.longitude)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+def median_baseline(train: pd.DataFrame, n: int, cells: CellTable) -> Guesses:
+    """Always guess the training set's geometric median (its nearest cells as the ranking)."""
+    lat, lon = geometric_median(train["latitude"].to_numpy(), train["longitude"].to_numpy())
+    ranked = np.repeat(nearest_cells(lat, lon, cells, 5), n, axis=0)
+    return Guesses(np.full(n, lat), np.full(n, lon), ranked)
+
+
+def frequency_baseline(train: pd.DataFrame, n: int, cells: CellTable, cell_column: str, seed: int = 0) -> Guesses:
+    """Guess random cells drawn with their training frequency (their centroid as coordinates)."""
+    labels = train[cell_column].to_numpy()
+    counts = np.bincount(labels[labels >= 0], minlength=len(cells.names)).astype(np.float64)
+    p = counts / counts.sum()
+    rng = np.random.default_rng(seed)
+    k = min(5, int((p > 0).sum()))
+    ranked = np.stack([rng.choice(p.size, size=k, replace=False, p=p) for _ in range(n)])
+    first = ranked[:, 0]
+    return Guesses(cells.latitude[first], cells.longitude[first], ranked)
+
+
+@dataclass
+class Evaluation:
+    """Model and baseline metrics on one split, and the model's per-image predictions.
+
+    ``predictions`` carries the truth coordinates; ``truth`` the split's other true labels
+    (``true_country_code``, ``true_region_code``, ``true_class``) row by row.
+    """
+
+    split: str
+    sizes: dict[str, int]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    predictions: GeoPredictions | None = None
+    truth: pd.DataFrame | None = None
+
+    def table(self) -> str:
+        """A plain-text table, one row per method."""
+        head = ["method"] + [label for _, label in TABLE_COLUMNS]
+        lines = [head]
+        for name, m in self.rows.items():
+            lines.append([name] + [_fmt(m.get(key)) for key, _ in TABLE_COLUMNS])
+        widths = [max(len(str(r[i])) for r in lines) for i in range(len(head))]
+        text = [
+            " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in lines
+        ]
+        text.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(text)
+
+    def frame(self) -> pd.DataFrame:
+        """Per image: the true labels and the model's ``pred_*`` columns with ``error_km``."""
+        return pd.concat([self.truth.reset_index(drop=True), self.predictions.to_pandas()], axis=1)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "sizes": self.sizes, "results": self.rows}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+
+
+def true_classes(latitude, longitude, labels: pd.DataFrame, predictor: GeoPredictor) -> np.ndarray:
+    """The primary head's true class per row: the model's own cells for coordinates (from the
+    partition saved with it), else the dataset's label column; -1 where unknown."""
+    spec = predictor.model.config.head()
+    if spec.is_geocell and predictor.partition is not None:
+        return predictor.partition.assign(np.asarray(latitude), np.asarray(longitude))
+    if spec.label_column in labels:
+        encode = label_encoder(spec)
+        return np.array([encode(v) if isinstance(v, str) else int(v) for v in labels[spec.label_column]])
+    return np.full(len(labels), -1)
+
+
+def as_predictor(model, bf16: bool | None = None) -> GeoPredictor:
+    """A :class:`GeoPredictor` for a predictor, a model, or a model folder / Hub id."""
+    return model if isinstance(model, GeoPredictor) else GeoPredictor(model, bf16=bf16)
+
+
+def _split(dataset, split: str):
+    """``(the split to score, the training split or None, split sizes)`` from a DatasetDict or one split."""
+    if not hasattr(dataset, "to_pandas"):  # a DatasetDict
+        if split not in dataset:
+            raise ValueError(f"the dataset has no {split!r} split; it has {list(dataset)}")
+        return dataset[split], dataset.get("train"), {s: len(dataset[s]) for s in dataset}
+    return dataset, None, {split: len(dataset)}
+
+
+def _label_frame(split, spec) -> pd.DataFrame:
+    wanted = ["latitude", "longitude", "country_code", "region_code", spec.label_column]
+    columns = [c for c in dict.fromkeys(wanted) if c and c in split.column_names]
+    return split.select_columns(columns).to_pandas()
+
+
+def cell_count_baselines(cells: CellTable, counts, n: int, seed: int = 0) -> tuple[Guesses, Guesses]:
+    """The two naive baselines from the model's cells and their training counts (no training split at hand):
+    the count-weighted geometric median of the cell centroids, and random cells by training frequency."""
+    counts = np.asarray(counts, dtype=np.float64)
+    lat, lon = geometric_median(cells.latitude, cells.longitude, weights=counts)
+    ranked = np.repeat(nearest_cells(lat, lon, cells, 5), n, axis=0)
+    median = Guesses(np.full(n, lat), np.full(n, lon), ranked)
+    train = pd.DataFrame({"true_class": np.repeat(np.arange(len(counts)), counts.astype(np.int64))})
+    return median, frequency_baseline(train, n, cells, "true_class", seed)
+
+
+def evaluate(
+    model,
+    dataset,
+    split: str = "test",
+    train=None,
+    batch_size: int = 64,
+    seed: int = 0,
+    labeller=None,
+    bf16: bool | None = None,
+) -> Evaluation:
+    """The model on a split next to two naive baselines (geometric median, random cell by frequency).
+
+    Args:
+        model: a model, a :class:`GeoPredictor`, or a model folder / Hub id.
+        dataset: a ``DatasetDict`` (``split`` is scored, its ``train`` split fits the baselines) or one split.
+        train: the training split for the baselines when ``dataset`` is one split; without it the
+            baselines come from the model's cells and their training counts.
+        labeller: a :class:`~geohf.geo.labelling.PointLabeller` for a regression-only model's country.
+
+    True cells come from the model's own partition (so any dataset with coordinates can be
+    scored), else from the dataset's column of the primary head.
+    """
+    predictor = as_predictor(model, bf16)
+    test, train_split, sizes = _split(dataset, split)
+    train = train if train is not None else train_split
+    if len(test) == 0:
+        raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
+    spec = predictor.model.config.head()
+    labels = _label_frame(test, spec)
+    lat, lon = labels["latitude"].to_numpy(), labels["longitude"].to_numpy()
+    true_class = true_classes(lat, lon, labels, predictor)
+    cells = predictor.cells
+    predictions = predictor.predict_dataset(test, batch_size=batch_size, desc=f"evaluating {split}")
+    empty = pd.Series([""] * len(labels))
+    truth = pd.DataFrame(
+        {
+            "true_country_code": labels.get("country_code", empty).to_numpy(),
+            "true_region_code": labels.get("region_code", empty).to_numpy(),
+            "true_class": true_class,
+        }
+    )
+    scored = pd.DataFrame(
+        {
+            "latitude": lat,
+            "longitude": lon,
+            "country_code": truth["true_country_code"],
+            "region_code": truth["true_region_code"],
+            "true_class": true_class,
+        }
+    )
+    result = Evaluation(split=split, sizes=sizes, predictions=predictions, truth=truth)
+    model_guess = Guesses(predictions.pred_latitude, predictions.pred_longitude, predictions.top_index)
+    result.rows["model"] = model_guess.metrics(scored, cells, "true_class", labeller)
+    known = true_class >= 0
+    if predictions.probs.shape[1] and known.any():
+        topk = topk_accuracy(predictions.probs[known], true_class[known], (3, 10))
+        result.rows["model"].update({f"cell_{k}": v for k, v in topk.items()})
+    if spec.is_geocell:
+        n = len(scored)
+        if train is not None:
+            train_labels = _label_frame(train, spec)
+            train_labels["true_class"] = true_classes(
+                train_labels["latitude"], train_labels["longitude"], train_labels, predictor
+            )
+            median = median_baseline(train_labels, n, cells)
+            frequency = frequency_baseline(train_labels, n, cells, "true_class", seed)
+        else:
+            median, frequency = cell_count_baselines(cells, spec.cells["count"], n, seed)
+        result.rows["geometric median"] = median.metrics(scored, cells, "true_class")
+        result.rows["random cell by frequency"] = frequency.metrics(scored, cells, "true_class")
+    return result
+
+
+COORDINATE_RULES = [("argmax", 1, None)] + [
+    ("weighted", k, r) for k in (5, 10, 20, 50) for r in (None, 1000.0, 2000.0, 3000.0)
+]
+
+
+def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES) -> dict:
+    """Pick how cell probabilities become coordinates (argmax / weighted top-k within a radius)
+    by median km on ``dataset`` (a validation split), and set it in the model config.
+
+    Returns ``{"rule": (method, top_k, radius_km), "median_km": {rule: km}}``.
+    """
+    import torch
+
+    predictor = as_predictor(model)
+    model = predictor.model
+    head = model.heads[model.config.primary_head]
+    predictions = predictor.predict_dataset(dataset, desc="tuning coordinates")
+    logits = torch.log(torch.as_tensor(predictions.probs).clamp_min(1e-12))
+    scores = {}
+    for method, k, radius in rules:
+        coords = head.coordinates(logits, method, k, radius).numpy()
+        err = haversine_km(predictions.true_latitude, predictions.true_longitude, coords[:, 0], coords[:, 1])
+        scores[(method, k, radius)] = float(np.median(err))
+    best = min(scores, key=scores.get)
+    model.config.coordinate_method, model.config.coordinate_top_k, model.config.coordinate_radius_km = best
+    return {"rule": best, "median_km": scores}

@@ -1,0 +1,146 @@
+"""The one image decoder of geohf (dataset build, prediction, the app): one clear error per bad file.
+
+Images come from local files, URLs or encoded bytes (dataset rows); they are decoded
+fully into RGB with their EXIF orientation applied; 16-bit and float greys are rescaled,
+not clipped; decompression bombs are refused. HEIC/HEIF needs ``pillow-heif`` (used when
+installed). PIL and numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import HEIF_SUFFIXES
+
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+URL_SCHEMES = ("http://", "https://")
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+
+
+class ImageLoadError(ValueError):
+    """An input that is not a readable image; the message names the file and the fix."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class DecodedImage:
+    """An upright RGB image, the EXIF it came with, its file format and its stored size (before rotation)."""
+
+    image: Image.Image
+    exif: Image.Exif
+    format: str | None = None
+    stored_size: tuple[int, int] = (0, 0)
+
+
+def to_rgb_image(image: Any) -> Image.Image:
+    """A PIL RGB image from a PIL image (any mode: 16-bit and float greys are rescaled, not
+    clipped to white), an HWC/CHW array or a CHW tensor."""
+    if isinstance(image, Image.Image):
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            array = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+            image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+        return image.convert("RGB")
+    if hasattr(image, "detach"):  # a torch tensor, without importing torch
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        array = np.clip(array * 255.0 if array.max() <= 1.0 else array, 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array).convert("RGB")
+
+
+@lru_cache(maxsize=1)
+def heif_available() -> bool:
+    """Register pillow-heif's opener with PIL when it is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    return str(source).startswith(URL_SCHEMES)
+
+
+def _looks_like_heif(name: str, head: bytes) -> bool:
+    return name.lower().endswith(HEIF_SUFFIXES) or (head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS)
+
+
+def fetch_url(url: str, timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    """The bytes at ``url``; :class:`ImageLoadError` on any failure or beyond ``max_bytes``."""
+    import requests
+
+    try:
+        with requests.get(url, timeout=timeout, stream=True) as response:
+            response.raise_for_status()
+            data = bytearray()
+            for chunk in response.iter_content(1 << 16):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise ImageLoadError(url, f"larger than {max_bytes >> 20} MiB; download and shrink it first")
+            return bytes(data)
+    except requests.RequestException as err:
+        raise ImageLoadError(url, f"download failed ({err}); check the URL and the network") from err
+
+
+def _decode(fp, name: str) -> DecodedImage:
+    heif_available()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                im.load()
+                exif = im.getexif()
+                upright = to_rgb_image(ImageOps.exif_transpose(im))
+                return DecodedImage(upright, exif, im.format, im.size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(name, f"refused as a possible decompression bomb ({err}); downscale it first") from err
+    except UnidentifiedImageError as err:
+        fp.seek(0)
+        if not heif_available() and _looks_like_heif(name, fp.read(12)):
+            raise ImageLoadError(
+                name, "HEIC/HEIF image: install pillow-heif to read it (pip install pillow-heif)"
+            ) from err
+        raise ImageLoadError(name, "not an image PIL can read (wrong extension or not an image file)") from err
+    except OSError as err:
+        raise ImageLoadError(name, f"corrupt or truncated image ({err}); re-download or re-export it") from err
+
+
+def decode_image(source: str | os.PathLike, data: bytes | None = None) -> DecodedImage:
+    """Decode a file, a URL, or ``data`` (encoded bytes named ``source``).
+
+    Raises :class:`ImageLoadError` for a missing file, a failed download, a file that is
+    not an image, a truncated or corrupt image, or a decompression bomb.
+    """
+    name = str(source)
+    if data is None and is_url(name):
+        data = fetch_url(name)
+    if data is not None:
+        return _decode(io.BytesIO(data), name)
+    p = Path(source)
+    if not p.exists():
+        raise ImageLoadError(source, "no such file")
+    if p.is_dir():
+        raise ImageLoadError(source, "is a folder, not an image")
+    with open(p, "rb") as f:
+        return _decode(f, name)

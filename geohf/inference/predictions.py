@@ -1,0 +1,230 @@
+"""``GeoPredictions``: the one prediction type of geohf (predictor, pipeline, ``geohf predict``, evaluation).
+
+Predicted values are ``pred_*``, ground truth (when known) ``true_*``; probabilities and
+embeddings are fields, not side channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..geo.countries import country_name
+from ..geo.sphere import haversine_km
+
+
+@dataclass
+class CellTable:
+    """What the primary head's classes mean on the map (NaN coordinates: a class without a centroid)."""
+
+    names: list[str]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    country_code: np.ndarray
+    country: np.ndarray
+    region: np.ndarray
+    region_code: np.ndarray
+
+    @classmethod
+    def from_spec(cls, spec) -> CellTable:
+        """From a :class:`~geohf.modeling.HeadSpec`: classes with ``cells`` carry centroids and majority
+        labels; country and region heads map their classes to countries (``label_country`` for regions)."""
+        names = list(spec.labels or [])
+        n = len(names)
+        cells = spec.cells or {}
+
+        def col(key, default):
+            return np.asarray(cells.get(key) or default, dtype=object)
+
+        if cells:
+            country_code = col("country_code", [""] * n)
+        elif spec.label_column == "country_code":
+            country_code = np.asarray(names, dtype=object)
+        else:
+            country_code = np.asarray(spec.label_country or [""] * n, dtype=object)
+        region_code = col("region_code", names if spec.label_column == "region_code" else [""] * n)
+        nan = [np.nan] * n
+        return cls(
+            names=names,
+            latitude=np.asarray(cells.get("latitude") or nan, dtype=np.float64),
+            longitude=np.asarray(cells.get("longitude") or nan, dtype=np.float64),
+            country_code=country_code,
+            country=np.asarray(
+                [c if cells else country_name(cc) for cc, c in zip(country_code, col("country", country_code))],
+                dtype=object,
+            ),
+            region=col("region", [""] * n),
+            region_code=region_code,
+        )
+
+    def lookup(self, column: str, index: np.ndarray) -> np.ndarray:
+        """``column`` of each class in ``index`` ('' where the index is -1: no class)."""
+        values = np.asarray(getattr(self, column), dtype=object)
+        out = np.full(index.shape, "", dtype=object)
+        known = index >= 0
+        out[known] = values[index[known]]
+        return out
+
+
+def _round(v, digits: int = 5):
+    return None if v is None or not np.isfinite(v) else round(float(v), digits)
+
+
+@dataclass
+class GeoPredictions:
+    """Predictions for N images (or places), every array aligned by row.
+
+    Attributes:
+        pred_latitude, pred_longitude: (N,) predicted coordinates in degrees (NaN: none).
+        top_index, top_score: (N, k) the primary head's best classes and probabilities (k = 0 for a
+            regression-only model).
+        cells: what the classes mean (names, centroids, countries, regions).
+        radius_km: (N,) km around the prediction holding ``mass`` of the probability.
+        probs: (N, C) the primary head's probabilities; embeddings: (N, D) pooled embeddings.
+        true_latitude, true_longitude: (N,) ground truth, where known (NaN per unknown row).
+    """
+
+    pred_latitude: np.ndarray
+    pred_longitude: np.ndarray
+    top_index: np.ndarray
+    top_score: np.ndarray
+    cells: CellTable
+    radius_km: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    true_latitude: np.ndarray | None = None
+    true_longitude: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.pred_latitude.shape[0])
+
+    @property
+    def pred_class(self) -> np.ndarray:
+        """(N,) the best class of the primary head (-1: a regression-only model names none)."""
+        if self.top_index.shape[1] == 0:
+            return np.full(len(self), -1, dtype=np.int64)
+        return self.top_index[:, 0].astype(np.int64)
+
+    @property
+    def score(self) -> np.ndarray:
+        """(N,) the best class's probability (NaN without classes)."""
+        return self.top_score[:, 0] if self.top_score.shape[1] else np.full(len(self), np.nan)
+
+    @property
+    def pred_country_code(self) -> np.ndarray:
+        return self.cells.lookup("country_code", self.pred_class)
+
+    @property
+    def pred_country(self) -> np.ndarray:
+        return self.cells.lookup("country", self.pred_class)
+
+    @property
+    def pred_region_code(self) -> np.ndarray:
+        return self.cells.lookup("region_code", self.pred_class)
+
+    @property
+    def pred_region(self) -> np.ndarray:
+        return self.cells.lookup("region", self.pred_class)
+
+    @property
+    def error_km(self) -> np.ndarray | None:
+        """(N,) great-circle error where the truth is known (NaN elsewhere), ``None`` without truth."""
+        if self.true_latitude is None:
+            return None
+        return haversine_km(self.true_latitude, self.true_longitude, self.pred_latitude, self.pred_longitude)
+
+    def with_truth(self, latitude, longitude) -> GeoPredictions:
+        """The same predictions with ground-truth coordinates attached."""
+        lat = np.asarray(latitude, dtype=np.float64)
+        lon = np.asarray(longitude, dtype=np.float64)
+        if lat.shape != (len(self),) or lon.shape != (len(self),):
+            raise ValueError(f"truth must have one latitude and longitude per prediction ({len(self)})")
+        return replace(self, true_latitude=lat, true_longitude=lon)
+
+    def select(self, index) -> GeoPredictions:
+        """The rows in ``index`` (indices or a boolean mask)."""
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = v[index] if isinstance(v, np.ndarray) else v
+        return GeoPredictions(**values)
+
+    @classmethod
+    def concat(cls, parts: list[GeoPredictions]) -> GeoPredictions:
+        """Row-wise concatenation of predictions of one model."""
+        if not parts:
+            raise ValueError("no predictions to concatenate")
+        values = {}
+        for f in fields(cls):
+            items = [getattr(p, f.name) for p in parts]
+            if f.name == "cells":
+                values[f.name] = items[0]
+            elif any(v is None for v in items):
+                values[f.name] = None
+            else:
+                values[f.name] = np.concatenate(items)
+        return cls(**values)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per row: ``pred_*``, ``score``, ``radius_km``, ``top_k`` and, with truth,
+        ``true_*`` and ``error_km``."""
+        codes, countries = self.pred_country_code, self.pred_country
+        region_codes, regions = self.pred_region_code, self.pred_region
+        has_class = self.top_index.shape[1] > 0
+        error = self.error_km
+        out = []
+        for i in range(len(self)):
+            record: dict[str, Any] = {
+                "pred_latitude": _round(self.pred_latitude[i]),
+                "pred_longitude": _round(self.pred_longitude[i]),
+                "pred_country_code": str(codes[i]),
+                "pred_country": str(countries[i]),
+                "pred_region_code": str(region_codes[i]),
+                "pred_region": str(regions[i]),
+                "score": _round(self.top_score[i, 0]) if has_class else None,
+            }
+            if self.radius_km is not None:
+                record["radius_km"] = _round(self.radius_km[i], 1)
+            if error is not None and np.isfinite(self.true_latitude[i]):
+                record["true_latitude"] = _round(self.true_latitude[i], 6)
+                record["true_longitude"] = _round(self.true_longitude[i], 6)
+                record["error_km"] = _round(error[i], 1)
+            record["top_k"] = [
+                {
+                    "label": self.cells.names[j],
+                    "score": _round(s),
+                    "latitude": _round(self.cells.latitude[j]),
+                    "longitude": _round(self.cells.longitude[j]),
+                }
+                for j, s in zip(self.top_index[i], self.top_score[i])
+            ]
+            out.append(record)
+        return out
+
+    def to_pandas(self) -> pd.DataFrame:
+        """A row per prediction: ``pred_*``, ``pred_class``, ``score``, ``radius_km``, ``top_index``,
+        ``top_score`` and, with truth, ``true_*`` and ``error_km`` (probabilities and embeddings stay
+        on the object)."""
+        frame = pd.DataFrame(
+            {
+                "pred_latitude": self.pred_latitude,
+                "pred_longitude": self.pred_longitude,
+                "pred_class": self.pred_class,
+                "pred_country_code": self.pred_country_code,
+                "pred_country": self.pred_country,
+                "pred_region_code": self.pred_region_code,
+                "pred_region": self.pred_region,
+                "score": self.score,
+                "top_index": [list(map(int, t)) for t in self.top_index],
+                "top_score": [list(map(float, t)) for t in self.top_score],
+            }
+        )
+        if self.radius_km is not None:
+            frame["radius_km"] = self.radius_km
+        if self.true_latitude is not None:
+            frame["true_latitude"], frame["true_longitude"] = self.true_latitude, self.true_longitude
+            frame["error_km"] = self.error_km
+        return frame
