@@ -39,6 +39,15 @@ def test_environment_and_argument_come_first(monkeypatch, tmp_path):
     assert B.boundaries_name("lowres").startswith("Natural Earth low-resolution")
 
 
+def test_full_resolution_is_an_explicit_download_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEOHF_CACHE", str(tmp_path))
+    cached = tmp_path / f"{B.NATURAL_EARTH_ADMIN1}.parquet"
+    cached.write_bytes(B.shipped_path().read_bytes())  # stands in for the download (no network in tests)
+    assert B.resolve_boundaries(B.FULL_NAME) == cached
+    assert B.boundaries_name(B.FULL_NAME) == B.boundaries_name(cached) == "Natural Earth 10m admin-1 (full resolution)"
+    assert len(B.load_boundaries(B.FULL_NAME)) > 4000
+
+
 def test_shipped_file_is_clean(shipped):
     assert list(shipped.columns) == B.COLUMNS
     assert shipped.crs.to_epsg() == 4326
