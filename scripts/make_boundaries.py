@@ -63,20 +63,15 @@ def restore_lost_parts(source: np.ndarray, simplified: np.ndarray, grid: float) 
 
     Returns the geometries and the number of parts restored (from the source, on a 256x finer grid).
     """
+    parts, row = shapely.get_parts(source, return_index=True)
+    lost = ~shapely.intersects(simplified[row], parts)
     out = simplified.copy()
-    restored = 0
-    for i in range(len(source)):
-        src_parts = shapely.get_parts(source[i])
-        new = out[i]
-        if len(src_parts) <= shapely.get_num_geometries(new) and not shapely.is_empty(new):
-            continue
-        lost = [p for p in src_parts if shapely.is_empty(new) or not shapely.intersects(new, p)]
-        if lost:
-            fine = shapely.set_precision(np.array(lost, dtype=object), grid / 256)
-            fine = [p if not shapely.is_empty(p) else q for p, q in zip(fine, lost)]
-            out[i] = shapely.union_all([new, *fine])
-            restored += len(lost)
-    return out, restored
+    for i in np.unique(row[lost]):
+        mine = parts[lost & (row == i)]
+        fine = shapely.set_precision(mine, grid / 256)
+        fine = np.where(shapely.is_empty(fine), mine, fine)
+        out[i] = shapely.union_all([out[i], *fine])
+    return out, int(lost.sum())
 
 
 def build(source: str, tolerance: float = DEFAULT_TOLERANCE, grid: float = DEFAULT_GRID) -> gpd.GeoDataFrame:
