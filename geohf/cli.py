@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+BOUNDARIES_HELP = (
+    "boundary file, or 'natural-earth-10m' (full-resolution download) or 'lowres' (countries only); "
+    "default: $GEOHF_BOUNDARIES, else the Natural Earth admin-1 shipped with geohf"
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget in minutes (default: 10)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--boundaries", default=None, help="boundary file (default: Natural Earth admin-1 if found)")
+    demo.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     demo.add_argument("--train-tiles", dest="train_tiles", type=int)
     demo.add_argument("--validation-tiles", dest="validation_tiles", type=int)
     demo.add_argument("--test-tiles", dest="test_tiles", type=int)
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--input", help="raw folder (not for bluemarble)")
     build.add_argument("--output", required=True)
-    build.add_argument("--boundaries", default=None, help="boundary file (default: Natural Earth admin-1 if found)")
+    build.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     build.add_argument(
         "--cells",
         nargs="+",

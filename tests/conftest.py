@@ -7,20 +7,18 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_ADMIN1 = REPO.parent / "shared" / "data" / "naturalearth" / "ne_10m_admin_1_states_provinces.parquet"
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
 def admin1_path() -> str:
-    """Natural Earth 10m admin-1 from ../shared (CI has it beside the clone)."""
-    path = os.environ.get("GEOHF_BOUNDARIES", str(SHARED_ADMIN1))
-    if not Path(path).is_file():
-        pytest.skip(f"Natural Earth admin-1 not found at {path}")
-    return path
+    """The boundary file the package uses by default: ``$GEOHF_BOUNDARIES`` or the shipped admin-1 file."""
+    from geohf.geo.boundaries import resolve_boundaries
+
+    path = resolve_boundaries(None)
+    assert path.is_file(), f"boundary file {path} is missing"  # never a skip: the package ships it
+    return str(path)
 
 
 @pytest.fixture(scope="session")

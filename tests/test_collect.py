@@ -207,8 +207,13 @@ def test_fishnet_cells_partition_the_region(admin1_path):
     cells = parse_regions("fishnet:US-CA@2", admin1_path)
     assert [c.name for c in cells] == [f"US-CA-cell{k:03d}" for k in range(len(cells))]
     assert 10 <= len(cells) <= 40
+    # the cells tile the region exactly (areas in degrees², where the clipping is exact); projected to equal
+    # area, the vertices the clipping adds on long straight (simplified) borders move the area by ~1e-4
+    total = sum(shapely.area(c.geometry) for c in cells)
+    assert total == pytest.approx(shapely.area(california.geometry), rel=1e-9)
+    assert shapely.area(shapely.union_all([c.geometry for c in cells])) == pytest.approx(total, rel=1e-9)
     total = sum(shapely.area(equal_area(c.geometry)) for c in cells)
-    assert total == pytest.approx(shapely.area(equal_area(california.geometry)), rel=1e-6)
+    assert total == pytest.approx(shapely.area(equal_area(california.geometry)), rel=1e-3)
     full = shapely.area(equal_area(shapely.box(-120, 36, -118, 38)))
     assert all(shapely.area(equal_area(c.geometry)) >= 0.1 * full for c in cells)  # slivers and islands merged
     plan = make_plan(cells, 5, seed=0)

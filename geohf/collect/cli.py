@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import BOUNDARIES_HELP
 from .http import HttpConfig
 from .plan import SAMPLERS, load_plan, make_plan, save_plan
 from .providers import PROVIDERS, MissingKeyError, ViewOptions, resolve_key
@@ -87,7 +88,7 @@ def add_collect_parser(subparsers) -> None:
     )
     p.add_argument("--output", required=True, help="plan file (.parquet)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--boundaries", default=None, help="boundary file (default: Natural Earth admin-1 if found)")
+    p.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     p.add_argument("--weight-column", dest="weight_column", default="population", help="for --sampler population")
     p.set_defaults(func=plan_command)
 

@@ -214,7 +214,7 @@ def build_bluemarble(
     repo_id: str | None = None,
 ):
     """Build the Blue Marble tile dataset folder; returns its :class:`~geohf.data.build.BuildReport`."""
-    from ..geo.boundaries import find_boundaries
+    from ..geo.boundaries import boundaries_name
     from .build import CellSpec, write_labelled_dataset
 
     spec = spec or TileSpec()
@@ -230,7 +230,7 @@ def build_bluemarble(
     frame["source_file"] = "bmng.jpg"
     card = {
         **BLUE_MARBLE_CARD,
-        "boundaries": boundaries or find_boundaries()[1],
+        "boundaries": boundaries_name(boundaries),
         "max_distance_km": labeller.max_distance_km,
         "repo_id": repo_id or "<org>/blue-marble-tiles",
         "split_note": (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..geo.boundaries import find_boundaries
+from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
 from ..images import decode_image, heif_available
 from .balance import BalanceSpec, balance
@@ -147,7 +147,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         )
     card = {
         **STREET_CARD,
-        "boundaries": cfg.boundaries or find_boundaries()[1],
+        "boundaries": boundaries_name(cfg.boundaries),
         "max_distance_km": labeller.max_distance_km,
         "repo_id": cfg.repo_id or "<org>/street-location-images",
         "command": f"geohf dataset build --layout {cfg.layout}",

@@ -3,18 +3,19 @@
 Every source becomes a GeoDataFrame (EPSG:4326) with the columns
 ``country_code, country, region_code, region, geometry``:
 
-* a local file (GeoParquet, GeoJSON, Shapefile, GeoPackage) in Natural Earth's admin-1
-  schema (``iso_a2, iso_3166_2, name, ...``) or admin-0 schema (``iso_a3, name``);
-* Natural Earth 1:10m admin-1, found locally or downloaded once into the cache;
-* pyogrio's ``naturalearth_lowres`` fixture (177 countries, no regions) as the fallback
-  that is always installed.
+* the default: Natural Earth 1:10m admin-1, simplified and shipped inside the package
+  (``geohf/geo/data/admin1.parquet``, built by ``scripts/make_boundaries.py``; already
+  normalised, so it loads without any clean-up);
+* a local file (GeoParquet, GeoJSON, Shapefile, GeoPackage) in geohf's schema, in Natural
+  Earth's admin-1 schema (``iso_a2, iso_3166_2, name, ...``) or admin-0 schema (``iso_a3, name``);
+* ``"natural-earth-10m"``: the full-resolution Natural Earth admin-1, downloaded once into the cache;
+* ``"lowres"``: pyogrio's ``naturalearth_lowres`` fixture (177 countries, no regions).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from .. import __version__
 from .countries import NATURAL_EARTH_FIXES, alpha3_to_alpha2, country_name, is_country_code
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,12 @@ logger = logging.getLogger(__name__)
 NATURAL_EARTH_ADMIN1 = "ne_10m_admin_1_states_provinces"
 NATURAL_EARTH_URL = f"https://naciscdn.org/naturalearth/10m/cultural/{NATURAL_EARTH_ADMIN1}.zip"
 COLUMNS = ["country_code", "country", "region_code", "region", "geometry"]
+
+SHIPPED_PATH = Path(__file__).resolve().parent / "data" / "admin1.parquet"
+SHIPPED_NAME = f"Natural Earth 10m admin-1 (geohf {__version__}, simplified)"
+FULL_NAME = "natural-earth-10m"
+"""``load_boundaries(FULL_NAME)`` / ``--boundaries natural-earth-10m``: the full-resolution download."""
+LOWRES_NAME = "lowres"
 
 
 def cache_dir() -> Path:
@@ -43,36 +51,44 @@ def lowres_path() -> Path:
     return Path(pyogrio.__file__).parent / "tests" / "fixtures" / "naturalearth_lowres" / "naturalearth_lowres.shp"
 
 
-def _local_admin1_candidates() -> list[Path]:
-    names = [f"{NATURAL_EARTH_ADMIN1}.parquet"]
-    roots = [cache_dir(), Path.cwd() / ".." / "shared" / "data" / "naturalearth"]
-    roots.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "naturalearth")
-    return [root / n for root in roots for n in names]
+def shipped_path() -> Path:
+    """The simplified Natural Earth 1:10m admin-1 file inside the package (the default)."""
+    return SHIPPED_PATH
 
 
 def find_boundaries() -> tuple[str, str]:
     """Resolve the default boundary source as ``(kind, location)``.
 
-    Order: ``$GEOHF_BOUNDARIES``; a Natural Earth admin-1 file in the cache or in
-    ``../shared/data/naturalearth``; a download of Natural Earth admin-1 into the cache;
-    pyogrio's low-resolution countries (no regions) when offline.
+    Order: ``$GEOHF_BOUNDARIES`` (a file, ``natural-earth-10m`` or ``lowres``); the
+    Natural Earth admin-1 file shipped in the package. An explicit ``--boundaries FILE`` /
+    ``load_boundaries(FILE)`` argument comes before both.
     """
     env = os.environ.get("GEOHF_BOUNDARIES")
     if env:
         return "file", env
-    for p in _local_admin1_candidates():
-        if p.is_file():
-            return "file", str(p.resolve())
-    try:
-        return "file", str(download_natural_earth())
-    except Exception as err:  # offline: fall back, loudly
-        warnings.warn(
-            f"Natural Earth admin-1 boundaries are not available ({err}); using pyogrio's "
-            "low-resolution countries: no admin-1 regions. Pass --boundaries FILE or set "
-            "GEOHF_BOUNDARIES to a Natural Earth admin-1 file for region labels.",
-            stacklevel=2,
-        )
-        return "file", str(lowres_path())
+    return "file", str(shipped_path())
+
+
+def boundaries_name(source: str | os.PathLike | None = None) -> str:
+    """What a card records for a boundary source: a name and version, or the file's name.
+
+    The shipped file is :data:`SHIPPED_NAME`; a user's file is its file name (no absolute path).
+    """
+    if source is None:
+        source = find_boundaries()[1]
+    source = str(source)
+    if source == FULL_NAME:
+        return "Natural Earth 10m admin-1 (full resolution)"
+    if source == LOWRES_NAME:
+        return "Natural Earth low-resolution countries (pyogrio fixture, no regions)"
+    path = Path(source).expanduser()
+    if path.resolve() == SHIPPED_PATH:
+        return SHIPPED_NAME
+    if path.resolve() == lowres_path().resolve():
+        return boundaries_name(LOWRES_NAME)
+    if path.name == f"{NATURAL_EARTH_ADMIN1}.parquet" and path.resolve().parent == cache_dir().resolve():
+        return boundaries_name(FULL_NAME)
+    return path.name
 
 
 def download_natural_earth(timeout: float = 30.0) -> Path:
@@ -159,7 +175,14 @@ def _load_cached(path: str) -> gpd.GeoDataFrame:
             f"boundary file {path!r} does not exist; pass a Natural Earth admin-1 or admin-0 file "
             "(GeoParquet, GeoJSON, Shapefile or GeoPackage), or omit it to use the default"
         )
-    frame = gpd.read_parquet(p) if p.suffix == ".parquet" else gpd.read_file(p)
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if set(COLUMNS) <= set(pq.read_schema(p).names):  # already normalised (the shipped file): no clean-up
+            return gpd.read_parquet(p, columns=COLUMNS)
+        frame = gpd.read_parquet(p)
+    else:
+        frame = gpd.read_file(p)
     if frame.columns.intersection(COLUMNS[:-1]).size == 4:
         return frame[COLUMNS].reset_index(drop=True)
     if not {"iso_a2", "iso_a3"} & set(frame.columns):
@@ -170,15 +193,24 @@ def _load_cached(path: str) -> gpd.GeoDataFrame:
     return normalise_boundaries(frame)
 
 
+def resolve_boundaries(source: str | os.PathLike | None = None) -> Path:
+    """The file behind a boundary source (``None``: :func:`find_boundaries`; or a name: see :func:`load_boundaries`)."""
+    if source is None:
+        source = find_boundaries()[1]
+    if str(source) == LOWRES_NAME:
+        return lowres_path()
+    if str(source) == FULL_NAME:
+        return download_natural_earth()
+    return Path(source).expanduser()
+
+
 def load_boundaries(source: str | os.PathLike | None = None) -> gpd.GeoDataFrame:
     """Boundaries as a normalised GeoDataFrame.
 
     Args:
-        source: a file path, ``"lowres"`` for pyogrio's countries, or ``None`` for the
-            default search of :func:`find_boundaries`.
+        source: a file path; ``"natural-earth-10m"`` for the full-resolution Natural Earth
+            admin-1 (downloaded once into :func:`cache_dir`); ``"lowres"`` for pyogrio's
+            countries (no regions); or ``None`` for ``$GEOHF_BOUNDARIES``, else the
+            simplified Natural Earth admin-1 shipped in the package.
     """
-    if source is None:
-        _, source = find_boundaries()
-    elif str(source) == "lowres":
-        source = lowres_path()
-    return _load_cached(str(Path(source).resolve())).copy()
+    return _load_cached(str(resolve_boundaries(source).resolve())).copy()
