@@ -528,7 +528,7 @@ def test_crash_between_commit_steps_then_resume(em, paris_plan, reference, tmp_p
 def test_kill_mid_run_then_resume(em, paris_plan, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "killed"
     em.delay = 0.02  # slow enough to be caught mid-run
-    env = {**os.environ, "GOOGLE_MAPS_API_KEY": GOOGLE_SECRET, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "GOOGLE_MAPS_API_KEY": GOOGLE_SECRET, "PYTHONPATH": str(Path(__file__).parents[2])}
     cmd = [sys.executable, "-m", "geohf.collect.cli", *run_args(paris_plan, out, em)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

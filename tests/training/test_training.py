@@ -13,7 +13,7 @@ from geohf.evaluation.evaluation import Guesses, evaluate, frequency_baseline, m
 from geohf.inference import CellTable, GeoPredictions, GeoPredictor
 from geohf.training.trainer import GeoTrainer, GeoTrainingArguments, make_compute_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_trained_model_folder(tiny_model_dir):
