@@ -31,8 +31,7 @@ import shapely
 from ..geo.cells import grid_pieces, merge_small_pieces
 from ..geo.countries import is_country_code
 from ..geo.sphere import EARTH_RADIUS_KM, destination_points
-
-from .names import CITY_COLUMNS, SPEC_HELP  # noqa: E402,F401  (the parser needs them without this module)
+from .names import CITY_COLUMNS, SPEC_HELP  # noqa: F401  (defined there: the parser needs them without geopandas)
 
 DEFAULT_CELL_DEG = 2.0
 SLIVER_FRACTION = 0.1
