@@ -57,6 +57,10 @@ def add_bf16(p) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.boundaries and not Path(args.boundaries).expanduser().exists():
+        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    if args.minutes <= 0:
+        raise UserError("--minutes must be more than 0")
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(output=args.output, minutes=args.minutes, seed=args.seed, boundaries=args.boundaries)
@@ -68,8 +72,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dataset_build(args: argparse.Namespace) -> int:
+    if args.layout != "bluemarble":
+        if not args.input:
+            raise UserError(f"geohf dataset build: --layout {args.layout} needs --input FOLDER (the raw images)")
+        if not Path(args.input).expanduser().is_dir():
+            raise UserError(f"--input {args.input}: no such folder")
+    if args.boundaries and not Path(args.boundaries).expanduser().exists():
+        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    if Path(args.output).exists() and not args.overwrite:
+        raise UserError(f"--output {args.output}: already exists; pass --overwrite to replace it")
+    if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
+        raise UserError(f"--fractions {' '.join(map(str, args.fractions))}: need three shares >= 0 summing to 1")
+    from .data.balance import BalanceSpec
+    from .data.build import CellSpec
     from .data.filters import ImageFilter
     from .data.pipeline import BuildConfig, build_dataset
+    from .geo.cells import CELL_FITTERS
+
+    specs = [("--cells", c, CellSpec.parse) for c in args.cells] + [("--balance", args.balance, BalanceSpec.parse)]
+    for flag, value, parse in specs:
+        try:
+            spec = parse(value) if value else None
+        except ValueError as err:
+            raise UserError(f"{flag} {value}: {one_line(err)}") from err
+        if flag == "--cells" and spec.kind not in CELL_FITTERS:
+            raise UserError(f"--cells {value}: unknown kind {spec.kind!r}; choose from {sorted(CELL_FITTERS)}")
 
     cfg = BuildConfig(
         layout=args.layout,
@@ -104,6 +131,8 @@ def _dataset_build(args: argparse.Namespace) -> int:
 
 
 def _dataset_push(args: argparse.Namespace) -> int:
+    if not Path(args.folder).is_dir():
+        raise UserError(f"{args.folder}: no such dataset folder")
     from .hub.publish import push_folder
 
     info = push_folder(args.folder, args.repo_id, kind="dataset", private=args.private)
@@ -170,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="geohf", description="Image geolocation on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"geohf {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (also: GEOHF_DEBUG=1; anywhere on the line)"
+        "--debug", action="store_true", help="show the traceback of errors (anywhere on the line; or GEOHF_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -36,10 +36,10 @@ EXTRAS = {
 }
 
 # suffixes that mark a name as a file, not a Hub repo id
-FILE_SUFFIXES = set(
-    ".json .yaml .yml .txt .csv .tsv .jsonl .parquet .arrow .safetensors .bin .pt .pth .ckpt .onnx .zip .tar .gz"
-    " .tgz .jpg .jpeg .png .heic .webp".split()
-)
+FILE_SUFFIXES = {
+    *(".json", ".yaml", ".yml", ".txt", ".csv", ".tsv", ".jsonl", ".parquet", ".arrow", ".safetensors", ".bin"),
+    *(".pt", ".pth", ".ckpt", ".onnx", ".zip", ".tar", ".gz", ".tgz", ".jpg", ".jpeg", ".png", ".heic", ".webp"),
+}
 
 HUB_PROBE_TIMEOUT = float(os.environ.get("GEOHF_HUB_TIMEOUT", "3"))
 
@@ -91,8 +91,8 @@ def _probe_hub(name: str, kind: str, revision: str | None, flag: str) -> None:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import (
         GatedRepoError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
