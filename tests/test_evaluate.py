@@ -88,6 +88,6 @@ def test_regression_model_on_a_multiview_split(grid_dataset, tmp_path):
 
 def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path, cli):
     run = cli(
-        "evaluate", "--model", tiny_model_dir, "--dataset", tiny_dataset, "--output", tmp_path / "x", "--split", "holdout"
+        "evaluate", "--model", tiny_model_dir, "--dataset", tiny_dataset, "-o", tmp_path / "x", "--split", "holdout"
     )
     assert run.code == 2 and run.errors == [run.err.strip()] and "no 'holdout' split" in run.err
