@@ -1,44 +1,97 @@
-"""geohf: image geolocation on the Hugging Face stack."""
+"""geohf: image geolocation on the Hugging Face stack.
+
+``import geohf`` is cheap (no torch, timm or transformers): the ``geohf`` command and every
+``import geohf.<submodule>`` (``geohf.geo`` is pure geography) run this file first.
+
+* The public names below are loaded on first access (a module ``__getattr__`` over a
+  name → submodule table, as transformers does): ``geohf.GeoModel`` imports
+  :mod:`geohf.modeling` then.
+* Registering with transformers (``AutoConfig.for_model("geohf")``, ``AutoModel.from_pretrained``
+  of a geohf folder, ``pipeline("image-geolocation")``) happens when transformers' Auto modules or
+  pipelines are imported, or at once if they already are (:mod:`geohf._autoregister`): those imports
+  load torch anyway, so ``import geohf; from transformers import pipeline`` works as before and
+  costs what it did. ``geohf.register()`` registers eagerly.
+"""
+
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .modeling import (  # noqa: E402
-    GeoConfig,
-    GeoImageProcessor,
-    GeoModel,
-    GeoModelForImageGeolocation,
-    GeoModelOutput,
-    HeadSpec,
-    build_model,
-    create_model,
-    register_auto_classes,
-)
+# public name -> module that defines it (some are being added; a missing one is an AttributeError)
+_LAZY = {
+    "GeoConfig": "geohf.modeling",
+    "GeoImageProcessor": "geohf.modeling",
+    "GeoModel": "geohf.modeling",
+    "GeoModelForImageGeolocation": "geohf.modeling",
+    "GeoModelOutput": "geohf.modeling",
+    "build_model": "geohf.modeling",
+    "create_model": "geohf.modeling",
+    "HeadSpec": "geohf.modeling",
+    "ImageGeolocationPipeline": "geohf.inference.pipeline",
+    "GeoTrainer": "geohf.training",
+    "GeoTrainingArguments": "geohf.training",
+    "predict": "geohf.inference",
+    "GeoPredictor": "geohf.inference",
+    "GeoPredictions": "geohf.inference",
+    "evaluate": "geohf.evaluation",
+    "Evaluation": "geohf.evaluation",
+    "load_boundaries": "geohf.geo.boundaries",
+    "PointLabeller": "geohf.geo.labelling",
+}
 
-register_auto_classes()
+__all__ = sorted(_LAZY) + ["__version__", "register"]
+_NOT_PUBLIC = {"TYPE_CHECKING", "annotations"}
 
-from .inference.pipeline import ImageGeolocationPipeline, register_pipeline  # noqa: E402
+if TYPE_CHECKING:
+    from .geo.boundaries import load_boundaries  # noqa: F401
+    from .geo.labelling import PointLabeller  # noqa: F401
+    from .inference.pipeline import ImageGeolocationPipeline  # noqa: F401
+    from .modeling import (  # noqa: F401
+        GeoConfig,
+        GeoImageProcessor,
+        GeoModel,
+        GeoModelForImageGeolocation,
+        GeoModelOutput,
+        HeadSpec,
+        build_model,
+        create_model,
+    )
+    from .evaluation import Evaluation, evaluate  # noqa: F401
+    from .inference import GeoPredictions, GeoPredictor, predict  # noqa: F401
+    from .training import GeoTrainer, GeoTrainingArguments  # noqa: F401
 
-register_pipeline()
 
-from .evaluation import Evaluation, evaluate  # noqa: E402
-from .inference import GeoPredictions, GeoPredictor, predict  # noqa: E402
-from .training import GeoTrainer, GeoTrainingArguments  # noqa: E402
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'geohf' has no attribute {name!r}")
+    try:
+        module = _importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("geohf"):
+            raise  # a third-party dependency is missing: not ours to hide
+        raise AttributeError(f"geohf.{name} is not available in this version of geohf ({err})") from err
+    value = getattr(module, name, None)
+    if value is None or type(value) is type(_importlib):  # absent, or only a submodule of the same name
+        raise AttributeError(f"geohf.{name} is not available in this version of geohf (not in {module_name})")
+    globals()[name] = value
+    return value
 
-__all__ = [
-    "GeoConfig",
-    "GeoImageProcessor",
-    "GeoModel",
-    "GeoModelForImageGeolocation",
-    "GeoModelOutput",
-    "Evaluation",
-    "GeoPredictions",
-    "GeoPredictor",
-    "GeoTrainer",
-    "GeoTrainingArguments",
-    "HeadSpec",
-    "ImageGeolocationPipeline",
-    "build_model",
-    "create_model",
-    "evaluate",
-    "predict",
-]
+
+def __dir__() -> list[str]:
+    return sorted({name for name in globals() if not name.startswith("_") and name not in _NOT_PUBLIC} | set(_LAZY))
+
+
+def register() -> None:
+    """Register geohf's Auto classes and the ``image-geolocation`` pipeline with transformers now."""
+    from ._autoregister import register as _register
+
+    _register()
+
+
+from ._autoregister import install as _install  # noqa: E402
+
+_install()

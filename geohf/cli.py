@@ -1,10 +1,60 @@
-"""The ``geohf`` command: one entry point over the same functions the tests call."""
+"""The ``geohf`` command: one entry point over the same functions the tests call.
+
+Importing this module (and building the parser) imports no torch, transformers or datasets: every
+subcommand imports what it needs inside its function, so ``geohf ... --help`` is quick.
+
+:func:`main` is the one error handler: a :class:`~geohf.errors.UserError` (raised by the commands
+and by argument parsing), a missing file or a missing optional extra is one ``error: ...`` line on
+stderr and exit code 2; Ctrl-C is exit 130. ``--debug`` (or ``GEOHF_DEBUG=1``) shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from . import __version__
+from .errors import UserError, check_source, extra_message, missing_extra
+
+COMMANDS_WITH_SUBCOMMANDS = ("dataset", "collect")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are :class:`UserError` (one line, exit 2 from :func:`main`)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def add_output(p: argparse.ArgumentParser, **kwargs) -> None:
+    p.add_argument("-o", "--output", **kwargs)
+
+
+def add_image_column(p) -> None:
+    p.add_argument(
+        "--image-column", "--image_column", dest="image_column", default="image", help="dataset image column"
+    )
+
+
+def add_revision(p) -> None:
+    p.add_argument(
+        "--revision", "--dataset-revision", "--dataset_revision", dest="revision", default=None,
+        help="dataset revision on the Hub (branch, tag or commit)",
+    )  # fmt: skip
+
+
+def add_batch_size(p, default: int | None = 32) -> None:
+    shown = f" (default: {default})" if default is not None else ""
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=default, help="batch" + shown)
+
+
+def add_bf16(p) -> None:
+    p.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it is fast)"
+    )
+
 
 BOUNDARIES_HELP = (
     "boundary file, or 'natural-earth-10m' (full-resolution download) or 'lowres' (countries only); "
@@ -13,6 +63,10 @@ BOUNDARIES_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.boundaries and not Path(args.boundaries).expanduser().exists():
+        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    if args.minutes <= 0:
+        raise UserError("--minutes must be more than 0")
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(output=args.output, minutes=args.minutes, seed=args.seed, boundaries=args.boundaries)
@@ -24,8 +78,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dataset_build(args: argparse.Namespace) -> int:
+    if args.layout != "bluemarble":
+        if not args.input:
+            raise UserError(f"geohf dataset build: --layout {args.layout} needs --input FOLDER (the raw images)")
+        if not Path(args.input).expanduser().is_dir():
+            raise UserError(f"--input {args.input}: no such folder")
+    if args.boundaries and not Path(args.boundaries).expanduser().exists():
+        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    if Path(args.output).exists() and not args.overwrite:
+        raise UserError(f"--output {args.output}: already exists; pass --overwrite to replace it")
+    if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
+        raise UserError(f"--fractions {' '.join(map(str, args.fractions))}: need three shares >= 0 summing to 1")
+    from .data.balance import BalanceSpec
+    from .data.build import CellSpec
     from .data.filters import ImageFilter
     from .data.pipeline import BuildConfig, build_dataset
+    from .geo.cells import CELL_FITTERS
+
+    specs = [("--cells", c, CellSpec.parse) for c in args.cells] + [("--balance", args.balance, BalanceSpec.parse)]
+    for flag, value, parse in specs:
+        try:
+            spec = parse(value) if value else None
+        except ValueError as err:
+            raise UserError(f"{flag} {value}: {one_line(err)}") from err
+        if flag == "--cells" and spec.kind not in CELL_FITTERS:
+            raise UserError(f"--cells {value}: unknown kind {spec.kind!r}; choose from {sorted(CELL_FITTERS)}")
 
     cfg = BuildConfig(
         layout=args.layout,
@@ -60,6 +137,8 @@ def _dataset_build(args: argparse.Namespace) -> int:
 
 
 def _dataset_push(args: argparse.Namespace) -> int:
+    if not Path(args.folder).is_dir():
+        raise UserError(f"{args.folder}: no such dataset folder")
     from .hub.publish import push_folder
 
     info = push_folder(args.folder, args.repo_id, kind="dataset", private=args.private)
@@ -68,12 +147,21 @@ def _dataset_push(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    model = check_source(args.model, "model")
+    dataset = check_source(args.dataset, "dataset", args.revision)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     from .data.folder import load_geo_dataset
     from .evaluation.report import write_report
     from .inference.predictor import GeoPredictor
 
-    predictor = GeoPredictor(args.model, bf16=args.bf16)
-    ds = load_geo_dataset(args.dataset, args.revision)
+    ds = load_geo_dataset(dataset, args.revision)
+    if args.split not in ds:
+        raise UserError(f"--dataset {args.dataset} has no {args.split!r} split; it has {list(ds)} (use --split)")
+    try:
+        predictor = GeoPredictor(model, bf16=args.bf16)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
     metrics = write_report(
         predictor,
         ds,
@@ -100,12 +188,29 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _command(argv: list[str]) -> str:
+    """``geohf predict``, ``geohf dataset build``...: the command ``argv`` names, for messages."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if words and words[0] not in COMMANDS_WITH_SUBCOMMANDS:
+        words = words[:1]
+    return " ".join(["geohf", *words])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geohf", description="Image geolocation on the Hugging Face stack.")
+    parser = Parser(prog="geohf", description="Image geolocation on the Hugging Face stack.")
+    parser.add_argument("--version", action="version", version=f"geohf {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of errors (anywhere on the line; or GEOHF_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="build the Blue Marble dataset, train, evaluate and predict (offline)")
-    demo.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
+    add_output(demo, default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget in minutes (default: 10)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
@@ -113,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--validation-tiles", dest="validation_tiles", type=int)
     demo.add_argument("--test-tiles", dest="test_tiles", type=int)
     demo.add_argument("--image-size", dest="image_size", type=int)
-    demo.add_argument("--batch-size", dest="batch_size", type=int)
+    add_batch_size(demo, None)
     demo.set_defaults(func=_demo)
 
     from .inference.cli import add_predict_parser
@@ -127,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", required=True, choices=["lost-and-found", "grid-folders", "imagefolder", "bluemarble"]
     )
     build.add_argument("--input", help="raw folder (not for bluemarble)")
-    build.add_argument("--output", required=True)
+    add_output(build, required=True, help="dataset folder to write")
     build.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     build.add_argument(
         "--cells",
@@ -187,17 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics, pictures and a report for a model on a dataset split")
     ev.add_argument("--model", required=True, help="model folder or Hub id")
     ev.add_argument("--dataset", required=True, help="dataset folder or Hub repo id")
-    ev.add_argument("--revision", default=None, help="dataset revision on the Hub")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--output", required=True, help="folder for metrics.json, report.md, pictures")
-    ev.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    add_revision(ev)
+    ev.add_argument("--split", default="test", help="dataset split (default: test)")
+    add_output(ev, required=True, help="folder for metrics.json, report.md, pictures")
+    add_batch_size(ev)
     ev.add_argument("--human", default=None, help="results file of the app's game: adds a 'human' row")
-    ev.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    add_bf16(ev)
     ev.set_defaults(func=_evaluate)
 
     from .app.cli import add_app_parser
     from .collect.cli import add_collect_parser
-    from .export.onnx import add_export_parser
+    from .export.cli import add_export_parser
 
     add_collect_parser(sub)
     add_app_parser(sub)
@@ -207,12 +312,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without geohf's ``--debug`` (only leading ones for ``train``: its ``--debug`` is transformers')."""
+    debug = os.environ.get("GEOHF_DEBUG", "").lower() not in ("", "0", "false", "no")
+    rest = list(argv)
+    while rest[:1] == ["--debug"]:
+        rest.pop(0)
+        debug = True
+    end = rest.index("--") if "--" in rest else len(rest)
+    if rest[:1] != ["train"] and "--debug" in rest[:end]:
+        rest = [a for a in rest[:end] if a != "--debug"] + rest[end:]
+        debug = True
+    return rest, debug
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``geohf ARGV``; user errors are one ``error:`` line and exit code 2 (``--debug``: traceback)."""
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, ImportError) as err:
+        extra = missing_extra(err)
+        if debug or (isinstance(err, ImportError) and extra is None):
+            raise  # a broken install or a bug: the traceback is the useful report
+        if extra is not None:
+            message = extra_message(_command(argv), *extra)
+        elif isinstance(err, FileNotFoundError) and err.filename is not None:
+            message = f"{err.filename}: {err.strerror or 'no such file or directory'}"
+        else:
+            message = one_line(err)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

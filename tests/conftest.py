@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,36 @@ def hub(tmp_path_factory):
     yield HubServer(root, port)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@dataclass
+class CliResult:
+    """What one ``geohf`` command did: exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("predict", "--model", path, ...)``: run ``geohf.cli.main`` in-process, return a :class:`CliResult`."""
+    from geohf.cli import main
+
+    def run(*argv) -> CliResult:
+        capsys.readouterr()  # drop what came before
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit:  # --help, --version
+            code = exit.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
 
 
 class LazyItems:

@@ -1,11 +1,17 @@
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from datasets import load_dataset
 
 from geohf.cli import main
+from geohf.errors import UserError, looks_local
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +59,17 @@ def test_predict_jsonl(tiny_model_dir, images, tmp_path):
         assert r["score"] == r["top_k"][0]["score"] and r["pred_country_code"]
 
 
-def test_predict_bad_inputs_are_reported_and_the_rest_predicted(tiny_model_dir, images, tmp_path):
+def test_predict_bad_inputs_are_reported_and_the_rest_predicted(tiny_model_dir, images, tmp_path, cli):
     out = tmp_path / "pred.jsonl"
     bad = [images["missing"], images["text"], images["truncated"]]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geohf.cli",
-            "predict",
-            "--model",
-            str(tiny_model_dir),
-            str(images["good"][0]),
-            *map(str, bad),
-            str(images["good"][1]),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    run = cli("predict", "--model", tiny_model_dir, images["good"][0], *bad, images["good"][1], "--output", out)
+    assert run.code == 1
+    errors = run.errors
     assert len(errors) == 3
     assert str(images["missing"]) in errors[0] and "no such file" in errors[0]
     assert str(images["text"]) in errors[1] and "not an image" in errors[1]
     assert str(images["truncated"]) in errors[2] and "truncated" in errors[2]
-    assert "3 of 5 images could not be read" in proc.stderr
+    assert "3 of 5 images could not be read" in run.err
     assert len(out.read_text().splitlines()) == 2
 
 
@@ -121,3 +110,251 @@ def test_demo_end_to_end(tmp_path, admin1_path, capsys):
 
     clf = pipeline("image-classification", model=str(root / "model"))
     assert clf(str(next((root / "samples").iterdir())), top_k=2)[0]["label"]
+
+
+# --- the front doors: versions, import cost, one-line user errors -------------------------------------------
+
+
+def test_version(cli):
+    import geohf
+
+    run = cli("--version")
+    assert run.code == 0 and run.out.strip() == f"geohf {geohf.__version__}" == "geohf 0.1.0"
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+
+
+def test_the_command_and_the_geography_import_no_torch():
+    heavy = "{'torch', 'transformers', 'datasets', 'timm', 'pandas', 'geopandas'}"
+    proc = _python(
+        f"import sys, geohf.cli; geohf.cli.build_parser(); loaded = {heavy} & set(sys.modules); "
+        "assert not loaded, loaded; import geohf.geo; assert 'torch' not in sys.modules, 'geo'"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_import_geohf_registers_when_transformers_is_used():
+    proc = _python(
+        "import sys, geohf; assert 'torch' not in sys.modules\n"
+        "from transformers import AutoConfig, pipeline\n"
+        "from transformers.pipelines import PIPELINE_REGISTRY\n"
+        "assert type(AutoConfig.for_model('geohf')).__name__ == 'GeoConfig'\n"
+        "assert 'image-geolocation' in PIPELINE_REGISTRY.get_supported_tasks()\n"
+        "assert geohf.GeoModel.__name__ == 'GeoModel' and 'GeoModel' in dir(geohf)\n"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_lazy_names_that_are_not_there_are_attribute_errors():
+    import geohf
+
+    assert geohf.GeoConfig.model_type == "geohf"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        geohf.nope  # noqa: B018
+    assert set(geohf._LAZY) <= set(dir(geohf))
+
+
+def test_console_script_fails_fast_on_a_model_that_is_nowhere(tmp_path):
+    """The real entry point: a Hub id with no Hub (connection refused) is one line in well under 5 s."""
+    script = Path(sys.executable).with_name("geohf")
+    if not script.is_file():
+        pytest.skip("no geohf console script beside the interpreter")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(PYTHONPATH=str(REPO), HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(script), "predict", "--model", "typo_dir", "x.jpg"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert time.perf_counter() - start < 5
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --model typo_dir:"), proc.stderr
+
+
+@pytest.fixture
+def fake_model(tmp_path):
+    """A folder that passes the model check (config.json) without being loaded."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+USER_ERRORS = {
+    "predict: missing model folder": (["predict", "--model", "./missing", "x.jpg"], "--model ./missing: no such"),
+    "predict: Hub id, offline, not cached": (["predict", "--model", "typo_dir", "x.jpg"], "not in the Hub cache"),
+    "predict: images and --dataset": (["predict", "--model", "m", "x.jpg", "--dataset", "d"], "not several"),
+    "predict: --group-pattern and --group-csv": (
+        ["predict", "--model", "m", "--group-pattern", "x", "--group-csv", "g.csv"],
+        "not allowed with argument",
+    ),
+    "predict: unknown flag": (["predict", "--model", "m", "--bogus"], "unrecognized arguments: --bogus"),
+    "evaluate: missing model folder": (
+        ["evaluate", "--model", "./missing", "--dataset", "d", "--output", "o"],
+        "--model ./missing: no such model folder",
+    ),
+    "evaluate: missing dataset folder": (
+        ["evaluate", "--model", "{model}", "--dataset", "./missing", "--output", "o"],
+        "--dataset ./missing: no such dataset folder",
+    ),
+    "evaluate: a folder that is no model": (
+        ["evaluate", "--model", "{tmp}", "--dataset", "d", "--output", "o"],
+        "not a model folder",
+    ),
+    "evaluate: missing --output": (["evaluate", "--model", "m", "--dataset", "d"], "required: -o/--output"),
+    "export: missing model folder": (["export", "--model", "./missing", "out"], "--model ./missing: no such"),
+    "export: two output folders": (["export", "--model", "m", "a", "--output", "b"], "give the output folder once"),
+    "app: missing model folder": (["app", "--model", "./missing"], "--model ./missing: no such model folder"),
+    "app: missing game dataset": (
+        ["app", "--model", "{model}", "--dataset", "data/missing"],
+        "--dataset data/missing: no such dataset folder",
+    ),
+    "train: missing dataset folder": (
+        ["train", "--dataset", "./missing", "--output_dir", "{tmp}/run"],
+        "--dataset ./missing: no such dataset folder",
+    ),
+    "train: unknown flag": (["train", "--dataset", "d", "--output_dir", "o", "--bogus", "1"], "geohf train:"),
+    "dataset build: no --input": (
+        ["dataset", "build", "--layout", "imagefolder", "--output", "{tmp}/ds"],
+        "needs --input FOLDER",
+    ),
+    "dataset build: missing --input": (
+        ["dataset", "build", "--layout", "imagefolder", "--input", "./missing", "--output", "{tmp}/ds"],
+        "--input ./missing: no such folder",
+    ),
+    "dataset build: bad --cells": (
+        ["dataset", "build", "--layout", "bluemarble", "--output", "{tmp}/ds", "--cells", "hexes"],
+        "unknown kind 'hexes'",
+    ),
+    "dataset build: existing --output": (
+        ["dataset", "build", "--layout", "bluemarble", "--output", "{tmp}"],
+        "already exists; pass --overwrite",
+    ),
+    "dataset push: missing folder": (["dataset", "push", "./missing", "--repo-id", "a/b"], "no such dataset folder"),
+    "demo: missing boundaries": (["demo", "--boundaries", "./missing.parquet"], "--boundaries ./missing.parquet"),
+    "collect plan: unknown region": (
+        ["collect", "plan", "--regions", "Atlantis", "--per-region", "3", "--output", "{tmp}/p.parquet"],
+        "Atlantis",
+    ),
+    "collect run: missing plan": (
+        ["collect", "run", "./missing.parquet", "--provider", "streetview", "--output", "{tmp}/o", "--dry-run"],
+        "missing.parquet",
+    ),
+    "no command": ([], "required: command"),
+}
+
+
+@pytest.mark.parametrize("argv, expected", list(USER_ERRORS.values()), ids=list(USER_ERRORS))
+def test_user_errors_are_one_line_and_exit_2(argv, expected, cli, fake_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    argv = [a.format(model=fake_model, tmp=tmp_path) for a in argv]
+    start = time.perf_counter()
+    run = cli(*argv)
+    assert run.code == 2, run.err
+    assert run.err.count("\n") == 1 and run.err.startswith("error: "), run.err
+    assert "Traceback" not in run.err and expected in run.err
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("gradio", ["app", "--model", "./missing"], "geohf app needs the 'app' extra (gradio is not installed)"),
+        ("onnx", ["export", "--model", "./missing", "out"], "geohf export needs the 'export' extra"),
+        ("onnxscript", ["export", "out", "--model", "m"], 'pip install "geohf[export]"'),
+    ],
+)
+def test_a_missing_extra_names_the_extra(module, argv, message, cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    run = cli(*argv)
+    assert run.code == 2 and run.errors == [run.err.strip()] and message in run.err, run.err
+
+
+def test_missing_extra_message():
+    from geohf.errors import extra_message, missing_extra
+
+    err = ModuleNotFoundError("No module named 'pillow_heif'", name="pillow_heif")
+    assert missing_extra(err) == ("pillow_heif", "heif")
+    assert missing_extra(ModuleNotFoundError("x", name="numpy")) is None
+    assert extra_message("geohf export", "onnx", "export") == (
+        "geohf export needs the 'export' extra (onnx is not installed): pip install \"geohf[export]\""
+    )
+
+
+def test_debug_shows_the_traceback_and_ctrl_c_is_130(cli, monkeypatch):
+    argv = ["evaluate", "--model", "./missing", "--dataset", "d", "--output", "o"]
+    with pytest.raises(UserError, match="no such model folder"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("GEOHF_DEBUG", "1")
+    with pytest.raises(UserError):
+        main(argv)
+    monkeypatch.delenv("GEOHF_DEBUG")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("geohf.cli._run", interrupted)
+    run = cli(*argv)
+    assert run.code == 130 and run.err == "error: interrupted\n"
+
+
+def test_an_unexpected_import_error_is_not_hidden(cli, fake_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "geohf.inference.predictor", None)  # a broken install, not a missing extra
+    with pytest.raises(ImportError):
+        cli("evaluate", "--model", fake_model, "--dataset", REPO, "--output", "o")
+
+
+@pytest.mark.parametrize(
+    "name, local",
+    [
+        ("./model", True),
+        ("/abs/model", True),
+        ("~/model", True),
+        ("runs/demo/model", True),
+        ("model.safetensors", True),
+        ("tests/nope", True),  # tests/ exists here: a typo of a folder
+        ("org/name", False),
+        ("typo_dir", False),
+        ("org/model-v1.5", False),
+    ],
+)
+def test_what_looks_like_a_path(name, local, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert looks_local(name) is local
+
+
+def test_flags_agree_across_subcommands():
+    from geohf.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    defaults = {}
+    for name in ("predict", "evaluate", "app", "export", "demo"):
+        for action in sub[name]._actions:
+            for option in action.option_strings:
+                defaults.setdefault(option, {})[name] = action.default
+    assert defaults["--bf16"] == {"predict": None, "evaluate": None}
+    assert set(defaults["--batch-size"].values()) <= {32, None}
+    assert "--image_column" in defaults and "--batch_size" in defaults and "--dataset-revision" in defaults
+    assert {"predict", "evaluate", "export", "demo"} <= set(defaults["-o"]) and defaults["--split"] == {
+        "predict": "test",
+        "evaluate": "test",
+        "app": "test",
+    }
+
+
+def test_collect_parser_names_match_the_collectors():
+    from geohf.collect import names, plan, providers, regions
+
+    assert tuple(sorted(plan.SAMPLERS)) == names.SAMPLER_NAMES
+    assert tuple(sorted(providers.PROVIDERS)) == names.PROVIDER_NAMES
+    assert regions.SPEC_HELP is names.SPEC_HELP

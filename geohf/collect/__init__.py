@@ -3,14 +3,40 @@
 ``geohf collect plan`` samples points inside regions (:mod:`.regions`, :mod:`.plan`);
 ``geohf collect run`` asks a provider (:mod:`.providers`) for the images around each point,
 politely (:mod:`.http`), and writes an ``imagefolder`` (:mod:`.folder`) that survives kills
-(:mod:`.state`, :mod:`.run`).
+(:mod:`.state`, :mod:`.run`). The names load on first use.
 """
 
-from .http import AccessDenied, BudgetExhausted, HttpClient, HttpConfig, QuotaExceeded, RequestFailed, StopCollect
-from .plan import PLAN_COLUMNS, load_plan, make_plan, save_plan
-from .providers import PROVIDERS, Mapillary, MissingKeyError, StreetView, ViewOptions, resolve_key
-from .regions import Region, fishnet, parse_regions
-from .run import CollectConfig, CollectReport, Estimate, collect, estimate
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "AccessDenied": ".http",
+    "BudgetExhausted": ".http",
+    "HttpClient": ".http",
+    "HttpConfig": ".http",
+    "QuotaExceeded": ".http",
+    "RequestFailed": ".http",
+    "StopCollect": ".http",
+    "PLAN_COLUMNS": ".plan",
+    "load_plan": ".plan",
+    "make_plan": ".plan",
+    "save_plan": ".plan",
+    "PROVIDERS": ".providers",
+    "Mapillary": ".providers",
+    "MissingKeyError": ".providers",
+    "StreetView": ".providers",
+    "ViewOptions": ".providers",
+    "resolve_key": ".providers",
+    "Region": ".regions",
+    "fishnet": ".regions",
+    "parse_regions": ".regions",
+    "CollectConfig": ".run",
+    "CollectReport": ".run",
+    "Estimate": ".run",
+    "collect": ".run",
+    "estimate": ".run",
+}
 
 __all__ = [
     "PLAN_COLUMNS",
@@ -39,3 +65,9 @@ __all__ = [
     "resolve_key",
     "save_plan",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

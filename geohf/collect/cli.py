@@ -10,11 +10,9 @@ import argparse
 import sys
 
 from ..cli import BOUNDARIES_HELP
-from .http import HttpConfig
-from .plan import SAMPLERS, load_plan, make_plan, save_plan
-from .providers import PROVIDERS, MissingKeyError, ViewOptions, resolve_key
-from .regions import SPEC_HELP, parse_regions
-from .run import CollectConfig, collect, estimate
+from .names import PROVIDER_NAMES, SAMPLER_NAMES, SPEC_HELP
+
+# the collectors (pandas, geopandas, requests) are imported inside the commands: `geohf --help` stays quick
 
 
 def _error(message: str) -> int:
@@ -24,6 +22,9 @@ def _error(message: str) -> int:
 
 def plan_command(args: argparse.Namespace) -> int:
     """Sample the plan and write it to Parquet."""
+    from .plan import make_plan, save_plan
+    from .regions import parse_regions
+
     try:
         regions = parse_regions(args.regions, args.boundaries, args.weight_column)
         plan = make_plan(regions, args.per_region, args.sampler, args.seed)
@@ -35,8 +36,12 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace) -> CollectConfig:
-    """The run configuration of parsed ``collect run`` arguments."""
+def config_from_args(args: argparse.Namespace):
+    """The run configuration (:class:`~geohf.collect.run.CollectConfig`) of parsed ``collect run`` arguments."""
+    from .http import HttpConfig
+    from .providers import ViewOptions
+    from .run import CollectConfig
+
     view = ViewOptions(args.headings, args.fov, args.size, args.pitch, args.radius, args.source)
     http = HttpConfig(args.rate, args.retries, args.backoff, timeout=args.timeout, max_requests=args.max_requests)
     return CollectConfig(
@@ -54,6 +59,10 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
 
 def run_command(args: argparse.Namespace) -> int:
     """Collect a plan (or, with ``--dry-run``, print what it would request and cost)."""
+    from .plan import load_plan
+    from .providers import MissingKeyError, resolve_key
+    from .run import collect, estimate
+
     try:
         plan = load_plan(args.plan)
         config = config_from_args(args)
@@ -81,12 +90,12 @@ def add_collect_parser(subparsers) -> None:
     p.add_argument("--per-region", dest="per_region", type=int, required=True, help="points per region")
     p.add_argument(
         "--sampler",
-        choices=sorted(SAMPLERS),
+        choices=SAMPLER_NAMES,
         default="uniform",
         help="uniform (default); fishnet: one point per equal-area fishnet cell (even coverage); population: "
         "share per-region x regions points by a weight column of a cities CSV / GeoJSON",
     )
-    p.add_argument("--output", required=True, help="plan file (.parquet)")
+    p.add_argument("-o", "--output", required=True, help="plan file (.parquet)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     p.add_argument("--weight-column", dest="weight_column", default="population", help="for --sampler population")
@@ -94,8 +103,8 @@ def add_collect_parser(subparsers) -> None:
 
     r = sub.add_parser("run", help="collect the images of a plan into an imagefolder (resumable)")
     r.add_argument("plan", help="plan file from `geohf collect plan`")
-    r.add_argument("--provider", choices=sorted(PROVIDERS), required=True)
-    r.add_argument("--output", required=True, help="output folder (imagefolder layout); re-run to resume")
+    r.add_argument("--provider", choices=PROVIDER_NAMES, required=True)
+    r.add_argument("-o", "--output", required=True, help="output folder (imagefolder layout); re-run to resume")
     r.add_argument("--headings", type=int, default=3, help="Street View images per panorama (default 3 x 120°)")
     r.add_argument("--fov", type=float, default=120.0, help="Street View field of view in degrees (max 120)")
     r.add_argument("--size", default="640x640", help="Street View image size WxH (default 640x640)")

@@ -31,8 +31,8 @@ import shapely
 from ..geo.cells import grid_pieces, merge_small_pieces
 from ..geo.countries import is_country_code
 from ..geo.sphere import EARTH_RADIUS_KM, destination_points
+from .names import CITY_COLUMNS, SPEC_HELP  # noqa: F401  (defined there: the parser needs them without geopandas)
 
-CITY_COLUMNS = ["name", "latitude", "longitude", "radius_km"]
 DEFAULT_CELL_DEG = 2.0
 SLIVER_FRACTION = 0.1
 """Fishnet pieces smaller than this fraction of a full cell are merged into a neighbour (seed 001)."""
@@ -41,11 +41,6 @@ _TOKEN = re.compile(r"\s*(city:[^@,;]+@[^,;]+,[^,;]+,[^,;]+|[^,;]+)\s*")
 _CITY = re.compile(r"city:(?P<name>[^@]+)@(?P<lat>[-+.\d]+),(?P<lon>[-+.\d]+),(?P<radius>[.\d]+)\s*(?P<unit>km|m)?$")
 _ADMIN1 = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 _FISHNET = re.compile(r"fishnet:(?P<area>[^@]+)(@(?P<deg>[.\d]+))?$")
-
-SPEC_HELP = (
-    "country codes (FR), admin-1 codes (US-CA), cities (city:Paris@48.8566,2.3522,15km or a CSV with columns "
-    f"{', '.join(CITY_COLUMNS)}), fishnet cells (fishnet:US@2 = 2° cells over US) or a GeoJSON file"
-)
 
 
 @dataclass

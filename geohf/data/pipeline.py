@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import UserError
 from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
 from ..images import decode_image, heif_available
@@ -109,7 +110,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
     if cfg.input is None:
-        raise ValueError(f"--input is required for layout {cfg.layout!r}")
+        raise UserError(f"--input is required for layout {cfg.layout!r}")
     root = Path(cfg.input).resolve()
     log = SkipLog()
     labeller = PointLabeller(cfg.boundaries)
@@ -124,7 +125,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
     frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
-        raise ValueError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
+        raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
     frame["_path"] = frame["source_file"]
     frame["source_file"] = [Path(p).relative_to(root).as_posix() for p in frame["_path"]]
     log.entries = [(st, _relative(item, root), r) for st, item, r in log.entries]

@@ -14,11 +14,9 @@ exporter has no ``deg2rad``), batch size dynamic, fp32.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -126,36 +124,4 @@ def export_onnx(
     return result
 
 
-def export_command(args: argparse.Namespace) -> int:
-    """Export and report the difference to PyTorch; 1 if it exceeds ``--atol``."""
-    if args.format != "onnx":
-        print(f"error: unknown format {args.format!r}; only onnx is supported", file=sys.stderr)
-        return 2
-    try:
-        result = export_onnx(args.model, args.output, opset=args.opset, mass=args.mass)
-    except (FileExistsError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    worst = max(result.max_abs_diff.get(k, 0.0) for k in ("logits", "coordinates"))
-    if worst > args.atol:
-        print(f"error: onnxruntime differs from PyTorch by {worst:.2e} > --atol {args.atol}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``export`` to a ``geohf`` subparsers object."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX (primary head logits, coordinates, confidence radius)",
-        description="Export a model to OUTPUT/model.onnx with config.json and preprocessor_config.json beside it.",
-    )
-    p.add_argument("output", help="output folder (new or empty)")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
-    p.add_argument("--atol", type=float, default=1e-3, help="largest accepted |onnx - torch| on logits and coordinates")
-    p.set_defaults(func=export_command)
-    return p
+from .cli import add_export_parser, export_command  # noqa: E402,F401  (where they lived)

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ..errors import UserError, check_source
+
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
   geohf predict --model M --dataset data/bm --split test --output pred.parquet --map pred.html
@@ -54,22 +56,28 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
+    problem = _check(args)
+    if problem:
+        return _error(problem)
+    try:
+        model = check_source(args.model, "model")
+        if args.dataset:
+            args.dataset = check_source(args.dataset, "dataset", args.revision)
+    except UserError as err:
+        return _error(str(err))
     from .maps import cell_polygons
     from .predict import PredictOptions, output_format, print_error, run_prediction
     from .predictor import GeoPredictor
 
-    problem = _check(args)
-    if problem is None and output_format(args.output, args.format) == "parquet" and args.output is None:
-        problem = "Parquet cannot go to stdout; pass --output FILE.parquet"
-    if problem:
-        return _error(problem)
+    if output_format(args.output, args.format) == "parquet" and args.output is None:
+        return _error("Parquet cannot go to stdout; pass --output FILE.parquet")
     try:
         inputs = _inputs(args)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     try:
         predictor = GeoPredictor(
-            args.model,
+            model,
             top_k=args.top_k,
             bf16=args.bf16,
             channels_last=args.channels_last,
@@ -77,7 +85,7 @@ def predict_command(args: argparse.Namespace) -> int:
             mass=args.mass,
         )
     except (OSError, ValueError) as err:
-        return _error(f"cannot load model {args.model!r} ({err}); pass a model folder or Hub id")
+        return _error(f"--model {args.model}: cannot load the model ({' '.join(str(err).split())})")
     polygons = cell_polygons(predictor) if args.map and len(inputs.items) == 1 else None
     workers = default_workers(len(inputs.items), args.batch_size) if args.workers is None else args.workers
     options = PredictOptions(
@@ -119,8 +127,13 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_argument_group("dataset input")
     src.add_argument("--dataset", help="a datasets folder or Hub repo id instead of files")
     src.add_argument("--split", default="test", help="dataset split (default: test)")
-    src.add_argument("--image-column", dest="image_column", default="image", help="dataset image column")
-    src.add_argument("--revision", default=None, help="dataset revision on the Hub")
+    src.add_argument(
+        "--image-column", "--image_column", dest="image_column", default="image", help="dataset image column"
+    )
+    src.add_argument(
+        "--revision", "--dataset-revision", "--dataset_revision", dest="revision", default=None,
+        help="dataset revision on the Hub (branch, tag or commit)",
+    )  # fmt: skip
     views = p.add_argument_group("multi-view (several images of one place → one prediction)")
     group = views.add_mutually_exclusive_group()
     group.add_argument(
@@ -136,7 +149,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument(
         "--format", choices=["jsonl", "csv", "parquet"], default=None, help="default: from --output's suffix"
     )
-    out.add_argument("--top-k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
+    out.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
     out.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
     out.add_argument("--map", default=None, metavar="HTML", help="write a folium map of the predictions")
     out.add_argument(
@@ -147,7 +160,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         help="write copies of the images into DIR with the predicted location in EXIF, marked as an estimate",
     )
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32, help="(default: 32)")
     run.add_argument("--workers", type=int, default=None, help="decoding processes (default: 0 for small inputs)")
     run.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it is fast)"

@@ -82,18 +82,8 @@ def test_regression_model_on_a_multiview_split(grid_dataset, tmp_path):
     assert metrics["results"]["model"]["median_km"] > 0 and not metrics.get("multiview")
 
 
-def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path):
-    with pytest.raises(ValueError, match="no 'holdout' split"):
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(tiny_model_dir),
-                "--dataset",
-                str(tiny_dataset),
-                "--output",
-                str(tmp_path / "x"),
-                "--split",
-                "holdout",
-            ]
-        )
+def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path, cli):
+    run = cli(
+        "evaluate", "--model", tiny_model_dir, "--dataset", tiny_dataset, "-o", tmp_path / "x", "--split", "holdout"
+    )
+    assert run.code == 2 and run.errors == [run.err.strip()] and "no 'holdout' split" in run.err

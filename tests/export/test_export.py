@@ -1,6 +1,5 @@
 """ONNX export: onnxruntime against PyTorch on the same preprocessed tiles (max abs diff reported)."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,17 +7,14 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from geohf.export import add_export_parser
+from geohf.cli import main
 from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation
 
 ort = pytest.importorskip("onnxruntime")
 
 
 def geohf(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="geohf")
-    add_export_parser(parser.add_subparsers())
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
