@@ -46,8 +46,10 @@ __all__ = sorted(_LAZY) + ["__version__", "register"]
 _NOT_PUBLIC = {"TYPE_CHECKING", "annotations"}
 
 if TYPE_CHECKING:
+    from .evaluation import Evaluation, evaluate  # noqa: F401
     from .geo.boundaries import load_boundaries  # noqa: F401
     from .geo.labelling import PointLabeller  # noqa: F401
+    from .inference import GeoPredictions, GeoPredictor, predict  # noqa: F401
     from .inference.pipeline import ImageGeolocationPipeline  # noqa: F401
     from .modeling import (  # noqa: F401
         GeoConfig,
@@ -59,8 +61,6 @@ if TYPE_CHECKING:
         build_model,
         create_model,
     )
-    from .evaluation import Evaluation, evaluate  # noqa: F401
-    from .inference import GeoPredictions, GeoPredictor, predict  # noqa: F401
     from .training import GeoTrainer, GeoTrainingArguments  # noqa: F401
 
 

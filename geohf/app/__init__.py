@@ -6,13 +6,9 @@ work without it. The names load on first use (``geohf``'s parser imports :mod:`.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {"add_app_parser": ".cli", "append_result": ".results"}
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

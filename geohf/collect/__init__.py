@@ -8,7 +8,7 @@ politely (:mod:`.http`), and writes an ``imagefolder`` (:mod:`.folder`) that sur
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "AccessDenied": ".http",
@@ -66,8 +66,4 @@ __all__ = [
     "save_plan",
 ]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

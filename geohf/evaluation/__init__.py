@@ -1,5 +1,14 @@
-"""Evaluation above inference: metrics, model-vs-baselines evaluation, reports, the game's human row."""
+"""Evaluation above inference: metrics, model-vs-baselines evaluation, reports, the game's human row;
+the names load on first use."""
 
-from .evaluation import Evaluation, evaluate, tune_coordinate_rule
+from __future__ import annotations
 
-__all__ = ["Evaluation", "evaluate", "tune_coordinate_rule"]
+from .._lazy import lazy_getattr
+
+_LAZY = {
+    "Evaluation": ".evaluation",
+    "evaluate": ".evaluation",
+    "tune_coordinate_rule": ".evaluation",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,6 +1,15 @@
-"""Inference: batched prediction into :class:`GeoPredictions`, ``pipeline("image-geolocation")``, ``geohf predict``."""
+"""Inference: batched prediction into :class:`GeoPredictions`, ``pipeline("image-geolocation")``, ``geohf predict``;
+the names load on first use (torch)."""
 
-from .predictions import CellTable, GeoPredictions
-from .predictor import GeoPredictor, predict
+from __future__ import annotations
 
-__all__ = ["CellTable", "GeoPredictions", "GeoPredictor", "predict"]
+from .._lazy import lazy_getattr
+
+_LAZY = {
+    "CellTable": ".predictions",
+    "GeoPredictions": ".predictions",
+    "GeoPredictor": ".predictor",
+    "predict": ".predictor",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY)

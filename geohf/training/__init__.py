@@ -1,5 +1,13 @@
-"""Training: :class:`GeoTrainer` and its arguments over ``transformers.Trainer``; ``run_training`` for scripts."""
+"""Training: :class:`GeoTrainer` and its arguments over ``transformers.Trainer``; ``run_training`` for scripts;
+the names load on first use."""
 
-from .trainer import GeoTrainer, GeoTrainingArguments
+from __future__ import annotations
 
-__all__ = ["GeoTrainer", "GeoTrainingArguments"]
+from .._lazy import lazy_getattr
+
+_LAZY = {
+    "GeoTrainer": ".trainer",
+    "GeoTrainingArguments": ".trainer",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY)

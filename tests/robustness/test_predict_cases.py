@@ -43,7 +43,7 @@ def test_image_cases_through_geohf_predict(cases, tiny_model_dir, tmp_path, caps
     for name, expected in IMAGE_CASES.items():
         if expected == "ok":
             ok = name in records and name not in messages and -90 <= records[name]["pred_latitude"] <= 90
-            outcome = f"predicted {records[name]['country']}" if name in records else messages.get(name, "missing")
+            outcome = f"predicted {records[name]['pred_country']}" if name in records else messages.get(name, "missing")
         else:
             line = messages.get(name, "")
             ok = name not in records and expected in line and name in line
@@ -77,7 +77,7 @@ def test_image_cases_through_the_pipeline(name, cases, geo, no_heif, record):
         result = geo(str(cases[name]))
         ok, outcome = (
             expected == "ok",
-            f"predicted {result['country']} ({result['latitude']:.1f}, {result['longitude']:.1f})",
+            f"predicted {result['pred_country']} ({result['pred_latitude']:.1f}, {result['pred_longitude']:.1f})",
         )
     except ImageLoadError as err:
         ok, outcome = expected != "ok" and expected in str(err) and name in str(err), f"ImageLoadError: {err.reason}"

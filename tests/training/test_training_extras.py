@@ -261,7 +261,7 @@ model = AutoModelForImageClassification.from_pretrained("org/geo-model", revisio
 geo = pipeline("image-geolocation", model="org/geo-model", revision="main")
 clf = pipeline("image-classification", model="org/geo-model", revision="main")
 r = geo(ds[0]["image"])
-print(json.dumps({"rows": len(ds), "country": r["country_code"], "label": clf(ds[0]["image"])[0]["label"],
+print(json.dumps({"rows": len(ds), "country": r["pred_country_code"], "label": clf(ds[0]["image"])[0]["label"],
                   "type": type(model).__name__}))
 """
     proc = subprocess.run(
