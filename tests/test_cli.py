@@ -357,3 +357,24 @@ def test_collect_parser_names_match_the_collectors():
     assert tuple(sorted(plan.SAMPLERS)) == names.SAMPLER_NAMES
     assert tuple(sorted(providers.PROVIDERS)) == names.PROVIDER_NAMES
     assert regions.SPEC_HELP is names.SPEC_HELP
+
+
+def test_check_source_against_a_local_hub(hub, tmp_path):
+    """A repo the Hub has passes the probe; one it lacks is a user error (no retries, no traceback)."""
+    folder = tmp_path / "probe"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    hub.publish(folder, "org/probe-model", "model")
+    hub.publish(folder, "org/probe-data", "dataset")
+    code = (
+        "from geohf.errors import UserError, check_source\n"
+        "assert check_source('org/probe-model', 'model') == 'org/probe-model'\n"
+        "assert check_source('org/probe-data', 'dataset', 'main') == 'org/probe-data'\n"
+        "try:\n    check_source('org/absent-model', 'model')\n"
+        "except UserError as err:\n    print(err)\n"
+        "else:\n    raise SystemExit('the absent repo passed')\n"
+    )
+    env = {**hub.env(tmp_path / "hf"), "PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "org/absent-model" in proc.stdout
