@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -270,10 +271,24 @@ def test_user_errors_are_one_line_and_exit_2(argv, expected, cli, fake_model, tm
         ("gradio", ["app", "--model", "./missing"], "geohf app needs the 'app' extra (gradio is not installed)"),
         ("onnx", ["export", "--model", "./missing", "out"], "geohf export needs the 'export' extra"),
         ("onnxscript", ["export", "out", "--model", "m"], 'pip install "geohf[export]"'),
+        (
+            "tensorboard",
+            ["train", "--dataset", "d", "--output_dir", "o", "--report_to", "tensorboard"],
+            "geohf train needs the 'tracking' extra (tensorboard is not installed)",
+        ),
+        (
+            "optuna",
+            ["train", "--dataset", "d", "--output_dir", "o", "--hp_search_trials", "2"],
+            "the 'tracking' extra (optuna is not installed): pip install \"geohf[tracking]\"",
+        ),
     ],
 )
 def test_a_missing_extra_names_the_extra(module, argv, message, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real_find_spec(name, *a)
+    )
     run = cli(*argv)
     assert run.code == 2 and run.errors == [run.err.strip()] and message in run.err, run.err
 
