@@ -32,12 +32,6 @@ def add_output(p: argparse.ArgumentParser, **kwargs) -> None:
     p.add_argument("-o", "--output", **kwargs)
 
 
-def add_image_column(p) -> None:
-    p.add_argument(
-        "--image-column", "--image_column", dest="image_column", default="image", help="dataset image column"
-    )
-
-
 def add_revision(p) -> None:
     p.add_argument(
         "--revision", "--dataset-revision", "--dataset_revision", dest="revision", default=None,
