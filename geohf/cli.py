@@ -32,12 +32,6 @@ def add_output(p: argparse.ArgumentParser, **kwargs) -> None:
     p.add_argument("-o", "--output", **kwargs)
 
 
-def add_image_column(p) -> None:
-    p.add_argument(
-        "--image-column", "--image_column", dest="image_column", default="image", help="dataset image column"
-    )
-
-
 def add_revision(p) -> None:
     p.add_argument(
         "--revision", "--dataset-revision", "--dataset_revision", dest="revision", default=None,
@@ -205,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="geohf", description="Image geolocation on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"geohf {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of errors (anywhere on the line; or GEOHF_DEBUG=1)"
+        "--debug",
+        action="store_true",
+        help="show the traceback of errors (or GEOHF_DEBUG=1; for train: geohf --debug train ...)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

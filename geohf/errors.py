@@ -106,11 +106,13 @@ def _probe_hub(name: str, kind: str, revision: str | None, flag: str) -> None:
         if not _cached(name, kind, revision):
             raise UserError(f"{flag} {name}: no such {kind} folder, and not in the Hub cache (HF_HUB_OFFLINE is set)")
         return
-    try:
-        HfApi().repo_info(name, repo_type=kind, revision=revision, timeout=HUB_PROBE_TIMEOUT)
+    try:  # with a revision: what mirrors (olah) serve, and what datasets asks for
+        HfApi().repo_info(name, repo_type=kind, revision=revision or "main", timeout=HUB_PROBE_TIMEOUT)
     except GatedRepoError:
         return  # the loader explains access
     except RevisionNotFoundError:
+        if revision is None:
+            return  # no 'main' branch: the loader finds the default one
         raise UserError(f"{flag} {name}: the Hub repo has no revision {revision!r}") from None
     except RepositoryNotFoundError:
         raise UserError(

@@ -8,7 +8,9 @@ Flags: geohf.training.train.ModelArguments, DataArguments, geohf.data.transforms
 and transformers.TrainingArguments; or one ``--config file.yaml|json``.
 """
 
-from geohf.training.cli import main
+import sys
+
+from geohf.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["train", *sys.argv[1:]]))  # geohf's error handling: user errors are one line

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -271,10 +272,24 @@ def test_user_errors_are_one_line_and_exit_2(argv, expected, cli, fake_model, tm
         ("gradio", ["app", "--model", "./missing"], "geohf app needs the 'app' extra (gradio is not installed)"),
         ("onnx", ["export", "--model", "./missing", "out"], "geohf export needs the 'export' extra"),
         ("onnxscript", ["export", "out", "--model", "m"], 'pip install "geohf[export]"'),
+        (
+            "tensorboard",
+            ["train", "--dataset", "d", "--output_dir", "o", "--report_to", "tensorboard"],
+            "geohf train needs the 'tracking' extra (tensorboard is not installed)",
+        ),
+        (
+            "optuna",
+            ["train", "--dataset", "d", "--output_dir", "o", "--hp_search_trials", "2"],
+            "the 'tracking' extra (optuna is not installed): pip install \"geohf[tracking]\"",
+        ),
     ],
 )
 def test_a_missing_extra_names_the_extra(module, argv, message, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real_find_spec(name, *a)
+    )
     run = cli(*argv)
     assert run.code == 2 and run.errors == [run.err.strip()] and message in run.err, run.err
 
@@ -358,3 +373,24 @@ def test_collect_parser_names_match_the_collectors():
     assert tuple(sorted(plan.SAMPLERS)) == names.SAMPLER_NAMES
     assert tuple(sorted(providers.PROVIDERS)) == names.PROVIDER_NAMES
     assert regions.SPEC_HELP is names.SPEC_HELP
+
+
+def test_check_source_against_a_local_hub(hub, tmp_path):
+    """A repo the Hub has passes the probe; one it lacks is a user error (no retries, no traceback)."""
+    folder = tmp_path / "probe"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    hub.publish(folder, "org/probe-model", "model")
+    hub.publish(folder, "org/probe-data", "dataset")
+    code = (
+        "from geohf.errors import UserError, check_source\n"
+        "assert check_source('org/probe-model', 'model') == 'org/probe-model'\n"
+        "assert check_source('org/probe-data', 'dataset', 'main') == 'org/probe-data'\n"
+        "try:\n    check_source('org/absent-model', 'model')\n"
+        "except UserError as err:\n    print(err)\n"
+        "else:\n    raise SystemExit('the absent repo passed')\n"
+    )
+    env = {**hub.env(tmp_path / "hf"), "PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "org/absent-model" in proc.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from .skips import SkipLog
 
 
@@ -37,11 +38,11 @@ class BalanceSpec:
         items = [i for i in rest.split(",") if i]
         if kind == "cap":
             if len(items) != 1 or not items[0].isdigit():
-                raise ValueError(f"--balance cap needs a number of locations per country, e.g. cap:500 (got {text!r})")
+                raise UserError(f"--balance cap needs a number of locations per country, e.g. cap:500 (got {text!r})")
             return cls("cap", {"max_per_country": int(items[0])})
         if kind == "reference":
             if not items:
-                raise ValueError(
+                raise UserError(
                     "--balance reference needs a JSON file: reference:counts.json[,min_share=..][,slack=..]"
                 )
             params = {"path": items[0], "min_share": 0.0075, "slack": 0.75}
@@ -49,7 +50,7 @@ class BalanceSpec:
                 k, _, v = item.partition("=")
                 params[k] = float(v)
             return cls("reference", params)
-        raise ValueError(f"unknown --balance {text!r}: use reference:FILE[,min_share=..,slack=..] or cap:N")
+        raise UserError(f"unknown --balance {text!r}: use reference:FILE[,min_share=..,slack=..] or cap:N")
 
 
 def _locations(frame: pd.DataFrame) -> pd.Series:
@@ -82,7 +83,7 @@ def map_to_reference(
     common = [cc for cc in counts.index if cc in ref]
     main = [cc for cc in common if counts[cc] / total >= min_share]
     if not main:
-        raise ValueError(f"no country has both ≥{min_share:.2%} of the data and an entry in the reference distribution")
+        raise UserError(f"no country has both ≥{min_share:.2%} of the data and an entry in the reference distribution")
     factor = min(counts[cc] / ref[cc] for cc in main)
     targets = {cc: math.ceil(ref[cc] * factor) for cc in main}
     for cc in set(common) - set(main):

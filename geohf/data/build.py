@@ -21,6 +21,7 @@ from datasets import Features, Image, Value
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.labelling import LABEL_COLUMNS
 from ..hub.cards import render_dataset_card
@@ -118,7 +119,7 @@ def fit_partitions(frame: pd.DataFrame, specs: list[CellSpec], boundaries=None) 
     """Fit each partition on the training rows only."""
     train = frame[frame["split"] == "train"]
     if train.empty:
-        raise ValueError("no training rows: geocells are fitted on the training split")
+        raise UserError("no training rows: geocells are fitted on the training split")
     labels = train[LABEL_COLUMNS].reset_index(drop=True)
     lat, lon = train["latitude"].to_numpy(), train["longitude"].to_numpy()
     out = {}

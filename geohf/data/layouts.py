@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
 
@@ -204,14 +205,14 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
             "with file_name, latitude, longitude"
         )
     if len(found) > 1:
-        raise ValueError(f"{root} has several metadata tables {[p.name for p in found]}: keep one")
+        raise UserError(f"{root} has several metadata tables {[p.name for p in found]}: keep one")
     try:
         table = read_metadata_table(found[0])
     except Exception as err:
-        raise ValueError(f"{found[0]} could not be read ({err}); fix or re-export it") from err
+        raise UserError(f"{found[0]} could not be read ({err}); fix or re-export it") from err
     missing = [c for c in ("file_name", "latitude", "longitude") if c not in table]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{found[0]} has no column(s) {missing}: imagefolder metadata needs file_name, latitude, longitude"
         )
     rows, seen = [], set()
@@ -249,10 +250,10 @@ LAYOUTS: dict[str, Callable[[str | Path, SkipLog], pd.DataFrame]] = {
 def read_layout(layout: str, root: str | Path, log: SkipLog) -> pd.DataFrame:
     """Rows of one raw layout (see :data:`LAYOUTS`); an empty folder is an error."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or bluemarble")
+        raise UserError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or bluemarble")
     frame = LAYOUTS[layout](root, log)
     if frame.empty:
-        raise ValueError(
+        raise UserError(
             f"no usable images in {root} for layout {layout!r}"
             + (f" ({len(log)} files skipped; first: {log.entries[0][1]}: {log.entries[0][2]})" if len(log) else "")
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from ..geo.sphere import EARTH_RADIUS_KM, latlon_to_xyz
 from .skips import SkipLog
 
@@ -19,7 +20,7 @@ def split_groups(groups: pd.Series, fractions: tuple[float, ...], seed: int) -> 
     """
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.size != 3 or (fractions < 0).any() or fractions.sum() <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test), got {fractions}")
+        raise UserError(f"fractions must be three non-negative numbers (train, validation, test), got {fractions}")
     codes, uniques = pd.factorize(groups, sort=True)
     sizes = np.bincount(codes, minlength=len(uniques))
     order = np.random.default_rng(seed).permutation(len(uniques))
@@ -75,7 +76,7 @@ def assign_splits(
     elif by == "block":
         groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
     else:
-        raise ValueError(f"--split-by must be 'location' or 'block', got {by!r}")
+        raise UserError(f"--split-by must be 'location' or 'block', got {by!r}")
     out = frame.copy()
     out["split"] = split_groups(groups.reset_index(drop=True), fractions, seed)
     if buffer_km > 0:

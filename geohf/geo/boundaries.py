@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..errors import UserError
 from .countries import NATURAL_EARTH_FIXES, alpha3_to_alpha2, country_name, is_country_code
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _load_cached(path: str) -> gpd.GeoDataFrame:
     if frame.columns.intersection(COLUMNS[:-1]).size == 4:
         return frame[COLUMNS].reset_index(drop=True)
     if not {"iso_a2", "iso_a3"} & set(frame.columns):
-        raise ValueError(
+        raise UserError(
             f"boundary file {path!r} has neither geohf's columns {COLUMNS[:-1]} nor Natural Earth's "
             "iso_a2/iso_a3 column; add a country_code column (ISO 3166-1 alpha-2)"
         )

@@ -44,8 +44,23 @@ def parse_args(argv: list[str] | None = None):
         raise
 
 
+def require_extras(training_args, extras) -> None:
+    """A missing ``tracking`` extra (a ``--report_to`` logger, ``--hp_search_trials``) as a UserError, up front."""
+    import importlib.util
+
+    from ..errors import extra_message
+
+    wanted = [name for name in ("tensorboard", "trackio") if name in (training_args.report_to or [])]
+    if getattr(extras, "hp_search_trials", 0):
+        wanted.append("optuna")
+    for module in wanted:
+        if importlib.util.find_spec(module) is None:
+            raise UserError(extra_message("geohf train", module, "tracking"))
+
+
 def main(argv: list[str] | None = None):
     model_args, data_args, augment, extras, training_args = parse_args(argv)
+    require_extras(training_args, extras)
     data_args.dataset = check_source(data_args.dataset, "dataset", data_args.dataset_revision)
     if model_args.model_name_or_path:
         model_args.model_name_or_path = check_source(

@@ -183,17 +183,19 @@ def test_duplicate_and_unicode_rows(image_build, record):
     assert ok and ok_uni
 
 
-def test_empty_folder(tmp_path, admin1_path, record):
+def test_empty_folder(tmp_path, admin1_path, record, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError) as err:
-        build("grid-folders", str(tmp_path / "empty"), str(tmp_path / "out"), admin1_path)
-    ok = "no usable images" in str(err.value) and not (tmp_path / "out").exists()
+    capsys.readouterr()
+    code = build("grid-folders", str(tmp_path / "empty"), str(tmp_path / "out"), admin1_path)
+    errors = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    err = errors[-1] if errors else ""
+    ok = code == 2 and len(errors) == 1 and "no usable images" in err and not (tmp_path / "out").exists()
     assert record(
         "coordinates / metadata",
         "empty folder",
         "geohf dataset build",
-        "clear error, nothing written",
-        str(err.value),
+        "clear error (one line, exit 2), nothing written",
+        err,
         ok,
     )
 
