@@ -64,7 +64,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(output=args.output, minutes=args.minutes, seed=args.seed, boundaries=args.boundaries)
-    for name in ("train_tiles", "validation_tiles", "test_tiles", "image_size", "batch_size"):
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    for name in ("train_tiles", "validation_tiles", "test_tiles", "image_size", "batch_size", "steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     run_demo(cfg)
@@ -209,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(demo, default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget in minutes (default: 10)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train exactly N steps (reproducible; default: as many as fit in --minutes)",
+    )
     demo.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
     demo.add_argument("--train-tiles", dest="train_tiles", type=int)
     demo.add_argument("--validation-tiles", dest="validation_tiles", type=int)

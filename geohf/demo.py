@@ -37,6 +37,8 @@ class DemoConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     tau_km: float = 75.0
+    steps: int | None = None
+    """Fixed training steps (the same seed then gives the same run); ``None``: as many as fit in ``minutes``."""
     max_cell_samples: int = 60
     min_cell_samples: int = 15
     boundaries: str | None = None
@@ -68,8 +70,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     model_args = ModelArguments(image_size=cfg.image_size, crop_pct=1.0, tau_km=cfg.tau_km)
     budget = cfg.minutes * 60 - (time.perf_counter() - start) - cfg.reserve_seconds
-    steps = _steps_for_budget(model_args, str(dataset_dir), cfg, budget)
-    say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (~{budget / 60:.1f} min budget)")
+    if cfg.steps:
+        steps, mode = cfg.steps, "fixed steps"
+        say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (fixed: --steps)")
+    else:
+        steps, mode = _steps_for_budget(model_args, str(dataset_dir), cfg, budget), "time budget"
+        say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (~{budget / 60:.1f} min budget)")
     if model_dir.exists():
         shutil.rmtree(model_dir)
     eval_every = max(steps // 4, 1)
@@ -98,8 +104,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         dataloader_num_workers=0,
     )
     budget_cb = TimeBudgetCallback(budget)
+    callbacks = [] if cfg.steps else [budget_cb]
     result = run_training(
-        model_args, DataArguments(dataset=str(dataset_dir)), AugmentConfig(), args, callbacks=[budget_cb]
+        model_args, DataArguments(dataset=str(dataset_dir)), AugmentConfig(), args, callbacks=callbacks
     )
     for ckpt in model_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
@@ -112,6 +119,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     predictor = GeoPredictor(str(model_dir))
     ds = load_dataset(str(dataset_dir))
+    regions = {s: len(set(ds[s]["region_code"]) - {""}) for s in ds}
+    countries = {s: len(set(ds[s]["country_code"]) - {""}) for s in ds}
+    say(f"    labels: {countries} countries, {regions} admin-1 regions by split")
     tuned = tune_coordinate_rule(predictor, ds["validation"])
     predictor.model.save_pretrained(model_dir)  # the chosen coordinate rule goes into config.json
     method, top_k, radius = tuned["rule"]
@@ -121,19 +131,28 @@ def run_demo(cfg: DemoConfig) -> dict:
         + f" (validation median {tuned['median_km'][tuned['rule']]:.0f} km)"
     )
     evaluation = evaluate(predictor, ds, split="test", seed=cfg.seed)
+    trained = result.trainer.state.global_step
+    say(f"    test split, {trained} training steps ({mode}), {report.partitions['quadtree']} geocells:")
     print(evaluation.table(), flush=True)
     wall = time.perf_counter() - start
     metrics = {
         **evaluation.to_dict(),
         "train": {
-            "steps": result.trainer.state.global_step,
+            "steps": trained,
             "planned_steps": steps,
-            "stopped_by_time_budget": budget_cb.stopped_early,
+            "mode": mode,
+            "stopped_by_time_budget": bool(callbacks) and budget_cb.stopped_early,
             "train_seconds": result.metrics.get("train_runtime"),
             "best_validation_median_km": result.trainer.state.best_metric,
             "coordinate_rule": {"method": method, "top_k": top_k, "radius_km": radius},
         },
-        "dataset": {"sizes": report.splits, "geocells": report.partitions, "build_seconds": report.seconds},
+        "dataset": {
+            "sizes": report.splits,
+            "geocells": report.partitions,
+            "countries": countries,
+            "regions": regions,
+            "build_seconds": report.seconds,
+        },
         "config": asdict(cfg),
         "wall_seconds": round(wall, 1),
     }
