@@ -32,19 +32,8 @@ sys.path.insert(0, str(ROOT))
 from geohf.geo import boundaries as B  # noqa: E402
 from geohf.geo.labelling import PointLabeller  # noqa: E402
 
-
-def land_points(labeller: PointLabeller, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` points uniform on the sphere that lie inside one of ``labeller``'s polygons."""
-    rng = np.random.default_rng(seed)
-    lat_parts, lon_parts, have = [], [], 0
-    while have < n:
-        lat = np.rad2deg(np.arcsin(rng.uniform(-1, 1, 500_000)))
-        lon = rng.uniform(-180, 180, 500_000)
-        land = labeller.is_land(lat, lon)
-        lat_parts.append(lat[land])
-        lon_parts.append(lon[land])
-        have += int(land.sum())
-    return np.concatenate(lat_parts)[:n], np.concatenate(lon_parts)[:n]
+sys.path.insert(0, str(Path(__file__).parent))
+from labelling import land_points  # noqa: E402  (the same random land points as the labelling benchmark)
 
 
 def describe(path: Path) -> dict:

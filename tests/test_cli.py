@@ -11,6 +11,7 @@ from datasets import load_dataset
 
 from geohf.cli import main
 from geohf.errors import UserError, looks_local
+from geohf.inference.predict import PREDICTION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,18 +43,7 @@ def test_predict_jsonl(tiny_model_dir, images, tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["file"] for r in records] == [str(p) for p in images["good"]]
     for r in records:
-        assert set(r) == {
-            "file",
-            "pred_latitude",
-            "pred_longitude",
-            "pred_country_code",
-            "pred_country",
-            "pred_region_code",
-            "pred_region",
-            "score",
-            "radius_km",
-            "top_k",
-        }
+        assert set(r) == {"file", *PREDICTION_COLUMNS, "top_k"}
         assert r["radius_km"] >= 0
         assert len(r["top_k"]) == 3 and set(r["top_k"][0]) == {"label", "score", "latitude", "longitude"}
         assert -90 <= r["pred_latitude"] <= 90 and -180 <= r["pred_longitude"] <= 180

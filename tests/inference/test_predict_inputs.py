@@ -17,20 +17,10 @@ from PIL import Image
 from geohf.geo.sphere import haversine_km
 from geohf.inference.cli import add_predict_parser
 from geohf.inference.inputs import Inputs, collect_inputs, group_by_csv, group_by_pattern
-from geohf.inference.predict import JsonlWriter, PredictOptions, run_prediction
+from geohf.inference.predict import PREDICTION_COLUMNS, JsonlWriter, PredictOptions, run_prediction
 from geohf.inference.predictor import GeoPredictor
 
-PREDICTION_KEYS = {
-    "pred_latitude",
-    "pred_longitude",
-    "pred_country_code",
-    "pred_country",
-    "pred_region_code",
-    "pred_region",
-    "score",
-    "radius_km",
-    "top_k",
-}
+PREDICTION_KEYS = {*PREDICTION_COLUMNS, "top_k"}
 
 
 def geohf(*argv) -> int:
