@@ -289,7 +289,10 @@ class GeoTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the model folder: weights, config, processor, code and cells, and (a final save, not a
-        checkpoint) ``training_args.json`` instead of Trainer's pickle and a model card with the metrics."""
+        checkpoint) ``training_args.json`` instead of Trainer's pickle and a model card with the metrics
+        (the eval split is scored first if no evaluation ran yet)."""
+        if not _internal_call and self.eval_dataset is not None and not self._has_eval_metrics():
+            self.evaluate()  # the card's model-index reports the eval split, so score it once
         super().save_model(output_dir, _internal_call)
         if _internal_call or not self.is_world_process_zero():
             return
@@ -299,6 +302,9 @@ class GeoTrainer(Trainer):
         from ..hub.cards import write_model_card
 
         write_model_card(out, self.model.config, self.logged_metrics(), self.args, self.dataset_name or "")
+
+    def _has_eval_metrics(self) -> bool:
+        return any(k.startswith("eval_") and k != "eval_loss" for e in self.state.log_history for k in e)
 
     def logged_metrics(self) -> dict[str, float]:
         """The last value of every metric Trainer logged (training summary and evaluations)."""
