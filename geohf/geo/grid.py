@@ -265,20 +265,32 @@ def cache_path(key: str) -> Path:
     return cache_dir() / "label-grids" / f"{key}.npz"
 
 
+_LOADED: dict[str, LabelGrid] = {}  # grids are read-only: labellers of the same polygons share one
+
+
 def find_grid(parts: np.ndarray, key: str | None = None) -> LabelGrid | None:
     """The shipped or cached grid for ``parts`` (checked by :func:`geometry_key`), else ``None``."""
     key = key or geometry_key(parts)
+    if key in _LOADED:
+        return _LOADED[key]
     for path in (SHIPPED_GRID, cache_path(key)):
         if path.is_file():
             grid = LabelGrid.load(path, key)
             if grid is not None and grid.n_parts == len(parts):
-                return grid
+                return _remember(grid)
     return None
+
+
+def _remember(grid: LabelGrid) -> LabelGrid:
+    if len(_LOADED) >= 4:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[grid.key] = grid
+    return grid
 
 
 def build_and_cache(parts: np.ndarray, part_row: np.ndarray, key: str | None = None) -> LabelGrid:
     """Build the grid for ``parts`` and save it in the cache (a failed write only logs)."""
-    grid = LabelGrid.build(parts, part_row, key)
+    grid = _remember(LabelGrid.build(parts, part_row, key))
     try:
         path = grid.save(cache_path(grid.key))
         logger.info("label grid built in %.1f s, cached at %s", grid.build_s, path)
