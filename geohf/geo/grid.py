@@ -37,12 +37,12 @@ _SEA, _PTR = -1, -2
 
 
 def geometry_key(parts: np.ndarray) -> str:
-    """A hash of the polygon parts' coordinates and ring structure: what a cached grid is built from."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"grid-v{GRID_VERSION}-fine{FINE}-eps{EPS}".encode())
-    h.update(shapely.get_num_coordinates(parts).astype(np.int64).tobytes())
-    h.update(shapely.get_num_coordinates(shapely.get_rings(parts)).astype(np.int64).tobytes())
-    h.update(np.ascontiguousarray(shapely.get_coordinates(parts)).tobytes())
+    """A hash of the polygon parts' rings and coordinates: what a cached grid is built from (~50 ms)."""
+    h = hashlib.sha1(f"grid-v{GRID_VERSION}-fine{FINE}-eps{EPS}".encode(), usedforsecurity=False)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    h.update(ring_part.astype(np.int64).tobytes())
+    h.update(shapely.get_num_coordinates(rings).astype(np.int64).tobytes())
+    h.update(np.ascontiguousarray(shapely.get_coordinates(rings)).tobytes())
     return h.hexdigest()
 
 

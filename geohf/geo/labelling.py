@@ -30,12 +30,14 @@ class _StringTable:
         values = np.asarray(values, dtype=object)
         self.dtype = pd.Series(["a"]).dtype
         self.arrow = isinstance(self.dtype, pd.StringDtype) and self.dtype.storage == "pyarrow"
+        self.values = values
         if self.arrow:
             import pyarrow as pa
 
-            self.values = pa.array(values, type=pa.large_string())
-        else:
-            self.values = values
+            try:
+                self.values = pa.array(values, type=pa.large_string())  # None -> missing, as pandas infers
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: let pandas infer, as before
+                self.arrow = False
 
     def take(self, index: np.ndarray):
         if self.arrow:
@@ -84,7 +86,7 @@ class PointLabeller:
         self.max_distance_km = max_distance_km
         self.index = PolygonIndex(self.boundaries.geometry.to_numpy())
         # one extra empty row: label row -1 (no polygon) takes it
-        self._labels = {c: _StringTable([*self.boundaries[c].astype(str), ""]) for c in LABEL_COLUMNS}
+        self._labels = {c: _StringTable([*self.boundaries[c].to_numpy(dtype=object), ""]) for c in LABEL_COLUMNS}
         self._match = _StringTable(_MATCH)
         self.use_grid = grid
         self._grid_key = geometry_key(self.index.parts) if grid else None

@@ -9,7 +9,7 @@ import shapely
 
 from geohf.geo.boundaries import load_boundaries
 from geohf.geo.countries import country_name, is_country_code
-from geohf.geo.labelling import GRID_BUILD_POINTS, PointLabeller
+from geohf.geo.labelling import GRID_BUILD_POINTS, LABEL_COLUMNS, PointLabeller
 
 KNOWN = [
     # lat, lon, country_code, region_code, match
@@ -121,6 +121,15 @@ def test_grid_agrees_with_plain_point_in_polygon(labeller, admin1_path):
     frame_g, _ = grid.label(lat[:5000], lon[:5000])
     frame_p, _ = plain.label(lat[:5000], lon[:5000])
     pd.testing.assert_frame_equal(frame_g, frame_p)
+    # the frame is what pandas makes of object arrays (its default string dtype), as before the Arrow take
+    index, dist, _ = plain.polygon_index(lat[:5000], lon[:5000])
+    labels = np.full((index.size, len(LABEL_COLUMNS)), "", dtype=object)
+    labels[index >= 0] = plain.boundaries[LABEL_COLUMNS].to_numpy(dtype=object)[index[index >= 0]]
+    expected = pd.DataFrame(labels, columns=LABEL_COLUMNS)
+    near = (index >= 0) & ~np.isnan(dist)
+    expected["match"] = np.where(near, "nearest", np.where(index >= 0, "inside", "none"))
+    expected["match_km"] = np.where(near, dist, 0.0)
+    pd.testing.assert_frame_equal(frame_p, expected)
 
 
 def test_grid_off_grid_points_as_plain(labeller):
