@@ -1,9 +1,17 @@
 """Geography speed: labelling points and fitting geocells, and how they grow.
 
-    python benchmarks/labelling.py [--sizes 10000 100000 1000000] [--output runs/bench/labelling]
+    python benchmarks/labelling.py [--sizes 10000 100000 1000000] [--runs 3] [--no-cells]
+                                   [--output runs/bench/labelling]
 
 * country + region labelling points/s on random land points, vs ``reverse_geocoder`` (what
-  seed 004 used; nearest GeoNames city) on the same points, and their country agreement;
+  seed 004 used; nearest GeoNames city, ``mode=1``) on the same points: the median of
+  ``--runs`` runs each, interleaved, after one warm-up call each; their ratio; and their
+  country agreement;
+* the label grid (:mod:`geohf.geo.grid`): its build time, size on disk and in memory, and
+  how many of the largest size's points get the same polygon from the grid as from plain
+  point-in-polygon (:meth:`PolygonIndex.containing`, 1° tiles at that size): must be all;
+* in a fresh process: ``PointLabeller()`` load time, the first (cold) 10k call, and peak RSS
+  labelling the largest size;
 * geocell fitting time per partition kind (quadtree, fishnet, semantic) at each size, and
   the growth exponent (slope of log time over log size).
 """
@@ -12,16 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import shapely
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geohf.geo.cells import fit_cells  # noqa: E402
+from geohf.geo.grid import SHIPPED_GRID, LabelGrid  # noqa: E402
 from geohf.geo.labelling import PointLabeller  # noqa: E402
 
 KINDS = {
@@ -50,46 +62,143 @@ def exponent(sizes, seconds) -> float:
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def probe(points: str, grid: bool = True) -> dict:
+    """In a fresh process: load time, a cold first 10k call, and peak RSS labelling the saved points."""
+    lat, lon = np.load(points)
+    n = lat.size
+    start = time.perf_counter()
+    labeller = PointLabeller(grid=grid)
+    load_s = time.perf_counter() - start
+    base = rss_mb()
+    start = time.perf_counter()
+    labeller.label(lat[:10_000], lon[:10_000])
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    labeller.label(lat, lon)
+    return {
+        f"first_{n}_call_s": time.perf_counter() - start,
+        "labeller_load_s": load_s,
+        "grid_loaded": labeller.grid is not None,
+        "first_10k_call_s": first_s,
+        "rss_before_mb": base,
+        "peak_rss_labelling_mb": rss_mb(),
+    }
+
+
+def timed(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=str(ROOT / "runs" / "bench" / "labelling"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per side and size (median)")
+    parser.add_argument("--no-cells", action="store_true", help="skip the geocell fitting part")
+    parser.add_argument(
+        "--untiled-reference",
+        action="store_true",
+        help="check the grid against the untiled STRtree query (slow: ~1 min per 1M points) as well",
+    )
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe(args.probe, grid=not args.probe_plain)))
+        return {}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
+    # fresh processes first: load time and RSS without this process's other work; with and without the grid
+    results = {"process": {}}
+    saved = out / "land_points.npy"
+    start = time.perf_counter()
+    np.save(saved, np.stack(land_points(PointLabeller(), max(args.sizes), seed=max(args.sizes))))
+    print(f"{max(args.sizes):,} land points in {time.perf_counter() - start:.1f} s", flush=True)
+    for name, extra in (("grid", []), ("plain", ["--probe-plain"])):
+        cmd = [sys.executable, __file__, "--probe", str(saved), *extra]
+        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results["process"][name] = json.loads(line)
+        print(f"fresh process, {name}: {line}", flush=True)
+
     start = time.perf_counter()
     labeller = PointLabeller()
-    results = {"load_boundaries_s": time.perf_counter() - start, "labelling": {}, "cells": {k: {} for k in KINDS}}
+    results.update({"load_boundaries_s": time.perf_counter() - start, "labelling": {}, "cells": {}})
+    grid = LabelGrid.build(labeller.index.parts, labeller.index.part_row)
+    load_s = min(timed(LabelGrid.load, SHIPPED_GRID) for _ in range(3))
+    results["grid"] = {
+        "build_s": grid.build_s,
+        "shipped_file_mb": SHIPPED_GRID.stat().st_size / 1e6,
+        "memory_mb": grid.nbytes / 1e6,
+        "load_s": load_s,
+        "same_as_shipped": labeller.grid is not None and grid.key == labeller.grid.key,
+        "blocks_1deg_with_fine_cells": int(grid.fine.shape[0]),
+        "border_cells": int(len(grid.cand_start) - 1),
+    }
+    print(f"grid: {json.dumps(results['grid'])}", flush=True)
     import reverse_geocoder as rg
 
     rg.search([(0.0, 0.0)], mode=1, verbose=False)  # build its k-d tree once
     for n in args.sizes:
         lat, lon = land_points(labeller, n, seed=n)
-        start = time.perf_counter()
-        labels, _ = labeller.label(lat, lon)
-        ours = time.perf_counter() - start
-        start = time.perf_counter()
-        found = rg.search(list(zip(lat.tolist(), lon.tolist())), mode=1, verbose=False)
-        theirs = time.perf_counter() - start
+        coords = list(zip(lat.tolist(), lon.tolist()))
+        labels, _ = labeller.label(lat, lon)  # warm-up, both sides
+        found = rg.search(coords, mode=1, verbose=False)
+        ours, theirs = [], []
+        for _ in range(args.runs):  # interleaved, so load from other work hits both sides alike
+            ours.append(timed(labeller.label, lat, lon))
+            theirs.append(timed(rg.search, coords, mode=1, verbose=False))
+        ours_s, theirs_s = float(np.median(ours)), float(np.median(theirs))
         agree = float(np.mean(labels["country_code"].to_numpy() == np.array([f["cc"] for f in found])))
+        in_border = int((labeller.grid.lookup(lat, lon)[0] <= -2).sum()) if labeller.grid is not None else None
         results["labelling"][n] = {
-            "geohf_points_s": n / ours,
-            "reverse_geocoder_points_s": n / theirs,
+            "geohf_points_s": n / ours_s,
+            "reverse_geocoder_points_s": n / theirs_s,
+            "ratio": theirs_s / ours_s,
+            "geohf_runs_s": ours,
+            "reverse_geocoder_runs_s": theirs,
             "country_agreement": agree,
+            "points_in_border_cells": in_border,
         }
         print(
-            f"{n:>9,} points: geohf {n / ours:,.0f}/s, reverse_geocoder {n / theirs:,.0f}/s, agreement {agree:.2%}",
+            f"{n:>9,} points: geohf {n / ours_s:,.0f}/s, reverse_geocoder {n / theirs_s:,.0f}/s, "
+            f"ratio {theirs_s / ours_s:.2f}, agreement {agree:.2%}, in border cells {in_border}",
             flush=True,
         )
+    # grid vs plain point-in-polygon on the largest size
+    n = max(args.sizes)
+    lat, lon = land_points(labeller, n, seed=n)
+    plain = PointLabeller(labeller.boundaries, grid=False)
+    ours = labeller.containing(lat, lon)
+    same = int((ours == plain.containing(lat, lon)).sum())
+    results["grid_agreement"] = {"points": n, "same_polygon_as_tiled": same}
+    print(f"grid vs plain point-in-polygon (1° tiles): {same:,} of {n:,} points agree", flush=True)
+    if args.untiled_reference:
+        chunks = np.array_split(np.arange(n), -(-n // 10_000))  # < TILE_QUERY_POINTS: the untiled STRtree
+        start = time.perf_counter()
+        same = sum(int((ours[c] == plain.index.containing(shapely.points(lon[c], lat[c]))).sum()) for c in chunks)
+        results["grid_agreement"]["same_polygon_as_untiled"] = same
+        results["grid_agreement"]["untiled_s"] = time.perf_counter() - start
+        print(f"grid vs plain point-in-polygon (untiled): {same:,} of {n:,} points agree", flush=True)
+    del plain
+
+    for n in [] if args.no_cells else args.sizes:
+        lat, lon = land_points(labeller, n, seed=n)
+        labels, _ = labeller.label(lat, lon)
         for kind, params in KINDS.items():
             start = time.perf_counter()
             part = fit_cells(kind, lat, lon, labels, boundaries=labeller.boundaries, **params)
             seconds = time.perf_counter() - start
-            results["cells"][kind][n] = {"seconds": seconds, "cells": len(part)}
+            results["cells"].setdefault(kind, {})[n] = {"seconds": seconds, "cells": len(part)}
             print(f"    {kind:<9} {len(part):>5} cells in {seconds:,.1f} s", flush=True)
     if len(args.sizes) > 1:
-        for kind in KINDS:
+        for kind in results["cells"]:
             secs = [results["cells"][kind][n]["seconds"] for n in args.sizes]
             results["cells"][kind]["growth_exponent"] = exponent(args.sizes, secs)
         secs = [n / results["labelling"][n]["geohf_points_s"] for n in args.sizes]

@@ -10,9 +10,39 @@ import pandas as pd
 import shapely
 
 from .boundaries import load_boundaries
+from .grid import LabelGrid, build_and_cache, find_grid, geometry_key
 from .index import PolygonIndex
 
 LABEL_COLUMNS = ["country_code", "country", "region_code", "region"]
+GRID_BUILD_POINTS = 20_000
+"""Without a shipped or cached grid, the first query of at least this many points builds one (seconds, once)."""
+_MATCH = ["inside", "nearest", "none"]
+
+
+class _StringTable:
+    """Take rows of a small string table into DataFrame columns of pandas' default string dtype.
+
+    With pandas' Arrow-backed ``str`` dtype (pandas 3) the take runs in Arrow (no Python
+    string objects); otherwise columns are object arrays, as pandas would infer them.
+    """
+
+    def __init__(self, values):
+        values = np.asarray(values, dtype=object)
+        self.dtype = pd.Series(["a"]).dtype
+        self.arrow = isinstance(self.dtype, pd.StringDtype) and self.dtype.storage == "pyarrow"
+        self.values = values
+        if self.arrow:
+            import pyarrow as pa
+
+            try:
+                self.values = pa.array(values, type=pa.large_string())  # None -> missing, as pandas infers
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: let pandas infer, as before
+                self.arrow = False
+
+    def take(self, index: np.ndarray):
+        if self.arrow:
+            return pd.array(self.values.take(index), dtype=self.dtype)
+        return self.values[index]
 
 
 @dataclass
@@ -39,15 +69,44 @@ class PointLabeller:
     Points in no polygon (1:10m coast lines miss piers, beaches and small islands) take
     the nearest polygon within ``max_distance_km``; the rest stay unlabelled (empty
     strings). Both cases are counted in the report.
+
+    Point-in-polygon runs through a :class:`~geohf.geo.grid.LabelGrid` (an array lookup
+    for points away from any boundary; the same answers as the plain query): the one
+    shipped for the default boundaries, or one built on the first query of
+    :data:`GRID_BUILD_POINTS` points and cached in :func:`~geohf.geo.boundaries.cache_dir`.
+    ``grid=False`` keeps the plain :class:`PolygonIndex` query.
     """
 
-    def __init__(self, boundaries: gpd.GeoDataFrame | str | None = None, max_distance_km: float = 25.0):
+    def __init__(
+        self, boundaries: gpd.GeoDataFrame | str | None = None, max_distance_km: float = 25.0, grid: bool = True
+    ):
         if not isinstance(boundaries, gpd.GeoDataFrame):
             boundaries = load_boundaries(boundaries)
         self.boundaries = boundaries.reset_index(drop=True)
         self.max_distance_km = max_distance_km
         self.index = PolygonIndex(self.boundaries.geometry.to_numpy())
-        self._labels = self.boundaries[LABEL_COLUMNS].to_numpy(dtype=object)
+        # one extra empty row: label row -1 (no polygon) takes it
+        self._labels = {c: _StringTable([*self.boundaries[c].to_numpy(dtype=object), ""]) for c in LABEL_COLUMNS}
+        self._match = _StringTable(_MATCH)
+        self.use_grid = grid
+        self._grid_key = geometry_key(self.index.parts) if grid else None
+        self.grid: LabelGrid | None = find_grid(self.index.parts, self._grid_key) if grid else None
+
+    def _grid_for(self, n_points: int) -> LabelGrid | None:
+        if self.grid is None and self.use_grid and n_points >= GRID_BUILD_POINTS:
+            self.grid = build_and_cache(self.index.parts, self.index.part_row, self._grid_key)
+        return self.grid
+
+    def containing(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Boundary row holding each point (-1: none): :meth:`PolygonIndex.containing` on (lat, lon)."""
+        grid = self._grid_for(lat.size)
+        if grid is None:
+            return self.index.containing(shapely.points(lon, lat))
+        index, valid = grid.containing(lat, lon, self.index.parts, self.index.part_row)
+        if not valid.all():  # NaN or outside [-90, 90] x [-180, 180]: the plain query, as without a grid
+            off = np.flatnonzero(~valid)
+            index[off] = self.index.containing(shapely.points(lon[off], lat[off]))
+        return index
 
     @property
     def has_regions(self) -> bool:
@@ -55,14 +114,14 @@ class PointLabeller:
 
     def polygon_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray, LabellingReport]:
         """Boundary row for each point (-1: none) and km to it (NaN: inside or none)."""
-        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-        points = shapely.points(lon, lat)
-        index = self.index.containing(points)
+        lat, lon = np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
+        index = self.containing(lat, lon)
         dist = np.full(index.shape, np.nan)
         report = LabellingReport(inside=int((index >= 0).sum()))
         missing = np.flatnonzero(index < 0)
         if missing.size and self.max_distance_km > 0:
-            near, km = self.index.nearest(points[missing], lat[missing], self.max_distance_km)
+            points = shapely.points(lon[missing], lat[missing])
+            near, km = self.index.nearest(points, lat[missing], self.max_distance_km)
             index[missing], dist[missing] = near, km
             report.nearest = int((near >= 0).sum())
             report.nearest_km = km[near >= 0].tolist()
@@ -72,16 +131,14 @@ class PointLabeller:
     def label(self, lat, lon) -> tuple[pd.DataFrame, LabellingReport]:
         """Label columns for each point, plus ``match`` (inside / nearest / none) and ``match_km``."""
         index, dist, report = self.polygon_index(lat, lon)
-        labels = np.full((index.size, len(LABEL_COLUMNS)), "", dtype=object)
-        hit = index >= 0
-        labels[hit] = self._labels[index[hit]]
-        frame = pd.DataFrame(labels, columns=LABEL_COLUMNS)
-        near = hit & ~np.isnan(dist)
-        frame["match"] = np.where(near, "nearest", np.where(hit, "inside", "none"))
-        frame["match_km"] = np.where(near, dist, 0.0)
-        return frame, report
+        near = ~np.isnan(dist)
+        rows = np.where(index < 0, len(self.boundaries), index)  # no polygon: the empty last row
+        columns = {c: table.take(rows) for c, table in self._labels.items()}
+        columns["match"] = self._match.take(np.where(index < 0, 2, near.view(np.int8)))
+        columns["match_km"] = np.where(near, dist, 0.0)
+        return pd.DataFrame(columns), report
 
     def is_land(self, lat, lon) -> np.ndarray:
         """True where a point lies inside a boundary polygon (no nearest fallback)."""
-        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-        return self.index.containing(shapely.points(lon, lat)) >= 0
+        lat, lon = np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
+        return self.containing(lat, lon) >= 0
