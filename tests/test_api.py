@@ -16,8 +16,9 @@ def ds(tiny_dataset):
 
 
 def test_readme_snippet_end_to_end(ds, tmp_path):
+    heads = ["haversine", "country"]
     model = geohf.create_model(
-        "tf_efficientnet_lite0", heads=["haversine", "country"], dataset=ds["train"], pretrained="offline", image_size=32
+        "tf_efficientnet_lite0", heads=heads, dataset=ds["train"], pretrained="offline", image_size=32
     )
     assert [h.name for h in model.config.head_specs] == ["haversine", "country"]
     haversine = model.config.head("haversine")
