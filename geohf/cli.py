@@ -56,9 +56,15 @@ BOUNDARIES_HELP = (
 )
 
 
+def _check_boundaries(source: str | None) -> None:
+    """``--boundaries``: a file, or one of the named sources (full-resolution download, low-res countries)."""
+    named = ("natural-earth-10m", "lowres")  # geohf.geo.boundaries.FULL_NAME, LOWRES_NAME (not imported: geopandas)
+    if source and source not in named and not Path(source).expanduser().exists():
+        raise UserError(f"--boundaries {source}: no such file (or use one of {', '.join(named)})")
+
+
 def _demo(args: argparse.Namespace) -> int:
-    if args.boundaries and not Path(args.boundaries).expanduser().exists():
-        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    _check_boundaries(args.boundaries)
     if args.minutes <= 0:
         raise UserError("--minutes must be more than 0")
     from .demo import DemoConfig, run_demo
@@ -79,8 +85,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
             raise UserError(f"geohf dataset build: --layout {args.layout} needs --input FOLDER (the raw images)")
         if not Path(args.input).expanduser().is_dir():
             raise UserError(f"--input {args.input}: no such folder")
-    if args.boundaries and not Path(args.boundaries).expanduser().exists():
-        raise UserError(f"--boundaries {args.boundaries}: no such file")
+    _check_boundaries(args.boundaries)
     if Path(args.output).exists() and not args.overwrite:
         raise UserError(f"--output {args.output}: already exists; pass --overwrite to replace it")
     if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
