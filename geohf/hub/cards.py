@@ -11,7 +11,11 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 
 def template_path(kind: str) -> str:
-    """Path of the ``dataset_card`` or ``model_card`` template."""
+    """Path of the ``dataset_card`` or ``model_card`` template: the source checkout's own when this module
+    runs from one (so a worktree never renders another checkout's template), else the installed copy."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / kind / "template.md").is_file():
+        return str(checkout / kind / "template.md")
     return str(resources.files(f"geohf.hub.{kind}").joinpath("template.md"))
 
 
