@@ -111,6 +111,7 @@ def test_lost_and_found_build_reports_every_bad_input(built_laf):
     card = (out / "README.md").read_text()
     assert "disagree with the country of their coordinates" in card and "location_mislabelled.png" in card
     assert "| skipped, images: blurry | 1 |" in card
+    assert "in `skipped.csv`" in card  # the file is there: the card points at it
 
 
 def test_lost_and_found_folder_loads_with_all_columns(built_laf):
