@@ -281,6 +281,18 @@ def test_distribution_mapping_by_hand():
         BalanceSpec.parse("cap:lots")
 
 
+def test_distribution_mapping_admits_rare_countries_up_to_their_share():
+    sizes = {"A": 80, "B": 60, "C": 20, "E": 16, "F": 30, "G": 10}
+    frame = pd.DataFrame({"country_code": [cc for cc, n in sizes.items() for _ in range(n)]})
+    frame["source_file"] = [f"f{i}" for i in range(len(frame))]
+    reference = {"A": 4, "B": 2, "C": 1, "E": 1, "F": 1, "G": 1}
+    out = map_to_reference(frame, reference, min_share=0.2, slack=0.75, seed=0, log=SkipLog())
+    # A, B hold >= 20%: factor = min(80/4, 60/2) = 20, so each reference unit is worth 20 locations.
+    # C has exactly its share (20 of 20): all kept; E has 16/20 >= slack: all kept; F has more than
+    # its share: 20 kept; G has 10/20 < slack: out.
+    assert out["country_code"].value_counts().to_dict() == {"A": 80, "B": 40, "C": 20, "F": 20, "E": 16}
+
+
 def test_dedupe_keeps_all_views_of_the_first_location():
     frame = pd.DataFrame(
         {
