@@ -124,7 +124,7 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
 class ImageFilter:
     """Dark/blank (channel variance) and blur (variance of the Laplacian) filters; thresholds are parameters.
 
-    These defaults were chosen the same way on street-view-like images at 256 px: they
+    The defaults were chosen by looking at samples of street-view-like images at 256 px: they
     drop black / blank / single-colour frames and heavily blurred ones.
 
     Attributes:
