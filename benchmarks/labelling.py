@@ -3,7 +3,7 @@
     python benchmarks/labelling.py [--sizes 10000 100000 1000000] [--output runs/bench/labelling]
 
 * country + region labelling points/s on random land points, vs ``reverse_geocoder`` (what
-  seed 004 used; nearest GeoNames city) on the same points, and their country agreement;
+  a common choice; nearest GeoNames city) on the same points, and their country agreement;
 * geocell fitting time per partition kind (quadtree, fishnet, semantic) at each size, and
   the growth exponent (slope of log time over log size).
 """

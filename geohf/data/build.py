@@ -48,7 +48,7 @@ COLUMN_MEANINGS = {
     "tile_x": "left pixel of the tile in the source image",
     "tile_y": "top pixel of the tile in the source image",
     "view": "index of the view among the images of its location",
-    "grid": "grid cell the collector sampled this location for (seed 001 layout)",
+    "grid": "grid cell the collector sampled this location for (grid-folders layout)",
     "provider": "image provider (streetview, mapillary...)",
     "provider_id": "the provider's id of the image or panorama",
 }

@@ -3,7 +3,7 @@
 Writes ``metrics.json``, ``report.md``, ``predictions.parquet`` and pictures: the cumulative
 error curve, accuracy per country, a country confusion matrix and a world map of the test
 points coloured by error. When the split has ``location_id`` (several views per place),
-per-view and fused (mean of logits, seed 000) numbers are reported side by side.
+per-view and fused (mean of logits, a multi-view ensemble) numbers are reported side by side.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Interactive maps of predictions (folium): points, confidence radii, ground truth, cell probabilities.
 
-As in seed 001's fig. 7: the predicted point, the true point and a line between them;
+As in the usual error maps: the predicted point, the true point and a line between them;
 for a single image, every cell shaded by its probability (rescaled so the best cell is
 opaque), or circles at the cell centroids when the model has no cell polygons. The HTML
 loads Leaflet and the base tiles from their CDNs when opened; building it needs no network.
