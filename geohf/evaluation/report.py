@@ -33,6 +33,14 @@ def country_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("support", ascending=False)
 
 
+def country_rows(table: pd.DataFrame) -> list[str]:
+    """Markdown rows of :func:`country_table` (support as a count, percentages to one decimal)."""
+    return [
+        f"| {c} | {int(r.support)} | {r.accuracy:.1f} | {r.precision:.1f} |"
+        for c, r in zip(table.index, table.itertuples(index=False))
+    ]
+
+
 def confusion(frame: pd.DataFrame, top: int = CONFUSION_TOP) -> tuple[np.ndarray, list[str]]:
     """Confusion counts over the ``top`` most frequent true countries (others pooled as "other")."""
     labels = frame["true_country_code"].value_counts().index[:top].tolist()
@@ -173,7 +181,7 @@ def write_report(
         "",
         "| country | support | accuracy % | precision % |",
         "|---|---:|---:|---:|",
-        *[f"| {c} | {r.support} | {r.accuracy:.1f} | {r.precision:.1f} |" for c, r in countries.head(30).iterrows()],
+        *country_rows(countries.head(30)),
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError, check_source
+from ..errors import UserError, check_source, counted
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -102,13 +102,14 @@ def predict_command(args: argparse.Namespace) -> int:
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output is not None:
-        print(f"wrote {run.predicted} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {counted(run.predicted, 'prediction')} to {args.output}", file=sys.stderr)
     if args.write_exif:
-        print(f"wrote {run.exif_copies} copies with the estimated location to {args.write_exif}", file=sys.stderr)
+        copies = counted(run.exif_copies, "copy", "copies")
+        print(f"wrote {copies} with the estimated location to {args.write_exif}", file=sys.stderr)
     if run.map:
         print(f"wrote the map to {run.map}", file=sys.stderr)
     if run.errors:
-        print(f"{len(run.errors)} of {run.images} images could not be read", file=sys.stderr)
+        print(f"{len(run.errors)} of {counted(run.images, 'image')} could not be read", file=sys.stderr)
         return 1
     return 0
 
