@@ -96,6 +96,7 @@ def predict_command(args: argparse.Namespace) -> int:
         write_exif=args.write_exif,
         map=args.map,
         map_polygons=polygons,
+        map_offline=args.map_offline,
         progress=not args.quiet,
     )
     run = run_prediction(predictor, inputs, options, on_error=print_error)
@@ -152,7 +153,20 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     )
     out.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
     out.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
-    out.add_argument("--map", default=None, metavar="HTML", help="write a folium map of the predictions")
+    out.add_argument(
+        "--map",
+        default=None,
+        metavar="HTML",
+        help="write a folium map of the predictions; opening it loads Leaflet from CDNs and OpenStreetMap tiles "
+        "(needs the internet) unless --map-offline",
+    )
+    out.add_argument(
+        "--map-offline",
+        dest="map_offline",
+        action="store_true",
+        help="with --map: Leaflet inlined and country outlines (geohf's boundaries) instead of tiles: the HTML "
+        "opens with no network (larger file, ~2 MB)",
+    )
     out.add_argument(
         "--write-exif",
         dest="write_exif",

@@ -402,6 +402,7 @@ class PredictOptions:
     write_exif: str | None = None
     map: str | None = None
     map_polygons: Any = None  # the primary head's cell polygons (GeoDataFrame) for a single image's map
+    map_offline: bool = False  # inline Leaflet and draw country outlines: the HTML opens with no network
     progress: bool = True
 
 
@@ -490,7 +491,8 @@ def run_prediction(
     if options.map is not None:
         points = [p for p in points if p is not None]
         cells = predictor.cells if single is not None else None
-        fmap = prediction_map(points, cells, single, options.map_polygons if single is not None else None)
+        polygons = options.map_polygons if single is not None else None
+        fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline)
         run.map = str(save_map(fmap, options.map))
     return run
 
