@@ -16,7 +16,7 @@ weights), same budget (steps, batch, image size) for every trained row:
 
 Cell models turn probabilities into coordinates with the rule tuned on the validation
 split (the same procedure for every row). Prints a table (mean ± std over seeds) and writes
-JSON. The claim under test (PIGEON, seed 004): smoothed cells beat regression and plain
+JSON. The claim under test (PIGEON, Haas et al. 2024): smoothed cells beat regression and plain
 classification on median km.
 """
 

@@ -4,7 +4,7 @@
                                    [--output runs/bench/labelling]
 
 * country + region labelling points/s on random land points, vs ``reverse_geocoder`` (what
-  seed 004 used; nearest GeoNames city, ``mode=1``) on the same points: the median of
+  a common choice; nearest GeoNames city, ``mode=1``) on the same points: the median of
   ``--runs`` runs each, interleaved, after one warm-up call each; their ratio; and their
   country agreement;
 * the label grid (:mod:`geohf.geo.grid`): its build time, size on disk and in memory, and

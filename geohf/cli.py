@@ -121,6 +121,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
         buffer_km=args.buffer_km,
         fix_swapped=args.fix_swapped,
         max_side=args.max_side,
+        keep_exif=args.keep_exif,
         seed=args.seed,
         num_proc=args.num_proc,
         overwrite=args.overwrite,
@@ -280,7 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="swap latitude/longitude where only the swapped order lands on land (reported)",
     )
-    build.add_argument("--max-side", dest="max_side", type=int, default=None, help="shrink larger images")
+    build.add_argument(
+        "--max-side",
+        dest="max_side",
+        type=int,
+        default=None,
+        help="shrink images longer than N px, re-encoded upright (EXIF orientation applied); their EXIF (camera, "
+        "date, GPS) is dropped unless --keep-exif (default: store the files' own bytes)",
+    )
+    build.add_argument(
+        "--keep-exif",
+        dest="keep_exif",
+        action="store_true",
+        help="with --max-side: copy the GPS block of the EXIF into the shrunk images",
+    )
     build.add_argument("--num-proc", dest="num_proc", type=int, default=1)
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")

@@ -152,3 +152,8 @@ def go_offline() -> None:
         import datasets.config
 
         datasets.config.HF_HUB_OFFLINE = True
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``"1 copy"``, ``"2 copies"``: a count with its noun in the right number."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"

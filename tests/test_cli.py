@@ -384,3 +384,28 @@ def test_check_source_against_a_local_hub(hub, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "org/absent-model" in proc.stdout
+
+
+def test_running_from_the_parent_of_a_clone_named_geohf_says_so(tmp_path):
+    """``cd ..`` out of a clone named ``geohf`` and ``import geohf`` finds the clone folder, not the package."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "geohf"
+    (clone / "geohf").mkdir(parents=True)
+    shutil.copy(repo / "__init__.py", clone / "__init__.py")
+    shutil.copy(repo / "pyproject.toml", clone / "pyproject.toml")
+    (clone / "geohf" / "__init__.py").write_text("raise SystemExit('the inner package must not be reached')\n")
+    code = "import geohf"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: 'import geohf' found the geohf clone folder") and str(clone) in last
+    assert f"cd {clone}" in last and f"pip install -e {clone}" in last
+    # imported under any other name (pytest's rootdir package, tools) the file does nothing
+    proc = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; s = u.spec_from_file_location('x', 'geohf/__init__.py'); "
+         "s.loader.exec_module(u.module_from_spec(s)); print('ok')"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "ok", proc.stderr

@@ -1,4 +1,4 @@
-"""The human-baseline game (seeds 000 and 004): player and model guess the same images, scored alike.
+"""The human-baseline game (GeoGuessr-style): player and model guess the same images, scored alike.
 
 Rounds walk a dataset split in a seeded random order. The player names up to five
 countries (the first is the top-1 guess) and may give coordinates (typed or clicked);

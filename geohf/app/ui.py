@@ -183,15 +183,33 @@ def build_app(app: GeoApp, title: str = "geohf"):
     return demo
 
 
-def serve(demo, host: str = "127.0.0.1", port: int | None = None, max_file_size: str = "20mb", block: bool = True):
-    """Launch offline: no share link, no analytics, no server-side rendering, uploads capped at ``max_file_size``."""
-    return demo.queue(default_concurrency_limit=1).launch(
+def serve(
+    demo,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_file_size: str = "20mb",
+    block: bool = True,
+    announce: bool | None = None,
+):
+    """Launch offline: no share link, no analytics, no server-side rendering, uploads capped at ``max_file_size``.
+
+    Gradio's own start-up lines are silenced (their ``share=True`` hint is no option of ``geohf app``); with
+    ``announce`` (default: when blocking) one line says where the app is and who can reach it.
+    """
+    result = demo.queue(default_concurrency_limit=1).launch(
         server_name=host,
         server_port=port,
         share=False,
         max_file_size=max_file_size,
         ssr_mode=False,
         show_error=True,
-        prevent_thread_lock=not block,
-        quiet=not block,
+        prevent_thread_lock=True,
+        quiet=True,
     )
+    if block if announce is None else announce:
+        local = host in ("127.0.0.1", "localhost", "::1")
+        reach = "this machine only" if local else f"anyone who can reach {host}"
+        print(f"geohf app: serving on {demo.local_url} ({reach}; Ctrl-C to stop)", flush=True)
+    if block:
+        demo.block_thread()
+    return result

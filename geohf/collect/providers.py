@@ -35,7 +35,7 @@ class ViewOptions:
     """What to request at each location (the same for a whole output folder)."""
 
     headings: int = 3
-    """Street View images per panorama, evenly spaced from a random start heading (seed 000: 3 x 120°)."""
+    """Street View images per panorama, evenly spaced from a random start heading (e.g. 3 x 120°: a full turn)."""
     fov: float = 120.0
     size: str = "640x640"
     pitch: float = 0.0

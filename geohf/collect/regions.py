@@ -7,7 +7,7 @@ A regions SPEC is one or more tokens, separated by commas (or given as several a
 * ``city:Paris@48.8566,2.3522,15km`` -- a disc of the given radius (``km`` or ``m``) around a point;
 * ``cities.csv`` -- one disc per row (columns ``name, latitude, longitude, radius_km``);
 * ``fishnet:US@2`` -- a country, admin-1 code or GeoJSON file cut into a fishnet of 2° cells, one
-  region per cell, slivers merged into a neighbouring cell (seed 001's grid cells);
+  region per cell, slivers merged into a neighbouring cell (a fishnet grid);
 * ``area.geojson`` (or any file geopandas reads) -- one region per feature (name from a ``name``
   column).
 
@@ -35,7 +35,7 @@ from .names import CITY_COLUMNS, SPEC_HELP  # noqa: F401  (defined there: the pa
 
 DEFAULT_CELL_DEG = 2.0
 SLIVER_FRACTION = 0.1
-"""Fishnet pieces smaller than this fraction of a full cell are merged into a neighbour (seed 001)."""
+"""Fishnet pieces smaller than this fraction of a full cell are merged into a neighbour."""
 
 _TOKEN = re.compile(r"\s*(city:[^@,;]+@[^,;]+,[^,;]+,[^,;]+|[^,;]+)\s*")
 _CITY = re.compile(r"city:(?P<name>[^@]+)@(?P<lat>[-+.\d]+),(?P<lon>[-+.\d]+),(?P<radius>[.\d]+)\s*(?P<unit>km|m)?$")

@@ -1,4 +1,4 @@
-"""Rebalancing countries (seed 004's "mapping to a distribution"), deterministic by seed.
+"""Rebalancing countries ("mapping to a distribution" of a reference, or a cap per country), deterministic by seed.
 
 Whole locations are selected, so all views of one place stay together.
 """
@@ -22,10 +22,10 @@ class BalanceSpec:
     """``reference:FILE[,min_share=0.0075][,slack=0.75]`` or ``cap:N``.
 
     * ``reference``: map the country distribution onto a reference distribution (a JSON
-      ``{country_code: count or share}``), seed 004's method: keep countries holding at
-      least ``min_share`` of the data, scale the reference down by the smallest
-      available/reference ratio among them, and admit rarer countries whose ratio is
-      within ``slack`` of that scale.
+      ``{country_code: count or share}``): keep countries holding at least ``min_share``
+      of the data, scale the reference down by the smallest available/reference ratio
+      among them, and admit rarer countries that have at least ``slack`` of their scaled
+      share (each keeps up to that share).
     * ``cap``: at most N locations per country.
     """
 
@@ -76,7 +76,7 @@ def _pick(frame: pd.DataFrame, targets: dict[str, int], seed: int, log: SkipLog,
 def map_to_reference(
     frame: pd.DataFrame, reference: dict[str, float], min_share: float, slack: float, seed: int, log: SkipLog
 ) -> pd.DataFrame:
-    """Seed 004's distribution mapping over locations per country."""
+    """Map the locations per country onto ``reference`` (see :class:`BalanceSpec`)."""
     counts = pd.Series(_locations(frame)).groupby(frame["country_code"].to_numpy()).nunique()
     total = counts.sum()
     ref = {cc: float(v) for cc, v in reference.items() if float(v) > 0}
@@ -87,9 +87,10 @@ def map_to_reference(
     factor = min(counts[cc] / ref[cc] for cc in main)
     targets = {cc: math.ceil(ref[cc] * factor) for cc in main}
     for cc in set(common) - set(main):
-        own = counts[cc] / ref[cc]
-        if own / factor >= slack:
-            targets[cc] = math.ceil(ref[cc] * own * slack)
+        # a rarer country is admitted when it has at least ``slack`` of its share, and keeps up to its share
+        # (all of its locations when it has no more than that)
+        if counts[cc] / ref[cc] / factor >= slack:
+            targets[cc] = min(int(counts[cc]), math.ceil(ref[cc] * factor))
     return _pick(frame, targets, seed, log, "over the reference distribution's share")
 
 

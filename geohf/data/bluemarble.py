@@ -233,6 +233,10 @@ def build_bluemarble(
         "boundaries": boundaries_name(boundaries),
         "max_distance_km": labeller.max_distance_km,
         "repo_id": repo_id or "<org>/blue-marble-tiles",
+        "command": f"geohf dataset build --layout bluemarble --output {Path(output_dir).name} "
+        + " ".join(f"--{k} {v}" for k, v in counts.items())
+        + f" --tile-px {spec.tile_px} --block-px {spec.block_px} --seed {spec.seed}",
+        "images_note": f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic.",
         "split_note": (
             f"Spatially disjoint splits: {spec.block_px}-px blocks (≈{spec.block_px * 360 / 5400:.1f}°) assigned "
             f"{'/'.join(str(f) for f in spec.fractions)} to train/validation/test; a {spec.tile_px}-px tile is kept "

@@ -31,6 +31,7 @@ from .skips import SkipLog
 
 CELLS_DIR = "cells"
 BUILD_REPORT = "build_report.json"
+SKIPPED_CSV = "skipped.csv"
 
 COLUMN_MEANINGS = {
     "image": "the image (PNG/JPEG bytes embedded in the Parquet shard)",
@@ -47,7 +48,7 @@ COLUMN_MEANINGS = {
     "tile_x": "left pixel of the tile in the source image",
     "tile_y": "top pixel of the tile in the source image",
     "view": "index of the view among the images of its location",
-    "grid": "grid cell the collector sampled this location for (seed 001 layout)",
+    "grid": "grid cell the collector sampled this location for (grid-folders layout)",
     "provider": "image provider (streetview, mapillary...)",
     "provider_id": "the provider's id of the image or panorama",
 }
@@ -157,7 +158,7 @@ def write_labelled_dataset(
             columns and any optional columns (``location_id``...).
         load_image: row → ``{"bytes": ..., "path": ...}``.
         card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
-        skips: inputs left out earlier; written to ``skipped.csv``.
+        skips: inputs left out earlier; written to ``skipped.csv`` (only when there are any).
         boundaries: boundary table for the partitions that need one (semantic, fishnet).
     """
     start = time.perf_counter()
@@ -170,10 +171,11 @@ def write_labelled_dataset(
     split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
     splits = {s: _rows(frame[frame["split"] == s], load_image, columns, f"writing {s}") for s in split_names}
     processing = dict(processing or {})
+    has_skips = skips is not None and bool(skips.entries or skips.fixes)
 
     def side_files(root: Path) -> None:
-        if skips is not None and (skips.entries or skips.fixes):
-            skips.write_csv(root / "skipped.csv")
+        if has_skips:
+            skips.write_csv(root / SKIPPED_CSV)
         (root / CELLS_DIR).mkdir()
         for name, part in partitions.items():
             part.save(root / CELLS_DIR / f"{name}.parquet")
@@ -191,7 +193,8 @@ def write_labelled_dataset(
             seconds=time.perf_counter() - start,
         )
         (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
-        return dataset_card_text(frame, features, infos, partitions, processing, card, labelling or {})
+        card_fields = {**card, "skipped_file": SKIPPED_CSV if has_skips else ""}
+        return dataset_card_text(frame, features, infos, partitions, processing, card_fields, labelling or {})
 
     write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite)
     report = json.loads((Path(output_dir) / BUILD_REPORT).read_text())
@@ -232,6 +235,8 @@ def dataset_card_text(
         geohf_version=__version__,
         build_date=dt.date.today().isoformat(),
         command=card.get("command", ""),
+        images_note=card.get("images_note", ""),
+        skipped_file=card.get("skipped_file", ""),
         repo_id=card.get("repo_id", "<org>/<name>"),
         split_counts={s: i.num_examples for s, i in infos.items()},
         split_note=card.get("split_note", ""),

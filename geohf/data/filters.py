@@ -1,4 +1,4 @@
-"""Cleaning raw rows: coordinates, image quality (seed 004), duplicate locations.
+"""Cleaning raw rows: coordinates, image quality (dark/blank and blur filters), duplicate locations.
 
 Each step returns the rows it keeps and records every row it drops in the
 :class:`~geohf.data.skips.SkipLog`, naming the file and the fix.
@@ -109,7 +109,7 @@ def label_disagreements(frame: pd.DataFrame, limit: int = 20) -> tuple[int, list
 
 
 def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 6) -> pd.DataFrame:
-    """Keep the first location at each coordinate (seed 004); views of that location stay."""
+    """Keep the first location at each coordinate; views of that location stay."""
     key = frame["latitude"].round(decimals).astype(str) + "," + frame["longitude"].round(decimals).astype(str)
     location = frame["location_id"].astype(str) if "location_id" in frame else pd.Series(frame.index.astype(str))
     first = location.groupby(key).transform("first")
@@ -122,10 +122,9 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
 # ------------------------------------------------------------------ image quality
 @dataclass
 class ImageFilter:
-    """Seed 004's image filters; thresholds are parameters.
+    """Dark/blank (channel variance) and blur (variance of the Laplacian) filters; thresholds are parameters.
 
-    The seed report sets its thresholds "after manual sampling" without printing them;
-    these defaults were chosen the same way on street-view-like images at 256 px: they
+    The defaults were chosen by looking at samples of street-view-like images at 256 px: they
     drop black / blank / single-colour frames and heavily blurred ones.
 
     Attributes:

@@ -8,11 +8,11 @@ Coordinates are returned as read, unvalidated; anything unreadable is recorded i
 
 Layouts:
 
-* ``lost-and-found`` (seed 004, Kaggle "street-location-images"): ``location_<id>.png`` +
+* ``lost-and-found`` (the Kaggle "street-location-images" layout): ``location_<id>.png`` +
   ``location_<id>.json`` pairs, or ``geoguessr_location_<mode>_<id>.png`` +
   ``geoguessr_result_<mode>_<id>.json``; JSON ``{"coordinates": [lat, lon], "country_name",
   "country_code", "regions": [[name, "POINT (lon lat)"], ...]}``.
-* ``grid-folders`` (seed 001): ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` or the flattened
+* ``grid-folders`` (a GeoGuessr-grid scraper's layout): ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` or the flattened
   ``<grid>+<lat>,<lon>+<n>-<yyyy>-<mm>.jpg``; all images of one ``<lat>,<lon>`` are views of
   one location.
 * ``imagefolder``: images + ``metadata.csv`` / ``metadata.jsonl`` / ``metadata.parquet`` with
@@ -156,7 +156,7 @@ _GRID_FLAT = re.compile(
 
 
 def read_grid_folders(root: str | Path, log: SkipLog) -> pd.DataFrame:
-    """Seed 001's ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` folders (or the flattened ``+`` names)."""
+    """The ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` folders (or the flattened ``+`` names)."""
     root = _check_root(root)
     rows = []
     for image in _images(root):

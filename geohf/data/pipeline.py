@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from ..errors import UserError
 from ..geo.boundaries import boundaries_name
@@ -61,6 +61,7 @@ class BuildConfig:
     buffer_km: float = 0.0
     fix_swapped: bool = False
     max_side: int | None = None
+    keep_exif: bool = False
     seed: int = 0
     num_proc: int = 1
     overwrite: bool = False
@@ -72,28 +73,39 @@ class BuildConfig:
     block_px: int | None = None
 
 
-def shrink_image(data: bytes, max_side: int, name: str = "<bytes>") -> bytes:
+def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: bool = False) -> bytes:
     """Re-encode an image whose longer side exceeds ``max_side``: decoded upright (EXIF orientation
-    applied, so the stored pixels need no tag), same format where PIL writes it, JPEG at quality 95."""
+    applied, so the stored pixels need no tag), same format where PIL writes it, JPEG at quality 95.
+
+    The re-encoded image carries no EXIF, unless ``keep_exif``: then its GPS IFD (the camera's
+    location) is copied over. Images already small enough are stored as they are, EXIF included.
+    """
     heif_available()
     with Image.open(io.BytesIO(data)) as im:
         if max(im.size) <= max_side:
             return data
         fmt = im.format if im.format in ("JPEG", "PNG", "WEBP") else "PNG"
-    image = decode_image(name, data).image
+    decoded = decode_image(name, data)
+    image = decoded.image
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    options: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    gps = decoded.exif.get_ifd(ExifTags.IFD.GPSInfo) if keep_exif else {}
+    if gps:
+        exif = Image.Exif()
+        exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps)
+        options["exif"] = exif
     buf = io.BytesIO()
-    image.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    image.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 
-def file_loader(max_side: int | None):
+def file_loader(max_side: int | None, keep_exif: bool = False):
     """Row → embedded image: the file's own bytes (optionally shrunk)."""
 
     def load(row) -> dict:
         data = Path(row["_path"]).read_bytes()
         if max_side:
-            data = shrink_image(data, max_side, row["source_file"])
+            data = shrink_image(data, max_side, row["source_file"], keep_exif)
         return {"bytes": data, "path": row["source_file"]}
 
     return load
@@ -151,7 +163,8 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         "boundaries": boundaries_name(cfg.boundaries),
         "max_distance_km": labeller.max_distance_km,
         "repo_id": cfg.repo_id or "<org>/street-location-images",
-        "command": f"geohf dataset build --layout {cfg.layout}",
+        "command": build_command(cfg),
+        "images_note": images_note(cfg.max_side, cfg.keep_exif),
         "split_note": f"Split by {cfg.split_by} (seed {cfg.seed}, fractions {list(cfg.fractions)})"
         + (f", validation/test images within {cfg.buffer_km:g} km of training dropped" if cfg.buffer_km else "")
         + ".",
@@ -159,7 +172,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     }
     return write_labelled_dataset(
         frame,
-        file_loader(cfg.max_side),
+        file_loader(cfg.max_side, cfg.keep_exif),
         cfg.output,
         specs,
         card,
@@ -168,6 +181,59 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         cfg.overwrite,
         skips=log,
         boundaries=labeller.boundaries,
+    )
+
+
+def build_command(cfg: BuildConfig) -> str:
+    """The ``geohf dataset build`` command line that ``cfg`` stands for (folders by name, defaults left out)."""
+    default = BuildConfig(layout=cfg.layout, output=cfg.output)
+    words = ["geohf dataset build", f"--layout {cfg.layout}"]
+    if cfg.input:
+        words.append(f"--input {Path(cfg.input).name}")
+    words.append(f"--output {Path(cfg.output).name}")
+    if cfg.boundaries and boundaries_name(cfg.boundaries) != boundaries_name(None):
+        words.append(f"--boundaries {Path(cfg.boundaries).name}")
+    if cfg.cells != default.cells:
+        words.append("--cells " + " ".join(cfg.cells))
+    for flag, name in (("filter", "filter"), ("dedupe", "dedupe")):
+        if not getattr(cfg, name):
+            words.append(f"--no-{flag}")
+    f, d = cfg.image_filter, default.image_filter
+    if f.min_channel_variance != d.min_channel_variance:
+        words.append(f"--min-channel-variance {f.min_channel_variance:g}")
+    if f.min_laplacian_variance != d.min_laplacian_variance:
+        words.append(f"--min-laplacian-variance {f.min_laplacian_variance:g}")
+    if cfg.balance:
+        words.append(f"--balance {cfg.balance}")
+    if cfg.split_by != default.split_by:
+        words.append(f"--split-by {cfg.split_by}")
+    if tuple(cfg.fractions) != tuple(default.fractions):
+        words.append("--fractions " + " ".join(f"{x:g}" for x in cfg.fractions))
+    if cfg.split_by == "block" and cfg.block_deg != default.block_deg:
+        words.append(f"--block-deg {cfg.block_deg:g}")
+    if cfg.buffer_km:
+        words.append(f"--buffer-km {cfg.buffer_km:g}")
+    if cfg.fix_swapped:
+        words.append("--fix-swapped")
+    if cfg.max_side:
+        words.append(f"--max-side {cfg.max_side}" + (" --keep-exif" if cfg.keep_exif else ""))
+    if cfg.seed != default.seed:
+        words.append(f"--seed {cfg.seed}")
+    return " ".join(words)
+
+
+def images_note(max_side: int | None, keep_exif: bool = False) -> str:
+    """The card's sentence on how the images are stored (what a shrink drops)."""
+    if not max_side:
+        return "Images are stored as the source files' own bytes (EXIF metadata included, where the file has it)."
+    kept = (
+        "EXIF is dropped except the GPS block (`--keep-exif`)"
+        if keep_exif
+        else "EXIF metadata (camera, date, GPS) is dropped; `--keep-exif` keeps the GPS block"
+    )
+    return (
+        f"Images longer than {max_side} px were shrunk (`--max-side {max_side}`) and re-encoded upright "
+        f"(EXIF orientation applied to the pixels); {kept}. Smaller images are stored as the source files' own bytes."
     )
 
 

@@ -70,7 +70,7 @@ def make_lost_and_found(root: str | Path, points: pd.DataFrame, size=(320, 180),
 def make_grid_folders(
     root: str | Path, points: pd.DataFrame, views: int = 3, flat: bool = False, size=(160, 160)
 ) -> Path:
-    """Seed 001's ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` (or flattened) with ``views`` per location."""
+    """The grid-folders layout ``<grid>/<lat>,<lon>/<n>-<yyyy>-<mm>.jpg`` (or flattened) with ``views`` per location."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(points.itertuples()):

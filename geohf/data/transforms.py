@@ -2,7 +2,7 @@
 
 Eval preprocessing is the model's :class:`~geohf.modeling.GeoImageProcessor` (timm's eval
 transform), so Trainer evaluation, ``pipeline`` and ``geohf predict`` see identical
-tensors. Training augmentations (seeds 003/004) are opt-in and applied on the fly with
+tensors. Training augmentations are opt-in and applied on the fly with
 ``Dataset.set_transform``.
 """
 
@@ -34,9 +34,9 @@ class AugmentConfig:
     """Training augmentations; all off by default (the eval transform is used as is)."""
 
     random_resized_crop: float = 0.0
-    """Smallest crop area kept by RandomResizedCrop (0: off; seed 004 used it)."""
+    """Smallest crop area kept by RandomResizedCrop (0: off)."""
     rotation: float = 0.0
-    """Maximum random rotation in degrees (seed 004: 10)."""
+    """Maximum random rotation in degrees (e.g. 10)."""
     color_jitter: float = 0.0
     """Brightness / contrast / saturation jitter strength (hue gets a quarter)."""
     grayscale: float = 0.0

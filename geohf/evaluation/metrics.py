@@ -1,8 +1,8 @@
 """Geolocation metrics: one numpy core, used by Trainer, evaluation and the evaluate module.
 
 * distances: mean / median great-circle km, % within 1, 25, 200, 750, 2500 km;
-* GeoScore = mean(5000·exp(−d/1492.7)) (GeoGuessr's world-map score) and seed 003's
-  mean exp(−d/1160);
+* GeoScore = mean(5000·exp(−d/1492.7)) (GeoGuessr's world-map score) and the
+  mean exp(−d/1160) score;
 * classification: top-k accuracy, balanced accuracy, per-class precision/recall;
 * hierarchy: country / region accuracy of labels mapped from any head's prediction.
 """
@@ -17,7 +17,7 @@ from ..geo.sphere import haversine_km
 
 DISTANCE_THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 GEOSCORE_SCALE_KM = 1492.7
-SEED003_SCALE_KM = 1160.0
+EXP_SCALE_KM = 1160.0
 
 
 def distance_metrics(
@@ -37,7 +37,7 @@ def distance_summary(errors_km, thresholds: Sequence[float] = DISTANCE_THRESHOLD
         "mean_km": float(d.mean()),
         "median_km": float(np.median(d)),
         "geoscore": float(geoscore(d)),
-        "exp_score_1160": float(np.exp(-d / SEED003_SCALE_KM).mean()),
+        "exp_score_1160": float(np.exp(-d / EXP_SCALE_KM).mean()),
     }
     for t in thresholds:
         out[f"within_{t:g}km"] = float(100.0 * (d <= t).mean())

@@ -3,7 +3,7 @@
 Writes ``metrics.json``, ``report.md``, ``predictions.parquet`` and pictures: the cumulative
 error curve, accuracy per country, a country confusion matrix and a world map of the test
 points coloured by error. When the split has ``location_id`` (several views per place),
-per-view and fused (mean of logits, seed 000) numbers are reported side by side.
+per-view and fused (mean of logits, a multi-view ensemble) numbers are reported side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ def country_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index")
     table["accuracy"] = table["recall"]
     return table.sort_values("support", ascending=False)
+
+
+def country_rows(table: pd.DataFrame) -> list[str]:
+    """Markdown rows of :func:`country_table` (support as a count, percentages to one decimal)."""
+    return [
+        f"| {c} | {int(r.support)} | {r.accuracy:.1f} | {r.precision:.1f} |"
+        for c, r in zip(table.index, table.itertuples(index=False))
+    ]
 
 
 def confusion(frame: pd.DataFrame, top: int = CONFUSION_TOP) -> tuple[np.ndarray, list[str]]:
@@ -173,7 +181,7 @@ def write_report(
         "",
         "| country | support | accuracy % | precision % |",
         "|---|---:|---:|---:|",
-        *[f"| {c} | {r.support} | {r.accuracy:.1f} | {r.precision:.1f} |" for c, r in countries.head(30).iterrows()],
+        *country_rows(countries.head(30)),
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

@@ -340,7 +340,7 @@ def fit_fishnet(
     min_area_fraction: float = 0.1,
     simplify_deg: float = 0.02,
 ) -> CellPartition:
-    """Fishnet cells (seed 001): a ``cell_deg`` grid clipped to land; pieces smaller than
+    """Fishnet cells: a ``cell_deg`` grid clipped to land; pieces smaller than
     ``min_area_fraction`` of a full square are merged into a touching neighbour. Cells
     without training samples are dropped.
     """

@@ -11,7 +11,11 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 
 def template_path(kind: str) -> str:
-    """Path of the ``dataset_card`` or ``model_card`` template."""
+    """Path of the ``dataset_card`` or ``model_card`` template: the source checkout's own when this module
+    runs from one (so a worktree never renders another checkout's template), else the installed copy."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / kind / "template.md").is_file():
+        return str(checkout / kind / "template.md")
     return str(resources.files(f"geohf.hub.{kind}").joinpath("template.md"))
 
 
@@ -83,8 +87,13 @@ def write_model_card(
     dataset: str = "",
     repo_id: str | None = None,
     error_curve: str | None = None,
+    metrics_note: str | None = None,
 ) -> Path:
-    """Render ``model_card/template.md`` into ``folder/README.md``."""
+    """Render ``model_card/template.md`` into ``folder/README.md``, from ``config`` as it is now (call it again
+    when the config changes, e.g. after :func:`~geohf.evaluation.tune_coordinate_rule`).
+
+    ``metrics_note`` says where the metrics come from (split, when, with which coordinate rule).
+    """
     from huggingface_hub import ModelCard
 
     folder = Path(folder)
@@ -94,11 +103,7 @@ def write_model_card(
         {"name": h["name"], "type": h["type"], "n_classes": len(h.get("labels") or []), "tau_km": h.get("tau_km")}
         for h in config.heads
     ]
-    rule = (
-        f"{config.coordinate_method}"
-        + (f" of the top {config.coordinate_top_k} cells" if config.coordinate_method == "weighted" else "")
-        + (f" within {config.coordinate_radius_km:g} km" if config.coordinate_radius_km else "")
-    )
+    rule = coordinate_rule_text(config)
     card = ModelCard.from_template(
         model_card_data(config, metrics, dataset, repo_id),
         template_path=template_path("model_card"),
@@ -118,11 +123,22 @@ def write_model_card(
         dataset=(Path(dataset).name if Path(dataset).exists() else dataset) or "not recorded",
         metrics_table=[(label, f"{metrics[key]:,.2f}") for key, label in CARD_METRICS if key in metrics],
         error_curve=error_curve,
+        metrics_note=metrics_note or "",
         training=[(k, getattr(training_args, k)) for k in CARD_TRAINING_ARGS if training_args is not None],
     )
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def coordinate_rule_text(config) -> str:
+    """How the model turns cell probabilities into coordinates, in words, from ``config``."""
+    if config.coordinate_method == "argmax":
+        return "the centroid of the most probable cell"
+    radius = config.coordinate_radius_km
+    return f"probability-weighted mean of the top {config.coordinate_top_k} cells" + (
+        f" within {radius:,.0f} km of the most probable one" if radius else ""
+    )
 
 
 def _parameter_count(folder: Path) -> int:

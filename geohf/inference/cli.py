@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError, check_source
+from ..errors import UserError, check_source, counted
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -96,19 +96,21 @@ def predict_command(args: argparse.Namespace) -> int:
         write_exif=args.write_exif,
         map=args.map,
         map_polygons=polygons,
+        map_offline=args.map_offline,
         progress=not args.quiet,
     )
     run = run_prediction(predictor, inputs, options, on_error=print_error)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output is not None:
-        print(f"wrote {run.predicted} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {counted(run.predicted, 'prediction')} to {args.output}", file=sys.stderr)
     if args.write_exif:
-        print(f"wrote {run.exif_copies} copies with the estimated location to {args.write_exif}", file=sys.stderr)
+        copies = counted(run.exif_copies, "copy", "copies")
+        print(f"wrote {copies} with the estimated location to {args.write_exif}", file=sys.stderr)
     if run.map:
         print(f"wrote the map to {run.map}", file=sys.stderr)
     if run.errors:
-        print(f"{len(run.errors)} of {run.images} images could not be read", file=sys.stderr)
+        print(f"{len(run.errors)} of {counted(run.images, 'image')} could not be read", file=sys.stderr)
         return 1
     return 0
 
@@ -151,7 +153,20 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     )
     out.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
     out.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
-    out.add_argument("--map", default=None, metavar="HTML", help="write a folium map of the predictions")
+    out.add_argument(
+        "--map",
+        default=None,
+        metavar="HTML",
+        help="write a folium map of the predictions; opening it loads Leaflet from CDNs and OpenStreetMap tiles "
+        "(needs the internet) unless --map-offline",
+    )
+    out.add_argument(
+        "--map-offline",
+        dest="map_offline",
+        action="store_true",
+        help="with --map: Leaflet inlined and country outlines (geohf's boundaries) instead of tiles: the HTML "
+        "opens with no network (larger file, ~2 MB)",
+    )
     out.add_argument(
         "--write-exif",
         dest="write_exif",

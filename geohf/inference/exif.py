@@ -22,6 +22,7 @@ from ..files import atomic_path
 ESTIMATE_MARK = "geohf estimate"
 ASCII_PREFIX = b"ASCII\x00\x00\x00"  # the character code of EXIF UNDEFINED text fields
 WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+XP_COMMENT = 0x9C9C  # Windows' XPComment: UTF-16LE text
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
     return IFDRational(d, 1), IFDRational(m, 1), IFDRational(round(s * 10000), 10000)
 
 
-def estimate_description(latitude: float, longitude: float, radius_km: float | None) -> str:
-    """The words written into the copy: what the location is and is not."""
-    radius = f" ±{radius_km:,.0f} km" if radius_km is not None and math.isfinite(radius_km) else ""
+def estimate_description(latitude: float, longitude: float, radius_km: float | None, ascii_only: bool = False) -> str:
+    """The words written into the copy: what the location is and is not. ``ascii_only`` writes ``+/-`` for ``±``
+    (EXIF ImageDescription and an ASCII UserComment hold 7-bit text only)."""
+    sign = "+/-" if ascii_only else "±"
+    radius = f" {sign}{radius_km:,.0f} km" if radius_km is not None and math.isfinite(radius_km) else ""
     return (
         f"{ESTIMATE_MARK}: location {latitude:.5f}, {longitude:.5f}{radius} predicted from the pixels by a model; "
         "NOT a GPS fix"
@@ -83,7 +86,7 @@ def estimate_description(latitude: float, longitude: float, radius_km: float | N
 
 def estimated_exif(exif: Image.Exif, latitude: float, longitude: float, radius_km: float | None = None) -> Image.Exif:
     """``exif`` with its GPS replaced by an estimate, marked as such (modified in place and returned)."""
-    text = estimate_description(latitude, longitude, radius_km)
+    text = estimate_description(latitude, longitude, radius_km, ascii_only=True)
     gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     gps.clear()
     gps[ExifTags.GPS.GPSVersionID] = b"\x02\x03\x00\x00"
@@ -97,7 +100,9 @@ def estimated_exif(exif: Image.Exif, latitude: float, longitude: float, radius_k
         gps[ExifTags.GPS.GPSHPositioningError] = IFDRational(round(radius_km * 1000), 1)
     original = _text(exif.get(ExifTags.Base.ImageDescription, ""))
     exif[ExifTags.Base.ImageDescription] = text + (f" | {original}" if original else "")
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = ASCII_PREFIX + text.encode()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = ASCII_PREFIX + text.encode("ascii")
+    # the same words with the ± sign, in the Unicode comment Windows shows (UTF-16LE by definition)
+    exif[XP_COMMENT] = estimate_description(latitude, longitude, radius_km).encode("utf-16-le") + b"\x00\x00"
     return exif
 
 

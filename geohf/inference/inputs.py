@@ -24,6 +24,12 @@ from ..images import ImageLoadError, is_url
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+def _number(reason: str, n: int) -> str:
+    """``reason`` (starting with a plural noun: "files without...") for ``n`` things: "1 file without..."."""
+    noun, _, rest = reason.partition(" ")
+    return f"{noun[:-1]} {rest}" if n == 1 and noun.endswith("s") else reason
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """Where one image is: a local path or URL, or encoded bytes (``data``) named ``name``."""
@@ -61,7 +67,7 @@ class Inputs:
 
     items: Sequence[PredictItem] = field(default_factory=list)
     errors: list[ImageLoadError] = field(default_factory=list)
-    left_out: Counter = field(default_factory=Counter)  # reason -> count
+    left_out: Counter = field(default_factory=Counter)  # reason (a plural noun first) -> count
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one example
 
     def leave_out(self, name: str, reason: str) -> None:
@@ -70,7 +76,9 @@ class Inputs:
 
     def notes(self) -> list[str]:
         """One line per reason something was left out, with its count and an example."""
-        return [f"left out {n} {reason} (e.g. {self.examples[reason]})" for reason, n in self.left_out.items()]
+        return [
+            f"left out {n} {_number(reason, n)} (e.g. {self.examples[reason]})" for reason, n in self.left_out.items()
+        ]
 
     @property
     def n_images(self) -> int:
@@ -105,7 +113,7 @@ def collect_inputs(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     def add(name: str) -> None:
         key = name if is_url(name) else os.path.abspath(name)
         if key in seen:
-            out.leave_out(name, "duplicate inputs")
+            out.leave_out(name, "inputs given more than once")
             return
         seen.add(key)
         out.items.append(PredictItem([ImageRef(name)]))

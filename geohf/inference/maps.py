@@ -1,9 +1,13 @@
 """Interactive maps of predictions (folium): points, confidence radii, ground truth, cell probabilities.
 
-As in seed 001's fig. 7: the predicted point, the true point and a line between them;
+As in the usual error maps: the predicted point, the true point and a line between them;
 for a single image, every cell shaded by its probability (rescaled so the best cell is
-opaque), or circles at the cell centroids when the model has no cell polygons. The HTML
-loads Leaflet and the base tiles from their CDNs when opened; building it needs no network.
+opaque), or circles at the cell centroids when the model has no cell polygons.
+
+Two kinds of HTML: by default it loads Leaflet (and folium's other scripts) from their CDNs and
+the OpenStreetMap tiles when opened; ``offline=True`` inlines the Leaflet shipped in
+``geohf/inference/static/`` (BSD-2-Clause) and draws the country outlines of geohf's boundaries
+instead of tiles, so the file opens with no network. Building either needs no network.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +103,11 @@ def cell_polygons(predictor: GeoPredictor):
     return partition.cells
 
 
-def _add_cell_probabilities(fmap, cells: CellTable, probs: np.ndarray, polygons=None, min_share: float = 1e-3):
-    """Cells shaded by probability (polygons) or circles at their centroids sized by it."""
+def _add_cell_probabilities(
+    fmap, cells: CellTable, probs: np.ndarray, polygons=None, min_share: float = 1e-3, legend: bool = True
+):
+    """Cells shaded by probability (polygons) or circles at their centroids sized by it; ``legend``: the colour
+    scale too (branca draws it with d3 from a CDN, so offline maps go without)."""
     import branca.colormap
     import folium
 
@@ -141,7 +149,8 @@ def _add_cell_probabilities(fmap, cells: CellTable, probs: np.ndarray, polygons=
                 tooltip=f"{html.escape(cells.names[j])}: {100 * probs[j]:.2f}%",
             ).add_to(layer)
     layer.add_to(fmap)
-    scale.add_to(fmap)
+    if legend:
+        scale.add_to(fmap)
 
 
 def prediction_map(
@@ -150,18 +159,21 @@ def prediction_map(
     probs: np.ndarray | None = None,
     polygons=None,
     tiles: str = "OpenStreetMap",
+    offline: bool = False,
 ):
     """A folium map of predictions: points, 50% confidence circles, ground truth and error lines.
 
     With ``cells`` and ``probs`` (one image's primary-head probabilities) the cells are
     drawn too: ``polygons`` (a GeoDataFrame in class order) shaded by probability, or
-    circles at the centroids when it is ``None``.
+    circles at the centroids when it is ``None``. ``offline``: no CDN scripts and no tiles (see the module).
     """
     import folium
 
-    fmap = folium.Map(location=[20, 0], zoom_start=2, tiles=tiles, world_copy_jump=True)
+    fmap = folium.Map(location=[20, 0], zoom_start=2, tiles=None if offline else tiles, world_copy_jump=True)
+    if offline:
+        _make_offline(fmap)
     if cells is not None and probs is not None:
-        _add_cell_probabilities(fmap, cells, probs, polygons)
+        _add_cell_probabilities(fmap, cells, probs, polygons, legend=not offline)
     radius = folium.FeatureGroup(name="confidence radius (50%)")
     predicted = folium.FeatureGroup(name="predictions")
     truth = folium.FeatureGroup(name="ground truth")
@@ -211,6 +223,40 @@ def prediction_map(
         pad = 5.0 if len(points) == 1 and not any(p.truth for p in points) else 1.0
         fmap.fit_bounds([[min(lats) - pad, min(lons) - pad], [max(lats) + pad, max(lons) + pad]])
     return fmap
+
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _make_offline(fmap) -> None:
+    """Inline Leaflet (no CDN) and use the country outlines as the base layer (no tiles)."""
+    import folium
+    from branca.element import Element
+
+    fmap.default_js, fmap.default_css = [], []  # folium's CDN scripts and styles: Leaflet is inlined instead
+    leaflet = (STATIC / "leaflet.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
+    style = (STATIC / "leaflet.css").read_text(encoding="utf-8")
+    fmap.get_root().header.add_child(Element(f"<style>{style}</style>\n<script>{leaflet}</script>"), name="leaflet")
+    folium.GeoJson(
+        country_outlines(),
+        name="countries (geohf boundaries)",
+        style_function=lambda _: {"color": "#777777", "weight": 0.6, "fillColor": "#f2efe9", "fillOpacity": 1.0},
+        tooltip=folium.GeoJsonTooltip(["country"], labels=False),
+        overlay=False,
+        control=False,
+    ).add_to(fmap)
+    fmap.get_root().header.add_child(Element("<style>.leaflet-container{background:#cfe3f3}</style>"), name="sea")
+
+
+@lru_cache(maxsize=1)
+def country_outlines(tolerance_deg: float = 0.1) -> str:
+    """GeoJSON of the countries: geohf's boundaries dissolved by country, simplified (a few MB at most)."""
+    from ..geo.boundaries import load_boundaries
+
+    regions = load_boundaries(None)
+    countries = regions.dissolve("country_code", as_index=False, aggfunc={"country": "first"})
+    countries["geometry"] = countries.geometry.simplify(tolerance_deg, preserve_topology=True)
+    return countries[["country_code", "country", "geometry"]].to_json(drop_id=True, to_wgs84=False)
 
 
 def save_map(fmap, path: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import counted
 from ..geo.sphere import haversine_km
 from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_image
@@ -360,7 +361,7 @@ class ExifCopier:
         if record.get("pred_latitude") is None:
             return []
         if prediction.gps is not None and not prediction.gps.estimated:
-            self.left_out["images with a real GPS fix in EXIF (kept, no estimate written)"] += 1
+            self.left_out["with a real GPS fix in EXIF (kept, no estimate written)"] += 1
             return []
         views = set(record.get("files") or [record["file"]])
         written = []
@@ -369,7 +370,7 @@ class ExifCopier:
             if ref.name not in views:
                 continue
             if source is None:
-                self.left_out["images that are not local files (URLs, dataset rows)"] += 1
+                self.left_out["that are not local files (URLs, dataset rows)"] += 1
                 continue
             try:
                 dest = write_estimated_copy(
@@ -401,6 +402,7 @@ class PredictOptions:
     write_exif: str | None = None
     map: str | None = None
     map_polygons: Any = None  # the primary head's cell polygons (GeoDataFrame) for a single image's map
+    map_offline: bool = False  # inline Leaflet and draw country outlines: the HTML opens with no network
     progress: bool = True
 
 
@@ -482,13 +484,15 @@ def run_prediction(
         run.output = options.output
     if copier is not None:
         run.exif_copies = copier.written
-        run.notes += [f"left out {n} {reason}" for reason, n in copier.left_out.items()]
+        run.notes += [f"left out {counted(n, 'image')} {reason}" for reason, n in copier.left_out.items()]
     if estimated:
-        run.notes.append(f"{estimated} images carry a geohf estimate in EXIF (not used as ground truth)")
+        carry = "carries" if estimated == 1 else "carry"
+        run.notes.append(f"{counted(estimated, 'image')} {carry} a geohf estimate in EXIF (not used as ground truth)")
     if options.map is not None:
         points = [p for p in points if p is not None]
         cells = predictor.cells if single is not None else None
-        fmap = prediction_map(points, cells, single, options.map_polygons if single is not None else None)
+        polygons = options.map_polygons if single is not None else None
+        fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline)
         run.map = str(save_map(fmap, options.map))
     return run
 

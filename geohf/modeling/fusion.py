@@ -1,4 +1,4 @@
-"""Fusing several views of one place (seed 000: three 120° headings)."""
+"""Fusing several views of one place (e.g. three 120° headings of a panorama)."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ class ClassificationHead(GeoHead):
 
 
 class HaversineHead(ClassificationHead):
-    """Cell classification trained on haversine-smoothed labels (PIGEON, seed 004)."""
+    """Cell classification trained on haversine-smoothed labels (PIGEON, Haas et al., CVPR 2024)."""
 
     def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
         super().__init__(spec, embed_dim, dropout)

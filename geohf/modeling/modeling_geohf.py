@@ -148,7 +148,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
     """Backbone + geolocation heads (cells, classes, coordinates), multi-view aware.
 
     ``pixel_values`` is (batch, 3, H, W) or (batch, views, 3, H, W); views of one place
-    are fused by averaging each head's logits (``fusion="mean"``, seed 000's ensemble) or
+    are fused by averaging each head's logits (``fusion="mean"``, an ensemble over views) or
     by attention pooling over the view embeddings (``fusion="attention"``).
     """
 
@@ -169,7 +169,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         return self.geo.backbone
 
     def freeze_backbone(self, frozen: bool = True) -> None:
-        """Linear probe (seeds 000/001): no gradients into the backbone, its BatchNorm statistics fixed."""
+        """Linear probe: no gradients into the backbone, its BatchNorm statistics fixed."""
         self._backbone_frozen = frozen
         for p in self.geo.parameters():
             p.requires_grad_(not frozen)

@@ -222,7 +222,7 @@ def run_training(
 
 
 def hyperparameter_search(make_trainer, model, trials: int, training_args: TrainingArguments) -> dict:
-    """optuna over learning rate and weight decay (seed 004 swept them); the best values are set
+    """optuna over learning rate and weight decay (a small hyperparameter sweep); the best values are set
     on ``training_args`` for the final run. Each trial starts from ``model``'s initial weights."""
     if training_args.eval_strategy == "no":
         raise ValueError("--hp_search_trials needs --eval_strategy steps|epoch to score the trials")

@@ -73,7 +73,9 @@ class GeoTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "keep the dataset's columns: geohf's transform reads them"}
     )
-    backbone_lr_multiplier: float = field(default=0.1, metadata={"help": "backbone lr = lr × this (seed 004)"})
+    backbone_lr_multiplier: float = field(
+        default=0.1, metadata={"help": "backbone lr = lr × this (discriminative fine-tuning)"}
+    )
     channels_last: bool = field(default=True, metadata={"help": "NHWC memory layout for convolutions"})
     image_column: str = field(default="image", metadata={"help": "the dataset's image column"})
     class_balance: str = field(
@@ -154,8 +156,8 @@ class GeoTrainer(Trainer):
     :meth:`save_model` writes weights, config, processor, cells, ``training_args.json`` and a
     model card with a model-index. From :class:`GeoTrainingArguments`:
 
-    * AdamW gives the backbone ``lr × backbone_lr_multiplier`` (seed 004: ×0.1);
-    * ``class_balance``: class-balanced sampling or loss weights (seed 004's imbalance problem);
+    * AdamW gives the backbone ``lr × backbone_lr_multiplier`` (discriminative fine-tuning, e.g. ×0.1);
+    * ``class_balance``: class-balanced sampling or loss weights (for imbalanced countries);
     * ``step_lr_every`` / ``step_lr_gamma``: a step schedule after the warm-up;
     * ``early_stopping_patience``: stop when ``metric_for_best_model`` (default ``median_km``) stalls.
     """
@@ -301,7 +303,33 @@ class GeoTrainer(Trainer):
         (out / "training_args.json").write_text(self.args.to_json_string())
         from ..hub.cards import write_model_card
 
-        write_model_card(out, self.model.config, self.logged_metrics(), self.args, self.dataset_name or "")
+        metrics, note = self.card_metrics()
+        write_model_card(out, self.model.config, metrics, self.args, self.dataset_name or "", metrics_note=note)
+
+    def card_metrics(self) -> tuple[dict[str, float], str]:
+        """The metrics for the model card and the sentence saying where they come from: the evaluation of the
+        checkpoint the folder holds (the best one when ``load_best_model_at_end``, else the last), on the eval
+        split, during training, with the coordinate rule the config had then."""
+        from ..hub.cards import coordinate_rule_text
+
+        evals = [e for e in self.state.log_history if any(k.startswith("eval_") for k in e)]
+        if not evals:
+            return self.logged_metrics(), ""
+        chosen, which = evals[-1], "the last evaluation"
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best:
+            step = int(Path(best).name.rpartition("-")[2] or -1)
+            match = [e for e in evals if e.get("step") == step]
+            if match:
+                chosen = match[-1]
+                which = f"the best checkpoint by {self.args.metric_for_best_model}, loaded at the end"
+        metrics = {k: v for k, v in chosen.items() if isinstance(v, (int, float))}
+        split = getattr(self.eval_dataset, "split", None) or "evaluation"
+        note = (
+            f"Measured on the `{split}` split during training, at step {chosen.get('step', '?')} of "
+            f"{self.state.max_steps} ({which}), with coordinates from {coordinate_rule_text(self.model.config)}."
+        )
+        return metrics, note
 
     def _has_eval_metrics(self) -> bool:
         return any(k.startswith("eval_") and k != "eval_loss" for e in self.state.log_history for k in e)

@@ -165,3 +165,23 @@ def test_app_predicts_and_plays_a_round_headless(app_server, tiny_dataset, tmp_p
 
     hosts = {a[0] for a in connections if isinstance(a, tuple)}
     assert hosts <= {"127.0.0.1", "localhost", "::1"}, f"the app or client reached out: {hosts}"
+
+
+def test_serve_says_where_without_gradios_share_hint(capfd):
+    import gradio as gr
+
+    from geohf.app.ui import serve
+
+    with gr.Blocks() as demo:
+        gr.Markdown("hello")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        serve(demo, port=port, block=False, announce=True)
+    finally:
+        demo.close()
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert f"geohf app: serving on http://127.0.0.1:{port}/ (this machine only" in text
+    assert "share=True" not in text and "public link" not in text

@@ -111,6 +111,7 @@ def test_lost_and_found_build_reports_every_bad_input(built_laf):
     card = (out / "README.md").read_text()
     assert "disagree with the country of their coordinates" in card and "location_mislabelled.png" in card
     assert "| skipped, images: blurry | 1 |" in card
+    assert "in `skipped.csv`" in card  # the file is there: the card points at it
 
 
 def test_lost_and_found_folder_loads_with_all_columns(built_laf):
@@ -278,6 +279,18 @@ def test_distribution_mapping_by_hand():
     assert capped["country_code"].value_counts().to_dict() == {"A": 5, "B": 5, "C": 3, "D": 1}
     with pytest.raises(ValueError, match="cap:500"):
         BalanceSpec.parse("cap:lots")
+
+
+def test_distribution_mapping_admits_rare_countries_up_to_their_share():
+    sizes = {"A": 80, "B": 60, "C": 20, "E": 16, "F": 30, "G": 10}
+    frame = pd.DataFrame({"country_code": [cc for cc, n in sizes.items() for _ in range(n)]})
+    frame["source_file"] = [f"f{i}" for i in range(len(frame))]
+    reference = {"A": 4, "B": 2, "C": 1, "E": 1, "F": 1, "G": 1}
+    out = map_to_reference(frame, reference, min_share=0.2, slack=0.75, seed=0, log=SkipLog())
+    # A, B hold >= 20%: factor = min(80/4, 60/2) = 20, so each reference unit is worth 20 locations.
+    # C has exactly its share (20 of 20): all kept; E has 16/20 >= slack: all kept; F has more than
+    # its share: 20 kept; G has 10/20 < slack: out.
+    assert out["country_code"].value_counts().to_dict() == {"A": 80, "B": 40, "C": 20, "F": 20, "E": 16}
 
 
 def test_dedupe_keeps_all_views_of_the_first_location():

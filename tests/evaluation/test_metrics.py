@@ -69,3 +69,13 @@ def test_evaluate_module_loads_offline_by_path():
     metric = evaluate.load(PATH)
     out = metric.compute(predictions=[[48.8566, 2.3522], [0, 0]], references=[[51.5074, -0.1278], [0, 0]])
     assert out["within_1km"] == 50.0 and out["median_km"] == pytest.approx(343.56 / 2, abs=0.1)
+
+
+def test_country_rows_print_support_as_a_count():
+    import pandas as pd
+
+    from geohf.evaluation.report import country_rows, country_table
+
+    frame = pd.DataFrame({"pred_country_code": ["FR"] * 3 + ["DE"], "true_country_code": ["FR", "FR", "DE", "DE"]})
+    rows = country_rows(country_table(frame))
+    assert [row.split("|")[2].strip() for row in rows] == ["2", "2"], rows  # a count: "2", not "2.0"

@@ -97,6 +97,12 @@ def test_estimated_copy_jpeg_keeps_pixels_and_marks_the_estimate(photos, tmp_pat
     assert description.startswith(ESTIMATE_MARK) and "NOT a GPS fix" in description and description.endswith("holiday")
     comment = exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment]
     assert b"NOT a GPS fix" in comment
+    # ASCII fields say "+/-" (a "±" there reads back as "?"); the Unicode comment keeps "±"
+    assert "+/-850 km" in description and description.isascii()
+    assert comment.startswith(b"ASCII\x00\x00\x00") and b"+/-850 km" in comment and comment.isascii()
+    xp = exif[0x9C9C]
+    xp = bytes(xp) if not isinstance(xp, bytes) else xp
+    assert "±850 km" in xp.decode("utf-16-le").rstrip("\x00")
 
 
 def test_estimated_copy_png_and_refusals(photos, tmp_path):
@@ -127,7 +133,7 @@ def test_predict_reports_exif_truth_and_writes_copies(tiny_model_dir, photos, tm
     # only the photo without a GPS fix gets an estimated copy; originals unchanged
     assert records["plain.jpg"]["exif_copy"] == str(copies / "plain.jpg") and records["gps.jpg"]["exif_copy"] is None
     assert sorted(p.name for p in copies.iterdir()) == ["plain.jpg"]
-    assert "left out 2 images with a real GPS fix" in err and "wrote 1 copies" in err
+    assert "left out 2 images with a real GPS fix" in err and "wrote 1 copy with the estimated location" in err
     assert {p.name: sha(p) for p in photos["folder"].iterdir()} == hashes
 
     # an estimate read back is not ground truth
@@ -135,7 +141,7 @@ def test_predict_reports_exif_truth_and_writes_copies(tiny_model_dir, photos, tm
     assert geohf("predict", "--model", tiny_model_dir, copies / "plain.jpg", "--output", again) == 0
     (record,) = map(json.loads, again.read_text().splitlines())
     assert "exif_latitude" not in record
-    assert "1 images carry a geohf estimate in EXIF" in capsys.readouterr().err
+    assert "1 image carries a geohf estimate in EXIF" in capsys.readouterr().err
 
 
 def test_heic(tmp_path, monkeypatch):

@@ -111,3 +111,25 @@ def test_cli_map_for_a_dataset_and_for_one_image(tiny_model_dir, tiny_dataset, t
     assert geohf("predict", "--model", tiny_model_dir, image, "--map", one, "--output", tmp_path / "one.jsonl") == 0
     features = geojson_features(one.read_text())
     assert features and all(0 < f["properties"]["probability"] <= 1 for f in features)
+
+
+EXTERNAL = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
+
+
+def test_offline_map_needs_no_network(tiny_model_dir, tmp_path):
+    image = tmp_path / "one.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(pixels).save(image)
+    online, offline = tmp_path / "online.html", tmp_path / "offline.html"
+    assert geohf("predict", "--model", tiny_model_dir, image, "--map", online, "--output", tmp_path / "a.jsonl") == 0
+    assert EXTERNAL.search(online.read_text())  # the default loads Leaflet from a CDN (what --help says)
+    argv = ["predict", "--model", tiny_model_dir, image, "--map", offline, "--map-offline", "-o", tmp_path / "b.jsonl"]
+    assert geohf(*argv) == 0
+    html = offline.read_text()
+    assert not EXTERNAL.search(html), EXTERNAL.search(html).group(0)  # no script, style sheet or image from a server
+    assert "tile.openstreetmap" not in html.lower() and "{z}/{x}/{y}" not in html  # no tile layer
+    assert "L.map(" in html and "L.tileLayer(" not in html and "Leaflet 1.9.4" in html  # Leaflet inlined
+    countries = [f for f in geojson_features(html) if "country_code" in f["properties"]]
+    assert len(countries) > 150 and {"FR", "BR", "JP"} <= {f["properties"]["country_code"] for f in countries}

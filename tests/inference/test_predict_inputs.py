@@ -59,7 +59,7 @@ def test_collect_inputs_folders_globs_and_what_is_left_out(tiles, tmp_path):
     inputs = collect_inputs([root, str(root / "tile0.png"), str(root / "*.jpg"), str(tmp_path), "https://x.org/a.jpg"])
     names = [item.name for item in inputs.items]
     assert names == sorted(map(str, tiles["paths"])) + ["https://x.org/a.jpg"]
-    assert inputs.left_out["duplicate inputs"] == 1
+    assert inputs.left_out["inputs given more than once"] == 1
     assert sum(inputs.left_out.values()) == 2  # the duplicate and notes.txt
     assert any("notes.txt" in note for note in inputs.notes())
     assert [e.reason for e in inputs.errors] == [
@@ -77,7 +77,7 @@ def test_collect_inputs_folders_globs_and_what_is_left_out(tiles, tmp_path):
 def test_predict_folder_to_csv_and_parquet(tiny_model_dir, tiles, tmp_path, capsys):
     csv_path, parquet_path = tmp_path / "pred.csv", tmp_path / "pred.parquet"
     assert geohf("predict", "--model", tiny_model_dir, tiles["root"], "--output", csv_path, "--top-k", "2") == 0
-    assert "left out 1 files without an image extension" in capsys.readouterr().err
+    assert "left out 1 file without an image extension" in capsys.readouterr().err
     frame = pd.read_csv(csv_path)
     assert list(frame["file"]) == sorted(map(str, tiles["paths"]))
     assert {"error_km", "exif_latitude", "true_latitude"} <= set(frame.columns)
