@@ -353,7 +353,7 @@ def clear_cache(disk: bool = False) -> None:
     """Forget the cached fishnet cells and region graphs (``disk``: the files too)."""
     _MEMORY.clear()
     if disk:
-        for f in _disk_dir().glob("*.parquet"):
+        for f in [*_disk_dir().glob("*.parquet"), *_disk_dir().glob("*.npz")]:
             f.unlink(missing_ok=True)
 
 
@@ -424,12 +424,28 @@ def _fishnet_cells(regions, cell_deg: float, min_area_fraction: float, simplify_
 
 def _region_graph(regions: gpd.GeoDataFrame):
     """(index, touching pairs, point-on-surface centres) of the boundary polygons."""
+    key = ("regions", boundary_key(regions))
 
     def make():
         geoms = regions.geometry.to_numpy()
-        return PolygonIndex(geoms), touching_pairs(geoms), shapely.get_coordinates(shapely.point_on_surface(geoms))
+        path = _disk_dir() / ("-".join(key) + ".npz")
+        try:
+            with np.load(path) as f:
+                pairs, centres = (f["a"], f["b"]), f["centres"]
+            if len(centres) != len(geoms):
+                raise ValueError("stale cache")
+        except (OSError, KeyError, ValueError):
+            pairs = touching_pairs(geoms)
+            centres = shapely.get_coordinates(shapely.point_on_surface(geoms))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, a=pairs[0], b=pairs[1], centres=centres)
+            except OSError:
+                pass
+        return PolygonIndex(geoms), pairs, centres
 
-    return _memo(("regions", boundary_key(regions)), make)
+    return _memo(key, make)
 
 
 def fit_quadtree(
