@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from ..files import atomic_path
-from .index import PolygonIndex
+from .index import PolygonIndex, tile_parts
 from .labelling import LABEL_COLUMNS
 from .sphere import haversine_km, spherical_mean
 
@@ -422,9 +422,36 @@ def _fishnet_cells(regions, cell_deg: float, min_area_fraction: float, simplify_
     return _memo(key, make)
 
 
-def _region_graph(regions: gpd.GeoDataFrame):
-    """(index, touching pairs, point-on-surface centres) of the boundary polygons."""
-    key = ("regions", boundary_key(regions))
+def _region_tiles(regions: gpd.GeoDataFrame, bkey: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles, row): the boundary polygons cut into 1° tiles (:func:`~geohf.geo.index.tile_parts`)."""
+    key = ("tiles", bkey)
+
+    def make():
+        path = _disk_dir() / ("-".join(key) + ".parquet")
+        try:
+            table = pq.read_table(path)
+            return shapely.from_wkb(table.column("wkb").to_numpy(zero_copy_only=False)), table.column("row").to_numpy()
+        except (OSError, KeyError, ValueError, shapely.errors.GEOSException):
+            pass
+        parts, rows = shapely.get_parts(regions.geometry.to_numpy(), return_index=True)
+        tiles, rows = tile_parts(parts, rows)
+        try:
+            import pyarrow as pa
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                pq.write_table(pa.table({"wkb": shapely.to_wkb(tiles), "row": rows}), tmp)
+        except OSError:
+            pass
+        return tiles, rows
+
+    return _memo(key, make)
+
+
+def _region_graph(regions: gpd.GeoDataFrame, bkey: str):
+    """(index, touching pairs, point-on-surface centres) of the boundary polygons (content hash
+    ``bkey``); the index is built on their 1° tiles (as a large query would build it)."""
+    key = ("regions", bkey)
 
     def make():
         geoms = regions.geometry.to_numpy()
@@ -443,7 +470,11 @@ def _region_graph(regions: gpd.GeoDataFrame):
                     np.savez(f, a=pairs[0], b=pairs[1], centres=centres)
             except OSError:
                 pass
-        return PolygonIndex(geoms), pairs, centres
+        tiles, rows = _region_tiles(regions, bkey)
+        by_row = np.empty(len(geoms), dtype=object)
+        order = np.argsort(rows, kind="stable")
+        shapely.multipolygons(tiles[order], indices=rows[order], out=by_row)
+        return PolygonIndex(by_row), pairs, centres
 
     return _memo(key, make)
 
@@ -539,24 +570,55 @@ def fit_fishnet(
     return CellPartition.from_geometry("fishnet", geometry, lat, lon, labels, params, index=index)
 
 
-def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int) -> list:
-    """Split a cell at the median of its samples along its wider axis until each part is small enough."""
+WORLD = (-180.0, -90.0, 180.0, 90.0)
+
+
+def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int, rect=WORLD) -> list:
+    """Split a cell at the median of its samples along its wider axis until each part is small enough.
+
+    Returns ``(piece, rect)`` pairs: ``piece`` is ``geom`` cut by the half-planes of the splits,
+    whose intersection is the rectangle ``rect`` (x0, y0, x1, y1).
+    """
     if idx.size <= max_samples:
-        return [geom]
+        return [(geom, rect)]
     la, lo = lat[idx], lon[idx]
     wide_lon = (lo.max() - lo.min()) * np.cos(np.deg2rad(np.median(la))) >= la.max() - la.min()
     values = lo if wide_lon else la
     m = float(np.median(values))
     low, high = values < m, values >= m
     if not low.any() or not high.any():  # all samples on one line: cannot split further
-        return [geom]
+        return [(geom, rect)]
+    x0, y0, x1, y1 = rect
     if wide_lon:
         half_low, half_high = shapely.box(-180, -90, m, 90), shapely.box(m, -90, 180, 90)
+        rect_low, rect_high = (x0, y0, min(x1, m), y1), (max(x0, m), y0, x1, y1)
     else:
         half_low, half_high = shapely.box(-180, -90, 180, m), shapely.box(-180, m, 180, 90)
-    return _bisect(shapely.intersection(geom, half_low), lat, lon, idx[low], max_samples) + _bisect(
-        shapely.intersection(geom, half_high), lat, lon, idx[high], max_samples
+        rect_low, rect_high = (x0, y0, x1, min(y1, m)), (x0, max(y0, m), x1, y1)
+    return _bisect(shapely.intersection(geom, half_low), lat, lon, idx[low], max_samples, rect_low) + _bisect(
+        shapely.intersection(geom, half_high), lat, lon, idx[high], max_samples, rect_high
     )
+
+
+def _piece_tiles(
+    tiles: np.ndarray, tile_cell: np.ndarray, piece_cell: np.ndarray, piece_rect: list, n_cells: int
+) -> np.ndarray:
+    """Per piece, a multipolygon of the cell's tiles clipped to the piece's rectangle: the same
+    area as the piece in small polygons, for a fast :class:`PolygonIndex` (no re-tiling)."""
+    order = np.argsort(tile_cell, kind="stable")
+    bounds = np.searchsorted(tile_cell[order], np.arange(n_cells + 1))
+    parts, owner = [], []
+    for k, (c, rect) in enumerate(zip(piece_cell, piece_rect)):
+        mine = tiles[order[bounds[c] : bounds[c + 1]]]
+        if rect != WORLD:
+            mine = shapely.get_parts(shapely.clip_by_rect(mine, *rect))
+            mine = mine[~shapely.is_empty(mine) & (shapely.get_type_id(mine) == 3)]
+        parts.append(mine)
+        owner.append(np.full(len(mine), k))
+    out = np.empty(len(piece_cell), dtype=object)
+    if parts:
+        shapely.multipolygons(np.concatenate(parts), indices=np.concatenate(owner), out=out)
+    return out
 
 
 def fit_semantic(
@@ -578,7 +640,8 @@ def fit_semantic(
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     regions = _regions(boundaries)
     geoms = regions.geometry.to_numpy()
-    index, pairs, centres = _region_graph(regions)
+    bkey = boundary_key(regions)
+    index, pairs, centres = _region_graph(regions, bkey)
     row = _assign(index, lat, lon)
     counts = np.bincount(row, minlength=len(geoms))
     merged = merge_small_pieces(
@@ -594,12 +657,19 @@ def fit_semantic(
     sample_cell = merged[row]
     order = np.argsort(sample_cell, kind="stable")
     bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
-    pieces = []
+    pieces, piece_cell, piece_rect = [], [], []
     for c, geom in enumerate(cells):
-        pieces.extend(_bisect(geom, lat, lon, order[bounds[c] : bounds[c + 1]], max_samples))
-    pieces = [p for p in pieces if not shapely.is_empty(p)]
+        for piece, rect in _bisect(geom, lat, lon, order[bounds[c] : bounds[c + 1]], max_samples):
+            if not shapely.is_empty(piece):
+                pieces.append(piece)
+                piece_cell.append(c)
+                piece_rect.append(rect)
+    tiles, tile_row = _region_tiles(regions, bkey)
+    index = PolygonIndex(_piece_tiles(tiles, merged[tile_row], np.array(piece_cell), piece_rect, len(cells)))
     params = {"min_samples": min_samples, "max_samples": max_samples}
-    return CellPartition.from_geometry("semantic", np.array(pieces, dtype=object), lat, lon, labels, params)
+    return CellPartition.from_geometry(
+        "semantic", np.array(pieces, dtype=object), lat, lon, labels, params, index=index
+    )
 
 
 CELL_FITTERS = {"quadtree": fit_quadtree, "fishnet": fit_fishnet, "semantic": fit_semantic}
