@@ -5,14 +5,22 @@
 * country + region labelling points/s on random land points, vs ``reverse_geocoder`` (what
   seed 004 used; nearest GeoNames city) on the same points, and their country agreement;
 * geocell fitting time per partition kind (quadtree, fishnet, semantic) at each size, and
-  the growth exponent (slope of log time over log size).
+  the growth exponent (slope of log time over log size). The point-free polygon work of
+  fishnet and semantic (grid clipped to land, admin-1 tiles and adjacency) is cached per
+  boundary content, in memory and in ``cache_dir()/cells``; the benchmark points
+  ``$GEOHF_CACHE`` at an empty folder and times each fit three ways: ``cold`` (first fit ever
+  with these boundaries, at the first size only), ``seconds`` (a new process: memory cache
+  cleared, disk cache warm; what the goal is judged on) and ``warm_seconds`` (again in the
+  same process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from geohf.geo import cells as cells_module  # noqa: E402
 from geohf.geo.cells import fit_cells  # noqa: E402
 from geohf.geo.labelling import PointLabeller  # noqa: E402
 
@@ -29,6 +38,8 @@ KINDS = {
     "fishnet": {"cell_deg": 2.0},
     "semantic": {"min_samples": 50, "max_samples": 2000},
 }
+GOAL_POINTS = 100_000
+GOAL_SECONDS = 3.0  # each kind at GOAL_POINTS (issue "Performance at the limit")
 
 
 def land_points(labeller: PointLabeller, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +56,12 @@ def land_points(labeller: PointLabeller, n: int, seed: int = 0) -> tuple[np.ndar
     return np.concatenate(lat_parts)[:n], np.concatenate(lon_parts)[:n]
 
 
+def timed_fit(kind, lat, lon, labels, boundaries, params):
+    start = time.perf_counter()
+    part = fit_cells(kind, lat, lon, labels, boundaries=boundaries, **params)
+    return time.perf_counter() - start, part
+
+
 def exponent(sizes, seconds) -> float:
     """Slope of log(seconds) over log(size): 1 is linear."""
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
@@ -54,9 +71,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=str(ROOT / "runs" / "bench" / "labelling"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--cache", default=None, help="geohf cache folder for the cells (default: a new empty one)")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    os.environ["GEOHF_CACHE"] = args.cache or tempfile.mkdtemp(prefix="geohf-bench-cache-")
 
     start = time.perf_counter()
     labeller = PointLabeller()
@@ -83,11 +102,28 @@ def main(argv=None) -> dict:
             flush=True,
         )
         for kind, params in KINDS.items():
-            start = time.perf_counter()
-            part = fit_cells(kind, lat, lon, labels, boundaries=labeller.boundaries, **params)
-            seconds = time.perf_counter() - start
-            results["cells"][kind][n] = {"seconds": seconds, "cells": len(part)}
-            print(f"    {kind:<9} {len(part):>5} cells in {seconds:,.1f} s", flush=True)
+            row = {}
+
+            fit = (kind, lat, lon, labels, labeller.boundaries, params)
+            if n == args.sizes[0]:
+                cells_module.clear_cache(disk=True)
+                row["cold_seconds"], _ = timed_fit(*fit)
+            cells_module.clear_cache()  # a new process: the disk cache only
+            row["seconds"], part = timed_fit(*fit)
+            row["warm_seconds"], _ = timed_fit(*fit)
+            row["cells"] = len(part)
+            if n == GOAL_POINTS:
+                row["goal_seconds"] = GOAL_SECONDS
+                row["meets_goal"] = row["seconds"] <= GOAL_SECONDS
+            results["cells"][kind][n] = row
+            cold = f", cold {row['cold_seconds']:.1f} s" if "cold_seconds" in row else ""
+            goal = (
+                f"  (goal <= {GOAL_SECONDS:g} s: {'met' if row['meets_goal'] else 'MISSED'})"
+                if n == GOAL_POINTS
+                else ""
+            )
+            warm = f"warm {row['warm_seconds']:,.2f} s{cold}"
+            print(f"    {kind:<9} {len(part):>5} cells in {row['seconds']:,.2f} s ({warm}){goal}", flush=True)
     if len(args.sizes) > 1:
         for kind in KINDS:
             secs = [results["cells"][kind][n]["seconds"] for n in args.sizes]
