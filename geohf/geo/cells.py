@@ -28,7 +28,7 @@ import shapely
 from ..files import atomic_path
 from .index import PolygonIndex, tile_parts
 from .labelling import LABEL_COLUMNS
-from .sphere import haversine_km, spherical_mean
+from .sphere import haversine_km, latlon_to_xyz, xyz_to_latlon
 
 _META_KEY = b"geohf.cells"
 
@@ -127,10 +127,11 @@ class CellPartition:
             np.searchsorted(sample_cell[order], keep, side="left"),
             np.searchsorted(sample_cell[order], keep, side="right"),
         )
-        centre = np.empty((len(keep), 2))
-        for k, (lo, hi) in enumerate(zip(*bounds)):
-            sel = order[lo:hi]
-            centre[k] = spherical_mean(lat[sel], lon[sel])
+        # spherical means of every cell at once: unit vectors summed per cell in sample order;
+        # np.add.at adds one row at a time, as a per-cell ``spherical_mean`` does (same bits)
+        sums = np.zeros((len(keep), 3))
+        np.add.at(sums, np.repeat(np.arange(len(keep)), bounds[1] - bounds[0]), latlon_to_xyz(lat, lon)[order])
+        centre = np.stack(xyz_to_latlon(sums), axis=1)
         # the mean of a cell made of several pieces (islands) can fall outside it:
         # take the cell's own sample nearest to that mean instead
         outside = np.flatnonzero(~shapely.intersects(geometry[keep], shapely.points(centre[:, 1], centre[:, 0])))
