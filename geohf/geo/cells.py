@@ -15,7 +15,7 @@ import heapq
 import json
 import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,8 +142,8 @@ class CellPartition:
         frame = pd.DataFrame({"latitude": centre[:, 0], "longitude": centre[:, 1], "count": counts[keep]})
         row = _majority_rows(labels, sample_cell, keep) if labels is not None else np.full(len(keep), -1)
         for col in LABEL_COLUMNS:
-            values = np.asarray(labels[col].to_numpy(dtype=object)) if labels is not None else None
-            frame[col] = ["" if r < 0 else str(values[r]) for r in row]
+            values = labels[col].iloc[np.maximum(row, 0)].to_numpy(dtype=object) if labels is not None else row
+            frame[col] = ["" if r < 0 else str(v) for r, v in zip(row, values)]
         frame["name"] = _cell_names(frame)
         cells = gpd.GeoDataFrame(frame, geometry=list(geometry[keep]), crs=4326)
         return cls(kind=kind, cells=cells, params=params)
@@ -182,15 +182,14 @@ def _majority_rows(labels: pd.DataFrame, sample_cell: np.ndarray, cells: np.ndar
     cell's samples and the majority region within that country (ties: the smallest code);
     -1 for a cell without a labelled sample. The cell takes that sample's labels.
     """
-    country = labels["country_code"].to_numpy(dtype=object)
-    region = labels["region_code"].to_numpy(dtype=object)
-    s = np.flatnonzero(country != "")
+    country, region = labels["country_code"], labels["region_code"]
+    s = np.flatnonzero((country != "").to_numpy(dtype=bool))
     cell = sample_cell[s]
-    ccode = pd.factorize(country[s], sort=True)[0]
+    ccode = pd.factorize(country.iloc[s], sort=True)[0]
     best_country = _modes(cell, ccode)
     inside = ccode == best_country[cell]
     s, cell = s[inside], cell[inside]
-    rcode = pd.factorize(region[s], sort=True)[0]
+    rcode = pd.factorize(region.iloc[s], sort=True)[0]
     best_region = _modes(cell, rcode)
     inside = rcode == best_region[cell]
     s, cell = s[inside], cell[inside]
@@ -209,7 +208,7 @@ def _cell_names(frame: pd.DataFrame) -> list[str]:
         parts = [p for p in (region, country) if p]
         base.append(", ".join(dict.fromkeys(parts)) or f"cell {i}")
     seen: dict[str, int] = {}
-    total = pd.Series(base).value_counts()
+    total = Counter(base)
     names = []
     for b in base:
         if total[b] > 1:
