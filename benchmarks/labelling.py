@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -75,7 +76,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["GEOHF_CACHE"] = args.cache or tempfile.mkdtemp(prefix="geohf-bench-cache-")
+    scratch = None if args.cache else tempfile.mkdtemp(prefix="geohf-bench-cache-")
+    os.environ["GEOHF_CACHE"] = args.cache or scratch
 
     start = time.perf_counter()
     labeller = PointLabeller()
@@ -134,6 +136,8 @@ def main(argv=None) -> dict:
         results["labelling"]["growth_exponent"] = exponent(args.sizes, secs)
     (out / "labelling.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v.get("growth_exponent") for k, v in results["cells"].items()}, indent=2))
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
