@@ -144,16 +144,44 @@ class ImageFilter:
         return asdict(self)
 
 
-def image_quality(data: bytes | str | Path, stats_side: int = 256) -> tuple[float, float, int, int]:
+_LEVELS = np.arange(256, dtype=np.float64)
+_CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)
+
+
+def _max_channel_variance(pixels: np.ndarray) -> float:
+    """Largest per-channel variance of 8-bit RGB pixels, exact, from one histogram per channel
+    (the strided float32 ``.var(0)`` it replaces was the slowest step of the dataset build, and rounded)."""
+    codes = pixels.reshape(-1, 3).astype(np.uint16) + _CHANNEL_OFFSET
+    hist = np.bincount(codes.ravel(), minlength=768).reshape(3, 256).astype(np.float64)
+    n = hist[0].sum()
+    if not n:
+        return 0.0
+    mean = hist @ _LEVELS / n
+    return float(max((hist @ (_LEVELS * _LEVELS) / n - mean * mean).max(), 0.0))
+
+
+def image_quality(
+    data: bytes | str | Path, stats_side: int = 256, draft: int | None = None
+) -> tuple[float, float, int, int]:
     """``(max channel variance, Laplacian variance, width, height)`` of the upright image, decoded by
-    :func:`geohf.images.decode_image` as prediction decodes it; raises on undecodable data."""
+    :func:`geohf.images.decode_image` as prediction decodes it; raises on undecodable data.
+
+    The statistics are taken after fitting the image into ``stats_side`` pixels (bilinear).
+    ``draft``: decode a large JPEG at a reduced scale first, no smaller than ``draft`` × ``stats_side``
+    (much faster on camera-size photos). Off by default: it does change the statistics — on
+    2560×1440 JPEGs a 1/2-scale decode (``draft=2``) raised the Laplacian variance by 7–17%,
+    enough to let images just under the blur threshold pass. ``width, height`` are those of the
+    full image either way.
+    """
     name = "<bytes>" if isinstance(data, bytes) else data
-    im = decode_image(name, data if isinstance(data, bytes) else None).image
-    width, height = im.size
+    hint = (draft * stats_side, draft * stats_side) if draft else None
+    decoded = decode_image(name, data if isinstance(data, bytes) else None, draft=hint)
+    im = decoded.image
+    width, height = decoded.full_size
     im.thumbnail((stats_side, stats_side), Image.Resampling.BILINEAR)
-    a = np.asarray(im, dtype=np.float32)
-    channel_var = float(a.reshape(-1, 3).var(0).max())
-    g = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    pixels = np.asarray(im)
+    channel_var = _max_channel_variance(pixels)
+    g = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
     return channel_var, float(lap.var()) if lap.size else 0.0, width, height
 

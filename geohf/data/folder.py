@@ -46,7 +46,10 @@ class ShardWriter:
     def _open(self) -> None:
         path = self.root / DATA_DIR / f"{self.split}-{len(self.info.shards):05d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(path, self.schema)
+        small = _non_binary_columns(self.schema)
+        # no dictionary or min/max statistics for image bytes: unique, incompressible blobs that
+        # pyarrow would hash and compare for nothing (most of the write time); other columns keep both
+        self._writer = pq.ParquetWriter(path, self.schema, use_dictionary=small, write_statistics=small)
         self.info.shards.append(path.name)
         self._in_shard = 0
 
@@ -84,6 +87,20 @@ class ShardWriter:
             renamed.append(new)
         self.info.shards = renamed
         return self.info
+
+
+def _non_binary_columns(schema: pa.Schema) -> list[str]:
+    """Dotted paths of the leaf columns that are not binary (``image.path`` but not ``image.bytes``)."""
+
+    def leaves(field: pa.Field, prefix: str):
+        name = f"{prefix}{field.name}"
+        if pa.types.is_struct(field.type):
+            for child in field.type:
+                yield from leaves(child, f"{name}.")
+        elif not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+            yield name
+
+    return [leaf for field in schema for leaf in leaves(field, "")]
 
 
 @contextmanager

@@ -10,9 +10,12 @@ inference needs no polygons at all.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import math
 import os
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +26,9 @@ import pyarrow.parquet as pq
 import shapely
 
 from ..files import atomic_path
-from .index import PolygonIndex
+from .index import PolygonIndex, tile_parts
 from .labelling import LABEL_COLUMNS
-from .sphere import haversine_km, spherical_mean
+from .sphere import haversine_km, latlon_to_xyz, xyz_to_latlon
 
 _META_KEY = b"geohf.cells"
 
@@ -103,16 +106,20 @@ class CellPartition:
         lon: np.ndarray,
         labels: pd.DataFrame | None,
         params: dict,
+        index: PolygonIndex | None = None,
     ) -> CellPartition:
         """Cells from polygons and the training samples that fall in them.
 
         Samples are assigned exactly as :meth:`assign` will assign them later; centroids
         are their spherical means (or, when that mean falls outside a multi-piece cell,
         the cell's sample nearest to it), labels their majority country and region.
-        Cells without samples are dropped (points there go to the nearest cell).
+        Cells without samples are dropped (points there go to the nearest cell). ``index``: a
+        :class:`PolygonIndex` over ``geometry`` already built (a cached one), else one is built.
         """
         geometry = np.asarray(geometry, dtype=object)
-        sample_cell = _assign(PolygonIndex(geometry), lat, lon)
+        if index is None:
+            index = PolygonIndex(geometry)
+        sample_cell = _assign(index, lat, lon)
         counts = np.bincount(sample_cell, minlength=len(geometry))
         keep = np.flatnonzero(counts > 0)
         order = np.argsort(sample_cell, kind="stable")
@@ -120,19 +127,23 @@ class CellPartition:
             np.searchsorted(sample_cell[order], keep, side="left"),
             np.searchsorted(sample_cell[order], keep, side="right"),
         )
-        rows = []
-        for c, lo, hi in zip(keep, *bounds):
-            sel = order[lo:hi]
-            clat, clon = spherical_mean(lat[sel], lon[sel])
-            if not shapely.intersects(geometry[c], shapely.Point(clon, clat)):
-                # the mean of a cell made of several pieces (islands) can fall outside it:
-                # take the cell's own sample nearest to that mean instead
-                best = sel[np.argmin(haversine_km(clat, clon, lat[sel], lon[sel]))]
-                clat, clon = lat[best], lon[best]
-            row = {"latitude": float(clat), "longitude": float(clon), "count": int(counts[c])}
-            row.update(_majority_labels(labels.iloc[sel] if labels is not None else None))
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+        # spherical means of every cell at once: unit vectors summed per cell in sample order;
+        # np.add.at adds one row at a time, as a per-cell ``spherical_mean`` does (same bits)
+        sums = np.zeros((len(keep), 3))
+        np.add.at(sums, np.repeat(np.arange(len(keep)), bounds[1] - bounds[0]), latlon_to_xyz(lat, lon)[order])
+        centre = np.stack(xyz_to_latlon(sums), axis=1)
+        # the mean of a cell made of several pieces (islands) can fall outside it:
+        # take the cell's own sample nearest to that mean instead
+        outside = np.flatnonzero(~shapely.intersects(geometry[keep], shapely.points(centre[:, 1], centre[:, 0])))
+        for k in outside:
+            sel = order[bounds[0][k] : bounds[1][k]]
+            best = sel[np.argmin(haversine_km(centre[k, 0], centre[k, 1], lat[sel], lon[sel]))]
+            centre[k] = lat[best], lon[best]
+        frame = pd.DataFrame({"latitude": centre[:, 0], "longitude": centre[:, 1], "count": counts[keep]})
+        row = _majority_rows(labels, sample_cell, keep) if labels is not None else np.full(len(keep), -1)
+        for col in LABEL_COLUMNS:
+            values = labels[col].iloc[np.maximum(row, 0)].to_numpy(dtype=object) if labels is not None else row
+            frame[col] = ["" if r < 0 else str(v) for r, v in zip(row, values)]
         frame["name"] = _cell_names(frame)
         cells = gpd.GeoDataFrame(frame, geometry=list(geometry[keep]), crs=4326)
         return cls(kind=kind, cells=cells, params=params)
@@ -149,35 +160,55 @@ def _assign(index: PolygonIndex, lat, lon) -> np.ndarray:
     return cell
 
 
-def _mode(values: pd.Series) -> str:
-    """Most frequent value; ties go to the smallest value (deterministic)."""
-    counts = values.value_counts()
-    return min(counts.index[counts == counts.max()])
+def _modes(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Most frequent ``value`` (codes ordered like the values) per ``group`` (0..n-1); ties go to
+    the smallest code; -1 for a group without values."""
+    n = int(group.max()) + 1 if group.size else 0
+    out = np.full(n, -1, dtype=np.int64)
+    if not group.size:
+        return out
+    width = int(value.max()) + 1
+    pair, count = np.unique(group * width + value, return_counts=True)
+    g, v = pair // width, pair % width
+    first = np.lexsort((v, -count, g))
+    g, v = g[first], v[first]
+    head = np.r_[True, g[1:] != g[:-1]]
+    out[g[head]] = v[head]
+    return out
 
 
-def _majority_labels(labels: pd.DataFrame | None) -> dict[str, str]:
-    """Majority country among the samples, then the majority region within that country."""
-    out = dict.fromkeys(LABEL_COLUMNS, "")
-    if labels is None:
-        return out
-    labels = labels[labels["country_code"] != ""]
-    if labels.empty:
-        return out
-    country = _mode(labels["country_code"])
-    inside = labels[labels["country_code"] == country]
-    region = _mode(inside["region_code"])
-    first = inside[inside["region_code"] == region].iloc[0]
-    return {c: str(first[c]) for c in LABEL_COLUMNS}
+def _majority_rows(labels: pd.DataFrame, sample_cell: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """For each of ``cells``, the first sample labelled with the majority country among the
+    cell's samples and the majority region within that country (ties: the smallest code);
+    -1 for a cell without a labelled sample. The cell takes that sample's labels.
+    """
+    country, region = labels["country_code"], labels["region_code"]
+    s = np.flatnonzero((country != "").to_numpy(dtype=bool))
+    cell = sample_cell[s]
+    ccode = pd.factorize(country.iloc[s], sort=True)[0]
+    best_country = _modes(cell, ccode)
+    inside = ccode == best_country[cell]
+    s, cell = s[inside], cell[inside]
+    rcode = pd.factorize(region.iloc[s], sort=True)[0]
+    best_region = _modes(cell, rcode)
+    inside = rcode == best_region[cell]
+    s, cell = s[inside], cell[inside]
+    first_cell, first = np.unique(cell, return_index=True)  # s is increasing: the first sample of each cell
+    row = np.full(int(sample_cell.max()) + 1 if sample_cell.size else 0, -1, dtype=np.int64)
+    row[first_cell] = s[first]
+    return row[cells]
 
 
 def _cell_names(frame: pd.DataFrame) -> list[str]:
     """Readable unique names: ``"<region>, <country>"``, numbered when repeated."""
+    regions = frame["region"] if "region" in frame else [""] * len(frame)
+    countries = frame["country"] if "country" in frame else [""] * len(frame)
     base = []
-    for i, row in frame.iterrows():
-        parts = [p for p in (row.get("region", ""), row.get("country", "")) if p]
+    for i, (region, country) in enumerate(zip(regions, countries)):
+        parts = [p for p in (region, country) if p]
         base.append(", ".join(dict.fromkeys(parts)) or f"cell {i}")
     seen: dict[str, int] = {}
-    total = pd.Series(base).value_counts()
+    total = Counter(base)
     names = []
     for b in base:
         if total[b] > 1:
@@ -188,12 +219,21 @@ def _cell_names(frame: pd.DataFrame) -> list[str]:
     return names
 
 
+def touching_pairs(geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)``: every pair of distinct geometries that intersect (both orders)."""
+    a, b = shapely.STRtree(geometry).query(geometry, predicate="intersects")
+    other = a != b
+    return a[other], b[other]
+
+
 def merge_small_pieces(
     geometry: np.ndarray,
     counts: np.ndarray,
     min_count: float,
     groups: np.ndarray | None = None,
     nearest_fallback: bool = False,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    centres: np.ndarray | None = None,
 ) -> np.ndarray:
     """Merge pieces holding fewer than ``min_count`` samples (or any size measure) into a neighbour.
 
@@ -202,61 +242,241 @@ def merge_small_pieces(
     which keeps cells contiguous and balanced. With ``nearest_fallback`` a piece with no
     touching candidate (an island) joins the nearest piece of its group instead; otherwise
     it stays as it is. Returns, for each input piece, the index of its merged cell (0..k-1).
+
+    ``pairs`` (:func:`touching_pairs` of ``geometry``) and ``centres`` (x, y of
+    ``shapely.point_on_surface``) can be passed when already known (they depend on the
+    geometry only, not on the counts).
     """
     n = len(geometry)
     geometry = np.asarray(geometry, dtype=object)
-    owner = np.arange(n)
     counts = np.asarray(counts, dtype=np.float64).copy()
     alive = np.ones(n, bool)
-    tree = shapely.STRtree(geometry)
+    stuck = np.zeros(n, bool)
+    a, b = touching_pairs(geometry) if pairs is None else pairs
     neighbours: list[set[int]] = [set() for _ in range(n)]
-    a, b = tree.query(geometry, predicate="intersects")
     for i, j in zip(a.tolist(), b.tolist()):
         if i != j:
             neighbours[i].add(j)
-    centres = shapely.get_coordinates(shapely.point_on_surface(geometry)) if nearest_fallback else None
-    stuck: set[int] = set()
-    while True:
-        small = [i for i in np.flatnonzero(alive & (counts < min_count)) if i not in stuck]
-        if not small:
-            break
-        i = min(small, key=lambda k: (counts[k], k))
+    if nearest_fallback and centres is None:
+        centres = shapely.get_coordinates(shapely.point_on_surface(geometry))
+    # every alive, small, not stuck piece has an up-to-date (count, index) entry: the smallest valid
+    # entry is the smallest such piece (ties: the lowest index), as a scan of all pieces would find
+    heap = [(counts[i], i) for i in np.flatnonzero(counts < min_count).tolist()]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while heap:
+        c, i = heapq.heappop(heap)
+        if not alive[i] or stuck[i] or c != counts[i]:
+            continue  # merged, stuck, or an entry from before its count grew
         group = groups[i] if groups is not None else None
         cand = [j for j in neighbours[i] if alive[j] and (group is None or groups[j] == group)]
         if not cand and nearest_fallback:
-            others = np.flatnonzero(alive & (np.arange(n) != i))
-            others = [j for j in others if group is None or groups[j] == group]
-            if others:
+            others = alive.copy()
+            others[i] = False
+            if group is not None:
+                others &= groups == group
+            others = np.flatnonzero(others)
+            if others.size:
                 d = haversine_km(centres[i, 1], centres[i, 0], centres[others, 1], centres[others, 0])
-                cand = [others[int(np.argmin(d))]]
+                cand = [int(others[int(np.argmin(d))])]
         if not cand:
-            stuck.add(i)
+            stuck[i] = True
             continue
         j = min(cand, key=lambda k: (counts[k], k))
         counts[j] += counts[i]
         alive[i] = False
-        owner[owner == i] = j
+        merges.append((i, j))
         neighbours[j] |= neighbours[i]
         neighbours[j] -= {i, j}
         for k in neighbours[i]:
             neighbours[k].discard(i)
             if k != j:
                 neighbours[k].add(j)
-        stuck.discard(j)
+        stuck[j] = False
+        if counts[j] < min_count:
+            heapq.heappush(heap, (counts[j], j))
+    owner = np.arange(n)
+    for i, j in reversed(merges):  # j's own later merges are resolved first
+        owner[i] = owner[j]
     _, merged = np.unique(owner, return_inverse=True)
     return merged
 
 
 def _collect(geometry: np.ndarray, membership: np.ndarray, dissolve: bool) -> np.ndarray:
     """One geometry per merged cell: dissolved (cheap boxes) or a multipolygon of the parts."""
+    if not dissolve:
+        parts, which = shapely.get_parts(geometry, return_index=True)
+        cell = membership[which]
+        order = np.argsort(cell, kind="stable")  # parts in input order within each cell
+        return shapely.multipolygons(parts[order], indices=cell[order])
     out = []
     for m in range(membership.max() + 1):
-        members = geometry[membership == m]
-        if dissolve:
-            out.append(shapely.union_all(members))
-        else:
-            out.append(shapely.multipolygons(shapely.get_parts(members)))
+        out.append(shapely.union_all(geometry[membership == m]))
     return np.array(out, dtype=object)
+
+
+# ---------------------------------------------------------------- caches of the point-free work
+# Fishnet cells and the admin-1 adjacency depend on the boundaries (and the fishnet
+# parameters) only, not on the training points: they are computed once per boundary
+# content, kept in memory, and the fishnet cells also on disk (``cache_dir()/cells``).
+CACHE_VERSION = 1
+_MEMORY: OrderedDict = OrderedDict()
+_MEMORY_SIZE = 8
+
+
+def _regions(boundaries) -> gpd.GeoDataFrame:
+    from .boundaries import load_boundaries
+
+    return boundaries if isinstance(boundaries, gpd.GeoDataFrame) else load_boundaries(boundaries)
+
+
+def boundary_key(regions: gpd.GeoDataFrame) -> str:
+    """Content hash of a boundary table (geometry and country codes) and of the GEOS version."""
+    h = hashlib.sha256(f"{shapely.geos_version_string}|{CACHE_VERSION}".encode())
+    h.update(b"".join(shapely.to_wkb(regions.geometry.to_numpy())))
+    h.update("\0".join(regions["country_code"].astype(str)).encode() if "country_code" in regions else b"")
+    return h.hexdigest()[:24]
+
+
+def _memo(key: tuple, make):
+    if key in _MEMORY:
+        _MEMORY.move_to_end(key)
+        return _MEMORY[key]
+    value = make()
+    _MEMORY[key] = value
+    while len(_MEMORY) > _MEMORY_SIZE:
+        _MEMORY.popitem(last=False)
+    return value
+
+
+def clear_cache(disk: bool = False) -> None:
+    """Forget the cached fishnet cells and region graphs (``disk``: the files too)."""
+    _MEMORY.clear()
+    if disk:
+        for f in [*_disk_dir().glob("*.parquet"), *_disk_dir().glob("*.npz")]:
+            f.unlink(missing_ok=True)
+
+
+def _disk_dir() -> Path:
+    from .boundaries import cache_dir
+
+    return cache_dir() / "cells"
+
+
+def _drop_degenerate_holes(geometry: np.ndarray, max_area: float = 1e-12) -> np.ndarray:
+    """Remove zero-area holes (slivers of a union, area < ``max_area`` deg²) from polygons.
+
+    They cover no point, but GEOS's rectangle clipping (the tiled index) fails on some of them.
+    """
+    parts, which = shapely.get_parts(geometry, return_index=True)
+    holes = shapely.get_num_interior_rings(parts)
+    fix = np.flatnonzero(holes > 0)
+    changed = np.zeros(len(geometry), bool)
+    for p in fix:
+        rings = [parts[p].interiors[k] for k in range(holes[p])]
+        keep = [r for r in rings if shapely.area(shapely.Polygon(r)) >= max_area]
+        if len(keep) < len(rings):
+            parts[p] = shapely.Polygon(parts[p].exterior, keep)
+            changed[which[p]] = True
+    out = np.array(geometry, dtype=object)
+    for g in np.flatnonzero(changed):
+        mine = parts[which == g]
+        kind = shapely.get_type_id(geometry[g])
+        if kind == 3:
+            out[g] = mine[0]
+        elif kind == 6:
+            out[g] = shapely.multipolygons(mine)
+        else:
+            out[g] = shapely.geometrycollections(mine)
+    return out
+
+
+def _fishnet_geometry(regions: gpd.GeoDataFrame, cell_deg: float, min_area_fraction: float, simplify_deg: float):
+    land = _land_parts(regions, simplify_deg)
+    pieces, squares = grid_pieces(land, cell_deg)
+    fraction = shapely.area(pieces) / shapely.area(squares)
+    merged = merge_small_pieces(pieces, fraction, min_area_fraction)
+    return _drop_degenerate_holes(_collect(pieces, merged, dissolve=True))
+
+
+def _fishnet_cells(regions, cell_deg: float, min_area_fraction: float, simplify_deg: float):
+    """(cells, index): the fishnet polygons for these boundaries and a :class:`PolygonIndex` over them."""
+    key = ("fishnet", boundary_key(regions), float(cell_deg), float(min_area_fraction), float(simplify_deg))
+
+    def make():
+        path = _disk_dir() / ("-".join(str(k) for k in key) + ".parquet")
+        try:
+            geometry = shapely.from_wkb(pq.read_table(path).column("wkb").to_numpy(zero_copy_only=False))
+        except (OSError, KeyError, ValueError, shapely.errors.GEOSException):
+            geometry = _fishnet_geometry(regions, cell_deg, min_area_fraction, simplify_deg)
+            try:
+                import pyarrow as pa
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    pq.write_table(pa.table({"wkb": shapely.to_wkb(geometry)}), tmp)
+            except OSError:
+                pass  # a read-only cache only costs time
+        return geometry, PolygonIndex(geometry)
+
+    return _memo(key, make)
+
+
+def _region_tiles(regions: gpd.GeoDataFrame, bkey: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles, row): the boundary polygons cut into 1° tiles (:func:`~geohf.geo.index.tile_parts`)."""
+    key = ("tiles", bkey)
+
+    def make():
+        path = _disk_dir() / ("-".join(key) + ".parquet")
+        try:
+            table = pq.read_table(path)
+            return shapely.from_wkb(table.column("wkb").to_numpy(zero_copy_only=False)), table.column("row").to_numpy()
+        except (OSError, KeyError, ValueError, shapely.errors.GEOSException):
+            pass
+        parts, rows = shapely.get_parts(regions.geometry.to_numpy(), return_index=True)
+        tiles, rows = tile_parts(parts, rows)
+        try:
+            import pyarrow as pa
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                pq.write_table(pa.table({"wkb": shapely.to_wkb(tiles), "row": rows}), tmp)
+        except OSError:
+            pass
+        return tiles, rows
+
+    return _memo(key, make)
+
+
+def _region_graph(regions: gpd.GeoDataFrame, bkey: str):
+    """(index, touching pairs, point-on-surface centres) of the boundary polygons (content hash
+    ``bkey``); the index is built on their 1° tiles (as a large query would build it)."""
+    key = ("regions", bkey)
+
+    def make():
+        geoms = regions.geometry.to_numpy()
+        path = _disk_dir() / ("-".join(key) + ".npz")
+        try:
+            with np.load(path) as f:
+                pairs, centres = (f["a"], f["b"]), f["centres"]
+            if len(centres) != len(geoms):
+                raise ValueError("stale cache")
+        except (OSError, KeyError, ValueError):
+            pairs = touching_pairs(geoms)
+            centres = shapely.get_coordinates(shapely.point_on_surface(geoms))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, a=pairs[0], b=pairs[1], centres=centres)
+            except OSError:
+                pass
+        tiles, rows = _region_tiles(regions, bkey)
+        by_row = np.empty(len(geoms), dtype=object)
+        order = np.argsort(rows, kind="stable")
+        shapely.multipolygons(tiles[order], indices=rows[order], out=by_row)
+        return PolygonIndex(by_row), pairs, centres
+
+    return _memo(key, make)
 
 
 def fit_quadtree(
@@ -344,37 +564,61 @@ def fit_fishnet(
     ``min_area_fraction`` of a full square are merged into a touching neighbour. Cells
     without training samples are dropped.
     """
-    from .boundaries import load_boundaries
-
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    land = _land_parts(
-        load_boundaries(boundaries) if not isinstance(boundaries, gpd.GeoDataFrame) else boundaries, simplify_deg
-    )
-    pieces, squares = grid_pieces(land, cell_deg)
-    fraction = shapely.area(pieces) / shapely.area(squares)
-    merged = merge_small_pieces(pieces, fraction, min_area_fraction)
+    geometry, index = _fishnet_cells(_regions(boundaries), cell_deg, min_area_fraction, simplify_deg)
     params = {"cell_deg": cell_deg, "min_area_fraction": min_area_fraction, "simplify_deg": simplify_deg}
-    return CellPartition.from_geometry("fishnet", _collect(pieces, merged, dissolve=True), lat, lon, labels, params)
+    return CellPartition.from_geometry("fishnet", geometry, lat, lon, labels, params, index=index)
 
 
-def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int) -> list:
-    """Split a cell at the median of its samples along its wider axis until each part is small enough."""
+WORLD = (-180.0, -90.0, 180.0, 90.0)
+
+
+def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int, rect=WORLD) -> list:
+    """Split a cell at the median of its samples along its wider axis until each part is small enough.
+
+    Returns ``(piece, rect)`` pairs: ``piece`` is ``geom`` cut by the half-planes of the splits,
+    whose intersection is the rectangle ``rect`` (x0, y0, x1, y1).
+    """
     if idx.size <= max_samples:
-        return [geom]
+        return [(geom, rect)]
     la, lo = lat[idx], lon[idx]
     wide_lon = (lo.max() - lo.min()) * np.cos(np.deg2rad(np.median(la))) >= la.max() - la.min()
     values = lo if wide_lon else la
     m = float(np.median(values))
     low, high = values < m, values >= m
     if not low.any() or not high.any():  # all samples on one line: cannot split further
-        return [geom]
+        return [(geom, rect)]
+    x0, y0, x1, y1 = rect
     if wide_lon:
         half_low, half_high = shapely.box(-180, -90, m, 90), shapely.box(m, -90, 180, 90)
+        rect_low, rect_high = (x0, y0, min(x1, m), y1), (max(x0, m), y0, x1, y1)
     else:
         half_low, half_high = shapely.box(-180, -90, 180, m), shapely.box(-180, m, 180, 90)
-    return _bisect(shapely.intersection(geom, half_low), lat, lon, idx[low], max_samples) + _bisect(
-        shapely.intersection(geom, half_high), lat, lon, idx[high], max_samples
+        rect_low, rect_high = (x0, y0, x1, min(y1, m)), (x0, max(y0, m), x1, y1)
+    return _bisect(shapely.intersection(geom, half_low), lat, lon, idx[low], max_samples, rect_low) + _bisect(
+        shapely.intersection(geom, half_high), lat, lon, idx[high], max_samples, rect_high
     )
+
+
+def _piece_tiles(
+    tiles: np.ndarray, tile_cell: np.ndarray, piece_cell: np.ndarray, piece_rect: list, n_cells: int
+) -> np.ndarray:
+    """Per piece, a multipolygon of the cell's tiles clipped to the piece's rectangle: the same
+    area as the piece in small polygons, for a fast :class:`PolygonIndex` (no re-tiling)."""
+    order = np.argsort(tile_cell, kind="stable")
+    bounds = np.searchsorted(tile_cell[order], np.arange(n_cells + 1))
+    parts, owner = [], []
+    for k, (c, rect) in enumerate(zip(piece_cell, piece_rect)):
+        mine = tiles[order[bounds[c] : bounds[c + 1]]]
+        if rect != WORLD:
+            mine = shapely.get_parts(shapely.clip_by_rect(mine, *rect))
+            mine = mine[~shapely.is_empty(mine) & (shapely.get_type_id(mine) == 3)]
+        parts.append(mine)
+        owner.append(np.full(len(mine), k))
+    out = np.empty(len(piece_cell), dtype=object)
+    if parts:
+        shapely.multipolygons(np.concatenate(parts), indices=np.concatenate(owner), out=out)
+    return out
 
 
 def fit_semantic(
@@ -393,24 +637,39 @@ def fit_semantic(
     their wider axis, recursively (a simpler stand-in for PIGEON's clustering + Voronoi
     that keeps cells contiguous).
     """
-    from .boundaries import load_boundaries
-
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    regions = boundaries if isinstance(boundaries, gpd.GeoDataFrame) else load_boundaries(boundaries)
+    regions = _regions(boundaries)
     geoms = regions.geometry.to_numpy()
-    row = _assign(PolygonIndex(geoms), lat, lon)
+    bkey = boundary_key(regions)
+    index, pairs, centres = _region_graph(regions, bkey)
+    row = _assign(index, lat, lon)
     counts = np.bincount(row, minlength=len(geoms))
     merged = merge_small_pieces(
-        geoms, counts, min_samples, groups=regions["country_code"].to_numpy(), nearest_fallback=True
+        geoms,
+        counts,
+        min_samples,
+        groups=regions["country_code"].to_numpy(),
+        nearest_fallback=True,
+        pairs=pairs,
+        centres=centres,
     )
     cells = _collect(geoms, merged, dissolve=False)
     sample_cell = merged[row]
-    pieces = []
+    order = np.argsort(sample_cell, kind="stable")
+    bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
+    pieces, piece_cell, piece_rect = [], [], []
     for c, geom in enumerate(cells):
-        pieces.extend(_bisect(geom, lat, lon, np.flatnonzero(sample_cell == c), max_samples))
-    pieces = [p for p in pieces if not shapely.is_empty(p)]
+        for piece, rect in _bisect(geom, lat, lon, order[bounds[c] : bounds[c + 1]], max_samples):
+            if not shapely.is_empty(piece):
+                pieces.append(piece)
+                piece_cell.append(c)
+                piece_rect.append(rect)
+    tiles, tile_row = _region_tiles(regions, bkey)
+    index = PolygonIndex(_piece_tiles(tiles, merged[tile_row], np.array(piece_cell), piece_rect, len(cells)))
     params = {"min_samples": min_samples, "max_samples": max_samples}
-    return CellPartition.from_geometry("semantic", np.array(pieces, dtype=object), lat, lon, labels, params)
+    return CellPartition.from_geometry(
+        "semantic", np.array(pieces, dtype=object), lat, lon, labels, params, index=index
+    )
 
 
 CELL_FITTERS = {"quadtree": fit_quadtree, "fishnet": fit_fishnet, "semantic": fit_semantic}

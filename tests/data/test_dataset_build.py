@@ -316,6 +316,27 @@ def test_image_quality_measures():
     assert cvar == 0 and lvar == 0
 
 
+def test_image_quality_draft_decodes_large_jpegs_smaller_but_reports_the_full_size():
+    import io
+
+    from geohf.images import decode_image
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 1200 wide, 1600 high
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85, exif=exif.tobytes())
+    data = buf.getvalue()
+    full = decode_image("x.jpg", data)
+    small = decode_image("x.jpg", data, draft=(512, 512))
+    assert full.image.size == full.full_size == small.full_size == (1200, 1600)
+    assert small.image.size == (600, 800)  # 1/2 scale: 1/4 would go below 512
+    assert image_quality(data)[2:] == image_quality(data, draft=2)[2:] == (1200, 1600)
+    png = _png(Image.new("RGB", (2000, 1000), (10, 20, 30)))
+    assert decode_image("x.png", png, draft=(256, 256)).image.size == (2000, 1000)  # draft is JPEG only
+
+
 def _png(image) -> bytes:
     import io
 

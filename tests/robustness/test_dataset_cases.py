@@ -347,3 +347,62 @@ def test_bad_model_configs(tiny_model_dir, tiny_dataset, tmp_path, record):
         fixed=True,
     )
     assert ok1 and ok2 and ok3 and torch.__version__
+
+
+def _reference_quality(path, side: int = 256):
+    """The image statistics as first written (full decode, float32 ``var`` over strided channels)."""
+    import numpy as np
+
+    from geohf.images import decode_image
+
+    im = decode_image(path).image
+    width, height = im.size
+    im.thumbnail((side, side), Image.Resampling.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
+    g = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float(a.reshape(-1, 3).var(0).max()), float(lap.var()) if lap.size else 0.0, width, height
+
+
+def test_image_statistics_unchanged(tmp_path, labeller, record):
+    """The faster image check measures what the first one did: the same images pass."""
+    import numpy as np
+    from PIL import ImageFilter as PILFilter
+
+    from geohf.data.filters import ImageFilter, image_quality
+    from geohf.images import ImageLoadError
+
+    files = list(write_image_cases(tmp_path / "corpus").values())
+    laf = make_lost_and_found(tmp_path / "laf", land_points(6, labeller, seed=3))
+    for i, png in enumerate(
+        sorted(laf.glob("*.png"))
+    ):  # street-size crops, blurred and darkened towards the thresholds
+        base = Image.open(png).convert("RGB")
+        for radius in (0.8, 1.5, 2.5, 4.0):
+            files.append(tmp_path / f"blur-{i}-{radius}.png")
+            base.filter(PILFilter.GaussianBlur(radius)).save(files[-1])
+        for k in (0.05, 0.15, 0.3):
+            files.append(tmp_path / f"dark-{i}-{k}.jpg")
+            Image.fromarray((np.asarray(base) * k).astype(np.uint8)).save(files[-1], quality=90)
+    cfg = ImageFilter()
+    compared, same = 0, True
+    for path in files:
+        try:
+            ref = _reference_quality(path)
+        except (ImageLoadError, OSError, ValueError):
+            continue
+        got = image_quality(path)
+        compared += 1
+        passes = [v[0] >= cfg.min_channel_variance and v[1] >= cfg.min_laplacian_variance for v in (ref, got)]
+        close = np.allclose(got[:2], ref[:2], rtol=1e-3, atol=1e-3) and got[2:] == ref[2:]
+        same &= passes[0] == passes[1] and close
+    kept = sum(image_quality(p)[1] >= cfg.min_laplacian_variance for p in files if p.name.startswith("blur-"))
+    assert 0 < kept < 24  # the sweep straddles the blur threshold
+    assert record(
+        "images",
+        f"image statistics on {compared} images (corpus, blurred and dark street crops)",
+        "geohf dataset build",
+        "same pass / fail as the full float32 computation",
+        "same" if same else "differs",
+        same,
+    )
