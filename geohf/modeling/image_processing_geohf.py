@@ -11,6 +11,7 @@ resampling; tested in ``tests/modeling/test_modeling.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 from typing import Any
@@ -36,6 +37,22 @@ def reference_tolerance(image_std) -> float:
 
 
 _MODES = {"bicubic": "bicubic", "bilinear": "bilinear"}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch ops on one intra-op thread inside: the batch's resize and normalisation are a few ms, and
+    splitting them across OpenMP threads made them 3× slower on two shared cores (a descheduled thread
+    stalls the barrier; docs/benchmarks.md); the model's forward keeps every thread."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @lru_cache(maxsize=64)
@@ -167,9 +184,10 @@ class GeoImageProcessor(BaseImageProcessor):
             groups = [groups] if isinstance(groups, torch.Tensor) else groups
         if not groups:
             return torch.empty((0, 3, self.image_size, self.image_size))
-        cropped = [self.resize_crop(g) for g in groups]
-        batch = cropped[0] if len(cropped) == 1 else torch.cat(cropped)
-        return self.normalize(batch, dtype)
+        with one_thread():
+            cropped = [self.resize_crop(g) for g in groups]
+            batch = cropped[0] if len(cropped) == 1 else torch.cat(cropped)
+            return self.normalize(batch, dtype)
 
     def transform(self, image: Any) -> torch.Tensor:
         """One image → (3, S, S) float tensor (the batched path for one: identical numbers)."""
