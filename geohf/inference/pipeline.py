@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
+from ..modeling.image_processing_geohf import one_thread
 from .images import load_pixels
 from .predictions import CellTable, GeoPredictions
 from .predictor import bf16_helps, forward, predictions_from_outputs
@@ -72,6 +73,9 @@ class ImageGeolocationPipeline(Pipeline):
         """uint8 (1, 3, S, S), or (1, views, 3, S, S) for a place: decoded, resized and cropped."""
         proc = self.image_processor
         views = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if not hasattr(proc, "resize_crop"):  # another image processor: its own float pixel_values
+            images = [[_image(v) for v in views]] if isinstance(inputs, (list, tuple)) else _image(inputs)
+            return {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
         groups = proc.to_uint8([_image(v) for v in views])
         groups = [groups] if isinstance(groups, torch.Tensor) else groups
         cropped = torch.cat([proc.resize_crop(g) for g in groups])
@@ -85,8 +89,10 @@ class ImageGeolocationPipeline(Pipeline):
             self._channels_last = True
         bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
         pixels = model_inputs["pixel_values"]
-        pixel_values = self.image_processor.normalize(pixels, self.dtype) if pixels.dtype == torch.uint8 else pixels
-        out = forward(self.model, pixel_values, bf16)
+        if pixels.dtype == torch.uint8:
+            with one_thread():
+                pixels = self.image_processor.normalize(pixels, self.dtype)
+        out = forward(self.model, pixels, bf16)
         pred = predictions_from_outputs(self.model, out, self._cells, top_k, mass)
         # tensors only: transformers unbatches them row by row for postprocess
         return {k: None if getattr(pred, k) is None else torch.from_numpy(getattr(pred, k)) for k in _FIELDS}

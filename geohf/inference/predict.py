@@ -148,11 +148,9 @@ def iter_predictions(
     in a thread while the model runs (libpng and PIL release the GIL); off by default, as on two
     cores it only competes with the forward's own threads (docs/benchmarks.md).
     """
-    loader = torch.utils.data.DataLoader(
-        ItemDataset(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
-    )
     processor = predictor.processor
-    batches = _in_thread(loader) if decode_thread else loader
+    batches = _decoded_batches(ItemDataset(items), batch_size, num_workers)
+    batches = _in_thread(batches) if decode_thread else batches
     with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
         for batch in batches:
             for loaded in batch:
@@ -175,6 +173,31 @@ def iter_predictions(
                     done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
             yield from (done[i] for i in sorted(done))
             bar.update(len(batch))
+
+
+def decode_threads() -> int:
+    """Threads decoding a batch in the main process: one per core, at most 4 (libpng and PIL release the GIL)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
+    """Batches of decoded items: worker processes (a DataLoader) with ``num_workers``, else a thread pool
+    decoding each batch while the model waits (it runs between batches, so the threads take no core from it)."""
+    if num_workers > 0:
+        yield from torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
+        )
+        return
+    threads = decode_threads()
+    if threads == 1:
+        for start in range(0, len(dataset), batch_size):
+            yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="geohf-decode") as pool:
+        for start in range(0, len(dataset), batch_size):
+            yield list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
 
 
 def _in_thread(iterable, depth: int = 1) -> Iterator:
