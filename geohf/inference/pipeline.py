@@ -12,7 +12,10 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
 
 Each result: ``pred_latitude, pred_longitude, pred_country_code, pred_country, pred_region_code,
 pred_region, score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
-Inputs may be paths, URLs, PIL images or numpy arrays. The model runs in channels_last and,
+Inputs may be paths, URLs, PIL images or numpy arrays. ``preprocess`` decodes and resizes each
+image in uint8 (cheap, and a fixed size so batches collate); ``_forward`` normalises the whole
+batch at once and turns the outputs into predictions batched, so ``postprocess`` only formats
+a record. The model runs in channels_last and,
 where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
 autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
 """
@@ -28,16 +31,18 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
-from ..modeling import GeoModelOutput
-from .images import load_image
-from .predictions import CellTable
+from ..modeling.image_processing_geohf import one_thread
+from .images import load_pixels
+from .predictions import CellTable, GeoPredictions
 from .predictor import bf16_helps, forward, predictions_from_outputs
+
+_FIELDS = ("pred_latitude", "pred_longitude", "top_index", "top_score", "radius_km")
 
 
 def _image(item: Any) -> Any:
-    """Paths and URLs decoded by :func:`load_image` (EXIF orientation, clear errors); arrays as they are."""
+    """Paths and URLs decoded by :func:`load_pixels` (EXIF orientation, clear errors); arrays as they are."""
     if isinstance(item, (str, os.PathLike)):
-        return load_image(item).image
+        return load_pixels(item).pixels
     if isinstance(item, (Image.Image, np.ndarray)):
         return item
     raise TypeError(f"image-geolocation takes paths, URLs, PIL images or numpy arrays, got {type(item).__name__}")
@@ -55,34 +60,46 @@ class ImageGeolocationPipeline(Pipeline):
     def _sanitize_parameters(
         self, top_k: int | None = None, mass: float | None = None, bf16: bool | None = None, timeout=None
     ):
-        post, forward = {}, {}
+        forward = {}  # top_k and mass shape the predictions, made batched in _forward
         if top_k is not None:
-            post["top_k"] = top_k
+            forward["top_k"] = top_k
         if mass is not None:
-            post["mass"] = mass
+            forward["mass"] = mass
         if bf16 is not None:
             forward["bf16"] = bf16
-        return {}, forward, post
+        return {}, forward, {}
 
     def preprocess(self, inputs: Any) -> dict:
-        if isinstance(inputs, (list, tuple)):  # views of one place
-            pixel_values = self.image_processor([[_image(v) for v in inputs]], return_tensors="pt")["pixel_values"]
-        else:
-            pixel_values = self.image_processor(_image(inputs), return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values.to(self.dtype) if self.dtype is not None else pixel_values}
+        """uint8 (1, 3, S, S), or (1, views, 3, S, S) for a place: decoded, resized and cropped."""
+        proc = self.image_processor
+        views = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if not hasattr(proc, "resize_crop"):  # another image processor: its own float pixel_values
+            images = [[_image(v) for v in views]] if isinstance(inputs, (list, tuple)) else _image(inputs)
+            return {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
+        groups = proc.to_uint8([_image(v) for v in views])
+        groups = [groups] if isinstance(groups, torch.Tensor) else groups
+        cropped = torch.cat([proc.resize_crop(g) for g in groups])
+        return {"pixel_values": cropped[None] if isinstance(inputs, (list, tuple)) else cropped}
 
-    def _forward(self, model_inputs: dict, bf16: bool | None = None):
-        """:func:`~geohf.inference.predictor.forward`: channels_last, bf16 autocast where it is fast
-        (``bf16=False`` turns it off)."""
+    def _forward(self, model_inputs: dict, bf16: bool | None = None, top_k: int = 5, mass: float = 0.5):
+        """The batch normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last, bf16
+        autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch."""
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
             self._channels_last = True
         bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
-        out = forward(self.model, model_inputs["pixel_values"], bf16)
-        return GeoModelOutput(logits=out.logits, coordinates=out.coordinates)  # tensors only: batches unbatch
+        pixels = model_inputs["pixel_values"]
+        if pixels.dtype == torch.uint8:
+            with one_thread():
+                pixels = self.image_processor.normalize(pixels, self.dtype)
+        out = forward(self.model, pixels, bf16)
+        pred = predictions_from_outputs(self.model, out, self._cells, top_k, mass)
+        # tensors only: transformers unbatches them row by row for postprocess
+        return {k: None if getattr(pred, k) is None else torch.from_numpy(getattr(pred, k)) for k in _FIELDS}
 
-    def postprocess(self, model_outputs, top_k: int = 5, mass: float = 0.5) -> dict:
-        return predictions_from_outputs(self.model, model_outputs, self._cells, top_k, mass).records()[0]
+    def postprocess(self, model_outputs: dict) -> dict:
+        fields = {k: None if v is None else v.numpy() for k, v in model_outputs.items()}
+        return GeoPredictions(cells=self._cells, **fields).records()[0]
 
     @cached_property
     def _cells(self) -> CellTable:

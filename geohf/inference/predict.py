@@ -1,10 +1,10 @@
 """``geohf predict``: images → one record per image (or per place), streamed batch by batch.
 
-Images are decoded and preprocessed by a DataLoader (optionally in worker processes),
-predicted in batches, and every record goes straight to the output (JSON lines, CSV or
-Parquet, written to a temporary file renamed into place at the end), so memory stays
-flat however many images there are. Unreadable images are reported one line each and
-the others still predicted.
+Images are decoded to uint8 arrays by a DataLoader (optionally in worker processes), resized
+and normalised a whole batch at a time (:meth:`GeoImageProcessor.pixel_values`), predicted in
+batches, and every record goes straight to the output (JSON lines, CSV or Parquet, written to a
+temporary file renamed into place at the end), so memory stays flat however many images there
+are. Unreadable images are reported one line each and the others still predicted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import counted
 from ..geo.sphere import haversine_km
 from .exif import GpsFix, write_estimated_copy
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
 from .predictor import GeoPredictor
 
@@ -50,41 +50,43 @@ TRUTH_COLUMNS = ["true_latitude", "true_longitude", "exif_latitude", "exif_longi
 
 @dataclass
 class LoadedItem:
-    """One item decoded and preprocessed: (3, H, W), or (views, 3, H, W) for a place; ``None`` if nothing read."""
+    """One item decoded: a uint8 (H, W, 3) array per readable view (none if nothing could be read)."""
 
     index: int
-    pixel_values: torch.Tensor | None
+    pixels: list[np.ndarray]
     views: list[str]
     gps: GpsFix | None
     errors: list[ImageLoadError]
     item: PredictItem | None = None  # the item without its encoded bytes
 
+    @property
+    def key(self) -> tuple:
+        """Items predicted together: single images, or places with the same number of views."""
+        return ("place", len(self.pixels)) if self.item is not None and self.item.location_id is not None else ()
+
 
 class ItemDataset(torch.utils.data.Dataset):
-    """Decodes items lazily; unreadable images come back as errors, never as exceptions."""
+    """Decodes items lazily to uint8 arrays; unreadable images come back as errors, never as exceptions."""
 
-    def __init__(self, items: Sequence[PredictItem], transform):
-        self.items, self.transform = items, transform
+    def __init__(self, items: Sequence[PredictItem]):
+        self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> LoadedItem:
         item = self.items[index]
-        tensors, views, errors, gps = [], [], [], None
+        pixels, views, errors, gps = [], [], [], None
         for ref in item.images:
             try:
-                loaded = load_image(ref.name, ref.data)
+                loaded = load_pixels(ref.name, ref.data)
             except ImageLoadError as err:
                 errors.append(err)
                 continue
-            tensors.append(self.transform(loaded.image))
+            pixels.append(loaded.pixels)
             views.append(ref.name)
             gps = gps or loaded.gps
-        pixel_values = None
-        if tensors:
-            pixel_values = torch.stack(tensors) if item.location_id is not None else tensors[0]
-        return LoadedItem(index, pixel_values, views, gps, errors, item.without_data())
+        return LoadedItem(index, pixels, views, gps, errors, item.without_data())
 
 
 def _keep_list(batch: list[LoadedItem]) -> list[LoadedItem]:
@@ -137,37 +139,89 @@ def iter_predictions(
     num_workers: int = 0,
     on_error=None,
     progress: bool = True,
+    decode_thread: bool = False,
 ) -> Iterator[Prediction]:
     """Predictions in input order, decoded by a DataLoader and predicted one batch at a time.
 
     Items whose images could not be read (all of their views) yield nothing; every
     unreadable image goes to ``on_error``. Places with different numbers of views in one
-    batch are predicted in sub-batches of equal shape.
+    batch are predicted in sub-batches of equal shape. ``decode_thread``: decode the next batch
+    in a thread while the model runs (libpng and PIL release the GIL); off by default, as on two
+    cores it only competes with the forward's own threads (docs/benchmarks.md).
     """
-    loader = torch.utils.data.DataLoader(
-        ItemDataset(items, predictor.processor.transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_keep_list,
-    )
+    processor = predictor.processor
+    batches = _decoded_batches(ItemDataset(items), batch_size, num_workers)
+    batches = _in_thread(batches) if decode_thread else batches
     with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
-        for batch in loader:
+        for batch in batches:
             for loaded in batch:
                 for err in loaded.errors:
                     if on_error is not None:
                         on_error(err)
-            shapes: dict[tuple, list[LoadedItem]] = {}
+            groups: dict[tuple, list[LoadedItem]] = {}
             for loaded in batch:
-                if loaded.pixel_values is not None:
-                    shapes.setdefault(tuple(loaded.pixel_values.shape), []).append(loaded)
+                if loaded.pixels:
+                    groups.setdefault(loaded.key, []).append(loaded)
             done: dict[int, Prediction] = {}
-            for group in shapes.values():
-                predictions = predictor.predict_tensors(torch.stack([g.pixel_values for g in group]))
+            for key, group in groups.items():
+                # the whole group resized and normalised at once (one interpolate per image size)
+                pixel_values = processor.pixel_values([p for g in group for p in g.pixels])
+                if key:  # places: (items, views, 3, S, S)
+                    pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
+                predictions = predictor.predict_tensors(pixel_values)
                 for j, (loaded, base) in enumerate(zip(group, predictions.records())):
                     record = make_record(loaded.item, base, loaded.views, loaded.gps)
                     done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
             yield from (done[i] for i in sorted(done))
             bar.update(len(batch))
+
+
+def decode_threads() -> int:
+    """Threads decoding a batch in the main process: one per core, at most 4 (libpng and PIL release the GIL)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
+    """Batches of decoded items: worker processes (a DataLoader) with ``num_workers``, else a thread pool
+    decoding each batch while the model waits (it runs between batches, so the threads take no core from it)."""
+    if num_workers > 0:
+        yield from torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
+        )
+        return
+    threads = decode_threads()
+    if threads == 1:
+        for start in range(0, len(dataset), batch_size):
+            yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="geohf-decode") as pool:
+        for start in range(0, len(dataset), batch_size):
+            yield list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
+
+
+def _in_thread(iterable, depth: int = 1) -> Iterator:
+    """``iterable``'s items produced by a daemon thread, at most ``depth`` ahead of the consumer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+
+    def produce():
+        try:
+            for x in iterable:
+                q.put(x)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            q.put(err)
+        q.put(end)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (x := q.get()) is not end:
+        if isinstance(x, BaseException):
+            raise x
+        yield x
 
 
 # ---------------------------------------------------------------- writers
