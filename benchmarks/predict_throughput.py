@@ -2,7 +2,7 @@
 
 Writes N Blue Marble tiles (64 px PNG, cut at random land and sea positions) to a
 folder, then predicts them through the same streaming path as ``geohf predict``
-(:func:`geohf.inference.predict.run_prediction`: DataLoader → batches → JSON lines) in a
+(:func:`geohf.inference.stream.run_prediction`: DataLoader → batches → JSON lines) in a
 fresh process per setting, so each peak RSS is that setting's own. Prints a table and
 writes JSON.
 
@@ -112,8 +112,8 @@ def child(setting: dict) -> dict:
     import torch
 
     from geohf.inference.inputs import Inputs, collect_inputs
-    from geohf.inference.predict import PredictOptions, run_prediction
     from geohf.inference.predictor import GeoPredictor
+    from geohf.inference.stream import PredictOptions, run_prediction
 
     predictor = GeoPredictor(setting["model"], bf16=setting["bf16"], channels_last=True)
     inputs = collect_inputs([setting["images"]])

@@ -43,8 +43,8 @@ from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
 from geohf.images import decode_image, decode_pixels  # noqa: E402
 from geohf.inference.inputs import ImageRef, PredictItem  # noqa: E402
-from geohf.inference.predict import decode_threads, iter_predictions, predict_files  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
+from geohf.inference.stream import decode_threads, iter_predictions, predict_files  # noqa: E402
 from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
 from geohf.modeling.factory import load_partition  # noqa: E402
 from geohf.training import GeoTrainer, GeoTrainingArguments  # noqa: E402
@@ -277,8 +277,8 @@ STAGES = {
     "resize + normalise (pixel_values)": ("image_processing_geohf.py", "pixel_values"),
     "outputs → predictions": ("predictor.py", "predictions_from_outputs"),
     "records (GeoPredictions.records + make_record)": ("predictions.py", "records"),
-    "make_record": ("predict.py", "make_record"),
-    "writing JSON lines": ("predict.py", "write"),
+    "make_record": ("stream.py", "make_record"),
+    "writing JSON lines": ("stream.py", "write"),
 }
 
 

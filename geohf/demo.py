@@ -193,8 +193,8 @@ def _steps_for_budget(model_args: ModelArguments, dataset: str, cfg: DemoConfig,
 def _predict_samples(test, model_dir: Path, out: Path, n: int = 4) -> None:
     from transformers import pipeline
 
-    from .inference.predict import predict_files, print_error
     from .inference.predictor import GeoPredictor
+    from .inference.stream import predict_files, print_error
 
     samples = out / "samples"
     samples.mkdir(exist_ok=True)

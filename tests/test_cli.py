@@ -11,7 +11,7 @@ from datasets import load_dataset
 
 from geohf.cli import main
 from geohf.errors import UserError, looks_local
-from geohf.inference.predict import PREDICTION_COLUMNS
+from geohf.inference.stream import PREDICTION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

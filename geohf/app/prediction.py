@@ -10,9 +10,9 @@ import pandas as pd
 
 from ..inference.images import LoadedImage, load_image
 from ..inference.inputs import ImageRef, PredictItem
-from ..inference.predict import make_record
 from ..inference.predictions import CellTable
 from ..inference.predictor import GeoPredictor
+from ..inference.stream import make_record
 
 
 @dataclass

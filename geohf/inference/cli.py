@@ -66,8 +66,8 @@ def predict_command(args: argparse.Namespace) -> int:
     except UserError as err:
         return _error(str(err))
     from .maps import cell_polygons
-    from .predict import PredictOptions, output_format, print_error, run_prediction
     from .predictor import GeoPredictor
+    from .stream import PredictOptions, output_format, print_error, run_prediction
 
     if output_format(args.output, args.format) == "parquet" and args.output is None:
         return _error("Parquet cannot go to stdout; pass --output FILE.parquet")

@@ -1,7 +1,7 @@
 """What to predict: files, folders, globs, URLs, dataset splits, and views grouped by place.
 
 Everything becomes a sequence of :class:`PredictItem` (one place: one image, or several
-views of it) that :mod:`geohf.inference.predict` decodes lazily, batch by batch. Inputs
+views of it) that :mod:`geohf.inference.stream` decodes lazily, batch by batch. Inputs
 that yield nothing (a glob without matches, a folder without images) come back as
 errors; files left out on purpose (non-images inside folders, duplicates) as counted
 notes, so nothing is dropped silently.

@@ -17,8 +17,8 @@ from PIL import Image
 from geohf.geo.sphere import haversine_km
 from geohf.inference.cli import add_predict_parser
 from geohf.inference.inputs import Inputs, collect_inputs, group_by_csv, group_by_pattern
-from geohf.inference.predict import PREDICTION_COLUMNS, JsonlWriter, PredictOptions, run_prediction
 from geohf.inference.predictor import GeoPredictor
+from geohf.inference.stream import PREDICTION_COLUMNS, JsonlWriter, PredictOptions, run_prediction
 
 PREDICTION_KEYS = {*PREDICTION_COLUMNS, "top_k"}
 

@@ -57,8 +57,8 @@ def test_fast_path_on_tiles_same_predictions(tiny_model_dir, tiny_dataset, tmp_p
     (PIL decode + timm's transform) within the tolerance, and the same top-1 class for every tile."""
     from datasets import load_dataset
 
-    from geohf.inference.predict import predict_files
     from geohf.inference.predictor import GeoPredictor
+    from geohf.inference.stream import predict_files
 
     predictor = GeoPredictor(str(tiny_model_dir), bf16=False)
     proc = predictor.processor

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from geohf.inference.inputs import Inputs
-from geohf.inference.predict import PredictOptions, run_prediction
 from geohf.inference.predictor import GeoPredictor
+from geohf.inference.stream import PredictOptions, run_prediction
 
 
 def build_command(out: Path, admin1_path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""``geohf predict``: images → one record per image (or per place), streamed batch by batch.
+"""``geohf predict`` runs: images → one record per image (or per place), streamed batch by batch.
 
 Images are decoded to uint8 arrays by a DataLoader (optionally in worker processes), resized
 and normalised a whole batch at a time (:meth:`GeoImageProcessor.pixel_values`), predicted in
