@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,57 @@ def test_predicting_many_images_keeps_memory_flat(tiny_model_dir, tiny_dataset, 
         ok,
     )
     assert ok and run.records == []
+
+
+def evaluate_command(model: Path, dataset: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "geohf.cli", "evaluate", "--model", str(model), "--dataset", str(dataset),
+            "--output", str(out), "--batch-size", "4"]  # fmt: skip
+
+
+def _kill_when_staged(command: list[str], out: Path) -> bool:
+    """Run ``command``; kill -9 it once its staging folder in ``out`` holds a file. Whether it was killed."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(p.is_file() for p in out.glob(".evaluate-partial-*/*")):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait()
+        return proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+
+def test_kill_9_during_evaluate_leaves_no_half_written_report(tiny_model_dir, tiny_dataset, tmp_path, record):
+    """``geohf evaluate`` stages its files and renames them in at the end: a kill leaves the folder as it was."""
+    previous = tmp_path / "previous"
+    subprocess.run(evaluate_command(tiny_model_dir, tiny_dataset, previous), check=True, capture_output=True)
+    before = _files(previous)
+    killed_over = _kill_when_staged(evaluate_command(tiny_model_dir, tiny_dataset, previous), previous)
+    untouched = _files(previous) == before
+    fresh = tmp_path / "fresh"
+    killed_fresh = _kill_when_staged(evaluate_command(tiny_model_dir, tiny_dataset, fresh), fresh)
+    nothing = _files(fresh) == {}
+    rerun = subprocess.run(evaluate_command(tiny_model_dir, tiny_dataset, fresh), capture_output=True, text=True)
+    metrics = json.loads((fresh / "metrics.json").read_text()) if rerun.returncode == 0 else {}
+    same = metrics.get("results") == json.loads(before["metrics.json"])["results"]
+    complete = set(_files(fresh)) == set(before) and not list(fresh.glob(".*"))
+    ok = killed_over and killed_fresh and untouched and nothing and same and complete
+    record(
+        "faults",
+        "kill -9 during `geohf evaluate` (while it writes its files), into a previous report and into a new folder",
+        "geohf evaluate",
+        "previous report untouched / no report; rerun complete",
+        f"previous folder byte-identical: {untouched}; new folder: no visible file: {nothing}; rerun exit "
+        f"{rerun.returncode}, same metrics: {same}, all {len(before)} files and no leftovers: {complete}",
+        ok,
+        fixed=True,
+    )
+    assert ok, rerun.stderr[-2000:]
