@@ -75,8 +75,10 @@ def test_fuzz_validate_coordinates(labeller, record):
     reasons = Counter()
     kept = [0]
 
+    plausible = st.floats(min_value=-100, max_value=370)
+
     @SLOW
-    @given(st.lists(st.tuples(json_values, json_values), min_size=1, max_size=6))
+    @given(st.lists(st.tuples(json_values | plausible, json_values | plausible), min_size=1, max_size=6))
     def check(pairs):
         frame = pd.DataFrame(
             {
