@@ -11,7 +11,9 @@ stderr and exit code 2; Ctrl-C is exit 130. ``--debug`` (or ``GEOHF_DEBUG=1``) s
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -356,6 +358,24 @@ def _run(argv: list[str]) -> int:
     return args.func(args)
 
 
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# how writers that are not Python's (Arrow, safetensors) report the same errnos
+DISK_FULL_TEXT = re.compile(r"(os error|errno) ?(28|27|122)\b|No space left on device|File too large", re.I)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a write refused for want of space: ENOSPC, EFBIG, EDQUOT."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return True
+        if DISK_FULL_TEXT.search(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``geohf ARGV``; user errors are one ``error:`` line and exit code 2 (``--debug``: traceback)."""
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
@@ -377,6 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             message = one_line(err)
         print(f"error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if debug or not disk_full(err):
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        what = getattr(err, "strerror", None) or one_line(err)
+        print(f"\nerror: {where}{what}: the disk is full (or a file size limit was hit); nothing half-written "
+              "is kept: free space and run the same command again", file=sys.stderr)  # fmt: skip
         return 2
 
 

@@ -33,9 +33,17 @@ def world_axes(figsize=(10, 5.2)):
 
 
 def save(fig, path: str | os.PathLike) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Save atomically (a temporary file beside ``path``, then a rename): a killed run leaves no half picture."""
+    from pathlib import Path
+
+    from .files import atomic_path
+
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return str(path)
 
 

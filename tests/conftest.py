@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# subprocesses (``python -m geohf.cli`` from another folder, scripts) import this checkout's geohf
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -201,3 +204,53 @@ class LazyItems:
 def lazy_items():
     """``lazy_items(paths, n)``: many prediction inputs without holding them (streaming and memory tests)."""
     return LazyItems
+
+
+@dataclass
+class AppProcess:
+    """``geohf app`` running in its own process on 127.0.0.1."""
+
+    url: str
+    pid: int
+    results: Path
+
+
+@pytest.fixture(scope="session")
+def geohf_app(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    """``geohf app --model <tiny> --dataset <tiny>`` as a user starts it, on a free port of 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("gradio", reason="needs the app extra (gradio)")
+    root = tmp_path_factory.mktemp("geohf_app")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = root / "human.jsonl"
+    command = [sys.executable, "-m", "geohf.cli", "app", "--model", str(tiny_model_dir), "--dataset",
+               str(tiny_dataset), "--port", str(port), "--results", str(results)]  # fmt: skip
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(root / "app.log", "wb")  # noqa: SIM115 - closed after the process
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                log.close()
+                pytest.fail(f"geohf app did not start:\n{(root / 'app.log').read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+    yield AppProcess(url, proc.pid, results)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -8,8 +8,25 @@ import sys
 from ..errors import UserError, check_source
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (``M_ARENA_MAX``) before the server's threads start: Gradio runs each
+    request on a worker thread, and with one arena per thread the server's memory creeps up under
+    concurrent clients although nothing is kept. Whether it applied (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, arenas))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 def app_command(args: argparse.Namespace) -> int:
     """Load the model (and the game's dataset) and serve the app until interrupted."""
+    limit_malloc_arenas()
     import gradio  # noqa: F401  (the 'app' extra: missing, it is the first thing to say)
 
     model = check_source(args.model, "model")

@@ -58,6 +58,9 @@ def place_figure(cells: CellTable, probs: np.ndarray, record: dict, guesses: dic
             ax.plot([lon, point[1]], [lat, point[0]], color=COLOURS[who], linewidth=1, linestyle="--")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # out of pyplot's registry (the figure still draws): a served app would keep every one
     return fig
 
 

@@ -112,8 +112,9 @@ def read_lost_and_found(root: str | Path, log: SkipLog) -> pd.DataFrame:
         if coords is None:
             log.skip(STAGE, meta_path, 'no coordinates: the JSON needs "coordinates": [lat, lon]')
             continue
-        regions = meta.get("regions") or []
-        first_region = regions[0][0] if regions and isinstance(regions[0], (list, tuple)) else ""
+        regions = meta.get("regions")  # [[region, ...], ...] in the dataset; anything else: no region
+        first = regions[0] if isinstance(regions, list) and regions else None
+        first_region = first[0] if isinstance(first, (list, tuple)) and first and isinstance(first[0], str) else ""
         rows.append(
             {
                 "source_file": str(image),

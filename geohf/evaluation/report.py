@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,13 @@ import pandas as pd
 import torch
 
 from .. import plots
+from ..files import remove_temp_files
 from ..inference.predictor import GeoPredictor
 from .evaluation import TABLE_COLUMNS, Evaluation, as_predictor, evaluate
 from .metrics import geolocation_metrics, per_class_precision_recall
 
 CONFUSION_TOP = 20
+STAGING_PREFIX = ".evaluate-partial-"
 
 
 def country_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -109,9 +113,31 @@ def write_report(
     human_results: str | None = None,
     title: str = "",
 ) -> dict:
-    """Evaluate and write every artefact into ``output``; returns the metrics dict."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    """Evaluate and write every artefact into ``output``; returns the metrics dict.
+
+    The files are written into a hidden staging folder inside ``output`` and renamed into place once
+    all are written, ``report.md`` last: a run killed part-way leaves ``output`` as it was (a previous
+    run's files untouched, or no report at all), never a half-written or mixed set. The next run removes
+    what a killed one left.
+    """
+    final = Path(output)
+    final.mkdir(parents=True, exist_ok=True)
+    for stale in final.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    remove_temp_files(final)
+    out = final / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+    out.mkdir()
+    try:
+        metrics = _write_files(model, dataset_dict, out, split, batch_size, human_results, title)
+        last = {"metrics.json": 1, "report.md": 2}
+        for name in sorted((p.name for p in out.iterdir()), key=lambda n: (last.get(n, 0), n)):
+            os.replace(out / name, final / name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return metrics
+
+
+def _write_files(model, dataset_dict, out: Path, split, batch_size, human_results, title) -> dict:
     predictor = as_predictor(model)
     evaluation = evaluate(predictor, dataset_dict, split=split, batch_size=batch_size)
     rows = dict(evaluation.rows)

@@ -7,8 +7,11 @@ country/region, image processor), so inference needs no boundaries and no datase
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import warnings
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.transforms import GeoCollator, example_transform
+from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
 from .predictions import CellTable, GeoPredictions
@@ -39,6 +43,116 @@ def load_model_partition(source: str | None, spec: HeadSpec):
         except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
             return None
     return CellPartition.load(path)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def check_model_folder(folder: str | os.PathLike) -> list[str]:
+    """Refuse a local model folder whose files cannot be what ``save_pretrained`` wrote.
+
+    Each problem is a :class:`~geohf.errors.UserError` of one line naming the file: ``config.json``
+    missing or not valid JSON, ``model.safetensors`` (or a shard) truncated or not a safetensors file,
+    the cell partition ``cells/<name>.parquet`` the config's geocell head names missing or unreadable.
+    Returns the warnings for a folder whose weights are only a pickled ``pytorch_model.bin``: that is
+    loaded with ``weights_only=True`` (tensors only, no code runs; anything else in the pickle is refused).
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{config_path}: missing, so {folder} is not a model folder") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{config_path}: not valid JSON ({_one_line(err)}); the model folder is damaged") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path}: not a model config (a JSON object is expected)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{index}: not a safetensors index ({_one_line(err)})") from None
+    else:
+        shards = ["model.safetensors"] if (folder / "model.safetensors").exists() else []
+    notes = []
+    if not shards:
+        pickled = folder / "pytorch_model.bin"
+        if not pickled.is_file():
+            raise UserError(f"{folder / 'model.safetensors'}: missing; the model folder has no weights")
+        notes.append(
+            f"{pickled}: pickled weights (no model.safetensors); loading them with torch.load(weights_only=True), "
+            "which reads tensors only. Re-save the model (save_pretrained) to get model.safetensors."
+        )
+    for name in shards:
+        path = folder / name
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing (listed in {index.name})") from None
+        except Exception as err:  # noqa: BLE001 - SafetensorError (truncated, not safetensors) or OSError
+            raise UserError(
+                f"{path}: unreadable weights ({_one_line(err)}); the file is truncated or damaged, copy it again"
+            ) from None
+    partitions = {}
+    heads = config.get("heads")
+    for head in heads if isinstance(heads, list) else []:
+        try:
+            spec = HeadSpec.from_dict(head)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise UserError(f"{config_path}: a head that is not a geohf head ({_one_line(err)})") from None
+        if spec.partition:
+            partitions.setdefault(spec.partition, spec.name)
+    for partition, head in partitions.items():
+        cells = folder / "cells" / f"{partition}.parquet"
+        if not cells.is_file():
+            raise UserError(
+                f"{cells}: missing; the model's {head!r} head classifies these cells "
+                "(save_pretrained writes it: copy the whole model folder)"
+            )
+        try:
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(cells)
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid for a truncated or foreign file
+            raise UserError(f"{cells}: unreadable cell partition ({_one_line(err)}); copy it again") from None
+    return notes
+
+
+def load_model(source: str, **kwargs) -> GeoModelForImageGeolocation:
+    """``GeoModelForImageGeolocation.from_pretrained(source)`` whose failures are one-line
+    :class:`~geohf.errors.UserError` naming the file (see :func:`check_model_folder` for a local folder);
+    pickled weights load only with ``weights_only=True``, with a warning naming the file."""
+    if Path(source).is_dir():
+        for note in check_model_folder(source):
+            warnings.warn(note, UserWarning, stacklevel=2)
+    kwargs["weights_only"] = True
+    try:
+        return GeoModelForImageGeolocation.from_pretrained(source, **kwargs)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - SafetensorError, UnpicklingError, OSError, JSON errors
+        import pickle
+
+        from safetensors import SafetensorError
+
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            import re
+
+            found = re.search(r"unsupported GLOBAL [\w.]+", str(err))
+            what = found.group(0) if found else "objects that are not tensors"
+            name = Path(source, "pytorch_model.bin") if Path(source).is_dir() else source
+            raise UserError(
+                f"{name}: refused, the pickle holds more than tensors ({what}); torch.load(weights_only=True) "
+                "will not run it, and geohf never loads weights with weights_only=False"
+            ) from None
+        if isinstance(err, (SafetensorError, OSError, ValueError)):
+            raise UserError(f"{source}: cannot load the model ({_one_line(err)})") from None
+        raise
 
 
 @cache
@@ -138,7 +252,7 @@ class GeoPredictor:
     ):
         self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
-            model = GeoModelForImageGeolocation.from_pretrained(model)
+            model = load_model(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         if channels_last:

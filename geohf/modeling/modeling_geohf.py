@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,12 +87,29 @@ class GeoPreTrainedModel(PreTrainedModel):
         """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users,
         and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells)."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            write_remote_code(save_directory)
+        if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
+            super().save_pretrained(save_directory, *args, **kwargs)
+            return
+        # written into a hidden folder inside save_directory and renamed in once whole: a full disk or a
+        # kill part-way leaves no truncated model.safetensors beside a config that looks complete
+        final = Path(save_directory)
+        final.mkdir(parents=True, exist_ok=True)
+        stage = final / f".save-partial-{uuid.uuid4().hex[:8]}"
+        try:
+            super().save_pretrained(stage, *args, **kwargs)
+            write_remote_code(stage)
             for name, partition in getattr(self, "cell_partitions", {}).items():
-                (Path(save_directory) / "cells").mkdir(parents=True, exist_ok=True)
-                partition.save(Path(save_directory) / "cells" / f"{name}.parquet")
+                (stage / "cells").mkdir(parents=True, exist_ok=True)
+                partition.save(stage / "cells" / f"{name}.parquet")
+            if (stage / "cells").is_dir():
+                (final / "cells").mkdir(exist_ok=True)
+                for path in (stage / "cells").iterdir():
+                    os.replace(path, final / "cells" / path.name)
+            for path in sorted(stage.iterdir(), key=lambda p: p.name == "config.json"):  # config last
+                if path.is_file():
+                    os.replace(path, final / path.name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _mismatch_message(cls, source, kwargs) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -288,6 +289,17 @@ class GeoTrainer(Trainer):
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(param_groups, lr=lr, **optimizer_kwargs)
         return self.optimizer
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint; one that fails part-way (a full disk) is removed, not left for a resume to pick."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        existed = folder.exists()
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            if not existed and self.is_world_process_zero():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the model folder: weights, config, processor, code and cells, and (a final save, not a
