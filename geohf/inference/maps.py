@@ -237,6 +237,12 @@ def _make_offline(fmap) -> None:
     leaflet = (STATIC / "leaflet.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
     style = (STATIC / "leaflet.css").read_text(encoding="utf-8")
     fmap.get_root().header.add_child(Element(f"<style>{style}</style>\n<script>{leaflet}</script>"), name="leaflet")
+    # folium's popups build their HTML with jQuery's $(html)[0]; jQuery is not inlined, so a two-line stand-in
+    shim = (
+        "window.$=window.$||function(h){var t=document.createElement('template');"
+        "t.innerHTML=h.trim();return [t.content.firstChild];};"
+    )
+    fmap.get_root().header.add_child(Element(f"<script>{shim}</script>"), name="jquery-html")
     folium.GeoJson(
         country_outlines(),
         name="countries (geohf boundaries)",

@@ -150,15 +150,19 @@ def test_game_round_in_a_browser(geohf_app, browser, tmp_path):
     assert page.blocked == [], f"the app's page asked for outside resources: {page.blocked}"
 
 
-def test_predict_map_file_renders_in_a_browser(tiny_model_dir, tile, tmp_path, browser, cli):
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_predict_map_file_renders_in_a_browser(tiny_model_dir, tile, tmp_path, browser, cli, offline):
     html = tmp_path / "map.html"
-    run = cli("predict", "--model", tiny_model_dir, tile, "--map", html, "--quiet")
+    extra = ["--map-offline"] if offline else []
+    run = cli("predict", "--model", tiny_model_dir, tile, "--map", html, *extra, "--quiet")
     assert run.code == 0 and html.is_file(), run.err
     page = Page(browser, 1000, 700)
     page.page.goto(html.as_uri(), wait_until="load")
     page.page.wait_for_timeout(1000)
-    page.screenshot("map_browser.png", tmp_path)
+    page.screenshot("map_offline_browser.png" if offline else "map_browser.png", tmp_path)
     assert page.unexplained_errors() == [], page.errors
+    if offline:  # self-contained: nothing asked of the network, and no console error at all
+        assert page.blocked == [] and page.errors == [], (page.blocked, page.errors)
     if not page.blocked:  # a self-contained map: Leaflet drew it, with the prediction on it
         assert page.page.locator(".leaflet-container").count() == 1
         assert page.page.locator(".leaflet-interactive").count() >= 1
