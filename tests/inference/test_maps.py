@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 
+from geohf.errors import UserError
 from geohf.inference.cli import add_predict_parser
 from geohf.inference.maps import MapPoint, cell_polygons, prediction_map, save_map
 from geohf.inference.predictor import GeoPredictor
@@ -88,7 +89,8 @@ def test_single_image_choropleth_from_cell_polygons(predictor):
 
 def test_cell_polygons_missing_or_mismatched(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("cells"))
-    assert cell_polygons(GeoPredictor(str(tmp_path / "model"), bf16=False)) is None
+    with pytest.raises(UserError, match="quadtree.parquet: missing"):  # a local folder must carry its cells
+        GeoPredictor(str(tmp_path / "model"), bf16=False)
     shuffled = GeoPredictor(str(tiny_model_dir), bf16=False)
     shuffled.cells = dataclasses.replace(shuffled.cells, names=shuffled.cells.names[::-1])
     assert cell_polygons(shuffled) is None
