@@ -58,7 +58,7 @@ def labelling_rows(results: dict | None) -> list[Row]:
     if results is None:
         return [Row("labelling and cell fitting", "not measured", "", None)]
     rows = []
-    labelling = {int(n): v for n, v in results.get("labelling", {}).items()}
+    labelling = {int(n): v for n, v in results.get("labelling", {}).items() if n.isdigit()}
     for n, goal in ((1_000_000, 4.0), (10_000, 1.0)):
         if n in labelling:
             r = labelling[n]
