@@ -74,7 +74,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         steps, mode = cfg.steps, "fixed steps"
         say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (fixed: --steps)")
     else:
-        steps, mode = _steps_for_budget(model_args, str(dataset_dir), cfg, budget), "time budget"
+        steps, mode = _steps_for_budget(str(dataset_dir), cfg, budget), "time budget"
         say(f"2/4 fine-tuning tf_efficientnet_lite0 for {steps} steps (~{budget / 60:.1f} min budget)")
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -178,7 +178,7 @@ def rewrite_card_after_tuning(model_dir, config, trainer, dataset: str) -> None:
     write_model_card(model_dir, config, metrics, trainer.args, dataset, metrics_note=note)
 
 
-def _steps_for_budget(model_args: ModelArguments, dataset: str, cfg: DemoConfig, seconds: float) -> int:
+def _steps_for_budget(dataset: str, cfg: DemoConfig, seconds: float) -> int:
     """Training steps that fit in ``seconds``, from a throughput probe of the real model."""
     from .modeling import create_model
     from .modeling.factory import load_partition

@@ -48,16 +48,11 @@ def tiny_dataset(tmp_path_factory, admin1_path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
-    """A model folder trained for 2 steps on the tiny dataset (real Trainer path)."""
-    from transformers import TrainingArguments
+def tiny_training_args(out, **kw):
+    """``GeoTrainingArguments`` for a few CPU steps on the tiny dataset (``kw`` overrides)."""
+    from geohf.training.trainer import GeoTrainingArguments
 
-    from geohf.data.transforms import AugmentConfig
-    from geohf.training.train import DataArguments, ModelArguments, run_training
-
-    out = tmp_path_factory.mktemp("model") / "model"
-    args = TrainingArguments(
+    base = dict(
         output_dir=str(out),
         max_steps=2,
         per_device_train_batch_size=8,
@@ -69,7 +64,26 @@ def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
         eval_strategy="no",
         report_to=[],
         disable_tqdm=True,
+        logging_steps=1,
     )
+    return GeoTrainingArguments(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def training_args():
+    """``training_args(out, **kw)``: :func:`tiny_training_args` for tests."""
+    return tiny_training_args
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
+    """A model folder trained for 2 steps on the tiny dataset (real Trainer path)."""
+
+    from geohf.data.transforms import AugmentConfig
+    from geohf.training.train import DataArguments, ModelArguments, run_training
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    args = tiny_training_args(out)
     run_training(
         ModelArguments(image_size=32, crop_pct=1.0), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args
     )

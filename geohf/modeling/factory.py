@@ -33,7 +33,10 @@ def load_partition(dataset: str, name: str, revision: str | None = None) -> Cell
     local = Path(dataset) / CELLS_DIR / f"{name}.parquet"
     if Path(dataset).is_dir():
         if not local.is_file():
-            raise FileNotFoundError(f"{local} not found: the dataset has no '{name}' cell partition")
+            raise FileNotFoundError(
+                f"{local} not found: the dataset has no '{name}' cell partition; pass a spec to fit one "
+                f"(e.g. --cells quadtree:max_samples=50)"
+            )
         return CellPartition.load(local)
     from huggingface_hub import hf_hub_download
 

@@ -125,11 +125,6 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         return GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)
     source = data_args.dataset
     cells = model_args.cells
-    if ":" not in cells and not (Path(source) / "cells" / f"{cells}.parquet").is_file() and Path(source).is_dir():
-        raise FileNotFoundError(
-            f"{Path(source) / 'cells' / (cells + '.parquet')} not found: the dataset has no '{cells}' cell partition; "
-            f"pass --cells KIND:params to fit one (e.g. --cells quadtree:max_samples=50)"
-        )
     kinds = [k.strip() for k in model_args.heads.split(",") if k.strip()]
     needs_cells = any(k in ("haversine", "cells") for k in kinds)
     partition = None
@@ -171,7 +166,7 @@ def run_training(
     if not isinstance(training_args, GeoTrainingArguments):
         from .trainer import _geo_args
 
-        training_args = _geo_args(training_args, None)
+        training_args = _geo_args(training_args)
     # the Hub token is used once, for the final push, and never stored in training_args.json
     push, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None

@@ -101,7 +101,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.removeprefix("eval_") in GEO_METRICS_LOWER_IS_BETTER
 
 
-def _geo_args(args: TrainingArguments | None, model) -> GeoTrainingArguments:
+def _geo_args(args: TrainingArguments | None) -> GeoTrainingArguments:
     """``args`` as :class:`GeoTrainingArguments` (plain ``TrainingArguments`` keep their values)."""
     if args is None:
         return GeoTrainingArguments(output_dir="tmp_trainer", report_to="none")
@@ -177,7 +177,7 @@ class GeoTrainer(Trainer):
         **kwargs,
     ):
         reference = model if model is not None else (model_init() if model_init is not None else None)
-        args = _geo_args(args, reference)
+        args = _geo_args(args)
         if args.label_names is None:
             args.label_names = ["labels", "coordinates"]
         callbacks = list(callbacks or [])

@@ -13,21 +13,9 @@ from geohf.training.trainer import GeoTrainingArguments
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_card_follows_the_config_and_names_the_split_and_time(tiny_dataset, tmp_path):
+def test_card_follows_the_config_and_names_the_split_and_time(tiny_dataset, tmp_path, training_args):
     out = tmp_path / "model"
-    args = GeoTrainingArguments(
-        output_dir=str(out),
-        max_steps=2,
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        learning_rate=1e-3,
-        use_cpu=True,
-        save_strategy="no",
-        eval_strategy="steps",
-        eval_steps=2,
-        report_to=[],
-        disable_tqdm=True,
-    )
+    args = training_args(out, bf16=False, eval_strategy="steps", eval_steps=2, logging_steps=500)
     result = run_training(ModelArguments(image_size=32, crop_pct=1.0), DataArguments(str(tiny_dataset)), None, args)
     card = (out / "README.md").read_text()
     assert "probability-weighted mean of the top 5 cells" in card  # the config's rule at training time

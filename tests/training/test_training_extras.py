@@ -13,7 +13,7 @@ from datasets import load_dataset
 
 from geohf.data.transforms import AugmentConfig
 from geohf.training.train import DataArguments, ModelArguments, TrainingExtras, run_training
-from geohf.training.trainer import BalancedSampler, GeoTrainingArguments, inverse_frequency, step_schedule
+from geohf.training.trainer import BalancedSampler, inverse_frequency, step_schedule
 
 RUN = """
 import json, os, signal, sys
@@ -37,25 +37,6 @@ result = run_training(ModelArguments(image_size=32, crop_pct=1.0), DataArguments
 torch.save(result.model.state_dict(), os.path.join(out, "final.pt"))
 print(json.dumps([h["loss"] for h in result.trainer.state.log_history if "loss" in h]))
 """
-
-
-def tiny_args(out, **kw) -> GeoTrainingArguments:
-    base = dict(
-        output_dir=str(out),
-        max_steps=2,
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        learning_rate=1e-3,
-        bf16=True,
-        use_cpu=True,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        logging_steps=1,
-    )
-    base.update(kw)
-    return GeoTrainingArguments(**base)
 
 
 def tiny_model() -> ModelArguments:
@@ -88,8 +69,8 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tiny_dataset, tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit, augmentations included
 
 
-def test_early_stopping_on_median_km(tiny_dataset, tmp_path):
-    args = tiny_args(
+def test_early_stopping_on_median_km(tiny_dataset, tmp_path, training_args):
+    args = training_args(
         tmp_path / "es",
         max_steps=20,
         learning_rate=0.0,
@@ -112,7 +93,7 @@ def test_early_stopping_on_median_km(tiny_dataset, tmp_path):
     assert result.trainer.state.best_metric == pytest.approx(result.metrics["eval_median_km"])
 
 
-def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
+def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path, training_args):
     labels = np.array([0] * 90 + [1] * 10)
     weights = inverse_frequency(labels)
     draws = Counter(labels[i] for i in BalancedSampler(weights, seed=0))
@@ -122,7 +103,7 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
-        tiny_args(tmp_path / "bal", class_balance="loss"),
+        training_args(tmp_path / "bal", class_balance="loss"),
     )
     weights = result.model.config.head("haversine").class_weights
     counts = np.bincount(load_dataset(str(tiny_dataset), split="train")["cell_quadtree"], minlength=len(weights))
@@ -132,7 +113,7 @@ def test_class_balanced_sampler_and_loss(tiny_dataset, tmp_path):
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
-        tiny_args(tmp_path / "samp", class_balance="sampler"),
+        training_args(tmp_path / "samp", class_balance="sampler"),
     )
     assert isinstance(sampled.trainer._get_train_sampler(), BalancedSampler)
 
@@ -142,7 +123,7 @@ def test_step_schedule():
     assert [f(s) for s in range(9)] == [0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
 
 
-def test_frozen_backbone_trains_heads_only(tiny_dataset, tmp_path):
+def test_frozen_backbone_trains_heads_only(tiny_dataset, tmp_path, training_args):
     from geohf.modeling import build_model
 
     model_args = ModelArguments(image_size=32, crop_pct=1.0, freeze_backbone=True)
@@ -150,7 +131,7 @@ def test_frozen_backbone_trains_heads_only(tiny_dataset, tmp_path):
         model_args,
         DataArguments(dataset=str(tiny_dataset)),
         AugmentConfig(),
-        tiny_args(tmp_path / "probe", learning_rate=1e-2),
+        training_args(tmp_path / "probe", learning_rate=1e-2),
     ).model
     after = model.state_dict()
     fresh = build_model(model.config, "offline").state_dict()  # the ImageNet weights it started from
@@ -159,18 +140,18 @@ def test_frozen_backbone_trains_heads_only(tiny_dataset, tmp_path):
     assert not torch.equal(fresh["heads.haversine.fc.weight"], after["heads.haversine.fc.weight"])
 
 
-def test_logging_to_tensorboard_and_trackio(tiny_dataset, tmp_path, monkeypatch):
+def test_logging_to_tensorboard_and_trackio(tiny_dataset, tmp_path, monkeypatch, training_args):
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    args = tiny_args(tmp_path / "log", report_to=["tensorboard", "trackio"], project="geohf-test", run_name="tiny")
+    args = training_args(tmp_path / "log", report_to=["tensorboard", "trackio"], project="geohf-test", run_name="tiny")
     run_training(tiny_model(), DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args)
     events = list((tmp_path / "log").rglob("events.out.tfevents.*"))  # output_dir/runs/...
     assert events and events[0].stat().st_size > 0
     assert list((tmp_path / "trackio").rglob("*")), "trackio wrote nothing"
 
 
-def test_hyperparameter_search(tiny_dataset, tmp_path):
-    args = tiny_args(tmp_path / "hp", eval_strategy="steps", eval_steps=2)
+def test_hyperparameter_search(tiny_dataset, tmp_path, training_args):
+    args = training_args(tmp_path / "hp", eval_strategy="steps", eval_steps=2)
     result = run_training(
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset)),
@@ -183,12 +164,12 @@ def test_hyperparameter_search(tiny_dataset, tmp_path):
     assert args.learning_rate == hp["hyperparameters"]["learning_rate"]  # the final run used the best values
 
 
-def test_streaming(tiny_dataset, tmp_path):
+def test_streaming(tiny_dataset, tmp_path, training_args):
     result = run_training(
         tiny_model(),
         DataArguments(dataset=str(tiny_dataset), streaming=True),
         AugmentConfig(),
-        tiny_args(tmp_path / "stream"),
+        training_args(tmp_path / "stream"),
     )
     assert result.trainer.state.global_step == 2
     with pytest.raises(ValueError, match="max_steps"):
@@ -196,11 +177,11 @@ def test_streaming(tiny_dataset, tmp_path):
             tiny_model(),
             DataArguments(dataset=str(tiny_dataset), streaming=True),
             AugmentConfig(),
-            tiny_args(tmp_path / "stream2", max_steps=-1, num_train_epochs=1),
+            training_args(tmp_path / "stream2", max_steps=-1, num_train_epochs=1),
         )
 
 
-def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset, tmp_path, monkeypatch, training_args):
     calls = []
 
     class FakeApi:
@@ -216,7 +197,7 @@ def test_push_to_hub_uploads_one_folder_and_never_stores_the_token(tiny_dataset,
     monkeypatch.setattr("geohf.hub.publish.HfApi", FakeApi)
     secret = "hf_FAKEsecretTOKENvalue1234567890"
     out = tmp_path / "pushed"
-    args = tiny_args(
+    args = training_args(
         out,
         push_to_hub=True,
         hub_model_id="org/geo-model",
