@@ -126,7 +126,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args, labeller) 
     ds = load_dataset(str(data))
     if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
         tune_coordinate_rule(predictor, ds["validation"])
-    metrics = evaluate(predictor, ds, split="test", labeller=labeller).rows
+    metrics = evaluate(predictor, ds, split="test").rows
     return {**metrics["model"], "train_seconds": seconds, "_baselines": metrics}
 
 

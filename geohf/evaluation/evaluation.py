@@ -11,14 +11,17 @@ from ..data.transforms import label_encoder
 from ..geo.sphere import geometric_median, haversine_km, pairwise_haversine_km
 from ..inference.predictions import CellTable, GeoPredictions
 from ..inference.predictor import GeoPredictor
-from .metrics import accuracy, distance_metrics, topk_accuracy
+from .metrics import distance_metrics, hierarchy_metrics, topk_accuracy
 
 TABLE_COLUMNS = [
     ("cell_top1_accuracy", "cell top-1 %"),
     ("cell_top5_accuracy", "cell top-5 %"),
     ("country_accuracy", "country %"),
+    ("country_balanced_accuracy", "country bal. %"),
+    ("region_accuracy", "region %"),
     ("mean_km", "mean km"),
     ("median_km", "median km"),
+    ("within_1km", "≤1 km %"),
     ("within_25km", "≤25 km %"),
     ("within_200km", "≤200 km %"),
     ("within_750km", "≤750 km %"),
@@ -29,28 +32,38 @@ TABLE_COLUMNS = [
 
 @dataclass
 class Guesses:
-    """Predictions of one method on a split: coordinates and ranked cells."""
+    """Predictions of one method on a split: coordinates, ranked cells and, where the method names
+    them, countries and regions (else the best cell's majority ones)."""
 
     latitude: np.ndarray
     longitude: np.ndarray
     ranked_cells: np.ndarray  # (N, k) best first
+    country_code: np.ndarray | None = None
+    region_code: np.ndarray | None = None
 
-    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str, labeller=None) -> dict[str, float]:
+    @classmethod
+    def from_predictions(cls, predictions: GeoPredictions) -> Guesses:
+        return cls(
+            predictions.pred_latitude,
+            predictions.pred_longitude,
+            predictions.top_index,
+            predictions.pred_country_code,
+            predictions.pred_region_code,
+        )
+
+    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
         out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
         true_cell = truth[cell_column].to_numpy()
         known = true_cell >= 0  # rows whose true class the model does not have are left out
-        if self.ranked_cells.shape[1] == 0:  # a regression model: its country is where its coordinates fall
-            if labeller is not None:
-                labels, _ = labeller.label(self.latitude, self.longitude)
-                out["country_accuracy"] = accuracy(labels["country_code"], truth["country_code"])
-                out["region_accuracy"] = accuracy(labels["region_code"], truth["region_code"])
-            return out
         for k in (1, 5):
-            if known.any():
+            if known.any() and self.ranked_cells.shape[1]:
                 hit = (self.ranked_cells[known, :k] == true_cell[known, None]).any(1)
                 out[f"cell_top{k}_accuracy"] = float(100.0 * hit.mean())
-        out["country_accuracy"] = accuracy(cells.country_code[self.ranked_cells[:, 0]], truth["country_code"])
-        out["region_accuracy"] = accuracy(cells.region_code[self.ranked_cells[:, 0]], truth["region_code"])
+        country, region = self.country_code, self.region_code
+        if country is None and self.ranked_cells.shape[1]:
+            country, region = cells.country_code[self.ranked_cells[:, 0]], cells.region_code[self.ranked_cells[:, 0]]
+        if country is not None:
+            out.update(hierarchy_metrics(country, truth["country_code"], region, truth["region_code"]))
         return out
 
 
@@ -171,7 +184,6 @@ def evaluate(
     train=None,
     batch_size: int = 64,
     seed: int = 0,
-    labeller=None,
     bf16: bool | None = None,
 ) -> Evaluation:
     """The model on a split next to two naive baselines (geometric median, random cell by frequency).
@@ -181,7 +193,6 @@ def evaluate(
         dataset: a ``DatasetDict`` (``split`` is scored, its ``train`` split fits the baselines) or one split.
         train: the training split for the baselines when ``dataset`` is one split; without it the
             baselines come from the model's cells and their training counts.
-        labeller: a :class:`~geohf.geo.labelling.PointLabeller` for a regression-only model's country.
 
     True cells come from the model's own partition (so any dataset with coordinates can be
     scored), else from the dataset's column of the primary head.
@@ -215,8 +226,7 @@ def evaluate(
         }
     )
     result = Evaluation(split=split, sizes=sizes, predictions=predictions, truth=truth)
-    model_guess = Guesses(predictions.pred_latitude, predictions.pred_longitude, predictions.top_index)
-    result.rows["model"] = model_guess.metrics(scored, cells, "true_class", labeller)
+    result.rows["model"] = Guesses.from_predictions(predictions).metrics(scored, cells, "true_class")
     known = true_class >= 0
     if predictions.probs.shape[1] and known.any():
         topk = topk_accuracy(predictions.probs[known], true_class[known], (3, 10))
@@ -246,18 +256,21 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES) -> dict:
     """Pick how cell probabilities become coordinates (argmax / weighted top-k within a radius)
     by median km on ``dataset`` (a validation split), and set it in the model config.
 
-    Returns ``{"rule": (method, top_k, radius_km), "median_km": {rule: km}}``.
+    The images run through the backbone once; each rule re-reads the primary head's output from the
+    pooled embeddings. Returns ``{"rule": (method, top_k, radius_km), "median_km": {rule: km}}``.
     """
     import torch
 
     predictor = as_predictor(model)
     model = predictor.model
     head = model.heads[model.config.primary_head]
-    predictions = predictor.predict_dataset(dataset, desc="tuning coordinates")
-    logits = torch.log(torch.as_tensor(predictions.probs).clamp_min(1e-12))
+    predictions = predictor.predict_dataset(dataset, desc="tuning coordinates", embeddings=True)
+    with torch.inference_mode():
+        weight = head.fc.weight
+        out = head(torch.as_tensor(predictions.embeddings, dtype=weight.dtype, device=weight.device)).float()
     scores = {}
     for method, k, radius in rules:
-        coords = head.coordinates(logits, method, k, radius).numpy()
+        coords = head.coordinates(out, method, k, radius).cpu().numpy()
         err = haversine_km(predictions.true_latitude, predictions.true_longitude, coords[:, 0], coords[:, 1])
         scores[(method, k, radius)] = float(np.median(err))
     best = min(scores, key=scores.get)

@@ -88,6 +88,20 @@ def per_class_precision_recall(pred, true) -> dict[str, dict[str, float]]:
     return out
 
 
+def hierarchy_metrics(pred_country, true_country, pred_region=None, true_region=None) -> dict[str, float]:
+    """Country and region accuracy and balanced accuracy (%), over the rows whose truth is known ('' unknown)."""
+    out = {}
+    for level, pred, true in (("country", pred_country, true_country), ("region", pred_region, true_region)):
+        if pred is None or true is None:
+            continue
+        pred, true = np.asarray(pred, dtype=object).astype(str), np.asarray(true, dtype=object).astype(str)
+        known = true != ""
+        if known.any():
+            out[f"{level}_accuracy"] = accuracy(pred[known], true[known])
+            out[f"{level}_balanced_accuracy"] = balanced_accuracy(pred[known], true[known])
+    return out
+
+
 def geolocation_metrics(
     true_lat,
     true_lon,
@@ -104,9 +118,5 @@ def geolocation_metrics(
     out = distance_metrics(true_lat, true_lon, pred_lat, pred_lon)
     if cell_scores is not None and true_cell is not None:
         out.update({f"cell_{k}": v for k, v in topk_accuracy(cell_scores, true_cell).items()})
-    if true_country is not None and pred_country is not None:
-        out["country_accuracy"] = accuracy(pred_country, true_country)
-        out["country_balanced_accuracy"] = balanced_accuracy(pred_country, true_country)
-    if true_region is not None and pred_region is not None:
-        out["region_accuracy"] = accuracy(pred_region, true_region)
+    out.update(hierarchy_metrics(pred_country, true_country, pred_region, true_region))
     return out

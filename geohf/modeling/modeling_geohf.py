@@ -34,9 +34,10 @@ class GeoModelOutput(ModelOutput):
 
     Attributes:
         loss: weighted sum of the head losses (when labels are given).
-        logits: the primary head's logits (what image-classification pipelines read).
+        logits: the primary head's class logits (what image-classification pipelines read).
         coordinates: (batch, 2) predicted latitude, longitude in degrees.
-        logits_per_head: every head's output by head name (multi-head models).
+        logits_per_head: every head's whole output by head name (multi-head models; a hybrid head's
+            holds its per-cell offsets after the class logits).
         embeddings: pooled (view-fused) embeddings, when asked for.
     """
 
@@ -269,7 +270,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         primary = self.config.primary_head
         return GeoModelOutput(
             loss=loss,
-            logits=logits_per_head[primary] if primary else None,
+            logits=self.heads[primary].class_logits(logits_per_head[primary]) if primary else None,
             coordinates=coords,
             logits_per_head=logits_per_head if len(self.heads) > 1 else None,
             embeddings=embeddings if output_embeddings else None,

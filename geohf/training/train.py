@@ -18,7 +18,7 @@ from transformers import TrainingArguments, set_seed
 from ..data.folder import load_geo_dataset
 from ..data.transforms import AugmentConfig
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
-from ..modeling.factory import HEAD_CHOICES, create_model
+from ..modeling.factory import CELL_HEADS, HEAD_CHOICES, create_model
 from .trainer import GeoTrainer, GeoTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,14 @@ class ModelArguments:
             "help": "geocell partition: the dataset's cells/<name>.parquet, or a spec to fit (quadtree:max_samples=50)"
         },
     )
-    tau_km: float = field(default=75.0, metadata={"help": "haversine label smoothing temperature (km)"})
+    tau_km: float = field(
+        default=75.0,
+        metadata={"help": "haversine label smoothing temperature (km); for a hybrid head 0 is plain cross-entropy"},
+    )
+    hierarchy_levels: int | None = field(
+        default=None,
+        metadata={"help": "cell heads: also train cross-entropy over this many coarser quadtree levels (OSV-5M)"},
+    )
     image_size: int | None = field(default=None, metadata={"help": "input side in px (default: backbone's)"})
     crop_pct: float | None = field(
         default=None, metadata={"help": "eval centre-crop fraction (default: backbone's; 1.0 keeps the whole image)"}
@@ -126,7 +133,7 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
     source = data_args.dataset
     cells = model_args.cells
     kinds = [k.strip() for k in model_args.heads.split(",") if k.strip()]
-    needs_cells = any(k in ("haversine", "cells") for k in kinds)
+    needs_cells = any(k in CELL_HEADS for k in kinds)
     partition = None
     if needs_cells and ":" not in cells:
         from ..modeling.factory import load_partition
@@ -140,6 +147,7 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         cells=partition if partition is not None else cells,
         cells_from_column=partition is not None,
         tau_km=model_args.tau_km,
+        hierarchy_levels=model_args.hierarchy_levels,
         image_size=model_args.image_size,
         crop_pct=model_args.crop_pct,
         backbone_kwargs=model_args.backbone_kwargs,

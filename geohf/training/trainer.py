@@ -19,7 +19,7 @@ from ..data.transforms import (
     label_encoder,
     train_transform,
 )
-from ..evaluation.metrics import distance_metrics, topk_accuracy
+from ..evaluation.metrics import distance_metrics, hierarchy_metrics, topk_accuracy
 from ..modeling import GeoImageProcessor
 from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.factory import label_column_values
@@ -212,7 +212,7 @@ class GeoTrainer(Trainer):
             args.greater_is_better = not lower_is_better(args.metric_for_best_model)
             callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
         kwargs.setdefault("data_collator", GeoCollator(channels_last=args.channels_last))
-        kwargs.setdefault("compute_metrics", make_compute_metrics())
+        kwargs.setdefault("compute_metrics", make_compute_metrics(reference.config if reference is not None else None))
         super().__init__(
             model=model,
             args=args,
@@ -359,8 +359,10 @@ def _dataset_name(dataset) -> str | None:
     return getattr(info, "dataset_name", None) if info is not None else None
 
 
-def make_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
-    """Trainer ``compute_metrics``: km errors from predicted coordinates, top-k over the primary head.
+def make_compute_metrics(config=None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Trainer ``compute_metrics``: km errors from predicted coordinates, top-k over the primary head and,
+    given the model ``config``, country and region accuracy and balanced accuracy of its coherent answers
+    (:func:`~geohf.inference.answers.coherent`) against the areas the true coordinates lie in.
 
     Expects ``label_names=["labels", "coordinates"]`` and model outputs ``(logits, coordinates, ...)``.
     """
@@ -376,6 +378,37 @@ def make_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
             out.update(topk_accuracy(np.asarray(logits)[valid], np.asarray(cell_labels)[valid], ks=(1, 5)))
         if coords is not None and true is not None:
             out.update(distance_metrics(true[:, 0], true[:, 1], coords[:, 0], coords[:, 1]))
+            if config is not None:
+                out.update(_hierarchy(config, logits, coords, true))
         return out
 
     return compute
+
+
+def _hierarchy(config, logits, coords, true) -> dict[str, float]:
+    """Country / region (balanced) accuracy of the coherent answers for predicted ``coords``."""
+    from ..geo.places import AdminAreas
+    from ..inference.answers import coherent
+    from ..inference.predictions import CellTable, GeoPredictions
+
+    spec = config.head()
+    cells = CellTable.from_spec(spec)
+    n = coords.shape[0]
+    probs = np.zeros((n, 0))
+    if spec.is_classifier and logits is not None and logits.ndim == 2:
+        z = np.asarray(logits, dtype=np.float64)
+        probs = np.exp(z - z.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+    empty = np.zeros((n, 0), dtype=np.int64)
+    pred = GeoPredictions(
+        np.asarray(coords[:, 0], np.float64), np.asarray(coords[:, 1], np.float64), empty, np.zeros((n, 0)), cells, probs=probs
+    )
+    areas = AdminAreas.default()
+    pred = coherent(pred, config.answer, config.coordinate_top_k, areas)
+    true_rows = areas.containing(true[:, 0], true[:, 1])
+    return hierarchy_metrics(
+        pred.pred_country_code,
+        areas.table.lookup("country_code", true_rows),
+        pred.pred_region_code,
+        areas.table.lookup("region_code", true_rows),
+    )
