@@ -574,7 +574,8 @@ WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
 def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int, rect=WORLD) -> list:
-    """Split a cell at the median of its samples along its wider axis until each part is small enough.
+    """Split a cell at the median of its samples along its wider axis until each part is small enough
+    (the cut runs halfway between the samples on either side of the median).
 
     Returns ``(piece, rect)`` pairs: ``piece`` is ``geom`` cut by the half-planes of the splits,
     whose intersection is the rectangle ``rect`` (x0, y0, x1, y1).
@@ -585,9 +586,15 @@ def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples
     wide_lon = (lo.max() - lo.min()) * np.cos(np.deg2rad(np.median(la))) >= la.max() - la.min()
     values = lo if wide_lon else la
     m = float(np.median(values))
-    low, high = values < m, values >= m
-    if not low.any() or not high.any():  # all samples on one line: cannot split further
+    low = values < m
+    if not low.any():  # the median sample is the smallest (repeated coordinates)
+        low = values <= m
+    high = ~low
+    if not high.any():  # all samples on one line: cannot split further
         return [(geom, rect)]
+    # cut halfway between the two sides, so that no sample lies on the cut (and could be assigned
+    # to the other side later)
+    m = (float(values[low].max()) + float(values[high].min())) / 2
     x0, y0, x1, y1 = rect
     if wide_lon:
         half_low, half_high = shapely.box(-180, -90, m, 90), shapely.box(m, -90, 180, 90)
