@@ -717,7 +717,8 @@ def fit_semantic_optics(
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     regions = _regions(boundaries)
     geoms = regions.geometry.to_numpy()
-    index, pairs, centres = _region_graph(regions, boundary_key(regions))
+    bkey = boundary_key(regions)
+    index, pairs, centres = _region_graph(regions, bkey)
     row = _assign(index, lat, lon)
     merged = merge_small_pieces(
         geoms,
@@ -733,13 +734,13 @@ def fit_semantic_optics(
     order = np.argsort(sample_cell, kind="stable")
     bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
     xy = np.stack([lon, lat], axis=1)
-    pieces, large = [], []
-    for c, geom in enumerate(cells):
+    whole, pieces, large = [], [], []  # cells kept as they are, pieces of split cells, cells to split
+    for c in range(len(cells)):
         idx = order[bounds[c] : bounds[c + 1]]
         if idx.size > max_samples:
             large.append((_cell_shape(geoms, np.flatnonzero(merged == c)), idx))
         elif idx.size:
-            pieces.append(geom)
+            whole.append(c)
     for fraction, xi in OPTICS_ROUNDS:
         optics_min = max(2, round(fraction * min_samples))
         stuck = []
@@ -761,8 +762,20 @@ def fit_semantic_optics(
         large = stuck
     for geom, idx in large:  # no cluster structure: median bisection
         pieces.extend(p for p, _ in _bisect(geom, lat, lon, idx, max_samples) if not shapely.is_empty(p))
+    # the index: whole cells from the cached admin-1 tiles, split pieces tiled afresh (few)
+    tiles, tile_row = _region_tiles(regions, bkey)
+    n_whole = len(whole)
+    whole_tiles = _piece_tiles(tiles, merged[tile_row], np.array(whole, dtype=np.int64), [WORLD] * n_whole, len(cells))
+    parts, owner = shapely.get_parts(np.array(pieces, dtype=object), return_index=True)
+    parts, owner = tile_parts(parts, owner)
+    keep = np.flatnonzero(shapely.get_type_id(parts) == 3)
+    keep = keep[np.argsort(owner[keep], kind="stable")]
+    piece_tiles = np.empty(len(pieces), dtype=object)
+    shapely.multipolygons(parts[keep], indices=owner[keep], out=piece_tiles)
+    geometry = np.array([*cells[whole], *pieces], dtype=object)
+    index = PolygonIndex(np.concatenate([whole_tiles, piece_tiles]))
     params = {"min_samples": min_samples, "max_samples": max_samples, "max_cluster_points": max_cluster_points}
-    return CellPartition.from_geometry("semantic_optics", np.array(pieces, dtype=object), lat, lon, labels, params)
+    return CellPartition.from_geometry("semantic_optics", geometry, lat, lon, labels, params, index=index)
 
 
 CELL_FITTERS = {

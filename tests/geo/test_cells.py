@@ -184,7 +184,11 @@ def test_semantic_and_fishnet_at_tiled_index_sizes(labeller):
     fishnet cells (unions with zero-area holes that break GEOS's rectangle clip) work."""
     lat, lon = random_land(labeller, 25_000, seed=7)
     labels, _ = labeller.label(lat, lon)
-    for kind, params in (("semantic", {"min_samples": 50, "max_samples": 1000}), ("fishnet", {"cell_deg": 10.0})):
+    for kind, params in (
+        ("semantic", {"min_samples": 50, "max_samples": 1000}),
+        ("semantic_optics", {"min_samples": 50, "max_samples": 300}),  # OPTICS splits: an index of new tiles
+        ("fishnet", {"cell_deg": 10.0}),
+    ):
         part = fit_cells(kind, lat, lon, labels, boundaries=labeller.boundaries, **params)
         own = part.assign(lat, lon)  # a fresh index over the stored polygons, tiled
         np.testing.assert_array_equal(np.bincount(own, minlength=len(part)), part.cells["count"].to_numpy())
