@@ -766,7 +766,8 @@ def fit_semantic_optics(
     tiles, tile_row = _region_tiles(regions, bkey)
     n_whole = len(whole)
     whole_tiles = _piece_tiles(tiles, merged[tile_row], np.array(whole, dtype=np.int64), [WORLD] * n_whole, len(cells))
-    parts, owner = shapely.get_parts(np.array(pieces, dtype=object), return_index=True)
+    pieces = _drop_degenerate_holes(np.array(pieces, dtype=object))  # overlay slivers break clip_by_rect
+    parts, owner = shapely.get_parts(pieces, return_index=True)
     parts, owner = tile_parts(parts, owner)
     keep = np.flatnonzero(shapely.get_type_id(parts) == 3)
     keep = keep[np.argsort(owner[keep], kind="stable")]
