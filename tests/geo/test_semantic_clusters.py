@@ -122,3 +122,13 @@ def test_semantic_optics_is_deterministic_and_selectable():
     assert first.names == second.names
     assert shapely.equals_exact(first.cells.geometry.to_numpy(), second.cells.geometry.to_numpy(), 0).all()
     np.testing.assert_array_equal(first.centroids, second.centroids)
+
+
+def test_without_scikit_learn_the_error_names_the_extra(monkeypatch):
+    import sys
+
+    from geohf.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"geohf\[clusters\]"):
+        optics_labels(blobs([(0, 0)], 50, 1.0), 10, 0.05)
