@@ -714,6 +714,11 @@ def fit_semantic_optics(
     """
     from .clusters import split_by_clusters
 
+    if not 1 <= min_samples <= max_samples or max_cluster_points < min_samples:
+        raise ValueError(
+            f"semantic_optics needs 1 <= min_samples <= max_samples and max_cluster_points >= min_samples; "
+            f"got min_samples={min_samples}, max_samples={max_samples}, max_cluster_points={max_cluster_points}"
+        )
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     regions = _regions(boundaries)
     geoms = regions.geometry.to_numpy()

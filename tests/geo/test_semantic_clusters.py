@@ -122,6 +122,8 @@ def test_semantic_optics_is_deterministic_and_selectable():
     assert first.names == second.names
     assert shapely.equals_exact(first.cells.geometry.to_numpy(), second.cells.geometry.to_numpy(), 0).all()
     np.testing.assert_array_equal(first.centroids, second.centroids)
+    with pytest.raises(ValueError, match="max_cluster_points=10"):
+        fit_cells("semantic_optics", lat, lon, boundaries=regions, min_samples=60, max_cluster_points=10)
 
 
 def test_without_scikit_learn_the_error_names_the_extra(monkeypatch):
