@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cells",
         nargs="+",
         default=["semantic", "quadtree"],
-        help="partitions NAME=KIND:k=v,... e.g. semantic:min_samples=50 quadtree:max_samples=100 fishnet:cell_deg=2",
+        help="partitions NAME=KIND:k=v,... e.g. semantic:min_samples=50 quadtree:max_samples=100 fishnet:cell_deg=2 "
+        "semantic_optics:max_samples=1000 (PIGEON's OPTICS + Voronoi cells)",
     )
     build.add_argument(
         "--filter",

@@ -574,7 +574,8 @@ WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
 def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples: int, rect=WORLD) -> list:
-    """Split a cell at the median of its samples along its wider axis until each part is small enough.
+    """Split a cell at the median of its samples along its wider axis until each part is small enough
+    (the cut runs halfway between the samples on either side of the median).
 
     Returns ``(piece, rect)`` pairs: ``piece`` is ``geom`` cut by the half-planes of the splits,
     whose intersection is the rectangle ``rect`` (x0, y0, x1, y1).
@@ -585,9 +586,15 @@ def _bisect(geom, lat: np.ndarray, lon: np.ndarray, idx: np.ndarray, max_samples
     wide_lon = (lo.max() - lo.min()) * np.cos(np.deg2rad(np.median(la))) >= la.max() - la.min()
     values = lo if wide_lon else la
     m = float(np.median(values))
-    low, high = values < m, values >= m
-    if not low.any() or not high.any():  # all samples on one line: cannot split further
+    low = values < m
+    if not low.any():  # the median sample is the smallest (repeated coordinates)
+        low = values <= m
+    high = ~low
+    if not high.any():  # all samples on one line: cannot split further
         return [(geom, rect)]
+    # cut halfway between the two sides, so that no sample lies on the cut (and could be assigned
+    # to the other side later)
+    m = (float(values[low].max()) + float(values[high].min())) / 2
     x0, y0, x1, y1 = rect
     if wide_lon:
         half_low, half_high = shapely.box(-180, -90, m, 90), shapely.box(m, -90, 180, 90)
@@ -672,8 +679,118 @@ def fit_semantic(
     )
 
 
-CELL_FITTERS = {"quadtree": fit_quadtree, "fishnet": fit_fishnet, "semantic": fit_semantic}
-NEEDS_BOUNDARIES = {"fishnet", "semantic"}
+# PIGEON's OPTICS schedule: (min_samples as a fraction of the cell minimum, xi). Its GeoGuessr
+# geocells (30 to 60 samples) use (8, 0.05), (10, 0.025), (15, 0.015): these fractions of 30.
+OPTICS_ROUNDS = ((0.27, 0.05), (0.34, 0.025), (0.5, 0.015))
+
+
+def _cell_shape(geoms: np.ndarray, members: np.ndarray):
+    """One valid geometry for a merged cell (its regions dissolved) that overlays can cut."""
+    shape = geoms[members[0]] if len(members) == 1 else shapely.union_all(geoms[members])
+    return shape if shapely.is_valid(shape) else shapely.make_valid(shape)
+
+
+def fit_semantic_optics(
+    lat,
+    lon,
+    labels: pd.DataFrame | None = None,
+    boundaries: gpd.GeoDataFrame | None = None,
+    min_samples: int = 50,
+    max_samples: int = 1000,
+    max_cluster_points: int = 1000,
+) -> CellPartition:
+    """Semantic cells as PIGEON (Haas et al., CVPR 2024) builds them, from admin-1 regions.
+
+    Regions with fewer than ``min_samples`` training samples merge into a touching region of
+    the same country (an island into the nearest region of its country), as in
+    :func:`fit_semantic`. Cells with more than ``max_samples`` are split by OPTICS clustering
+    of their samples' coordinates and a Voronoi tessellation of the clusters clipped to the
+    cell (:func:`~geohf.geo.clusters.split_by_clusters`), in PIGEON's three rounds of OPTICS
+    parameters (:data:`OPTICS_ROUNDS`), each round until no cell it can split is left. A cell
+    OPTICS finds no structure in (uniform samples) is then split at the median of its samples
+    (:func:`fit_semantic`'s bisection), so no cell ends above ``max_samples`` unless all its
+    samples share one coordinate. OPTICS runs on at most ``max_cluster_points`` samples of a
+    cell (a fixed random subset): it is quadratic in its points. Deterministic.
+    """
+    from .clusters import split_by_clusters
+
+    if not 1 <= min_samples <= max_samples or max_cluster_points < min_samples:
+        raise ValueError(
+            f"semantic_optics needs 1 <= min_samples <= max_samples and max_cluster_points >= min_samples; "
+            f"got min_samples={min_samples}, max_samples={max_samples}, max_cluster_points={max_cluster_points}"
+        )
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    regions = _regions(boundaries)
+    geoms = regions.geometry.to_numpy()
+    bkey = boundary_key(regions)
+    index, pairs, centres = _region_graph(regions, bkey)
+    row = _assign(index, lat, lon)
+    merged = merge_small_pieces(
+        geoms,
+        np.bincount(row, minlength=len(geoms)),
+        min_samples,
+        groups=regions["country_code"].to_numpy(),
+        nearest_fallback=True,
+        pairs=pairs,
+        centres=centres,
+    )
+    cells = _collect(geoms, merged, dissolve=False)
+    sample_cell = merged[row]
+    order = np.argsort(sample_cell, kind="stable")
+    bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
+    xy = np.stack([lon, lat], axis=1)
+    whole, pieces, large = [], [], []  # cells kept as they are, pieces of split cells, cells to split
+    for c in range(len(cells)):
+        idx = order[bounds[c] : bounds[c + 1]]
+        if idx.size > max_samples:
+            large.append((_cell_shape(geoms, np.flatnonzero(merged == c)), idx))
+        elif idx.size:
+            whole.append(c)
+    for fraction, xi in OPTICS_ROUNDS:
+        optics_min = max(2, round(fraction * min_samples))
+        stuck = []
+        while large:
+            todo, large = large, []
+            for geom, idx in todo:
+                split = split_by_clusters(
+                    geom, xy[idx], min_samples, max_samples, optics_min, xi, max_points=max_cluster_points
+                )
+                if split is None:
+                    stuck.append((geom, idx))
+                    continue
+                for k, piece in enumerate(split.pieces):
+                    mine = idx[split.member == k]
+                    if mine.size > max_samples:
+                        large.append((piece, mine))
+                    elif mine.size:
+                        pieces.append(piece)
+        large = stuck
+    for geom, idx in large:  # no cluster structure: median bisection
+        pieces.extend(p for p, _ in _bisect(geom, lat, lon, idx, max_samples) if not shapely.is_empty(p))
+    # the index: whole cells from the cached admin-1 tiles, split pieces tiled afresh (few)
+    tiles, tile_row = _region_tiles(regions, bkey)
+    n_whole = len(whole)
+    whole_tiles = _piece_tiles(tiles, merged[tile_row], np.array(whole, dtype=np.int64), [WORLD] * n_whole, len(cells))
+    pieces = _drop_degenerate_holes(np.array(pieces, dtype=object))  # overlay slivers break clip_by_rect
+    parts, owner = shapely.get_parts(pieces, return_index=True)
+    parts, owner = tile_parts(parts, owner)
+    keep = np.flatnonzero(shapely.get_type_id(parts) == 3)
+    keep = keep[np.argsort(owner[keep], kind="stable")]
+    piece_tiles = np.empty(len(pieces), dtype=object)
+    shapely.multipolygons(parts[keep], indices=owner[keep], out=piece_tiles)
+    geometry = np.array([*cells[whole], *pieces], dtype=object)
+    index = PolygonIndex(np.concatenate([whole_tiles, piece_tiles]))
+    params = {"min_samples": min_samples, "max_samples": max_samples, "max_cluster_points": max_cluster_points}
+    return CellPartition.from_geometry("semantic_optics", geometry, lat, lon, labels, params, index=index)
+
+
+CELL_FITTERS = {
+    "quadtree": fit_quadtree,
+    "fishnet": fit_fishnet,
+    "semantic": fit_semantic,
+    "semantic_optics": fit_semantic_optics,
+}
+NEEDS_BOUNDARIES = {"fishnet", "semantic", "semantic_optics"}
 
 
 def fit_cells(

@@ -38,9 +38,13 @@ def tile_parts(parts: np.ndarray, rows: np.ndarray, tile_deg: float = TILE_DEG, 
     for a, b in zip(bounds[:-1], bounds[1:]):  # clip_by_rect takes one rectangle per call
         sel = order[a:b]
         q = square_i[sel[0]]
-        pieces[sel] = shapely.clip_by_rect(big_parts[part_i[sel]], x0[q], y0[q], x0[q] + tile_deg, y0[q] + tile_deg)
+        try:
+            pieces[sel] = shapely.clip_by_rect(big_parts[part_i[sel]], x0[q], y0[q], x0[q] + tile_deg, y0[q] + tile_deg)
+        except shapely.errors.GEOSException:  # GEOS's rectangle clip rejects some valid polygons: a full overlay
+            pieces[sel] = shapely.intersection(big_parts[part_i[sel]], squares[q])
     pieces, which = shapely.get_parts(np.concatenate([parts[~big], pieces]), return_index=True)
-    return pieces, np.concatenate([rows[~big], big_rows[part_i]])[which]
+    area = shapely.get_type_id(pieces) == 3  # an overlay can leave lines and points on the tile edges
+    return pieces[area], np.concatenate([rows[~big], big_rows[part_i]])[which][area]
 
 
 class PolygonIndex:

@@ -9,6 +9,7 @@ KINDS = {
     "quadtree": {"max_samples": 80, "min_samples": 10},
     "fishnet": {"cell_deg": 10.0},
     "semantic": {"min_samples": 15, "max_samples": 120},
+    "semantic_optics": {"min_samples": 15, "max_samples": 120},
 }
 
 
@@ -54,7 +55,7 @@ def test_partition_kinds(kind, land_points, labeller, tmp_path):
     pairs = set(zip(labels["country_code"], labels["region_code"]))
     for cc, rc in zip(part.cells["country_code"], part.cells["region_code"]):
         assert (cc, rc) in pairs
-    if kind == "semantic":  # merged within countries: a cell's samples share one country
+    if kind.startswith("semantic"):  # merged within countries: a cell's samples share one country
         own_cc = labels["country_code"].to_numpy()
         for c in range(len(part)):
             assert len(set(own_cc[own == c]) - {""}) <= 1
@@ -183,7 +184,11 @@ def test_semantic_and_fishnet_at_tiled_index_sizes(labeller):
     fishnet cells (unions with zero-area holes that break GEOS's rectangle clip) work."""
     lat, lon = random_land(labeller, 25_000, seed=7)
     labels, _ = labeller.label(lat, lon)
-    for kind, params in (("semantic", {"min_samples": 50, "max_samples": 1000}), ("fishnet", {"cell_deg": 10.0})):
+    for kind, params in (
+        ("semantic", {"min_samples": 50, "max_samples": 1000}),
+        ("semantic_optics", {"min_samples": 50, "max_samples": 300}),  # OPTICS splits: an index of new tiles
+        ("fishnet", {"cell_deg": 10.0}),
+    ):
         part = fit_cells(kind, lat, lon, labels, boundaries=labeller.boundaries, **params)
         own = part.assign(lat, lon)  # a fresh index over the stored polygons, tiled
         np.testing.assert_array_equal(np.bincount(own, minlength=len(part)), part.cells["count"].to_numpy())

@@ -1,0 +1,217 @@
+"""Splitting a geocell by clustering its samples (PIGEON, Haas et al., CVPR 2024).
+
+PIGEON splits an admin region holding too many training samples by running OPTICS on the
+samples' (longitude, latitude) and tessellating the clusters with a Voronoi diagram clipped
+to the region. :func:`split_by_clusters` does one such split; the semantic cell fitter
+(:func:`geohf.geo.cells.fit_semantic_optics`) repeats it until every cell is small enough.
+
+OPTICS here is :func:`optics_graph` (the reachability graph, the same as
+``sklearn.cluster.compute_optics_graph`` with ``max_eps=inf``, Euclidean distance, computed
+with a few vectorised operations per point instead of a tree query per point: ~30x faster)
+followed by scikit-learn's ``cluster_optics_xi`` (the xi-steep cluster extraction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from scipy.spatial import cKDTree
+
+from ..errors import UserError
+
+_DECIMALS = np.finfo(np.float64).precision  # scikit-learn rounds distances to this many decimals
+
+
+def _cluster_optics_xi():
+    try:
+        from sklearn.cluster import cluster_optics_xi
+    except ImportError:
+        raise UserError("semantic_optics cells need scikit-learn (OPTICS): pip install 'geohf[clusters]'") from None
+    return cluster_optics_xi
+
+
+def optics_graph(xy: np.ndarray, min_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ordering, core_distances, reachability, predecessor)`` of OPTICS over points ``xy`` (n, 2).
+
+    Core distance: distance to the ``min_samples``-th nearest point (the point itself counts).
+    Each step takes the unprocessed point of smallest reachability (ties: the lowest index)
+    and lowers its unprocessed points' reachability to ``max(core distance, distance)``.
+    """
+    xy = np.ascontiguousarray(xy, dtype=np.float64)
+    n = len(xy)
+    k = min(max(int(min_samples), 1), n)
+    dist = cKDTree(xy).query(xy, k=k)[0]
+    core = np.around(dist.reshape(n, -1)[:, -1], decimals=_DECIMALS)
+    reach = np.full(n, np.inf)
+    pred = np.full(n, -1, dtype=np.int64)
+    open_reach = np.full(n, np.inf)  # reachability of unprocessed points, inf once processed
+    done = np.zeros(n, bool)
+    ordering = np.empty(n, dtype=np.int64)
+    x, y = xy[:, 0], xy[:, 1]
+    point = 0
+    for step in range(n):
+        ordering[step] = point
+        done[point] = True
+        open_reach[point] = np.inf
+        d = np.sqrt((x - x[point]) ** 2 + (y - y[point]) ** 2)
+        np.maximum(d, core[point], out=d)
+        np.around(d, decimals=_DECIMALS, out=d)
+        better = (d < reach) & ~done
+        reach[better] = d[better]
+        open_reach[better] = d[better]
+        pred[better] = point
+        if step + 1 < n:
+            # argmin over unprocessed points; all inf (cannot happen with max_eps=inf) -> lowest index
+            point = int(np.argmin(open_reach))
+            if done[point]:
+                point = int(np.flatnonzero(~done)[0])
+    return ordering, core, reach, pred
+
+
+def optics_labels(xy: np.ndarray, min_samples: int, xi: float) -> np.ndarray:
+    """OPTICS cluster label per point (``-1``: noise), as ``sklearn.cluster.OPTICS(min_samples, xi=xi)``."""
+    ordering, _, reach, pred = optics_graph(xy, min_samples)
+    labels, _ = _cluster_optics_xi()(
+        reachability=reach, predecessor=pred, ordering=ordering, min_samples=min(int(min_samples), len(xy)), xi=xi
+    )
+    return labels
+
+
+def polygonal(geom):
+    """The polygon parts of ``geom`` (an overlay can leave lines and points) as one geometry."""
+    parts = shapely.get_parts(geom)
+    parts = parts[(shapely.get_type_id(parts) == 3) & (shapely.area(parts) > 0)]
+    if len(parts) == 0:
+        return shapely.Polygon()
+    return parts[0] if len(parts) == 1 else shapely.multipolygons(parts)
+
+
+def _voronoi(sites: np.ndarray, geom) -> np.ndarray:
+    """Voronoi polygon of each of ``sites`` (unique (x, y)), covering ``geom``'s bounds (not clipped)."""
+    x0, y0, x1, y1 = shapely.bounds(geom)
+    pad = max(x1 - x0, y1 - y0, 1.0)
+    frame = shapely.box(
+        min(x0, sites[:, 0].min()) - pad,
+        min(y0, sites[:, 1].min()) - pad,
+        max(x1, sites[:, 0].max()) + pad,
+        max(y1, sites[:, 1].max()) + pad,
+    )
+    cells = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(sites), extend_to=frame, ordered=True))
+    return cells
+
+
+@dataclass
+class Split:
+    """One split of a cell: its pieces (a partition of the cell's area) and each sample's piece."""
+
+    pieces: list
+    member: np.ndarray  # (n,) piece of every sample
+
+
+def _members(pieces: list, xy: np.ndarray) -> np.ndarray:
+    """Piece of every point: the first piece holding it, else the nearest piece."""
+    points = shapely.points(xy)
+    tree = shapely.STRtree(pieces)
+    pt, piece = tree.query(points, predicate="intersects")
+    member = np.full(len(xy), -1, dtype=np.int64)
+    first = np.unique(pt, return_index=True)[1]
+    member[pt[first]] = piece[first]
+    lost = np.flatnonzero(member < 0)
+    if lost.size:
+        member[lost] = tree.query_nearest(points[lost], all_matches=False)[1]
+    return member
+
+
+def _clean_dirty_splits(pieces: list) -> list:
+    """Move the detached parts of a multi-part piece (not its largest) to the touching piece
+    they share most border with (PIGEON's clean-up; parts touching no other piece stay)."""
+    pieces = list(pieces)
+    for i in range(len(pieces)):
+        parts = shapely.get_parts(pieces[i])
+        if len(parts) < 2:
+            continue
+        keep = [int(np.argmax(shapely.area(parts)))]
+        for p in range(len(parts)):
+            if p == keep[0]:
+                continue
+            halo = shapely.buffer(parts[p], 0.01)
+            overlap = np.array(
+                [shapely.area(shapely.intersection(halo, g)) if j != i else 0.0 for j, g in enumerate(pieces)]
+            )
+            if overlap.max() <= 0:
+                keep.append(p)
+                continue
+            j = int(np.argmax(overlap))
+            pieces[j] = polygonal(shapely.union(pieces[j], parts[p]))
+        pieces[i] = polygonal(shapely.multipolygons(parts[sorted(keep)]) if len(keep) > 1 else parts[keep[0]])
+    return pieces
+
+
+def split_by_clusters(
+    geom,
+    xy: np.ndarray,
+    min_samples: int,
+    max_samples: int,
+    optics_min_samples: int,
+    xi: float,
+    max_points: int = 1000,
+    seed: int = 0,
+) -> Split | None:
+    """PIGEON's split of one cell ``geom`` holding samples ``xy`` ((longitude, latitude), n x 2).
+
+    OPTICS clusters of fewer than ``min_samples`` samples count as noise. Fewer than two
+    groups (clusters, plus the noise when it holds ``min_samples``) -> ``None`` (no split).
+    One cluster and the noise: the cluster's area (the union of its samples' Voronoi
+    polygons, holes filled) is cut out, unless the noise holds more than ``max_samples``.
+    Two clusters: the same with noise assigned to the nearest cluster mean. Three or more:
+    the Voronoi polygons of the cluster means. Then detached parts are cleaned up
+    (:func:`_clean_dirty_splits`) and samples assigned to the pieces that hold them.
+
+    More than ``max_points`` samples: OPTICS runs on a random subset of that size (fixed
+    ``seed``) and cluster sizes are scaled back up: OPTICS is quadratic in its points.
+    ``None`` as well when the split would not shrink the cell (one piece keeps every sample).
+    """
+    n = len(xy)
+    sub = np.arange(n)
+    if n > max_points:
+        sub = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    scale = n / len(sub)
+    pts = xy[sub]
+    labels = optics_labels(pts, optics_min_samples, xi)
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    big = ids[counts * scale >= min_samples]
+    labels = np.where(np.isin(labels, big), labels, -1)
+    noise = int((labels < 0).sum() * scale)
+    groups = len(big) + (noise >= min_samples)
+    if groups < 2:
+        return None
+    if len(big) == 1:
+        if noise > max_samples:
+            return None
+    else:  # noise joins the nearest cluster mean
+        means = np.stack([pts[labels == c].mean(axis=0) for c in big])
+        lost = labels < 0
+        if lost.any():
+            labels[lost] = big[cKDTree(means).query(pts[lost])[1]]
+    if len(big) <= 2:  # cut out the first cluster: the union of its samples' Voronoi polygons
+        sites, first = np.unique(pts, axis=0, return_index=True)
+        if len(sites) < 2:
+            return None
+        mine = shapely.union_all(_voronoi(sites, geom)[labels[first] == big[0]])
+        inside = polygonal(shapely.intersection(mine, geom))
+        if shapely.get_type_id(inside) == 3:  # one polygon: fill its holes (PIGEON)
+            inside = polygonal(shapely.intersection(shapely.Polygon(inside.exterior), geom))
+        pieces = [inside, polygonal(shapely.difference(geom, inside))]
+    else:
+        means = np.stack([pts[labels == c].mean(axis=0) for c in big])
+        means = np.unique(means, axis=0)
+        pieces = [polygonal(g) for g in shapely.intersection(_voronoi(means, geom), geom)]
+    pieces = [p for p in _clean_dirty_splits(pieces) if not shapely.is_empty(p)]
+    if len(pieces) < 2:
+        return None
+    member = _members(pieces, xy)
+    if np.bincount(member, minlength=len(pieces)).max() == n:
+        return None
+    return Split(pieces, member)
