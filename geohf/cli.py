@@ -208,6 +208,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor = GeoPredictor(model, bf16=args.bf16)
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
+    if args.benchmark:
+        return _evaluate_benchmark(args, predictor, ds, dataset)
     metrics = write_report(
         predictor,
         ds,
@@ -224,6 +226,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: metrics.json, report.md, predictions.parquet, " + ", ".join(metrics["pictures"].values())
     )
+    return 0
+
+
+def _evaluate_benchmark(args: argparse.Namespace, predictor, ds, dataset: str) -> int:
+    """``geohf evaluate --benchmark``: the papers' table for the model, beside their published rows."""
+    import json
+
+    from .evaluation.benchmark import evaluate_benchmark
+
+    one_split_folder = dataset if Path(dataset).is_dir() and len(ds) == 1 else None
+    result, frame = evaluate_benchmark(
+        predictor,
+        ds[args.split],
+        args.benchmark,
+        batch_size=args.batch_size,
+        model_name=Path(args.model).name,
+        dataset_dir=one_split_folder,
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = result.table()
+    print(table)
+    for name, write in (
+        ("benchmark.json", lambda p: p.write_text(json.dumps(result.to_dict(), indent=2))),
+        ("benchmark.txt", lambda p: p.write_text(table + "\n", encoding="utf-8")),
+        ("benchmark_predictions.parquet", lambda p: frame.to_parquet(p)),
+    ):
+        tmp = out / f".{name}.partial"
+        write(tmp)
+        os.replace(tmp, out / name)
+    print(f"wrote {args.output}: benchmark.json, benchmark.txt, benchmark_predictions.parquet")
     return 0
 
 
@@ -394,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(ev, required=True, help="folder for metrics.json, report.md, pictures")
     add_batch_size(ev)
     ev.add_argument("--human", default=None, help="results file of the app's game: adds a 'human' row")
+    ev.add_argument(
+        "--benchmark",
+        choices=["im2gps3k", "yfcc4k", "osv5m"],
+        default=None,
+        help="score by the papers' protocol (km thresholds, GeoScore, OSV-5M's reverse-geocoded country/region/"
+        "sub-region/city accuracy and geohf's polygon accuracy) beside their published rows",
+    )
     add_bf16(ev)
     ev.set_defaults(func=_evaluate)
 
