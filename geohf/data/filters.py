@@ -60,7 +60,9 @@ def validate_coordinates(
     items = frame["source_file"].to_numpy()
     keep = np.ones(len(frame), bool)
     given = _given_countries(frame) if country_only else np.full(len(frame), None, dtype=object)
-    no_coords = np.array([_missing(a) and _missing(b) for a, b in zip(frame["latitude"], frame["longitude"])], bool)
+    no_coords = np.zeros(len(frame), bool)
+    if country_only:
+        no_coords[:] = [_missing(a) and _missing(b) for a, b in zip(frame["latitude"], frame["longitude"])]
     by_country = no_coords & (given != None)  # noqa: E711 - elementwise
     if country_only:
         for i in np.flatnonzero(no_coords & ~by_country):
@@ -140,10 +142,7 @@ def _missing(value) -> bool:
         return True
     if isinstance(value, str):
         return not value.strip()
-    try:
-        return bool(np.isnan(value))
-    except TypeError:
-        return False
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
 def _given_countries(frame: pd.DataFrame) -> np.ndarray:

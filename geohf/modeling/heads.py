@@ -70,6 +70,8 @@ class ClassificationHead(GeoHead):
         return self.centroids.shape[0] > 0
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
+        if not (labels >= 0).any():  # every row without this head's label (-100): nothing to learn here
+            return logits.float().sum() * 0.0
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
 
     def coordinates(
@@ -119,7 +121,9 @@ class HaversineHead(ClassificationHead):
         self.tau_km = float(spec.tau_km)
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
-        valid = labels >= 0  # -100: a label this head does not know
+        valid = labels >= 0  # -100: a label this head does not know, or a row without coordinates
+        if not valid.any():
+            return logits.float().sum() * 0.0
         if coordinates is not None:
             coordinates = coordinates[valid]
         labels = labels[valid]
@@ -146,6 +150,10 @@ class RegressionHead(GeoHead):
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         if coordinates is None:
             raise ValueError(f"regression head {self.name!r} needs the true coordinates")
+        located = torch.isfinite(coordinates).all(1)  # country-only rows (NaN) are left out
+        if not located.any():
+            return logits.float().sum() * 0.0
+        logits, coordinates = logits[located], coordinates[located]
         return great_circle_loss(logits, latlon_to_xyz(coordinates[:, 0].float(), coordinates[:, 1].float()))
 
     def coordinates(self, logits: torch.Tensor, method: str = "weighted", top_k: int = 5, radius_km=None):
