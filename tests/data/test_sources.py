@@ -286,4 +286,28 @@ def test_osv5m_from_the_hub_without_a_loading_script(osv5m, hub, tmp_path):
     assert "shard 01.zip: truncated zip" in done.stdout
     test = load_dataset(str(out))["test"]
     assert list(load_dataset(str(out))) == ["test"] and 6 < len(test) < 12
-    assert not (tmp_path / "hf" / "hub").exists() or not list((tmp_path / "hf").rglob("train.csv"))
+    downloaded = {f.name for f in (tmp_path / "hf").rglob("*") if f.is_file() and "snapshots" in f.parts}
+    assert {"test.csv", "00.zip", "01.zip"} <= downloaded and "train.csv" not in downloaded  # only --split test
+
+
+def test_yfcc26k_from_a_tar_and_bad_input(points, tmp_path, cli):
+    root = tmp_path / "yfcc26k"
+    root.mkdir()
+    pts = points.head(4)
+    ids = [f"{k:02x}/{k:02x}/{4000 + k}.jpg" for k in range(4)]
+    write_csv(root / "yfcc25600_places365.csv", places365_rows(ids, pts), PLACES365)
+    with tarfile.open(root / "yfcc26k_images.tar", "w") as tf:
+        for i, p in zip(ids, pts.itertuples()):
+            data = jpeg(p.latitude, p.longitude)
+            info = tarfile.TarInfo(f"images/{i}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    result = import_source(ImportConfig("yfcc26k", str(root), str(tmp_path / "out")))
+    assert result.report.splits == {"test": 4} and result.images_found == 4
+    assert load_dataset(str(tmp_path / "out"))["test"][0]["source_file"] == ids[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = cli("dataset", "import", "yfcc26k", empty, "-o", tmp_path / "x")
+    assert bad.code == 2 and "yfcc25600_places365.csv" in bad.errors[0] and "--table" in bad.errors[0]
+    missing = cli("dataset", "import", "im2gps3k", tmp_path / "nowhere", "-o", tmp_path / "y")
+    assert missing.code == 2 and "no such folder" in missing.errors[0]
