@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,9 +232,18 @@ class ImageIndex:
             self.shards[Path(index.path).name] = f"{index.error}; {len(index.members)} images kept"
             log.skip("shards", Path(index.path).name, f"{index.error}: {len(index.members)} readable images kept")
 
-    def by_basename(self, transform: Callable[[str], str] = lambda s: s) -> dict[str, MemberRef]:
-        """Name → image, keyed by the file name only (``a/b/123.jpg`` → ``123.jpg``)."""
-        return {transform(Path(name).name): ref for name, ref in self.refs.items()}
+    def by_basename(self, log: SkipLog | None = None) -> dict[str, MemberRef]:
+        """Name → image, keyed by the file name only (``a/b/123.jpg`` → ``123.jpg``); a second image of the
+        same file name is left out (listed), so a row never silently gets another folder's image."""
+        out: dict[str, MemberRef] = {}
+        for name, ref in self.refs.items():
+            base = Path(name).name
+            if base in out:
+                if log is not None:
+                    log.skip(STAGE, name, f"image file name {base} seen twice: the first one is used")
+                continue
+            out[base] = ref
+        return out
 
 
 def index_images(location: str | Path, log: SkipLog, pattern: str = "*") -> ImageIndex:
@@ -319,12 +327,11 @@ def read_benchmark(
     lat_col = find_column(frame, None, ("LAT", "latitude", "lat"), "latitude", table_path.name)
     lon_col = find_column(frame, None, ("LON", "longitude", "lon", "lng"), "longitude", table_path.name)
     index = index_images(images or root, log)
+    lookup = index.by_basename(log)
+    keys = frame[id_col].astype(str).map(lambda s: Path(s).name)
     if source == "mp16":  # MP16-Pro's tar names each image <IMG_ID with "/" replaced by "_">
-        lookup = index.by_basename()
-        keys = frame[id_col].astype(str).str.replace("/", "_")
-    else:
-        lookup = index.by_basename()
-        keys = frame[id_col].astype(str).map(lambda s: Path(s).name)
+        flat = frame[id_col].astype(str).str.replace("/", "_")
+        keys = flat.where(flat.isin(set(lookup)), keys)
     matched = match_rows(frame, keys, lookup, log, table_path.name)
     kept, meanings = keep_source_columns(matched, [lat_col, lon_col], source)
     rows = pd.DataFrame(
@@ -432,7 +439,7 @@ def read_any_table(cfg: ImportConfig, log: SkipLog) -> SourceRows:
     index = index_images(cfg.images or cfg.input, log)
     names = frame[id_col].astype(str)
     exact = all(n in index.refs for n in names.head(50)) and len(names)
-    lookup = index.refs if exact else index.by_basename()
+    lookup = index.refs if exact else index.by_basename(log)
     keys = names if exact else names.map(lambda s: Path(s).name)
     matched = match_rows(frame, keys, lookup, log, where)
     used = [lat_col, lon_col] + [c for c in (cfg.split_column, country_col) if c]
