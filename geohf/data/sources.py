@@ -509,12 +509,10 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     for column in found.columns:
         feature, values = _feature(frame[column])
         extra[column], frame[column] = feature, values
-    for column, meaning in (("file_country", "the country the source gives (name)"),
-                            ("file_country_code", "the country the source gives (code)")):  # fmt: skip
-        if column in frame:
-            extra[column] = Value("string")
-            frame[column] = _strings(frame[column].map(lambda v: v if isinstance(v, str) and v else None))
-            meanings[column] = meaning
+    if "file_country" in frame:  # the table's country column (--country-column)
+        extra["file_country"] = Value("string")
+        frame["file_country"] = _strings(frame["file_country"].map(lambda v: v if isinstance(v, str) and v else None))
+        meanings["file_country"] = "the country the table gives (a name or code, as written)"
     images = frame.pop("_image").tolist()
     frame["_ref"] = images
     without_image = sum(1 for e in log.entries if "row without an image" in e[2])
