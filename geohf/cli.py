@@ -140,6 +140,48 @@ def _dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_import(args: argparse.Namespace) -> int:
+    _check_boundaries(args.boundaries)
+    if Path(args.output).exists() and not args.overwrite:
+        raise UserError(f"--output {args.output}: already exists; pass --overwrite to replace it")
+    if args.source != "osv5m" and not Path(args.input).expanduser().exists():
+        raise UserError(f"{args.input}: no such folder or file (the {args.source} images)")
+    from .data.sources import ImportConfig, import_source
+
+    cfg = ImportConfig(
+        source=args.source,
+        input=args.input,
+        output=args.output,
+        splits=args.split,
+        table=args.table,
+        images=args.images,
+        image_column=args.image_column,
+        latitude_column=args.latitude_column,
+        longitude_column=args.longitude_column,
+        split_column=args.split_column,
+        country_column=args.country_column,
+        default_split=args.default_split,
+        cells=args.cells,
+        boundaries=args.boundaries,
+        revision=args.revision,
+        overwrite=args.overwrite,
+        repo_id=args.repo_id,
+    )
+    result = import_source(cfg)
+    report = result.report
+    print(
+        f"wrote {args.output}: {report.splits} from {result.rows_in_source} rows and {result.images_found} images "
+        f"({result.report.images_per_second:.0f} images/s)"
+    )
+    print(f"rows without an image: {result.rows_without_image}; images without a row: {result.images_without_row}")
+    for shard, what in result.shards.items():
+        print(f"shard {shard}: {what}")
+    skipped = {k: v for k, v in report.processing.items() if k.startswith("skipped")}
+    if skipped:
+        print("skipped: " + ", ".join(f"{k[9:]} {v}" for k, v in skipped.items()) + " (see skipped.csv)")
+    return 0
+
+
 def _dataset_push(args: argparse.Namespace) -> int:
     if not Path(args.folder).is_dir():
         raise UserError(f"{args.folder}: no such dataset folder")
@@ -166,6 +208,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor = GeoPredictor(model, bf16=args.bf16)
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
+    if args.benchmark:
+        return _evaluate_benchmark(args, predictor, ds, dataset)
     metrics = write_report(
         predictor,
         ds,
@@ -182,6 +226,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: metrics.json, report.md, predictions.parquet, " + ", ".join(metrics["pictures"].values())
     )
+    return 0
+
+
+def _evaluate_benchmark(args: argparse.Namespace, predictor, ds, dataset: str) -> int:
+    """``geohf evaluate --benchmark``: the papers' table for the model, beside their published rows."""
+    import json
+
+    from .evaluation.benchmark import evaluate_benchmark
+
+    one_split_folder = dataset if Path(dataset).is_dir() and len(ds) == 1 else None
+    result, frame = evaluate_benchmark(
+        predictor,
+        ds[args.split],
+        args.benchmark,
+        batch_size=args.batch_size,
+        model_name=Path(args.model).name,
+        dataset_dir=one_split_folder,
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = result.table()
+    print(table)
+    for name, write in (
+        ("benchmark.json", lambda p: p.write_text(json.dumps(result.to_dict(), indent=2))),
+        ("benchmark.txt", lambda p: p.write_text(table + "\n", encoding="utf-8")),
+        ("benchmark_predictions.parquet", lambda p: frame.to_parquet(p)),
+    ):
+        tmp = out / f".{name}.partial"
+        write(tmp)
+        os.replace(tmp, out / name)
+    print(f"wrote {args.output}: benchmark.json, benchmark.txt, benchmark_predictions.parquet")
     return 0
 
 
@@ -309,6 +384,36 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--block-px", dest="block_px", type=int, default=None, help="bluemarble: split block side")
     build.set_defaults(func=_dataset_build)
 
+    imp = ds_sub.add_parser(
+        "import",
+        help="import OSV-5M, im2gps3k, YFCC4k, YFCC26k, MP-16 or any table + images as a labelled dataset folder",
+    )
+    imp.add_argument("source", choices=["osv5m", "im2gps3k", "yfcc4k", "yfcc26k", "mp16", "table"])
+    imp.add_argument(
+        "input", help="the source's folder (osv5m: also a Hub repo id, e.g. osv5m/osv5m or osv5m/osv5m-wds)"
+    )
+    add_output(imp, required=True, help="dataset folder to write")
+    imp.add_argument("--split", nargs="+", default=None, help="osv5m: splits to import (train test val; default: all)")
+    imp.add_argument("--table", default=None, help="the metadata table (default: the source's own file name)")
+    imp.add_argument("--images", default=None, help="image folder or shard (default: the input folder)")
+    imp.add_argument("--image-column", dest="image_column", default=None, help="table: the image-name column")
+    imp.add_argument("--latitude-column", dest="latitude_column", default=None)
+    imp.add_argument("--longitude-column", dest="longitude_column", default=None)
+    imp.add_argument("--split-column", dest="split_column", default=None, help="table: column naming each row's split")
+    imp.add_argument(
+        "--country-column",
+        dest="country_column",
+        default=None,
+        help="table: a country name or code; rows with it and no coordinates are kept for country heads",
+    )
+    imp.add_argument("--default-split", dest="default_split", default=None, help="table: split of every row")
+    imp.add_argument("--cells", nargs="*", default=[], help="geocell partitions to fit (as for build; default: none)")
+    imp.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
+    add_revision(imp)
+    imp.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(func=_dataset_import)
+
     push = ds_sub.add_parser("push", help="upload a dataset folder to the Hub in one commit")
     push.add_argument("folder")
     push.add_argument("--repo-id", dest="repo_id", required=True)
@@ -323,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(ev, required=True, help="folder for metrics.json, report.md, pictures")
     add_batch_size(ev)
     ev.add_argument("--human", default=None, help="results file of the app's game: adds a 'human' row")
+    ev.add_argument(
+        "--benchmark",
+        choices=["im2gps3k", "yfcc4k", "osv5m"],
+        default=None,
+        help="score by the papers' protocol (km thresholds, GeoScore, OSV-5M's reverse-geocoded country/region/"
+        "sub-region/city accuracy and geohf's polygon accuracy) beside their published rows",
+    )
     add_bf16(ev)
     ev.set_defaults(func=_evaluate)
 

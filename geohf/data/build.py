@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from datasets import Features, Image, Value
 from tqdm.auto import tqdm
@@ -95,8 +96,10 @@ class BuildReport:
         return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
 
 
-def features_for(frame: pd.DataFrame, partitions: dict[str, CellPartition]) -> Features:
-    """Datasets features of the output columns present in ``frame``."""
+def features_for(
+    frame: pd.DataFrame, partitions: dict[str, CellPartition], extra: dict[str, Any] | None = None
+) -> Features:
+    """Datasets features of the output columns present in ``frame`` (``extra``: a source's own columns)."""
     feats = {"image": Image(), "latitude": Value("float64"), "longitude": Value("float64")}
     feats.update({c: Value("string") for c in LABEL_COLUMNS})
     feats.update({f"cell_{name}": Value("int32") for name in partitions})
@@ -113,12 +116,23 @@ def features_for(frame: pd.DataFrame, partitions: dict[str, CellPartition]) -> F
         "tile_y": Value("int32"),
     }
     feats.update({c: v for c, v in optional.items() if c in frame})
+    feats.update({c: v for c, v in (extra or {}).items() if c in frame and c not in feats})
     return Features(feats)
 
 
-def fit_partitions(frame: pd.DataFrame, specs: list[CellSpec], boundaries=None) -> dict[str, CellPartition]:
-    """Fit each partition on the training rows only."""
-    train = frame[frame["split"] == "train"]
+def fit_partitions(
+    frame: pd.DataFrame, specs: list[CellSpec], boundaries=None, allow_no_train: bool = False
+) -> dict[str, CellPartition]:
+    """Fit each partition on the training rows only (rows without coordinates left out).
+
+    ``allow_no_train``: a set with no training split (a benchmark) fits them on all its rows.
+    """
+    if not specs:
+        return {}
+    located = frame[frame["latitude"].notna() & frame["longitude"].notna()]
+    train = located[located["split"] == "train"]
+    if train.empty and allow_no_train:
+        train = located
     if train.empty:
         raise UserError("no training rows: geocells are fitted on the training split")
     labels = train[LABEL_COLUMNS].reset_index(drop=True)
@@ -150,6 +164,8 @@ def write_labelled_dataset(
     rows_per_shard: int = 5000,
     skips: SkipLog | None = None,
     boundaries=None,
+    extra_features: dict[str, Any] | None = None,
+    allow_no_train: bool = False,
 ) -> BuildReport:
     """Fit cells, assign them, and write the dataset folder with card, map and partitions.
 
@@ -160,13 +176,21 @@ def write_labelled_dataset(
         card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
         skips: inputs left out earlier; written to ``skipped.csv`` (only when there are any).
         boundaries: boundary table for the partitions that need one (semantic, fishnet).
+        extra_features: features of a source's own columns to keep (``{"IMG_ID": Value("string")}``).
+        allow_no_train: fit the partitions on all rows when there is no training split.
+
+    Rows without coordinates (country-only labels) get cell -1 in every partition.
     """
     start = time.perf_counter()
-    partitions = fit_partitions(frame, cell_specs, boundaries)
+    partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
     frame = frame.copy()
+    located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
     for name, part in partitions.items():
-        frame[f"cell_{name}"] = part.assign(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
-    features = features_for(frame, partitions)
+        cells = np.full(len(frame), -1, dtype=np.int64)
+        if located.any():
+            cells[located] = part.assign(frame["latitude"].to_numpy()[located], frame["longitude"].to_numpy()[located])
+        frame[f"cell_{name}"] = cells
+    features = features_for(frame, partitions, extra_features)
     columns = [c for c in features if c != "image"]
     split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
     splits = {s: _rows(frame[frame["split"] == s], load_image, columns, f"writing {s}") for s in split_names}
@@ -179,8 +203,9 @@ def write_labelled_dataset(
         (root / CELLS_DIR).mkdir()
         for name, part in partitions.items():
             part.save(root / CELLS_DIR / f"{name}.parquet")
+        shown = frame[located]
         plot_locations(
-            frame["latitude"], frame["longitude"], frame["split"], root / "map.png", title="samples by split"
+            shown["latitude"], shown["longitude"], shown["split"], root / "map.png", title="samples by split"
         )
 
     def make_card(root: Path, infos: dict[str, SplitInfo]) -> str:
@@ -243,7 +268,10 @@ def dataset_card_text(
         top_countries=top_rows,
         n_countries=int(frame["country_code"].nunique()),
         n_regions=int(frame["region_code"].nunique()),
-        columns=[{"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c)} for c, f in features.items()],
+        columns=[
+            {"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c, card.get("column_meanings"))}
+            for c, f in features.items()
+        ],
         partitions=[
             {"name": name, "kind": p.kind, "n_cells": len(p), "file": f"{CELLS_DIR}/{name}.parquet", "params": p.params}
             for name, p in partitions.items()
@@ -264,7 +292,7 @@ def _dtype_name(feature) -> str:
     return getattr(feature, "dtype", None) or type(feature).__name__.lower()
 
 
-def _meaning(column: str) -> str:
+def _meaning(column: str, extra: dict[str, str] | None = None) -> str:
     if column.startswith("cell_"):
-        return f"geocell id in the `{column[5:]}` partition (see Geocells)"
-    return COLUMN_MEANINGS.get(column, "")
+        return f"geocell id in the `{column[5:]}` partition (see Geocells; -1: no coordinates)"
+    return (extra or {}).get(column) or COLUMN_MEANINGS.get(column, "")

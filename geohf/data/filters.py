@@ -32,7 +32,12 @@ def _as_float(value) -> float | None:
 
 
 def validate_coordinates(
-    frame: pd.DataFrame, labeller: PointLabeller, log: SkipLog, fix_swapped: bool = False
+    frame: pd.DataFrame,
+    labeller: PointLabeller,
+    log: SkipLog,
+    fix_swapped: bool = False,
+    keep_at_sea: bool = False,
+    country_only: bool = False,
 ) -> pd.DataFrame:
     """Keep rows with usable coordinates and add the label columns.
 
@@ -41,13 +46,31 @@ def validate_coordinates(
     distance). Longitudes in (180, 360] are read in the 0–360 convention and wrapped
     (reported as a fix). A point at sea, or out of range, whose swapped order lands on land
     is reported as "probably swapped" (and swapped only when ``fix_swapped``).
+
+    Args:
+        keep_at_sea: keep points at sea, unlabelled (``label_match`` "none"): a benchmark's
+            rows are all scored, wherever they lie.
+        country_only: keep rows with no coordinates at all but a country (``file_country_code``
+            or ``file_country``, a name or code; see :func:`~geohf.geo.countries.country_code_of`):
+            latitude/longitude NaN, the country labels from that country, ``label_match``
+            "country-only". They train and score country heads only.
     """
     lat = np.array([_as_float(v) for v in frame["latitude"]], dtype=np.float64)
     lon = np.array([_as_float(v) for v in frame["longitude"]], dtype=np.float64)
     items = frame["source_file"].to_numpy()
     keep = np.ones(len(frame), bool)
+    given = _given_countries(frame) if country_only else np.full(len(frame), None, dtype=object)
+    no_coords = np.zeros(len(frame), bool)
+    if country_only:
+        no_coords[:] = [_missing(a) and _missing(b) for a, b in zip(frame["latitude"], frame["longitude"])]
+    by_country = no_coords & (given != None)  # noqa: E711 - elementwise
+    if country_only:
+        for i in np.flatnonzero(no_coords & ~by_country):
+            keep[i] = False
+            log.skip("coordinates", items[i], "no coordinates and no known country: give latitude/longitude or a "
+                     "country name or ISO code")  # fmt: skip
     for name, values, raw in (("latitude", lat, frame["latitude"]), ("longitude", lon, frame["longitude"])):
-        for i in np.flatnonzero(~np.isfinite(values)):
+        for i in np.flatnonzero(~np.isfinite(values) & ~by_country):
             if keep[i]:
                 log.skip("coordinates", items[i], f"{name} is not a finite number: got {raw.iloc[i]!r}")
                 keep[i] = False
@@ -59,7 +82,7 @@ def validate_coordinates(
     in_range = keep & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0))
     on_land = in_range & (labels["match"].to_numpy() != "none")
-    suspect = np.flatnonzero(keep & ~on_land)
+    suspect = np.flatnonzero(keep & ~on_land & ~by_country)
     swapped_ok = np.zeros(len(frame), bool)
     if suspect.size:
         s_lat, s_lon = lon[suspect], lat[suspect]
@@ -67,6 +90,8 @@ def validate_coordinates(
         s_labels, _ = labeller.label(np.where(valid, s_lat, 0.0), np.where(valid, s_lon, 0.0))
         swapped_ok[suspect] = valid & (s_labels["match"].to_numpy() != "none")
         for k, i in enumerate(suspect):
+            if keep_at_sea and in_range[i]:
+                continue  # kept unlabelled
             where = f"({lat[i]:g}, {lon[i]:g})"
             if swapped_ok[i] and fix_swapped:
                 lat[i], lon[i] = lon[i], lat[i]
@@ -95,7 +120,43 @@ def validate_coordinates(
     for col in LABEL_COLUMNS:
         out[col] = labels[col].to_numpy()
     out["label_match"] = labels["match"].to_numpy()
+    if by_country.any():
+        from ..geo.countries import country_name
+
+        rows = np.flatnonzero(by_country)
+        out["latitude"] = out["latitude"].astype(np.float64)
+        out["longitude"] = out["longitude"].astype(np.float64)
+        out.loc[rows, ["latitude", "longitude"]] = np.nan
+        for col in LABEL_COLUMNS:
+            out[col] = out[col].astype(object)
+        out.loc[rows, "country_code"] = given[rows]
+        out.loc[rows, "country"] = [country_name(c) for c in given[rows]]
+        out.loc[rows, ["region_code", "region"]] = ""
+        out.loc[rows, "label_match"] = "country-only"
     return out[keep].reset_index(drop=True)
+
+
+def _missing(value) -> bool:
+    """An absent coordinate: None, NaN or an empty string (not a bad one such as "north")."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
+
+
+def _given_countries(frame: pd.DataFrame) -> np.ndarray:
+    """ISO code per row from ``file_country_code`` then ``file_country`` (None where neither resolves)."""
+    from ..geo.countries import country_code_of
+
+    out = np.full(len(frame), None, dtype=object)
+    for column in ("file_country", "file_country_code"):  # the code wins where both resolve
+        if column in frame:
+            for i, value in enumerate(frame[column]):
+                code = country_code_of(value)
+                if code is not None:
+                    out[i] = code
+    return out
 
 
 def label_disagreements(frame: pd.DataFrame, limit: int = 20) -> tuple[int, list[dict]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torchvision import transforms as T
 
@@ -79,13 +80,21 @@ def train_transform(
     return lambda image: pipeline(to_rgb_image(image))
 
 
+def _float(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([_float(v) for v in values], dtype=np.float64)
+
+
 def label_encoder(spec: HeadSpec) -> Callable[[Any], int]:
     """Value of a head's label column → class index (-100 for a value the head does not know)."""
     if not spec.is_classifier:
         return lambda v: 0
     if spec.is_geocell:  # geocell ids are stored as integers
         n = len(spec.labels)
-        return lambda v: int(v) if 0 <= int(v) < n else -100
+        return lambda v: int(v) if v is not None and 0 <= int(v) < n else -100
     index = {name: i for i, name in enumerate(spec.labels)}
     return lambda v: index.get(v, -100)
 
@@ -109,8 +118,8 @@ def example_transform(
 
     def apply(batch: dict) -> dict:
         out = {"pixel_values": [transform(im) for im in batch[image_column]]}
-        if "latitude" in batch:
-            out["coordinates"] = [[float(a), float(b)] for a, b in zip(batch["latitude"], batch["longitude"])]
+        if "latitude" in batch:  # NaN for a country-only row: the coordinate losses leave it out
+            out["coordinates"] = [[_float(a), _float(b)] for a, b in zip(batch["latitude"], batch["longitude"])]
         for name, (column, encode) in encoders.items():
             if column in batch:
                 key = "labels" if name == primary_head else f"labels_{name}"
@@ -118,7 +127,8 @@ def example_transform(
         for name, partition in assigners.items():
             if "latitude" in batch:
                 key = "labels" if name == primary_head else f"labels_{name}"
-                out[key] = partition.assign(batch["latitude"], batch["longitude"]).tolist()
+                cells = partition.assign(_floats(batch["latitude"]), _floats(batch["longitude"]))
+                out[key] = np.where(cells >= 0, cells, -100).tolist()  # no coordinates: ignored by the head
         return out
 
     return apply

@@ -41,6 +41,7 @@ class Guesses:
     country_code: np.ndarray | None = None
     region_code: np.ndarray | None = None
 
+<<<<<<< HEAD
     @classmethod
     def from_predictions(cls, predictions: GeoPredictions) -> Guesses:
         return cls(
@@ -53,6 +54,16 @@ class Guesses:
 
     def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
         out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
+=======
+    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str, labeller=None) -> dict[str, float]:
+        """Distances over the rows with coordinates (country-only rows have none); labels over all rows."""
+        located = (truth["latitude"].notna() & truth["longitude"].notna()).to_numpy()
+        out = {}
+        if located.any():
+            out = distance_metrics(
+                truth["latitude"][located], truth["longitude"][located], self.latitude[located], self.longitude[located]
+            )
+>>>>>>> benchmarks-data
         true_cell = truth[cell_column].to_numpy()
         known = true_cell >= 0  # rows whose true class the model does not have are left out
         for k in (1, 5):
@@ -75,6 +86,7 @@ def nearest_cells(lat, lon, cells: CellTable, k: int) -> np.ndarray:
 
 def median_baseline(train: pd.DataFrame, n: int, cells: CellTable) -> Guesses:
     """Always guess the training set's geometric median (its nearest cells as the ranking)."""
+    train = train[train["latitude"].notna() & train["longitude"].notna()]
     lat, lon = geometric_median(train["latitude"].to_numpy(), train["longitude"].to_numpy())
     ranked = np.repeat(nearest_cells(lat, lon, cells, 5), n, axis=0)
     return Guesses(np.full(n, lat), np.full(n, lon), ranked)

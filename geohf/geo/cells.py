@@ -150,8 +150,14 @@ class CellPartition:
 
 
 def _assign(index: PolygonIndex, lat, lon) -> np.ndarray:
-    """Containing polygon, else nearest polygon, for every point."""
+    """Containing polygon, else nearest polygon, for every point; -1 for a point without coordinates (NaN)."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    located = np.isfinite(lat) & np.isfinite(lon)
+    if not located.all():
+        out = np.full(lat.shape, -1, dtype=np.int64)
+        if located.any():
+            out[located] = _assign(index, lat[located], lon[located])
+        return out
     points = shapely.points(lon, lat)
     cell = index.containing(points)
     outside = np.flatnonzero(cell < 0)

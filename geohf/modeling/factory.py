@@ -68,6 +68,7 @@ def fit_partition(train, spec: str = "quadtree", max_rows: int = 10_000) -> Cell
     cell_spec = CellSpec.parse(spec)
     wanted = ["latitude", "longitude"] + [c for c in LABEL_COLUMNS if c in (train.column_names or [])]
     rows = _columns(train, wanted, max_rows)
+    rows = rows[rows["latitude"].notna() & rows["longitude"].notna()].reset_index(drop=True)  # not country-only
     labels = rows.reindex(columns=LABEL_COLUMNS, fill_value="")
     return fit_cells(
         cell_spec.kind, rows["latitude"].to_numpy(), rows["longitude"].to_numpy(), labels, **cell_spec.params
@@ -96,6 +97,22 @@ def cell_head_spec(
     )
 
 
+def _class_centroid(label: str, rows: pd.DataFrame) -> tuple[float, float]:
+    """Spherical mean of a class's samples with coordinates; a class known only from country-only rows
+    (no coordinates) takes a point inside its country's boundary polygons."""
+    located = rows[rows["latitude"].notna() & rows["longitude"].notna()]
+    if not located.empty:
+        return spherical_mean(located["latitude"].to_numpy(), located["longitude"].to_numpy())
+    from ..geo.boundaries import load_boundaries
+
+    table = load_boundaries(None)
+    shapes = table[table["country_code"] == rows["country_code"].iloc[0]]
+    if shapes.empty:
+        raise ValueError(f"class {label!r} has no sample with coordinates and no boundary polygon to place it")
+    point = shapes.geometry.union_all().representative_point()
+    return point.y, point.x
+
+
 def label_head_spec(kind: str, train, max_rows: int = 10_000) -> HeadSpec:
     """A country or region head; each class gets the spherical mean of its training samples as
     centroid (so the head also predicts coordinates) and its country."""
@@ -106,7 +123,7 @@ def label_head_spec(kind: str, train, max_rows: int = 10_000) -> HeadSpec:
         raise ValueError(f"the training split has no {column} labels for a {kind} head")
     labels = sorted(set(rows[column]))
     groups = rows.groupby(column)
-    centroids = [spherical_mean(g["latitude"].to_numpy(), g["longitude"].to_numpy()) for _, g in groups]
+    centroids = [_class_centroid(label, g) for label, g in groups]
     country = groups["country_code"].agg(lambda s: s.value_counts().index[0])
     codes = [country[label] for label in labels]
     cells = {

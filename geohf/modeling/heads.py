@@ -101,6 +101,8 @@ class ClassificationHead(GeoHead):
         return self.centroids.shape[0] > 0
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
+        if not (labels >= 0).any():  # every row without this head's label (-100): nothing to learn here
+            return logits.float().sum() * 0.0
         loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
         return loss + self._hierarchy(logits, labels)
 
@@ -160,7 +162,9 @@ class HaversineHead(ClassificationHead):
         self.tau_km = float(spec.tau_km)
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
-        valid = labels >= 0  # -100: a label this head does not know
+        valid = labels >= 0  # -100: a label this head does not know, or a row without coordinates
+        if not valid.any():
+            return logits.float().sum() * 0.0
         if coordinates is not None:
             coordinates = coordinates[valid]
         labels = labels[valid]
@@ -220,6 +224,8 @@ class HybridHead(ClassificationHead):
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         valid = labels >= 0
+        if not valid.any():
+            return logits.float().sum() * 0.0
         cls, labels = self.class_logits(logits)[valid], labels[valid]
         weights = self.class_weights[labels] if self.class_weights is not None else None
         if self.tau_km:
@@ -257,6 +263,10 @@ class RegressionHead(GeoHead):
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         if coordinates is None:
             raise ValueError(f"regression head {self.name!r} needs the true coordinates")
+        located = torch.isfinite(coordinates).all(1)  # country-only rows (NaN) are left out
+        if not located.any():
+            return logits.float().sum() * 0.0
+        logits, coordinates = logits[located], coordinates[located]
         return great_circle_loss(logits, latlon_to_xyz(coordinates[:, 0].float(), coordinates[:, 1].float()))
 
     def coordinates(self, logits: torch.Tensor, method: str = "weighted", top_k: int = 5, radius_km=None):
