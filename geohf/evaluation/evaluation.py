@@ -41,7 +41,6 @@ class Guesses:
     country_code: np.ndarray | None = None
     region_code: np.ndarray | None = None
 
-<<<<<<< HEAD
     @classmethod
     def from_predictions(cls, predictions: GeoPredictions) -> Guesses:
         return cls(
@@ -53,9 +52,6 @@ class Guesses:
         )
 
     def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str) -> dict[str, float]:
-        out = distance_metrics(truth["latitude"], truth["longitude"], self.latitude, self.longitude)
-=======
-    def metrics(self, truth: pd.DataFrame, cells: CellTable, cell_column: str, labeller=None) -> dict[str, float]:
         """Distances over the rows with coordinates (country-only rows have none); labels over all rows."""
         located = (truth["latitude"].notna() & truth["longitude"].notna()).to_numpy()
         out = {}
@@ -63,7 +59,6 @@ class Guesses:
             out = distance_metrics(
                 truth["latitude"][located], truth["longitude"][located], self.latitude[located], self.longitude[located]
             )
->>>>>>> benchmarks-data
         true_cell = truth[cell_column].to_numpy()
         known = true_cell >= 0  # rows whose true class the model does not have are left out
         for k in (1, 5):
