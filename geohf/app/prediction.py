@@ -22,7 +22,7 @@ class PlacePrediction:
     record: dict[str, Any]
     probs: np.ndarray
     countries: dict[str, float]  # country name -> probability, best first
-    country_codes: list[str]  # the countries of the best cells, best first (the top-1 is the record's country)
+    country_codes: list[str]  # the named country first, then the others by summed probability
     regions: dict[str, float]  # "region, country" -> probability
 
 
@@ -33,10 +33,11 @@ def label_probabilities(probs: np.ndarray, labels, k: int = 5) -> dict[str, floa
     return {str(name): float(p) for name, p in series.nlargest(k).items()}
 
 
-def ranked_countries(probs: np.ndarray, cells: CellTable, k: int = 5) -> list[str]:
-    """The distinct countries of the most probable cells, best first: the rule ``geohf evaluate`` scores at top-1."""
-    codes = cells.country_code[np.argsort(-np.asarray(probs), kind="stable")]
-    return [c for c in dict.fromkeys(codes.tolist()) if c][:k]
+def ranked_countries(probs: np.ndarray, cells: CellTable, named: str, k: int = 5) -> list[str]:
+    """The prediction's ``named`` country (the one ``geohf evaluate`` scores at top-1), then the other
+    countries by the summed probability of their cells."""
+    ranked = label_probabilities(probs, cells.country_code, len(cells.names) or 1)
+    return [c for c in dict.fromkeys([named, *ranked]) if c][:k]
 
 
 def region_labels(cells: CellTable) -> np.ndarray:
@@ -57,7 +58,7 @@ def predict_views(predictor: GeoPredictor, loaded: list[LoadedImage], names: lis
         record=record,
         probs=probs,
         countries=label_probabilities(probs, cells.country, k),
-        country_codes=ranked_countries(probs, cells, k),
+        country_codes=ranked_countries(probs, cells, record["pred_country_code"], k),
         regions=label_probabilities(probs, region_labels(cells), k),
     )
 
