@@ -7,7 +7,9 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-HEAD_TYPES = ("classification", "haversine", "regression")
+HEAD_TYPES = ("classification", "haversine", "regression", "geoclip")
+GALLERIES = ("geoclip", "train", "both")
+DEFAULT_QUEUE_SIZE = 4096
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
 CELL_COLUMN_PREFIX = "cell_"
@@ -20,7 +22,9 @@ class HeadSpec:
     Attributes:
         name: the head's name (its key in ``logits_per_head`` and ``labels_<name>`` targets).
         type: ``classification`` (cross-entropy), ``haversine`` (cells with haversine-smoothed
-            targets) or ``regression`` (coordinates on the sphere).
+            targets), ``regression`` (coordinates on the sphere) or ``geoclip`` (GeoCLIP: image
+            embeddings matched against a GPS gallery embedded by a location encoder; its classes are
+            the gallery points, ``cells`` their coordinates and labels).
         label_column: the dataset column of its targets (``None``: coordinates only).
         labels: class names (none for regression).
         partition: the geocell partition the classes are (``quadtree``...), ``None`` for a
@@ -29,6 +33,8 @@ class HeadSpec:
             country_code, country, region_code, region``); classes with centroids predict coordinates.
         label_country: per class its country code (region heads).
         weight: loss weight; tau_km: haversine smoothing temperature; class_weights: loss weights per class.
+        gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
+            coordinates) or ``both``; queue_size: its FIFO queue of GPS negatives.
     """
 
     name: str
@@ -41,6 +47,8 @@ class HeadSpec:
     weight: float = 1.0
     tau_km: float | None = None
     class_weights: list[float] | None = None
+    gallery: str | None = None
+    queue_size: int | None = None
 
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
@@ -51,6 +59,15 @@ class HeadSpec:
             self.tau_km = 75.0 if self.tau_km is None else float(self.tau_km)
             if not self.cells:
                 raise ValueError(f"haversine head {self.name!r} needs its cell centroids in 'cells'")
+        if self.type == "geoclip":
+            self.gallery = "geoclip" if self.gallery is None else self.gallery
+            if self.gallery not in GALLERIES:
+                raise ValueError(f"geoclip head {self.name!r} has gallery {self.gallery!r}; use one of {GALLERIES}")
+            self.queue_size = DEFAULT_QUEUE_SIZE if self.queue_size is None else int(self.queue_size)
+            if self.queue_size < 0:
+                raise ValueError(f"geoclip head {self.name!r} needs queue_size >= 0, got {self.queue_size}")
+            if not (self.cells and self.cells.get("latitude")):
+                raise ValueError(f"geoclip head {self.name!r} needs its gallery coordinates in 'cells'")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> HeadSpec:
