@@ -149,7 +149,8 @@ class GeoClipHead(ClassificationHead):
     Training is GeoCLIP's contrastive loss (:meth:`contrastive_loss`): cross-entropy over the batch's
     true coordinates plus a FIFO queue of earlier batches' coordinates, each image's own GPS the positive.
     The queue (``spec.queue_size`` points) is a persistent buffer, so a resumed checkpoint continues
-    with the same negatives; only filled entries count (GeoCLIP starts from random ones).
+    with the same negatives; only filled entries count (GeoCLIP starts from random ones), and a queued
+    point at one of the batch's own coordinates is left out (GeoCLIP keeps it as a false negative).
 
     The gallery's embeddings are a cache, not weights: computed on first use and kept in the
     non-persistent buffer ``gallery_embeddings`` (100K × 512 floats would be 205 MB on disk), recomputed
@@ -230,11 +231,15 @@ class GeoClipHead(ClassificationHead):
         batch's coordinates then enter the queue (after the loss, as GeoCLIP reads it before enqueuing).
         """
         coordinates = coordinates.float()
-        queued = self.queue[: min(int(self.queue_count), self.queue_size)]
-        gps = self.location_features(torch.cat([coordinates, queued.to(coordinates.device)]))
+        queued = self.queue[: min(int(self.queue_count), self.queue_size)].to(coordinates.device)
+        gps = self.location_features(torch.cat([coordinates, queued]))
         logits = self.logit_scale.exp() * self.image_features(embeddings) @ gps.T
         if logits.ndim == 3:
             logits = logits.mean(1)
+        # a queued point at one of this batch's own places is no negative (GeoCLIP counts it as one)
+        own = (queued[None, :, :] == coordinates[:, None, :]).all(-1).any(0)
+        if own.any():
+            logits = torch.cat([logits[:, : len(coordinates)], logits[:, len(coordinates) :][:, ~own]], 1)
         loss = F.cross_entropy(logits, torch.arange(len(coordinates), device=logits.device))
         if self.training:
             self.enqueue(coordinates)

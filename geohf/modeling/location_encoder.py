@@ -148,9 +148,9 @@ class GeoClipFiles:
         """The trained logit scale (its log; logits are ``exp(scale) * cosine``)."""
         return torch.load(self.logit_scale, map_location="cpu", weights_only=True)
 
-    def load_gallery(self) -> torch.Tensor:
+    def load_gallery(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """GeoCLIP's GPS gallery, (100000, 2) latitude, longitude in degrees (float32, as GeoCLIP reads it)."""
-        return read_gallery(self.gallery)
+        return read_gallery(self.gallery, dtype)
 
 
 def geoclip_files() -> GeoClipFiles | None:
@@ -169,11 +169,11 @@ def geoclip_files() -> GeoClipFiles | None:
     return files if all(os.path.isfile(p) for p in vars(files).values()) else None
 
 
-def read_gallery(path: str | os.PathLike) -> torch.Tensor:
-    """A GPS gallery CSV with ``LAT`` and ``LON`` columns → (N, 2) float32 degrees."""
+def read_gallery(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A GPS gallery CSV with ``LAT`` and ``LON`` columns → (N, 2) degrees."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f)
         if not rows.fieldnames or not {"LAT", "LON"} <= set(rows.fieldnames):
             raise ValueError(f"{path}: a GPS gallery needs LAT and LON columns, it has {rows.fieldnames}")
         values = [(float(r["LAT"]), float(r["LON"])) for r in rows]
-    return torch.tensor(values, dtype=torch.float32).reshape(-1, 2)
+    return torch.tensor(values, dtype=dtype).reshape(-1, 2)
