@@ -222,3 +222,19 @@ def test_geoclip_gallery_and_spec_checks(tiny_dataset, train):
         HeadSpec("g", "geoclip", labels=["a"], cells={"latitude": [0.0], "longitude": [0.0]}, gallery="mine")
     with pytest.raises(ValueError, match="gallery coordinates"):
         HeadSpec("g", "geoclip", labels=["a"])
+
+
+def test_run_training_reports_km_for_a_geoclip_head(tiny_dataset, training_args, tmp_path):
+    from geohf.data.transforms import AugmentConfig
+    from geohf.training.train import DataArguments, ModelArguments, run_training
+
+    args = training_args(tmp_path / "model", max_steps=2, eval_strategy="steps", eval_steps=2)
+    model_args = ModelArguments(
+        image_size=32, crop_pct=1.0, heads="geoclip", geoclip_gallery="train", geoclip_queue_size=32
+    )
+    result = run_training(model_args, DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), args)
+    # no class targets: the Trainer's labels are the coordinates alone, so eval has a loss and km errors
+    assert args.label_names == ["coordinates"]
+    assert np.isfinite(result.metrics["eval_loss"]) and np.isfinite(result.metrics["eval_median_km"])
+    assert result.model.config.head().gallery == "train" and result.model.config.head().queue_size == 32
+    assert (tmp_path / "model" / "location_encoder.py").is_file()

@@ -18,7 +18,7 @@ from geohf.modeling.location_encoder import (
 )
 
 # every 20th point of the 100K gallery (5,000, a minute of CPU less than all of them; the full
-# gallery matched exactly too, see the report command in docs/geoclip.md) plus the map's corners
+# gallery matches exactly too: docs/training.md, "GeoCLIP head") plus the map's corners
 STRIDE = 20
 CORNERS = [[90.0, 180.0], [-90.0, -180.0], [0.0, 180.0], [0.0, -180.0], [0.0, 0.0], [89.999, -179.999]]
 
