@@ -53,12 +53,16 @@ class ModelArguments:
     tau_km: float = field(default=75.0, metadata={"help": "haversine label smoothing temperature (km)"})
     geoclip_gallery: str = field(
         default="geoclip",
-        metadata={"help": "geoclip head's GPS gallery: geoclip (GeoCLIP's 100K points), train (the training coordinates) or both"},
+        metadata={
+            "help": "geoclip head's GPS gallery: geoclip (GeoCLIP's 100K points), train (training coordinates) or both"
+        },
     )
     geoclip_queue_size: int = field(default=4096, metadata={"help": "geoclip head's FIFO queue of GPS negatives"})
     from_scratch: bool = field(
         default=False,
-        metadata={"help": "geoclip head from random weights (default: GeoCLIP's released location encoder, from the geoclip package)"},
+        metadata={
+            "help": "geoclip head from random weights (default: GeoCLIP's released ones, from the geoclip package)"
+        },
     )
     image_size: int | None = field(default=None, metadata={"help": "input side in px (default: backbone's)"})
     crop_pct: float | None = field(

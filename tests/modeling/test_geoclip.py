@@ -101,7 +101,8 @@ def test_contrastive_loss_by_hand_and_the_fifo_queue(tiny_dataset):
     # FIFO: 5 slots, 5 points in; the next 2 overwrite the oldest two
     assert int(head.queue_count) == 5 and torch.equal(head.queue, torch.cat([coords, nxt]))
     head.enqueue(torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
-    assert head.queue[:2].tolist() == [[1.0, 1.0], [2.0, 2.0]] and torch.equal(head.queue[2:], torch.cat([coords[2:], nxt]))
+    assert head.queue[:2].tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    assert torch.equal(head.queue[2:], torch.cat([coords[2:], nxt]))
     # a batch larger than the queue keeps its last points, in ring order
     head.enqueue(torch.arange(16.0).reshape(8, 2))
     assert int(head.queue_count) == 15
