@@ -35,6 +35,9 @@ class GeoHead(nn.Module):
     def init_buffers(self) -> None:
         """Recompute non-persistent buffers (none here)."""
 
+    def prepare_save(self) -> None:
+        """Bring saved caches up to date before ``save_pretrained`` (none here)."""
+
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(embeddings))
 
@@ -152,12 +155,13 @@ class GeoClipHead(ClassificationHead):
     with the same negatives; only filled entries count (GeoCLIP starts from random ones), and a queued
     point at one of the batch's own coordinates is left out (GeoCLIP keeps it as a false negative).
 
-    The gallery's embeddings are a cache, not weights: computed on first use and kept in the
-    non-persistent buffer ``gallery_embeddings`` (100K × 512 floats would be 205 MB on disk), recomputed
-    in eval mode whenever the location encoder's weights changed (an optimizer step, a load). A
-    reloaded model recomputes them on its first forward; the encoder is deterministic, so the
-    logits are those of the saved model. In training mode a stale cache is kept (the logits there are
-    for monitoring; the loss never reads them), so a step does not re-embed the whole gallery.
+    The gallery's embeddings are saved with the weights (``gallery_embeddings``, N × 512, with
+    ``gallery_checksum``, sums of the location encoder's tensors they were computed with), so a
+    reloaded model does not re-embed the gallery (about 30 s for GeoCLIP's 100K points on 2 CPU
+    cores). They are recomputed when the encoder no longer matches the checksum: on the first eval
+    forward after its weights changed (an optimizer step), and before ``save_pretrained`` (so a
+    checkpoint never holds stale ones). In training mode a stale cache is kept (those logits are for
+    monitoring; the loss never reads them), so a step does not re-embed the whole gallery.
     """
 
     linear = False
@@ -172,13 +176,16 @@ class GeoClipHead(ClassificationHead):
         self.queue_size = int(spec.queue_size)
         self.register_buffer("queue", torch.zeros(self.queue_size, 2))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # points ever enqueued
-        self.register_buffer("gallery_embeddings", torch.zeros(0, GPS_EMBED_DIM), persistent=False)
-        self._gallery_key = None
+        n = len(spec.labels)
+        self.register_buffer("gallery_embeddings", torch.zeros(n, GPS_EMBED_DIM))
+        # float64 sums stored as their int64 bits: a load with dtype= casts floating tensors, never integers
+        nan = torch.full((2 * len(self._encoder_tensors()),), torch.nan, dtype=torch.float64)
+        self.register_buffer("gallery_checksum", nan.view(torch.int64))
+        self._gallery_key = None  # the encoder's tensor versions when the cache was last checked
 
     @torch.no_grad()
     def init_buffers(self) -> None:
         super().init_buffers()
-        self.gallery_embeddings = torch.zeros(0, GPS_EMBED_DIM, device=self.logit_scale.device)
         self._gallery_key = None
 
     def load_geoclip(self, files: GeoClipFiles) -> list[str]:
@@ -203,19 +210,42 @@ class GeoClipHead(ClassificationHead):
         """(N, 2) latitude, longitude → (N, 512) unit vectors (with gradients into the encoder)."""
         return F.normalize(self.location_encoder(latlon).float(), dim=-1)
 
+    def _encoder_tensors(self) -> list[torch.Tensor]:
+        return [*self.location_encoder.parameters(), *self.location_encoder.buffers()]
+
+    @torch.no_grad()
+    def _encoder_checksum(self) -> torch.Tensor:
+        """Sum and sum of squares of every location encoder tensor (float64): what the cache was computed with."""
+        tensors = [t.detach().double() for t in self._encoder_tensors()]
+        sums = torch.stack([t.sum() for t in tensors] + [t.square().sum() for t in tensors])
+        return sums.to(self.gallery_checksum.device)
+
+    def refresh_gallery(self) -> bool:
+        """Re-embed the gallery unless the cache was computed with the encoder's current weights;
+        returns whether it re-embedded."""
+        tensors = self._encoder_tensors()
+        self._gallery_key = (tuple(t._version for t in tensors), tensors[0].device, tensors[0].dtype)
+        checksum = self._encoder_checksum()
+        if torch.allclose(checksum, self.gallery_checksum.view(torch.float64), rtol=1e-9, atol=0.0):
+            return False
+        # normal tensors even under inference_mode, so a later training forward may use them
+        with torch.inference_mode(False), torch.no_grad():
+            points = self.centroids.clone()
+            emb = self.location_encoder.encode(points, progress=len(points) > 50_000)
+            self.gallery_embeddings = F.normalize(emb.float(), dim=-1).to(self.gallery_embeddings.dtype)
+            self.gallery_checksum = checksum.view(torch.int64)
+        return True
+
     def gallery_features(self) -> torch.Tensor:
         """(N, 512) unit embeddings of the gallery points, from the cache (see the class docstring)."""
-        params = list(self.location_encoder.parameters())
-        key = (tuple(p._version for p in params), params[0].device, params[0].dtype)
-        cached = self.gallery_embeddings.shape[0] == self.centroids.shape[0] and self._gallery_key is not None
-        if not cached or (key != self._gallery_key and not self.training):
-            # normal tensors even under inference_mode, so a later training forward may use them
-            with torch.inference_mode(False), torch.no_grad():
-                points = self.centroids.clone()
-                emb = self.location_encoder.encode(points, progress=len(points) > 50_000)
-                self.gallery_embeddings = F.normalize(emb.float(), dim=-1)
-            self._gallery_key = key
+        tensors = self._encoder_tensors()
+        key = (tuple(t._version for t in tensors), tensors[0].device, tensors[0].dtype)
+        if self._gallery_key is None or (key != self._gallery_key and not self.training):
+            self.refresh_gallery()
         return self.gallery_embeddings
+
+    def prepare_save(self) -> None:
+        self.refresh_gallery()
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * self.image_features(embeddings) @ self.gallery_features().T

@@ -87,6 +87,8 @@ class GeoPreTrainedModel(PreTrainedModel):
         """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users,
         and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells)."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
+        for head in getattr(self, "heads", {}).values():
+            head.prepare_save()  # a GeoCLIP head's gallery embeddings, for the weights being saved
         if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
             super().save_pretrained(save_directory, *args, **kwargs)
             return

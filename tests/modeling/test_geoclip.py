@@ -131,7 +131,7 @@ def test_forward_backward_reaches_every_part(model):
     model.eval()
 
 
-def test_gallery_cache_is_reused_and_refreshed_after_a_step(tiny_dataset):
+def test_gallery_cache_is_reused_and_refreshed_after_a_step(tiny_dataset, tmp_path):
     m = _model(tiny_dataset).eval()
     head = m.heads["geoclip"]
     x = torch.randn(2, 3, 32, 32)
@@ -141,7 +141,8 @@ def test_gallery_cache_is_reused_and_refreshed_after_a_step(tiny_dataset):
     with torch.no_grad():
         assert torch.equal(m(pixel_values=x).logits, first)
     assert head.gallery_embeddings is cache  # not recomputed
-    assert "gallery_embeddings" not in m.state_dict() and "geoclip.queue" in "".join(m.state_dict())
+    state = m.state_dict()
+    assert {"heads.geoclip.gallery_embeddings", "heads.geoclip.gallery_checksum", "heads.geoclip.queue"} <= set(state)
     m.train()
     opt = torch.optim.SGD(head.location_encoder.parameters(), lr=0.5)
     m(pixel_values=x, coordinates=head.centroids[:2].clone()).loss.backward()
@@ -153,6 +154,19 @@ def test_gallery_cache_is_reused_and_refreshed_after_a_step(tiny_dataset):
         m(pixel_values=x)
     fresh = F.normalize(head.location_encoder(head.centroids), dim=-1)
     assert head.gallery_embeddings is not cache and torch.allclose(head.gallery_embeddings, fresh, atol=1e-6)
+    # a stale cache never reaches a checkpoint: save_pretrained re-embeds first, whatever the mode
+    m.train()
+    m(pixel_values=x, coordinates=head.centroids[:2].clone()).loss.backward()
+    opt.step()
+    m(pixel_values=x)
+    assert head.refresh_gallery() is True and head.refresh_gallery() is False
+    m.heads["geoclip"].location_encoder.branches[0].out.bias.data += 0.1
+    m.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "model.safetensors")["heads.geoclip.gallery_embeddings"]
+    with torch.no_grad():
+        assert torch.allclose(saved, F.normalize(head.location_encoder(head.centroids), dim=-1), atol=1e-6)
 
 
 def test_trainer_steps_reduce_the_loss(tiny_dataset, train, training_args, tmp_path):
@@ -172,7 +186,7 @@ def test_trainer_steps_reduce_the_loss(tiny_dataset, train, training_args, tmp_p
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_save_reload_and_pipeline(model, tmp_path):
+def test_save_reload_and_pipeline(model, tmp_path, monkeypatch):
     from transformers import pipeline
 
     model.eval()
@@ -181,13 +195,17 @@ def test_save_reload_and_pipeline(model, tmp_path):
     assert (tmp_path / "location_encoder.py").is_file()
     reloaded = GeoModelForImageGeolocation.from_pretrained(tmp_path).eval()
     head, again = model.heads["geoclip"], reloaded.heads["geoclip"]
-    assert again.gallery_embeddings.shape[0] == 0  # recomputed on first use, not stored
     assert torch.equal(again.queue, head.queue) and int(again.queue_count) == int(head.queue_count)
+    assert torch.equal(again.gallery_embeddings, head.gallery_embeddings)
+
+    def no_reembedding(*args, **kwargs):
+        raise AssertionError("the reloaded model re-embedded its gallery")
+
+    monkeypatch.setattr(again.location_encoder, "encode", no_reembedding)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         a, b = model(pixel_values=x), reloaded(pixel_values=x)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.coordinates, b.coordinates)
-    assert torch.equal(again.gallery_embeddings, head.gallery_embeddings)
 
     geo = pipeline("image-geolocation", model=str(tmp_path))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
