@@ -248,7 +248,10 @@ class GeoClipHead(ClassificationHead):
         self.refresh_gallery()
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale.exp() * self.image_features(embeddings) @ self.gallery_features().T
+        image = self.image_features(embeddings)
+        # float32 similarities even under bf16 autocast: neighbouring gallery points differ by little
+        with torch.autocast(image.device.type, enabled=False):
+            return self.logit_scale.float().exp() * image.float() @ self.gallery_features().float().T
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         raise TypeError(f"geoclip head {self.name!r} trains on embeddings: call contrastive_loss")

@@ -66,6 +66,8 @@ def test_logits_are_scaled_cosines_against_the_gallery(model):
         gps = F.normalize(head.location_encoder(head.centroids), dim=-1)
     assert out.logits.shape == (3, head.centroids.shape[0])
     assert torch.allclose(out.logits, head.logit_scale.exp() * img @ gps.T, atol=1e-4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(pixel_values=x).logits.dtype == torch.float32  # the similarities stay float32
     # argmax coordinates are the best gallery point (GeoCLIP's prediction)
     best = head.coordinates(out.logits, "argmax")
     assert torch.allclose(best, head.centroids[out.logits.argmax(-1)], atol=1e-4)
