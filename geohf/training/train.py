@@ -58,6 +58,19 @@ class ModelArguments:
         default=None,
         metadata={"help": "cell heads: also train cross-entropy over this many coarser quadtree levels (OSV-5M)"},
     )
+    geoclip_gallery: str = field(
+        default="geoclip",
+        metadata={
+            "help": "geoclip head's GPS gallery: geoclip (GeoCLIP's 100K points), train (training coordinates) or both"
+        },
+    )
+    geoclip_queue_size: int = field(default=4096, metadata={"help": "geoclip head's FIFO queue of GPS negatives"})
+    from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "geoclip head from random weights (default: GeoCLIP's released ones, from the geoclip package)"
+        },
+    )
     image_size: int | None = field(default=None, metadata={"help": "input side in px (default: backbone's)"})
     crop_pct: float | None = field(
         default=None, metadata={"help": "eval centre-crop fraction (default: backbone's; 1.0 keeps the whole image)"}
@@ -157,6 +170,9 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         coordinate_radius_km=model_args.coordinate_radius_km,
         dropout=model_args.dropout,
         fusion=model_args.fusion,
+        gallery=model_args.geoclip_gallery,
+        queue_size=model_args.geoclip_queue_size,
+        from_scratch=model_args.from_scratch,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -178,8 +178,9 @@ class GeoTrainer(Trainer):
     ):
         reference = model if model is not None else (model_init() if model_init is not None else None)
         args = _geo_args(args)
-        if args.label_names is None:
-            args.label_names = ["labels", "coordinates"]
+        if args.label_names is None:  # a primary head without class targets (regression, GeoCLIP) has no labels
+            classes = reference is None or has_class_targets(reference.config)
+            args.label_names = ["labels", "coordinates"] if classes else ["coordinates"]
         callbacks = list(callbacks or [])
         self.dataset_name = dataset_name or _dataset_name(train_dataset)
         self.augment = augment or AugmentConfig()
@@ -212,7 +213,10 @@ class GeoTrainer(Trainer):
             args.greater_is_better = not lower_is_better(args.metric_for_best_model)
             callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
         kwargs.setdefault("data_collator", GeoCollator(channels_last=args.channels_last))
-        kwargs.setdefault("compute_metrics", make_compute_metrics(reference.config if reference is not None else None))
+        config = reference.config if reference is not None else None
+        kwargs.setdefault("compute_metrics", make_compute_metrics(config, args.label_names))
+        if "labels" not in args.label_names:  # no top-k to score: eval keeps coordinates, not (N, classes) logits
+            kwargs.setdefault("preprocess_logits_for_metrics", _coordinates_only)
         super().__init__(
             model=model,
             args=args,
@@ -359,19 +363,37 @@ def _dataset_name(dataset) -> str | None:
     return getattr(info, "dataset_name", None) if info is not None else None
 
 
-def make_compute_metrics(config=None) -> Callable[[EvalPrediction], dict[str, float]]:
+def has_class_targets(config) -> bool:
+    """Whether the primary head learns class targets (a label column, or geocells); regression and
+    GeoCLIP heads learn from the coordinates alone."""
+    spec = config.head()
+    return spec.is_classifier and bool(spec.label_column or spec.is_geocell)
+
+
+def _coordinates_only(logits, labels):
+    """Trainer ``preprocess_logits_for_metrics`` without class targets: the coordinates, and no logits
+    (a GeoCLIP head's are (N, gallery points): 100K columns per eval image)."""
+    logits_, coordinates = logits[0], logits[1]
+    return logits_[:, :0], coordinates
+
+
+def make_compute_metrics(
+    config=None, label_names: Sequence[str] = ("labels", "coordinates")
+) -> Callable[[EvalPrediction], dict[str, float]]:
     """Trainer ``compute_metrics``: km errors from predicted coordinates, top-k over the primary head and,
     given the model ``config``, country and region accuracy and balanced accuracy of its coherent answers
     (:func:`~geohf.inference.answers.coherent`) against the areas the true coordinates lie in.
 
-    Expects ``label_names=["labels", "coordinates"]`` and model outputs ``(logits, coordinates, ...)``.
+    Expects the Trainer's ``label_names`` (``labels`` and/or ``coordinates``) and model outputs
+    ``(logits, coordinates, ...)``.
     """
 
     def compute(pred: EvalPrediction) -> dict[str, float]:
         outputs = pred.predictions if isinstance(pred.predictions, tuple) else (pred.predictions,)
-        labels = pred.label_ids if isinstance(pred.label_ids, tuple) else (pred.label_ids,)
+        label_ids = pred.label_ids if isinstance(pred.label_ids, tuple) else (pred.label_ids,)
+        labels = dict(zip(label_names, label_ids))
         logits, coords = outputs[0], outputs[1] if len(outputs) > 1 else None
-        cell_labels, true = labels[0], labels[1] if len(labels) > 1 else None
+        cell_labels, true = labels.get("labels"), labels.get("coordinates")
         out = {}
         if logits is not None and logits.ndim == 2 and cell_labels is not None:
             valid = np.asarray(cell_labels) >= 0
@@ -395,7 +417,7 @@ def _hierarchy(config, logits, coords, true) -> dict[str, float]:
     cells = CellTable.from_spec(spec)
     n = coords.shape[0]
     probs = np.zeros((n, 0))
-    if spec.is_classifier and logits is not None and logits.ndim == 2:
+    if spec.is_classifier and logits is not None and logits.ndim == 2 and logits.shape[1]:  # (N, 0): dropped
         z = np.asarray(logits, dtype=np.float64)
         probs = np.exp(z - z.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
