@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import warnings
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ def load_model_partition(source: str | None, spec: HeadSpec):
         except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
             return None
     return CellPartition.load(path)
+
+
+def load_index(source: str | None, model=None):
+    """The retrieval index saved with a model folder or Hub repo (``index/``), or ``None``; checked against
+    ``model`` when given (an index of another model is a one-line :class:`~geohf.errors.UserError`)."""
+    from .retrieval import GeoIndex, find_index
+
+    folder = find_index(source)
+    if folder is None:
+        return None
+    index = GeoIndex.load(folder)
+    if model is not None:
+        index.check(model, where=f"{source}/index")
+    return index
 
 
 def _one_line(err: BaseException) -> str:
@@ -238,6 +253,9 @@ class GeoPredictor:
         bf16: bf16 autocast (default: where it is fast, see :func:`bf16_helps`);
             ``channels_last``: NHWC layout (both faster on recent CPUs).
         mass: probability mass of the reported confidence radius.
+        retrieval: refine coordinates with the model folder's retrieval index (``index/``, written by
+            ``geohf index build``; PIGEON-style, see :mod:`geohf.inference.retrieval`) when it has one;
+            ``False`` never refines; a :class:`~geohf.inference.retrieval.GeoIndex` uses that index.
     """
 
     def __init__(
@@ -249,6 +267,7 @@ class GeoPredictor:
         channels_last: bool = True,
         device: str | None = None,
         mass: float = 0.5,
+        retrieval=True,
     ):
         self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
@@ -261,6 +280,9 @@ class GeoPredictor:
         bf16 = bf16_helps(self.device.type) if bf16 is None else bf16
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.cells = CellTable.from_spec(model.config.head())
+        self.index = load_index(self.source, model) if retrieval is True else (retrieval or None)
+        if self.index is not None:
+            self.index.check(model)
 
     @property
     def partition(self):
@@ -272,10 +294,21 @@ class GeoPredictor:
         return self._partition
 
     @torch.inference_mode()
-    def predict_tensors(self, pixel_values: torch.Tensor, embeddings: bool = False) -> GeoPredictions:
-        """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings)."""
-        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings)
-        return predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass)
+    def predict_tensors(
+        self, pixel_values: torch.Tensor, embeddings: bool = False, retrieval: bool = True
+    ) -> GeoPredictions:
+        """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
+        ``retrieval=False`` skips the index's refinement of the coordinates)."""
+        refine = retrieval and self.index is not None
+        out = forward(
+            self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine
+        )
+        predictions = predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass)
+        if refine:  # retrieval refinement: a separate step on the coordinates only
+            predictions = self.index.refine(predictions)
+            if not embeddings:
+                predictions = replace(predictions, embeddings=None)
+        return predictions
 
     def predict_images(self, images: list[Any]) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
@@ -289,6 +322,7 @@ class GeoPredictor:
         batch_size: int = 64,
         desc: str = "predicting",
         embeddings: bool = False,
+        retrieval: bool = True,
     ) -> GeoPredictions:
         """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth."""
         if len(dataset) == 0:
@@ -298,7 +332,7 @@ class GeoPredictor:
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
         parts = [
-            self.predict_tensors(batch["pixel_values"], embeddings)
+            self.predict_tensors(batch["pixel_values"], embeddings, retrieval)
             for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
         ]
         predictions = GeoPredictions.concat(parts)
