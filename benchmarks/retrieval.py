@@ -8,7 +8,8 @@ recall@10 against exact search, and the peak resident memory of the process afte
     nice -n 10 python benchmarks/retrieval.py --sizes 10000 100000 1000000 --dims 1280 512
 
 HNSW builds grow with n·log n and the dimension: ``--max-build-s`` skips an ANN build whose time,
-projected from the previous size, exceeds it (reported as skipped, never guessed).
+projected linearly from the previous size, exceeds it (reported as skipped with the projection, never
+filled in). ``--backends faiss`` measures one backend only.
 """
 
 from __future__ import annotations
@@ -61,63 +62,69 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
+def measure(n: int, dim: int, args, rate: dict[str, float], k: int = 10) -> list[dict]:
+    """The rows of one gallery size and dimension: exact search, then each ANN backend."""
+    import torch
+
+    from geohf.inference.retrieval import AUTO_ANN_FROM, AnnIndex, exact_search
+
+    gallery = synthetic(n, dim, seed=1)
+    queries = synthetic(64, dim, seed=2).astype(np.float32)
+    # what GeoIndex searches: a float32 copy below AUTO_ANN_FROM, float16 chunks above it
+    tensor = torch.from_numpy(gallery).float() if n < AUTO_ANN_FROM else torch.from_numpy(gallery)
+    q64, q1 = torch.from_numpy(queries), torch.from_numpy(queries[:1])
+    truth = exact_search(tensor, q64, k)[1].numpy()
+    row = {"n": n, "dim": dim, "backend": "exact", "build_s": 0.0, "size_mb": gallery.nbytes / 2**20}  # float16
+    row["batch64_ms"] = 1000 * timed(lambda: exact_search(tensor, q64, k))
+    row["single_ms"] = 1000 * timed(lambda: exact_search(tensor, q1, k), 10)
+    row["recall10"], row["peak_mb"] = 1.0, peak_mb()
+    print(json.dumps(row), flush=True)
+    rows = [row]
+    for backend in args.backends:
+        projected = rate.get(backend, 0.0) * n * 1.2
+        if projected > args.max_build_s:
+            row = {"n": n, "dim": dim, "backend": backend, "skipped": f"build projected {projected:.0f} s"}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            continue
+        t = time.perf_counter()
+        index = AnnIndex.build(backend, gallery, threads=args.threads)
+        build = time.perf_counter() - t
+        rate[backend] = build / n
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "ann")
+            index.save(path)
+            size = path.stat().st_size / 2**20
+        found = index.search(queries, k)[1]
+        row = {"n": n, "dim": dim, "backend": backend, "build_s": build, "size_mb": size}
+        row["batch64_ms"] = 1000 * timed(lambda index=index: index.search(queries, k))
+        row["single_ms"] = 1000 * timed(lambda index=index: index.search(queries[:1], k), 10)
+        row["recall10"], row["peak_mb"] = recall(found, truth), peak_mb()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del index
+        gc.collect()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[1280, 512])
     parser.add_argument("--max-build-s", type=float, default=90.0, help="skip ANN builds projected to take longer")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", default=["faiss", "usearch"], help="ANN backends to measure")
     parser.add_argument("--output", default=None, help="also write the rows as JSON")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
-
-    from geohf.inference.retrieval import AUTO_ANN_FROM, AnnIndex, exact_search
 
     torch.set_num_threads(args.threads)
     rows = []
     for dim in args.dims:
         rate: dict[str, float] = {}  # seconds per vector of the last ANN build, per backend
         for n in args.sizes:
-            gallery = synthetic(n, dim, seed=1)
-            queries = synthetic(64, dim, seed=2).astype(np.float32)
-            k = 10
-            # what GeoIndex searches: a float32 copy below AUTO_ANN_FROM, float16 chunks above it
-            tensor = torch.from_numpy(gallery)
-            tensor = tensor.float() if n < AUTO_ANN_FROM else tensor
-            truth = exact_search(tensor, torch.from_numpy(queries), k)[1].numpy()
-            row = {"n": n, "dim": dim, "backend": "exact", "build_s": 0.0, "size_mb": gallery.nbytes / 2**20}  # float16 on disk
-            row["batch64_ms"] = 1000 * timed(lambda: exact_search(tensor, torch.from_numpy(queries), k))
-            row["single_ms"] = 1000 * timed(lambda: exact_search(tensor, torch.from_numpy(queries[:1]), k), 10)
-            row["recall10"], row["peak_mb"] = 1.0, peak_mb()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            for backend in ("faiss", "usearch"):
-                projected = rate.get(backend, 0.0) * n * 1.2
-                if projected > args.max_build_s:
-                    row = {"n": n, "dim": dim, "backend": backend, "skipped": f"build projected {projected:.0f} s"}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    continue
-                t = time.perf_counter()
-                index = AnnIndex.build(backend, gallery, threads=args.threads)
-                build = time.perf_counter() - t
-                rate[backend] = build / n
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp, "ann")
-                    index.save(path)
-                    size = path.stat().st_size / 2**20
-                found = index.search(queries, k)[1]
-                row = {"n": n, "dim": dim, "backend": backend, "build_s": build, "size_mb": size}
-                row["batch64_ms"] = 1000 * timed(lambda: index.search(queries, k))
-                row["single_ms"] = 1000 * timed(lambda: index.search(queries[:1], k), 10)
-                row["recall10"], row["peak_mb"] = recall(found, truth), peak_mb()
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                del index
-                gc.collect()
-            del gallery, tensor
-            gc.collect()
+            rows += measure(n, dim, args, rate)
     print()
     print("| n | dim | search | build s | size MB | batch 64 ms | 1 query ms | recall@10 | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")

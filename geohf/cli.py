@@ -238,7 +238,8 @@ def _index_build(args: argparse.Namespace) -> int:
         params = f"default parameters (the dataset has no {args.tune_split!r} split to tune them on)"
     folder = index.save(model)
     info = index.info
-    print(f"wrote {folder}: {info.size:,} {info.embed_dim}-d embeddings of {args.split!r}, search {info.search}; {params}")
+    what = f"{info.size:,} {info.embed_dim}-d embeddings of {args.split!r}, search {info.search}"
+    print(f"wrote {folder}: {what}; {params}")
     return 0
 
 
@@ -397,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--split", default="train", help="the split to index (default: train)")
     ib.add_argument(
         "--tune-split", dest="tune_split", default="validation",
-        help="tune top_k / temperature / neighbours on this split (default: validation, when there is one; 'none': keep "
-        "the defaults); never the test split",
+        help="tune top_k / temperature / neighbours on this split (default: validation, when there is one; "
+        "'none': keep the defaults); never the test split",
     )  # fmt: skip
     ib.add_argument(
         "--max-shift-km", dest="max_shift_km", type=float, default=1000.0,

@@ -300,9 +300,7 @@ class GeoPredictor:
         """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
         ``retrieval=False`` skips the index's refinement of the coordinates)."""
         refine = retrieval and self.index is not None
-        out = forward(
-            self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine
-        )
+        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine)
         predictions = predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass)
         if refine:  # retrieval refinement: a separate step on the coordinates only
             predictions = self.index.refine(predictions)

@@ -176,9 +176,9 @@ def _import(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError:
+        how = 'pip install "geohf[retrieval]"' if package == "usearch" else f"pip install {package}"
         raise UserError(
-            f"an ANN index needs {package}, which is not installed: pip install \"geohf[retrieval]\" "
-            "(or use --search exact)"
+            f"this ANN index needs {package}, which is not installed: {how} (or build with --search exact)"
         ) from None
 
 
@@ -277,8 +277,9 @@ class GeoIndex:
             )
         if info.fingerprint != model_fingerprint(model):
             raise UserError(
-                f"{where}: built for another model's cells (head {info.head!r}, {info.num_classes} classes; the model "
-                f"has head {config.head().name!r}, {len(config.head().labels)} classes); rebuild it with geohf index build"
+                f"{where}: built for another model's cells (head {info.head!r}, {info.num_classes} classes; the "
+                f"model has head {config.head().name!r}, {len(config.head().labels)} classes); rebuild it with "
+                "geohf index build"
             )
 
     # ------------------------------------------------------------------ persistence
@@ -380,8 +381,7 @@ def find_index(source: str | os.PathLike | None, revision: str | None = None) ->
     local = Path(source) / INDEX_FOLDER
     if Path(source).is_dir():
         return local if (local / INFO_FILE).is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors
+    from huggingface_hub import errors, hf_hub_download
 
     absent = (errors.EntryNotFoundError, errors.LocalEntryNotFoundError, errors.RepositoryNotFoundError,
               errors.HFValidationError, errors.OfflineModeIsEnabled)  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from geohf.errors import UserError
 from geohf.geo.sphere import haversine_km
 from geohf.inference.predictor import GeoPredictor
-from geohf.inference.retrieval import AnnIndex, GeoIndex, RetrievalParams, exact_search
+from geohf.inference.retrieval import AnnIndex, GeoIndex, RetrievalParams
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,9 @@ def test_ann_index_saves_and_loads_with_the_model(indexed, tiny_dataset, cli, tm
 
 
 def test_pipeline_refines_with_the_index(indexed, validation):
-    import geohf  # noqa: F401 - registers the pipeline
     from transformers import pipeline
+
+    import geohf  # noqa: F401 - registers the pipeline
 
     images = [validation[i]["image"] for i in range(6)]
     on = pipeline("image-geolocation", model=str(indexed))(images)
@@ -171,17 +172,19 @@ print(json.dumps({"size": len(p.index), "search": p.index.info.search}))
 def test_an_index_of_another_model_is_refused(indexed, tmp_path, cli, tiny_dataset):
     model = tmp_path / "model"
     shutil.copytree(indexed, model)
-    meta_path = model / "index" / "index.json"
-    meta = json.loads(meta_path.read_text())
-    meta["info"].update(backbone="resnet50", embed_dim=2048)
-    meta_path.write_text(json.dumps(meta))
+    from dataclasses import replace
+
+    index = GeoIndex.load(model / "index")  # an index as another model (resnet50, 2048-d) would have written it
+    other = replace(index, embeddings=torch.zeros(160, 2048).half(),
+                    info=replace(index.info, backbone="resnet50", embed_dim=2048))  # fmt: skip
+    other.save(model)
     with pytest.raises(UserError, match=r"'resnet50' with 2048-d .* 'tf_efficientnet_lite0' with 1280-d"):
         GeoPredictor(str(model))
     assert GeoPredictor(str(model), retrieval=False).index is None
     result = cli("predict", "--model", model, "--dataset", tiny_dataset, "--split", "test", "--quiet")
     assert result.code == 2 and len(result.errors) == 1 and "resnet50" in result.errors[0], result.err
-    meta["info"].update(backbone="tf_efficientnet_lite0", embed_dim=1280, fingerprint="0" * 16)
-    meta_path.write_text(json.dumps(meta))
+    index.info.fingerprint = "0" * 16  # the same backbone, other cells
+    index.save(model)
     with pytest.raises(UserError, match="another model's cells"):
         GeoPredictor(str(model))
 
