@@ -48,8 +48,10 @@ def peak_mb() -> float:
 
 
 def timed(fn, repeat: int = 3) -> float:
-    """Median seconds of ``repeat`` calls (after one warm-up)."""
+    """Median seconds of ``repeat`` calls after one warm-up (one call when the warm-up took over 2 s)."""
+    t = time.perf_counter()
     fn()
+    repeat = 1 if time.perf_counter() - t > 2 else repeat
     times = []
     for _ in range(repeat):
         t = time.perf_counter()

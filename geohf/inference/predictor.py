@@ -280,9 +280,12 @@ class GeoPredictor:
         bf16 = bf16_helps(self.device.type) if bf16 is None else bf16
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.cells = CellTable.from_spec(model.config.head())
-        self.index = load_index(self.source, model) if retrieval is True else (retrieval or None)
-        if self.index is not None:
-            self.index.check(model)
+        if retrieval is True:  # the model folder's index, if it has one (checked against the model)
+            self.index = load_index(self.source, model)
+        else:
+            self.index = retrieval or None
+            if self.index is not None:
+                self.index.check(model)
 
     @property
     def partition(self):
