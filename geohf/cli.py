@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size(ib, 64)
     ib.add_argument(
         "--search", default="auto",
-        help="exact (matmul), faiss (IVF), usearch (HNSW) or auto: exact below 200,000 entries, else usearch "
+        help="exact (matmul), faiss (IVF), usearch (HNSW) or auto: exact below 50,000 entries, else usearch "
         "(default: auto; benchmarks/retrieval.py)",
     )  # fmt: skip
     add_bf16(ib)
