@@ -207,3 +207,15 @@ def test_missing_and_empty_splits_are_one_line(indexed, tiny_dataset, cli, tmp_p
         build_index(GeoPredictor(str(indexed), retrieval=False), ds["train"].select([]), split="train")
     regression = cli("index", "build", "--model", indexed, "--dataset", tiny_dataset, "--search", "annoy")
     assert regression.code == 2 and "--search annoy: unknown" in regression.errors[0]
+
+
+def test_the_index_is_published_with_the_model_and_a_killed_builds_staging_is_not(indexed, tmp_path):
+    from geohf.hub.publish import files_to_upload
+
+    model = tmp_path / "model"
+    shutil.copytree(indexed, model)
+    stale = model / ".index.0123abcd.tmp"  # what a killed build leaves
+    shutil.copytree(model / "index", stale)
+    files = files_to_upload(model)
+    assert {"index/gallery.safetensors", "index/index.json"} <= set(files)
+    assert not [f for f in files if ".tmp" in f]
