@@ -305,7 +305,8 @@ def tune_retrieval(model, dataset, index=None, grid: dict = RETRIEVAL_GRID) -> d
         params = replace(index.params, top_k=top_k, temperature=temperature, neighbours=neighbours)
         lat, lon, _ = index.choose(predictions, params, found)
         scores[(top_k, temperature, neighbours)] = float(np.median(haversine_km(*truth, lat, lon)))
-    best = min(scores, key=scores.get)
+    current = (index.params.top_k, index.params.temperature, index.params.neighbours)
+    best = min(scores, key=lambda c: (scores[c], c != current))  # a tie keeps the current parameters
     index.params = replace(index.params, top_k=best[0], temperature=best[1], neighbours=best[2])
     plain = float(np.median(haversine_km(*truth, predictions.pred_latitude, predictions.pred_longitude)))
     return {"params": index.params, "median_km": scores, "unrefined_median_km": plain}

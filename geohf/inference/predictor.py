@@ -311,10 +311,10 @@ class GeoPredictor:
                 predictions = replace(predictions, embeddings=None)
         return predictions
 
-    def predict_images(self, images: list[Any]) -> GeoPredictions:
+    def predict_images(self, images: list[Any], retrieval: bool = True) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        return self.predict_tensors(pixel_values)
+        return self.predict_tensors(pixel_values, retrieval=retrieval)
 
     def predict_dataset(
         self,
@@ -343,18 +343,24 @@ class GeoPredictor:
         return predictions
 
 
-def predict(model, inputs, batch_size: int = 64, top_k: int = 5, bf16: bool | None = None, **kwargs) -> GeoPredictions:
+def predict(
+    model, inputs, batch_size: int = 64, top_k: int = 5, bf16: bool | None = None, retrieval: bool = True, **kwargs
+) -> GeoPredictions:
     """Predict ``inputs`` with ``model`` (a model, a :class:`GeoPredictor`, or a model folder / Hub id).
 
     ``inputs``: a ``datasets.Dataset`` split (its ``latitude``/``longitude`` become the truth), or a
     list of image paths, URLs, PIL images or arrays. An unreadable file raises
     :class:`~geohf.images.ImageLoadError` naming it (``geohf predict`` reports and skips them instead).
+    ``retrieval=False``: the head's coordinates, not refined by the model folder's retrieval index.
     """
-    predictor = model if isinstance(model, GeoPredictor) else GeoPredictor(model, top_k=top_k, bf16=bf16)
+    if isinstance(model, GeoPredictor):
+        predictor = model
+    else:
+        predictor = GeoPredictor(model, top_k=top_k, bf16=bf16, retrieval=retrieval)
     if hasattr(inputs, "column_names"):
-        return predictor.predict_dataset(inputs, batch_size=batch_size, **kwargs)
+        return predictor.predict_dataset(inputs, batch_size=batch_size, retrieval=retrieval, **kwargs)
     from .images import load_image
 
     items = [load_image(x).image if isinstance(x, (str, os.PathLike)) else x for x in inputs]
-    parts = [predictor.predict_images(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    parts = [predictor.predict_images(items[i : i + batch_size], retrieval) for i in range(0, len(items), batch_size)]
     return GeoPredictions.concat(parts)

@@ -61,6 +61,14 @@ def test_build_writes_the_index_and_predictions_are_refined(indexed, validation,
     moved = shift > 1
     assert all((la, lo) in gallery for la, lo in zip(a.pred_latitude[moved].round(6), a.pred_longitude[moved].round(6)))
 
+    import geohf
+
+    images = [validation[i]["image"] for i in range(4)]
+    assert np.allclose(geohf.predict(str(indexed), images).pred_latitude,
+                       refined.predict_images(images).pred_latitude)  # fmt: skip
+    assert np.allclose(geohf.predict(refined, images, retrieval=False).pred_latitude,
+                       plain.predict_images(images).pred_latitude)  # fmt: skip
+
     out = cli("predict", "--model", indexed, "--dataset", tiny_dataset, "--split", "validation", "--quiet")
     off = cli("predict", "--model", indexed, "--dataset", tiny_dataset, "--split", "validation", "--quiet",
               "--no-retrieval")  # fmt: skip
