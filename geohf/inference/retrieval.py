@@ -197,13 +197,14 @@ class GeoIndex:
     """The gallery of one model: normalised embeddings (N, D), coordinates, cell per row, and how to refine.
 
     Attributes:
-        embeddings: (N, D) float16, L2-normalised.
+        embeddings: (N, D) float16, L2-normalised (``None`` when loaded with an ANN index, which holds
+            its own copy: ``load(folder, embeddings=True)`` reads them too).
         latitude, longitude: (N,) degrees; cell: (N,) the primary head's class of each row.
         info: what it was built with (:class:`IndexInfo`); params: :class:`RetrievalParams`.
         ann: the ANN index when ``info.search`` is an ANN backend.
     """
 
-    embeddings: torch.Tensor
+    embeddings: torch.Tensor | None
     latitude: np.ndarray
     longitude: np.ndarray
     cell: np.ndarray
@@ -212,7 +213,7 @@ class GeoIndex:
     ann: AnnIndex | None = None
 
     def __len__(self) -> int:
-        return int(self.embeddings.shape[0])
+        return int(self.latitude.shape[0])
 
     # ------------------------------------------------------------------ search
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +222,8 @@ class GeoIndex:
         k = min(k, len(self))
         if self.ann is not None:
             return self.ann.search(queries.numpy(), k)
+        if self.embeddings is None:
+            raise ValueError("this index was loaded without its embeddings: load it with embeddings=True")
         if getattr(self, "_float32", None) is None:  # a small gallery: float32 once, not per search
             self._float32 = self.embeddings.float()
         s, i = exact_search(self._float32, queries, k)
@@ -289,6 +292,8 @@ class GeoIndex:
         leaves the previous index or none, never a part of one."""
         from safetensors.torch import save_file
 
+        if self.embeddings is None:
+            raise ValueError("this index was loaded without its embeddings: load it with embeddings=True to save it")
         target = Path(model_dir) / INDEX_FOLDER
         remove_stale(Path(model_dir))
         tmp = temp_path(target)
@@ -327,10 +332,10 @@ class GeoIndex:
         atomic_write(Path(model_dir) / INDEX_FOLDER / INFO_FILE, text.encode())
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> GeoIndex:
-        """From an ``index/`` folder (see :func:`find_index` for a model folder or Hub repo)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    def load(cls, folder: str | os.PathLike, embeddings: bool | None = None) -> GeoIndex:
+        """From an ``index/`` folder (see :func:`find_index` for a model folder or Hub repo); the embeddings
+        are read for exact search (``embeddings=None``) or when asked, not beside an ANN index."""
+        from safetensors import SafetensorError, safe_open
 
         folder = Path(folder)
         info_path = folder / INFO_FILE
@@ -341,17 +346,19 @@ class GeoIndex:
             raise UserError(f"{info_path}: missing; the index is incomplete, build it again") from None
         except (ValueError, KeyError, TypeError) as err:
             raise UserError(f"{info_path}: not a geohf index ({_one_line(err)}); build it again") from None
+        read = info.search not in BACKENDS if embeddings is None else embeddings
         try:
-            t = load_file(str(folder / GALLERY_FILE))
-            embeddings, cell = t["embeddings"], t["cell"].numpy()
-            lat, lon = t["latitude"].numpy(), t["longitude"].numpy()
+            with safe_open(str(folder / GALLERY_FILE), framework="pt") as f:
+                shape = list(f.get_slice("embeddings").get_shape())
+                cell, lat, lon = (f.get_tensor(k).numpy() for k in ("cell", "latitude", "longitude"))
+                vectors = f.get_tensor("embeddings") if read else None
         except (FileNotFoundError, SafetensorError, KeyError, OSError) as err:
             raise UserError(f"{folder / GALLERY_FILE}: unreadable ({_one_line(err)}); build the index again") from None
-        if embeddings.ndim != 2 or not (len(lat) == len(lon) == len(cell) == embeddings.shape[0]):
+        if len(shape) != 2 or not (len(lat) == len(lon) == len(cell) == shape[0]):
             raise UserError(f"{folder / GALLERY_FILE}: arrays of different lengths; build the index again")
-        if embeddings.shape[1] != info.embed_dim:
+        if shape[1] != info.embed_dim:
             raise UserError(
-                f"{folder / GALLERY_FILE}: {embeddings.shape[1]}-d embeddings but {info_path.name} says "
+                f"{folder / GALLERY_FILE}: {shape[1]}-d embeddings but {info_path.name} says "
                 f"{info.embed_dim}; build the index again"
             )
         ann = None
@@ -360,7 +367,7 @@ class GeoIndex:
             if not path.is_file():
                 raise UserError(f"{path}: missing ({info_path.name} says --search {info.search}); build it again")
             ann = AnnIndex.load(info.search, path)
-        return cls(embeddings, lat, lon, cell, info, params, ann)
+        return cls(vectors, lat, lon, cell, info, params, ann)
 
 
 def _one_line(err: BaseException) -> str:

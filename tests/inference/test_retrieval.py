@@ -116,7 +116,7 @@ def test_exact_and_ann_agree_on_a_small_gallery(indexed, validation):
         assert np.allclose(lat, exact[0]) and np.allclose(lon, exact[1]) and (moved == exact[2]).all(), backend
 
 
-def test_ann_index_saves_and_loads_with_the_model(indexed, tiny_dataset, cli, tmp_path):
+def test_ann_index_saves_and_loads_with_the_model(indexed, tiny_dataset, validation, cli, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(indexed, model)
     shutil.rmtree(model / "index")
@@ -124,8 +124,15 @@ def test_ann_index_saves_and_loads_with_the_model(indexed, tiny_dataset, cli, tm
                  "--tune-split", "none")  # fmt: skip
     assert result.code == 0, result.err
     assert "search usearch" in result.out and (model / "index" / "ann.usearch").is_file()
-    index = GeoPredictor(str(model)).index
+    predictor = GeoPredictor(str(model))
+    index = predictor.index
     assert index.ann is not None and index.ann.backend == "usearch" and index.params == RetrievalParams()
+    assert index.embeddings is None and len(index) == 160  # the ANN index holds its own copy
+    assert GeoIndex.load(model / "index", embeddings=True).embeddings.shape == (160, 1280)
+    images = [validation[i]["image"] for i in range(4)]
+    refined, plain = predictor.predict_images(images), predictor.predict_images(images, retrieval=False)
+    shift = haversine_km(refined.pred_latitude, refined.pred_longitude, plain.pred_latitude, plain.pred_longitude)
+    assert shift.max() <= 1000 + 1e-6
 
 
 def test_pipeline_refines_with_the_index(indexed, validation):
