@@ -205,12 +205,22 @@ def _index_build(args: argparse.Namespace) -> int:
     from .inference.predictor import GeoPredictor
     from .inference.retrieval import build_index
 
-    ds = load_geo_dataset(dataset, args.revision)
+    try:
+        ds = load_geo_dataset(dataset, args.revision)
+    except ValueError as err:  # datasets refuses a split without rows while loading the others
+        empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(err))
+        if empty:
+            raise UserError(
+                f"--dataset {args.dataset}: the {empty.group(1)!r} split is empty: nothing to index"
+            ) from None
+        raise UserError(f"--dataset {args.dataset}: cannot load it ({one_line(err)})") from None
     for flag, split in (("--split", args.split), ("--tune-split", args.tune_split)):
         if split != "none" and split not in ds and (flag == "--split" or args.tune_split != "validation"):
             raise UserError(f"--dataset {args.dataset} has no {split!r} split; it has {list(ds)} (use {flag})")
     if args.max_shift_km < 0:
         raise UserError("--max-shift-km must be at least 0")
+    if args.tune_split == "test":
+        raise UserError("--tune-split test: tuning on the test split would leak it into its scores; use validation")
     if args.tune_split == args.split:
         raise UserError(f"--tune-split {args.tune_split}: tune on another split than the gallery's (validation)")
     try:

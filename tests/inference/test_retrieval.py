@@ -209,19 +209,28 @@ def test_missing_and_empty_splits_are_one_line(indexed, tiny_dataset, cli, tmp_p
     assert result.code == 2 and result.errors == [
         f"error: --dataset {tiny_dataset} has no 'nope' split; it has ['train', 'validation', 'test'] (use --split)"
     ]
-    from datasets import DatasetDict
-
     from geohf.data.folder import load_geo_dataset
 
-    empty = tmp_path / "empty"
+    empty = tmp_path / "empty" / "data"  # a dataset folder whose train split has no rows
+    empty.mkdir(parents=True)
     ds = load_geo_dataset(str(tiny_dataset))
-    DatasetDict({"train": ds["train"].select([]), "validation": ds["validation"]}).save_to_disk(str(empty))
+    ds["train"].select([]).to_parquet(str(empty / "train-00000-of-00001.parquet"))
+    ds["validation"].to_parquet(str(empty / "validation-00000-of-00001.parquet"))
+    result = cli("index", "build", "--model", indexed, "--dataset", empty.parent)
+    assert result.code == 2 and result.errors == [
+        f"error: --dataset {empty.parent}: the 'train' split is empty: nothing to index"
+    ], result.err
     from geohf.inference.retrieval import build_index
 
-    with pytest.raises(UserError, match="'train' split is empty"):
+    with pytest.raises(UserError, match="'train' split is empty"):  # an empty split handed over in Python
         build_index(GeoPredictor(str(indexed), retrieval=False), ds["train"].select([]), split="train")
-    regression = cli("index", "build", "--model", indexed, "--dataset", tiny_dataset, "--search", "annoy")
-    assert regression.code == 2 and "--search annoy: unknown" in regression.errors[0]
+    assert not (empty.parent / "index").exists()
+    unknown = cli("index", "build", "--model", indexed, "--dataset", tiny_dataset, "--search", "annoy")
+    assert unknown.code == 2 and "--search annoy: unknown" in unknown.errors[0]
+    on_test = cli("index", "build", "--model", indexed, "--dataset", tiny_dataset, "--tune-split", "test")
+    assert on_test.code == 2 and len(on_test.errors) == 1 and "--tune-split test" in on_test.errors[0]
+    hub_id = cli("index", "build", "--model", "org/not-a-folder", "--dataset", tiny_dataset)
+    assert hub_id.code == 2 and "not a local model folder" in hub_id.errors[0]
 
 
 def test_the_index_is_published_with_the_model_and_a_killed_builds_staging_is_not(indexed, tmp_path):
