@@ -156,7 +156,7 @@ def test_pipeline_refines_with_the_index(indexed, validation):
     assert moved
 
 
-def test_evaluate_reports_with_and_without_retrieval(indexed, tiny_dataset):
+def test_evaluate_reports_with_and_without_retrieval(indexed, tiny_dataset, cli, tmp_path):
     from geohf.data.folder import load_geo_dataset
     from geohf.evaluation.evaluation import evaluate, tune_retrieval
 
@@ -165,6 +165,10 @@ def test_evaluate_reports_with_and_without_retrieval(indexed, tiny_dataset):
     assert {"model", "model without retrieval"} <= set(result.rows)
     assert result.rows["model"]["median_km"] != result.rows["model without retrieval"]["median_km"]
     assert "model without retrieval" not in evaluate(str(indexed), ds, split="test", retrieval=False).rows
+    report = cli("evaluate", "--model", indexed, "--dataset", tiny_dataset, "--output", tmp_path / "eval")
+    assert report.code == 0, report.err
+    rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]
+    assert rows["model"] == result.rows["model"] and "model without retrieval" in rows
     tuned = tune_retrieval(str(indexed), ds["validation"])
     best = min(tuned["median_km"].values())
     assert tuned["median_km"][(tuned["params"].top_k, tuned["params"].temperature, tuned["params"].neighbours)] == best
