@@ -80,6 +80,7 @@ class Row:
     hierarchy_levels: int | None = None
     answers: tuple[str, ...] = ("cell",)  # each answer is a table row of the same trained model
     retrieval: bool = False  # also a row refined by retrieval against the training split
+    gallery: str = "geoclip"  # a geoclip head's GPS gallery
 
     def variants(self) -> list[tuple[str, str, bool]]:
         """``(table row name, answer, refine by retrieval)`` per evaluation of one trained model."""
@@ -92,6 +93,7 @@ class Row:
     def folder(self, seed: int) -> str:
         cells = "" if self.cells == "quadtree" else "-" + self.cells.split(":")[0]
         levels = f"-h{self.hierarchy_levels}" if self.hierarchy_levels else ""
+        levels += f"-{self.gallery}" if self.heads == "geoclip" else ""
         frozen = "frozen" if self.freeze else "ft"
         return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{frozen}{'' if self.bf16 else '-fp32'}-{seed}"
 
@@ -120,6 +122,14 @@ def rows(seeds: int) -> list[Row]:
             cells=SEMANTIC.replace("semantic", "semantic_optics"),
             answers=("point",),
         ),
+        Row("GeoCLIP head (released location encoder), GeoCLIP's 100K gallery", "geoclip", seeds=seeds, answers=("point",)),
+        Row(
+            "GeoCLIP head (released location encoder), 100K + training gallery",
+            "geoclip",
+            seeds=seeds,
+            gallery="both",
+            answers=("point",),
+        ),
     ]
 
 
@@ -146,6 +156,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
         crop_pct=1.0,
         cells=row.cells,
         hierarchy_levels=row.hierarchy_levels,
+        geoclip_gallery=row.gallery,
     )
     training = TrainingArguments(
         output_dir=str(out),

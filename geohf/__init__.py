@@ -36,6 +36,7 @@ _LAZY = {
     "predict": "geohf.inference",
     "GeoPredictor": "geohf.inference",
     "GeoPredictions": "geohf.inference",
+    "GeoIndex": "geohf.inference",
     "evaluate": "geohf.evaluation",
     "Evaluation": "geohf.evaluation",
     "load_boundaries": "geohf.geo.boundaries",

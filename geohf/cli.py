@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError, check_source, extra_message, missing_extra
 
-COMMANDS_WITH_SUBCOMMANDS = ("dataset", "collect")
+COMMANDS_WITH_SUBCOMMANDS = ("dataset", "collect", "index")
 
 
 class Parser(argparse.ArgumentParser):
@@ -205,7 +205,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.split not in ds:
         raise UserError(f"--dataset {args.dataset} has no {args.split!r} split; it has {list(ds)} (use --split)")
     try:
-        predictor = GeoPredictor(model, bf16=args.bf16)
+        predictor = GeoPredictor(model, bf16=args.bf16, retrieval=args.retrieval)
+    except UserError:
+        raise
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
     if args.benchmark:
@@ -257,6 +259,72 @@ def _evaluate_benchmark(args: argparse.Namespace, predictor, ds, dataset: str) -
         write(tmp)
         os.replace(tmp, out / name)
     print(f"wrote {args.output}: benchmark.json, benchmark.txt, benchmark_predictions.parquet")
+    return 0
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    if not Path(args.model).expanduser().is_dir():
+        raise UserError(
+            f"--model {args.model}: not a local model folder; the index is written into the folder "
+            "(download the model, build the index, push the folder)"
+        )
+    model = check_source(str(Path(args.model).expanduser()), "model")
+    dataset = check_source(args.dataset, "dataset", args.revision)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    from .inference.retrieval import SEARCHES
+
+    if args.search not in SEARCHES:
+        raise UserError(f"--search {args.search}: unknown; choose from {', '.join(SEARCHES)}")
+    from .data.folder import load_geo_dataset
+    from .inference.predictor import GeoPredictor
+    from .inference.retrieval import build_index
+
+    try:
+        ds = load_geo_dataset(dataset, args.revision)
+    except ValueError as err:  # datasets refuses a split without rows while loading the others
+        empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(err))
+        if empty:
+            raise UserError(
+                f"--dataset {args.dataset}: the {empty.group(1)!r} split is empty: nothing to index"
+            ) from None
+        raise UserError(f"--dataset {args.dataset}: cannot load it ({one_line(err)})") from None
+    for flag, split in (("--split", args.split), ("--tune-split", args.tune_split)):
+        if split != "none" and split not in ds and (flag == "--split" or args.tune_split != "validation"):
+            raise UserError(f"--dataset {args.dataset} has no {split!r} split; it has {list(ds)} (use {flag})")
+    if args.max_shift_km < 0:
+        raise UserError("--max-shift-km must be at least 0")
+    if args.tune_split == "test":
+        raise UserError("--tune-split test: tuning on the test split would leak it into its scores; use validation")
+    if args.tune_split == args.split:
+        raise UserError(f"--tune-split {args.tune_split}: tune on another split than the gallery's (validation)")
+    try:
+        predictor = GeoPredictor(model, bf16=args.bf16, retrieval=False)
+    except UserError:
+        raise
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
+    index = build_index(
+        predictor, ds[args.split], args.search, args.batch_size, dataset_name=args.dataset, split=args.split
+    )
+    index.params.max_shift_km = args.max_shift_km
+    params = "default parameters"
+    if args.tune_split in ds:
+        from .evaluation.evaluation import tune_retrieval
+
+        tuned = tune_retrieval(predictor, ds[args.tune_split], index)
+        p = tuned["params"]
+        params = (
+            f"tuned on {args.tune_split!r}: top_k={p.top_k}, temperature={p.temperature}, neighbours={p.neighbours}, "
+            f"median {tuned['median_km'][(p.top_k, p.temperature, p.neighbours)]:,.0f} km "
+            f"(unrefined {tuned['unrefined_median_km']:,.0f} km)"
+        )
+    elif args.tune_split != "none":
+        params = f"default parameters (the dataset has no {args.tune_split!r} split to tune them on)"
+    folder = index.save(model)
+    info = index.info
+    what = f"{info.size:,} {info.embed_dim}-d embeddings of {args.split!r}, search {info.search}"
+    print(f"wrote {folder}: {what}; {params}")
     return 0
 
 
@@ -436,7 +504,38 @@ def build_parser() -> argparse.ArgumentParser:
         "sub-region/city accuracy and geohf's polygon accuracy) beside their published rows",
     )
     add_bf16(ev)
+    from .inference.cli import add_retrieval
+
+    add_retrieval(ev)
     ev.set_defaults(func=_evaluate)
+
+    idx = sub.add_parser("index", help="retrieval indexes (PIGEON-style refinement of the coordinates)")
+    idx_sub = idx.add_subparsers(dest="index_command", required=True)
+    ib = idx_sub.add_parser(
+        "build",
+        help="embed a dataset split into the model folder's retrieval index (index/); predictions then refine with it",
+    )
+    ib.add_argument("--model", required=True, help="local model folder (the index is written into it)")
+    ib.add_argument("--dataset", required=True, help="dataset folder or Hub repo id")
+    add_revision(ib)
+    ib.add_argument("--split", default="train", help="the split to index (default: train)")
+    ib.add_argument(
+        "--tune-split", dest="tune_split", default="validation",
+        help="tune top_k / temperature / neighbours on this split (default: validation, when there is one; "
+        "'none': keep the defaults); never the test split",
+    )  # fmt: skip
+    ib.add_argument(
+        "--max-shift-km", dest="max_shift_km", type=float, default=1000.0,
+        help="never move a guess further than this from the head's (default: 1000, as PIGEON)",
+    )  # fmt: skip
+    add_batch_size(ib, 64)
+    ib.add_argument(
+        "--search", default="auto",
+        help="exact (matmul), faiss (IVF), usearch (HNSW) or auto: exact below 50,000 entries, else usearch "
+        "(default: auto; benchmarks/retrieval.py)",
+    )  # fmt: skip
+    add_bf16(ib)
+    ib.set_defaults(func=_index_build)
 
     from .app.cli import add_app_parser
     from .collect.cli import add_collect_parser

@@ -34,6 +34,7 @@ EXTRAS = {
     "optuna": "tracking",
     "pillow_heif": "heif",
     "reverse_geocoder": "benchmarks",
+    "usearch": "retrieval",
 }
 
 # suffixes that mark a name as a file, not a Hub repo id

@@ -9,6 +9,7 @@ _LAZY = {
     "Evaluation": ".evaluation",
     "evaluate": ".evaluation",
     "tune_coordinate_rule": ".evaluation",
+    "tune_retrieval": ".evaluation",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -153,9 +153,9 @@ def true_classes(latitude, longitude, labels: pd.DataFrame, predictor: GeoPredic
     return np.full(len(labels), -1)
 
 
-def as_predictor(model, bf16: bool | None = None) -> GeoPredictor:
+def as_predictor(model, bf16: bool | None = None, retrieval=True) -> GeoPredictor:
     """A :class:`GeoPredictor` for a predictor, a model, or a model folder / Hub id."""
-    return model if isinstance(model, GeoPredictor) else GeoPredictor(model, bf16=bf16)
+    return model if isinstance(model, GeoPredictor) else GeoPredictor(model, bf16=bf16, retrieval=retrieval)
 
 
 def _split(dataset, split: str):
@@ -192,6 +192,7 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     bf16: bool | None = None,
+    retrieval: bool = True,
 ) -> Evaluation:
     """The model on a split next to two naive baselines (geometric median, random cell by frequency).
 
@@ -200,11 +201,13 @@ def evaluate(
         dataset: a ``DatasetDict`` (``split`` is scored, its ``train`` split fits the baselines) or one split.
         train: the training split for the baselines when ``dataset`` is one split; without it the
             baselines come from the model's cells and their training counts.
+        retrieval: refine the coordinates with the model's retrieval index when it has one (PIGEON);
+            the unrefined coordinates are then scored too, as the row ``model without retrieval``.
 
     True cells come from the model's own partition (so any dataset with coordinates can be
     scored), else from the dataset's column of the primary head.
     """
-    predictor = as_predictor(model, bf16)
+    predictor = as_predictor(model, bf16, retrieval)
     test, train_split, sizes = _split(dataset, split)
     train = train if train is not None else train_split
     if len(test) == 0:
@@ -214,7 +217,15 @@ def evaluate(
     lat, lon = labels["latitude"].to_numpy(), labels["longitude"].to_numpy()
     true_class = true_classes(lat, lon, labels, predictor)
     cells = predictor.cells
-    predictions = predictor.predict_dataset(test, batch_size=batch_size, desc=f"evaluating {split}")
+    index = predictor.index if retrieval else None
+    raw = predictor.predict_dataset(
+        test, batch_size=batch_size, desc=f"evaluating {split}", embeddings=index is not None, retrieval=False,
+        answer="cell",
+    )
+    predictions, unrefined = predictor.answered(raw), None
+    if index is not None:  # one forward: the head's coordinates, then the retrieval refinement of them
+        unrefined = replace(predictions, embeddings=None)
+        predictions = replace(predictor.answered(raw, refine=True), embeddings=None)
     empty = pd.Series([""] * len(labels))
     truth = pd.DataFrame(
         {
@@ -234,6 +245,8 @@ def evaluate(
     )
     result = Evaluation(split=split, sizes=sizes, predictions=predictions, truth=truth)
     result.rows["model"] = Guesses.from_predictions(predictions).metrics(scored, cells, "true_class")
+    if unrefined is not None:
+        result.rows["model without retrieval"] = Guesses.from_predictions(unrefined).metrics(scored, cells, "true_class")
     known = true_class >= 0
     if predictions.probs.shape[1] and known.any():
         topk = topk_accuracy(predictions.probs[known], true_class[known], (3, 10))
@@ -283,3 +296,40 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES) -> dict:
     best = min(scores, key=scores.get)
     model.config.coordinate_method, model.config.coordinate_top_k, model.config.coordinate_radius_km = best
     return {"rule": best, "median_km": scores}
+
+
+RETRIEVAL_GRID = {"top_k": (1, 3, 5, 10), "temperature": (0.01, 0.03, 0.1, 0.3, 1.0), "neighbours": (8, 32, 128)}
+
+
+def tune_retrieval(model, dataset, index=None, grid: dict = RETRIEVAL_GRID) -> dict:
+    """Pick the retrieval refinement's ``top_k``, ``temperature`` and ``neighbours`` by median km on
+    ``dataset`` (a validation split, never the test split), and set them on the index
+    (``predictor.index``, or ``index``); ``max_shift_km`` stays as it is.
+
+    One forward and one search (for the most neighbours) serve the whole grid. Returns
+    ``{"params": RetrievalParams, "median_km": {(top_k, temperature, neighbours): km}, "unrefined_median_km": km}``.
+    """
+    import itertools
+
+    predictor = as_predictor(model)
+    index = index if index is not None else predictor.index
+    if index is None:
+        raise ValueError("the model has no retrieval index: build one with geohf index build")
+    # the head's raw coordinates, which the index refines before the answer is named (see answer_predictions)
+    predictions = predictor.predict_dataset(
+        dataset, desc="tuning retrieval", embeddings=True, retrieval=False, answer="cell"
+    )
+    if predictions.true_latitude is None:
+        raise ValueError("the validation split has no latitude/longitude: cannot tune retrieval")
+    found = index.search(predictions.embeddings, max(grid["neighbours"]))
+    truth = predictions.true_latitude, predictions.true_longitude
+    scores = {}
+    for top_k, temperature, neighbours in itertools.product(grid["top_k"], grid["temperature"], grid["neighbours"]):
+        params = replace(index.params, top_k=top_k, temperature=temperature, neighbours=neighbours)
+        lat, lon, _ = index.choose(predictions, params, found)
+        scores[(top_k, temperature, neighbours)] = float(np.median(haversine_km(*truth, lat, lon)))
+    current = (index.params.top_k, index.params.temperature, index.params.neighbours)
+    best = min(scores, key=lambda c: (scores[c], c != current))  # a tie keeps the current parameters
+    index.params = replace(index.params, top_k=best[0], temperature=best[1], neighbours=best[2])
+    plain = float(np.median(haversine_km(*truth, predictions.pred_latitude, predictions.pred_longitude)))
+    return {"params": index.params, "median_km": scores, "unrefined_median_km": plain}

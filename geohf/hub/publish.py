@@ -8,7 +8,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 # never uploaded: half-written files, local paths of skipped inputs stay uploaded only as relative paths
-IGNORE_PATTERNS = ["*.partial-*", "*.tmp", ".git/*", "checkpoint-*/*", "runs/*", "training_args.bin"]
+IGNORE_PATTERNS = ["*.partial-*", "*.tmp", "*.tmp/*", ".git/*", "checkpoint-*/*", "runs/*", "training_args.bin"]
 
 
 def check_folder(folder: str | os.PathLike, kind: str) -> Path:

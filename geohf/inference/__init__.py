@@ -8,6 +8,9 @@ from .._lazy import lazy_getattr
 _LAZY = {
     "CellTable": ".predictions",
     "GeoPredictions": ".predictions",
+    "GeoIndex": ".retrieval",
+    "RetrievalParams": ".retrieval",
+    "build_index": ".retrieval",
     "GeoPredictor": ".predictor",
     "predict": ".predictor",
 }

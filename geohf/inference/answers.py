@@ -75,10 +75,15 @@ def hierarchical_targets(
 
 
 def coherent(
-    predictions: GeoPredictions, answer: str = "point", top_k: int = 5, areas: AdminAreas | None = None
+    predictions: GeoPredictions,
+    answer: str = "point",
+    top_k: int = 5,
+    areas: AdminAreas | None = None,
+    keep: bool = False,
 ) -> GeoPredictions:
     """``predictions`` naming the country and region their coordinates lie in (see the module docstring);
-    ``top_k``: cells averaged into the hierarchical point."""
+    ``top_k``: cells averaged into the hierarchical point; ``keep``: a hierarchical answer keeps the given
+    coordinates where they already lie in the chosen area (a retrieval-refined point)."""
     areas = areas or AdminAreas.default()
     lat, lon = predictions.pred_latitude, predictions.pred_longitude
     n = len(predictions)
@@ -88,6 +93,9 @@ def coherent(
     if answer == "hierarchical" and has_classes:
         h_lat, h_lon, allowed = hierarchical_targets(probs, predictions.cells, areas, top_k)
         use = np.isfinite(h_lat)
+        if keep:
+            inside = areas.containing(lat, lon)
+            use &= np.array([row not in ok for row, ok in zip(inside, allowed)], dtype=bool)
         lat, lon = np.where(use, h_lat, lat), np.where(use, h_lon, lon)
     elif answer not in ("point", "hierarchical"):
         raise ValueError(f"answer must be 'point' or 'hierarchical', got {answer!r}")

@@ -83,6 +83,7 @@ def predict_command(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
             device=args.device,
             mass=args.mass,
+            retrieval=args.retrieval,
         )
     except (OSError, ValueError) as err:
         return _error(f"--model {args.model}: cannot load the model ({' '.join(str(err).split())})")
@@ -113,6 +114,14 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"{len(run.errors)} of {counted(run.images, 'image')} could not be read", file=sys.stderr)
         return 1
     return 0
+
+
+def add_retrieval(p) -> None:
+    p.add_argument(
+        "--retrieval", action=argparse.BooleanOptionalAction, default=True,
+        help="refine coordinates with the model folder's retrieval index when it has one (geohf index build; "
+        "default: yes)",
+    )  # fmt: skip
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
@@ -184,6 +193,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         "--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True, help="NHWC layout"
     )
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    add_retrieval(run)
     run.add_argument(
         "--recursive", action=argparse.BooleanOptionalAction, default=True, help="search subfolders (default: yes)"
     )

@@ -18,6 +18,9 @@ batch at once and turns the outputs into predictions batched, so ``postprocess``
 a record. The model runs in channels_last and,
 where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
 autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
+A model folder (or Hub repo) with a retrieval index (``geohf index build``) has its coordinates
+refined by it, as :class:`~geohf.inference.predictor.GeoPredictor` does; ``retrieval=False`` (to
+``pipeline(...)`` or per call) turns that off.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ..geo.places import AdminAreas
 from ..modeling.image_processing_geohf import one_thread
 from .images import load_pixels
 from .predictions import CellTable, GeoPredictions
-from .predictor import bf16_helps, forward, predictions_from_outputs
+from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
 
 _FIELDS = ("pred_latitude", "pred_longitude", "top_index", "top_score", "radius_km", "area_row", "country_score")
 
@@ -59,9 +62,16 @@ class ImageGeolocationPipeline(Pipeline):
     _load_tokenizer = False
 
     def _sanitize_parameters(
-        self, top_k: int | None = None, mass: float | None = None, bf16: bool | None = None, timeout=None
+        self,
+        top_k: int | None = None,
+        mass: float | None = None,
+        bf16: bool | None = None,
+        timeout=None,
+        retrieval: bool | None = None,
     ):
         forward = {}  # top_k and mass shape the predictions, made batched in _forward
+        if retrieval is not None:
+            forward["retrieval"] = retrieval
         if top_k is not None:
             forward["top_k"] = top_k
         if mass is not None:
@@ -82,9 +92,12 @@ class ImageGeolocationPipeline(Pipeline):
         cropped = torch.cat([proc.resize_crop(g) for g in groups])
         return {"pixel_values": cropped[None] if isinstance(inputs, (list, tuple)) else cropped}
 
-    def _forward(self, model_inputs: dict, bf16: bool | None = None, top_k: int = 5, mass: float = 0.5):
+    def _forward(
+        self, model_inputs: dict, bf16: bool | None = None, top_k: int = 5, mass: float = 0.5, retrieval: bool = True
+    ):
         """The batch normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last, bf16
-        autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch."""
+        autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch and
+        their coordinates refined by the model's retrieval index when it has one."""
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
             self._channels_last = True
@@ -93,14 +106,23 @@ class ImageGeolocationPipeline(Pipeline):
         if pixels.dtype == torch.uint8:
             with one_thread():
                 pixels = self.image_processor.normalize(pixels, self.dtype)
-        out = forward(self.model, pixels, bf16)
-        pred = predictions_from_outputs(self.model, out, self._cells, top_k, mass)
+        refine = retrieval and self._index is not None
+        out = forward(self.model, pixels, bf16, output_embeddings=refine)
+        # retrieval refinement (a separate step on the head's coordinates), then the coherent answer
+        pred = predictions_from_outputs(
+            self.model, out, self._cells, top_k, mass, refine=self._index.refine if refine else None
+        )
         # tensors only: transformers unbatches them row by row for postprocess
         return {k: None if getattr(pred, k) is None else torch.from_numpy(getattr(pred, k)) for k in _FIELDS}
 
     def postprocess(self, model_outputs: dict) -> dict:
         fields = {k: None if v is None else v.numpy() for k, v in model_outputs.items()}
         return GeoPredictions(cells=self._cells, areas=AdminAreas.default().table, **fields).records()[0]
+
+    @cached_property
+    def _index(self):
+        """The model folder's retrieval index (``index/``), or ``None``."""
+        return load_index(getattr(self.model, "name_or_path", None), self.model)
 
     @cached_property
     def _cells(self) -> CellTable:

@@ -7,9 +7,11 @@ country/region, image processor), so inference needs no boundaries and no datase
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import json
 import os
 import warnings
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,20 @@ def load_model_partition(source: str | None, spec: HeadSpec):
         except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
             return None
     return CellPartition.load(path)
+
+
+def load_index(source: str | None, model=None):
+    """The retrieval index saved with a model folder or Hub repo (``index/``), or ``None``; checked against
+    ``model`` when given (an index of another model is a one-line :class:`~geohf.errors.UserError`)."""
+    from .retrieval import GeoIndex, find_index
+
+    folder = find_index(source)
+    if folder is None:
+        return None
+    index = GeoIndex.load(folder)
+    if model is not None:
+        index.check(model, where=f"{source}/index")
+    return index
 
 
 def _one_line(err: BaseException) -> str:
@@ -195,11 +211,18 @@ def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool =
 
 
 def predictions_from_outputs(
-    model, outputs, cells: CellTable, top_k: int = 5, mass: float | None = 0.5, answer: str | None = None
+    model,
+    outputs,
+    cells: CellTable,
+    top_k: int = 5,
+    mass: float | None = 0.5,
+    answer: str | None = None,
+    refine: Callable[[GeoPredictions], GeoPredictions] | None = None,
 ) -> GeoPredictions:
     """Model outputs → :class:`GeoPredictions`: coordinates, top-k classes, probabilities, radius, embeddings,
     and the country and region the coordinates lie in (:func:`~geohf.inference.answers.coherent`, by
-    ``answer`` or the model's ``config.answer``).
+    ``answer`` or the model's ``config.answer``). ``refine`` (a retrieval index's) moves the head's
+    coordinates first; the answer is then named from the refined point.
 
     A regression-only model has no classes: its top-k arrays are empty.
     """
@@ -229,9 +252,19 @@ def predictions_from_outputs(
         probs=probs.cpu().numpy(),
         embeddings=None if embeddings is None else embeddings.float().cpu().numpy(),
     )
+    return answer_predictions(model, raw, answer, refine)
+
+
+def answer_predictions(
+    model, raw: GeoPredictions, answer: str | None = None, refine: Callable[[GeoPredictions], GeoPredictions] | None = None
+) -> GeoPredictions:
+    """The head's raw predictions (``answer="cell"``), refined by ``refine`` when given, then answered
+    coherently by ``answer`` (default: the model's ``config.answer``)."""
+    if refine is not None:
+        raw = refine(raw)
     config = model.config
     answer = answer or config.answer
-    return raw if answer == "cell" else coherent(raw, answer, config.coordinate_top_k)
+    return raw if answer == "cell" else coherent(raw, answer, config.coordinate_top_k, keep=refine is not None)
 
 
 class GeoPredictor:
@@ -246,6 +279,9 @@ class GeoPredictor:
         mass: probability mass of the reported confidence radius.
         answer: ``point`` or ``hierarchical`` (default: the model's ``config.answer``), see
             :mod:`geohf.inference.answers`.
+        retrieval: refine coordinates with the model folder's retrieval index (``index/``, written by
+            ``geohf index build``; PIGEON-style, see :mod:`geohf.inference.retrieval`) when it has one;
+            ``False`` never refines; a :class:`~geohf.inference.retrieval.GeoIndex` uses that index.
     """
 
     def __init__(
@@ -258,6 +294,7 @@ class GeoPredictor:
         device: str | None = None,
         mass: float = 0.5,
         answer: str | None = None,
+        retrieval=True,
     ):
         self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
@@ -271,6 +308,17 @@ class GeoPredictor:
         self.top_k, self.bf16, self.channels_last, self.mass = top_k, bf16, channels_last, mass
         self.answer = answer
         self.cells = CellTable.from_spec(model.config.head())
+        if retrieval is True:  # the model folder's index, if it has one (checked against the model)
+            self.index = load_index(self.source, model)
+        else:
+            self.index = retrieval or None
+            if self.index is not None:
+                self.index.check(model)
+
+    def answered(self, raw: GeoPredictions, refine: bool = False) -> GeoPredictions:
+        """Raw predictions (``answer="cell"``) answered as this predictor answers, refined by its index
+        first when ``refine``."""
+        return answer_predictions(self.model, raw, self.answer, self.index.refine if refine else None)
 
     @property
     def partition(self):
@@ -282,15 +330,31 @@ class GeoPredictor:
         return self._partition
 
     @torch.inference_mode()
-    def predict_tensors(self, pixel_values: torch.Tensor, embeddings: bool = False) -> GeoPredictions:
-        """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings)."""
-        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings)
-        return predictions_from_outputs(self.model, out, self.cells, self.top_k, self.mass, self.answer)
+    def predict_tensors(
+        self, pixel_values: torch.Tensor, embeddings: bool = False, retrieval: bool = True, answer: str | None = None
+    ) -> GeoPredictions:
+        """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
+        ``retrieval=False`` skips the index's refinement of the coordinates; ``answer`` overrides the
+        predictor's, ``"cell"`` for the head's raw answer)."""
+        refine = retrieval and self.index is not None
+        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine)
+        predictions = predictions_from_outputs(
+            self.model,
+            out,
+            self.cells,
+            self.top_k,
+            self.mass,
+            answer or self.answer,
+            self.index.refine if refine else None,
+        )
+        if refine and not embeddings:
+            predictions = replace(predictions, embeddings=None)
+        return predictions
 
-    def predict_images(self, images: list[Any]) -> GeoPredictions:
+    def predict_images(self, images: list[Any], retrieval: bool = True) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        return self.predict_tensors(pixel_values)
+        return self.predict_tensors(pixel_values, retrieval=retrieval)
 
     def predict_dataset(
         self,
@@ -299,6 +363,8 @@ class GeoPredictor:
         batch_size: int = 64,
         desc: str = "predicting",
         embeddings: bool = False,
+        retrieval: bool = True,
+        answer: str | None = None,
     ) -> GeoPredictions:
         """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth."""
         if len(dataset) == 0:
@@ -308,7 +374,7 @@ class GeoPredictor:
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
         parts = [
-            self.predict_tensors(batch["pixel_values"], embeddings)
+            self.predict_tensors(batch["pixel_values"], embeddings, retrieval, answer)
             for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
         ]
         predictions = GeoPredictions.concat(parts)
@@ -318,18 +384,24 @@ class GeoPredictor:
         return predictions
 
 
-def predict(model, inputs, batch_size: int = 64, top_k: int = 5, bf16: bool | None = None, **kwargs) -> GeoPredictions:
+def predict(
+    model, inputs, batch_size: int = 64, top_k: int = 5, bf16: bool | None = None, retrieval: bool = True, **kwargs
+) -> GeoPredictions:
     """Predict ``inputs`` with ``model`` (a model, a :class:`GeoPredictor`, or a model folder / Hub id).
 
     ``inputs``: a ``datasets.Dataset`` split (its ``latitude``/``longitude`` become the truth), or a
     list of image paths, URLs, PIL images or arrays. An unreadable file raises
     :class:`~geohf.images.ImageLoadError` naming it (``geohf predict`` reports and skips them instead).
+    ``retrieval=False``: the head's coordinates, not refined by the model folder's retrieval index.
     """
-    predictor = model if isinstance(model, GeoPredictor) else GeoPredictor(model, top_k=top_k, bf16=bf16)
+    if isinstance(model, GeoPredictor):
+        predictor = model
+    else:
+        predictor = GeoPredictor(model, top_k=top_k, bf16=bf16, retrieval=retrieval)
     if hasattr(inputs, "column_names"):
-        return predictor.predict_dataset(inputs, batch_size=batch_size, **kwargs)
+        return predictor.predict_dataset(inputs, batch_size=batch_size, retrieval=retrieval, **kwargs)
     from .images import load_image
 
     items = [load_image(x).image if isinstance(x, (str, os.PathLike)) else x for x in inputs]
-    parts = [predictor.predict_images(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    parts = [predictor.predict_images(items[i : i + batch_size], retrieval) for i in range(0, len(items), batch_size)]
     return GeoPredictions.concat(parts)

@@ -36,7 +36,7 @@ NOTES = [
     "  only, with a warning naming the file; a pickle holding anything but tensors is refused and never run.",
     "- **Disk full** is simulated with `RLIMIT_FSIZE` (SIGXFSZ ignored, so writes fail with EFBIG as on a full",
     "  disk); every `geohf` command reports it in one line (also when Arrow or safetensors raise it).",
-    "- kill -9 during an index build: there is no index-building command yet, so nothing to test.",
+    "- kill -9 during `geohf index build`: `tests/robustness/test_index_faults.py` (no half index, ever).",
     "- The pages in a real browser (headless Chromium, outside requests blocked, no console errors):",
     "  `tests/app/test_browser.py` (Predict tab, one Game round, a `geohf predict --map` file). The folium map",
     "  still loads Leaflet from a CDN, so offline it draws nothing (its only errors are the blocked requests).",
