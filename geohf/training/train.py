@@ -16,6 +16,7 @@ from datasets import load_dataset
 from transformers import TrainingArguments, set_seed
 
 from ..data.folder import load_geo_dataset
+from ..errors import UserError
 from ..data.transforms import AugmentConfig
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.factory import HEAD_CHOICES, create_model
@@ -63,6 +64,18 @@ class ModelArguments:
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout before the heads"})
     freeze_backbone: bool = field(default=False, metadata={"help": "linear probe: train the heads only"})
+    unfreeze_last_n_blocks: int | None = field(
+        default=None,
+        metadata={
+            "help": "train only the backbone's last N blocks (ViT blocks, CNN stages) and the norm/projection "
+            "after them: PIGEON and OSV-5M fine-tune CLIP with N=1"
+        },
+    )
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank on the ViT backbone's attention projections (needs peft)"}
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 × lora_r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
 
 
 @dataclass
@@ -152,6 +165,30 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
     )
 
 
+def apply_finetuning_mode(model: GeoModelForImageGeolocation, model_args: ModelArguments) -> None:
+    """The backbone's fine-tuning mode from the flags: full (none given), ``--freeze_backbone``,
+    ``--unfreeze_last_n_blocks N`` or ``--lora_r R`` (one of them)."""
+    chosen = [
+        flag
+        for flag, on in (
+            ("--freeze_backbone", model_args.freeze_backbone),
+            ("--unfreeze_last_n_blocks", model_args.unfreeze_last_n_blocks is not None),
+            ("--lora_r", model_args.lora_r is not None),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} are alternatives: pass one fine-tuning mode")
+    if model_args.lora_r is None and model_args.lora_alpha is not None:
+        raise UserError("--lora_alpha needs --lora_r")
+    if model_args.freeze_backbone:
+        model.freeze_backbone()
+    elif model_args.unfreeze_last_n_blocks is not None:
+        model.unfreeze_last_n_blocks(model_args.unfreeze_last_n_blocks)
+    elif model_args.lora_r is not None:
+        model.add_lora(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -176,8 +213,7 @@ def run_training(
     set_seed(training_args.seed)  # the heads' initialisation too, not only what Trainer does later
     train, evalset = prepare_datasets(data_args, training_args)
     model = build_or_load_model(model_args, data_args, train, training_args.label_scan_rows)
-    if model_args.freeze_backbone:
-        model.freeze_backbone()
+    apply_finetuning_mode(model, model_args)
 
     def make_trainer(**kwargs) -> GeoTrainer:
         return GeoTrainer(

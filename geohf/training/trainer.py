@@ -224,6 +224,23 @@ class GeoTrainer(Trainer):
         )
         self.sample_weights = sample_weights
 
+    def train(self, *args, **kwargs):
+        """Trainer's training; first prints the trainable-parameter count and records it (with the
+        fine-tuning mode) in the config, hence in the saved config.json and the model card."""
+        model = self.model
+        if model is not None and hasattr(model, "parameter_counts"):
+            trainable, total = model.parameter_counts()
+            info = dict(model.config.finetuning or {"mode": "full"})
+            info.update(trainable_params=trainable, total_params=total)
+            model.config.finetuning = info
+            if self.is_world_process_zero():
+                print(
+                    f"geohf: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
+                    f"fine-tuning mode {info['mode']}",
+                    flush=True,
+                )
+        return super().train(*args, **kwargs)
+
     @property
     def backbone_lr_multiplier(self) -> float:
         return self.args.backbone_lr_multiplier
