@@ -234,6 +234,12 @@ class TransformersBackbone(nn.Module):
         raise UserError(f"cannot find the blocks of the {type(self.model).__name__} tower to unfreeze")
 
 
+def _keys(info: dict) -> set[str]:
+    """The keys a loading report says were not filled from the checkpoint (missing or of another shape)."""
+    mismatched = {str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []}
+    return set(info.get("missing_keys") or []) | mismatched
+
+
 def load_tower_weights(backbone: TransformersBackbone, name: str | os.PathLike) -> str:
     """Load a checkpoint's weights into the tower with transformers' own loader (key renames included): a full
     CLIP/SigLIP checkpoint's vision part (and its ``visual_projection`` when the tower has one), a vision-only
@@ -247,8 +253,12 @@ def load_tower_weights(backbone: TransformersBackbone, name: str | os.PathLike) 
         loaded, info = cls.from_pretrained(str(name), config=backbone.model.config, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
-    if info.get("missing_keys") or info.get("mismatched_keys"):
-        missing = sorted(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    # the loaded model may carry layers the tower leaves out (a ViT's pooler): the tower's own keys must all come
+    source = loaded.state_dict()
+    target = backbone.model.state_dict()
+    unfilled = _keys(info)
+    missing = [key for key in target if key not in source or key in unfilled]
+    if missing:
         raise ValueError(f"weights of {name} do not cover the {cls.__name__} tower: missing {missing[:5]}")
-    backbone.model.load_state_dict(loaded.state_dict())
+    backbone.model.load_state_dict({key: source[key] for key in target})
     return f"{name} (transformers, {cls.__name__})"
