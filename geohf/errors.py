@@ -33,6 +33,7 @@ EXTRAS = {
     "trackio": "tracking",
     "optuna": "tracking",
     "pillow_heif": "heif",
+    "peft": "peft",
 }
 
 # suffixes that mark a name as a file, not a Hub repo id
