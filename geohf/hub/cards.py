@@ -138,14 +138,22 @@ def finetuning_text(config) -> str:
     mode = info.get("mode")
     if mode is None:
         return ""
-    words = {
-        "full": "full (every backbone parameter)",
-        "frozen": "linear probe (backbone frozen, heads only)",
-        "last_n_blocks": f"the backbone's last {info.get('unfrozen_blocks')} of {info.get('depth')} blocks "
-        "(and the norm / projection after them), the rest frozen",
-        "lora": f"LoRA r = {info.get('lora_r')}, α = {info.get('lora_alpha'):g} on the backbone's "
-        f"{info.get('adapted_layers')} attention projections, merged into the weights at save",
-    }.get(mode, mode)
+    if mode == "full":
+        words = "full (every backbone parameter)"
+    elif mode == "frozen":
+        words = "linear probe (backbone frozen, heads only)"
+    elif mode == "last_n_blocks":
+        words = (
+            f"the backbone's last {info.get('unfrozen_blocks')} of {info.get('depth')} blocks "
+            "(and the norm / projection after them), the rest frozen"
+        )
+    elif mode == "lora":
+        words = (
+            f"LoRA r = {info.get('lora_r')}, α = {info.get('lora_alpha')} on the backbone's "
+            f"{info.get('adapted_layers')} attention projections, merged into the weights at save"
+        )
+    else:
+        words = str(mode)
     if info.get("trainable_params") is not None and info.get("total_params"):
         trainable, total = info["trainable_params"], info["total_params"]
         words += f"; {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f} %)"

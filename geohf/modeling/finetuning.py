@@ -107,7 +107,7 @@ def merge_lora_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> 
         if not (hasattr(layer, "lora_A") and hasattr(layer, "base_layer")):
             continue
         prefix = f"{name}." if name else ""
-        for key in [k for k in out if k.startswith(prefix) and ".lora_" in k[len(prefix) :]]:
+        for key in [k for k in out if k.startswith(prefix) and k[len(prefix) :].startswith("lora_")]:
             del out[key]
         for pname in ("weight", "bias"):
             value = out.pop(f"{prefix}base_layer.{pname}", None)
