@@ -67,7 +67,10 @@ def families() -> dict[str, tuple[str, dict, int]]:
     return {
         "StreetCLIP / CLIP ViT-L/14-336 (transformers, projection)": (
             "geolocal/StreetCLIP",
-            {**tower("clip_vision_model", **VIT_L14, image_size=336, patch_size=14, projection_dim=768), "projection": True},
+            {
+                **tower("clip_vision_model", **VIT_L14, image_size=336, patch_size=14, projection_dim=768),
+                "projection": True,
+            },
             336,
         ),
         "vit_large_patch14_clip_336.openai (timm)": ("vit_large_patch14_clip_336.openai", {}, 336),

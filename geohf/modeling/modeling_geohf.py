@@ -105,9 +105,10 @@ class GeoPreTrainedModel(PreTrainedModel):
         and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells).
 
         LoRA adapters are merged into the saved weights (the model in memory keeps them): the folder is a
-        plain model that loads without peft."""
+        plain model that loads without peft. Trainer's checkpoints keep them unmerged (``_lora_unmerged``),
+        so that ``--resume_from_checkpoint`` and ``load_best_model_at_end`` load them back into the adapters."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
-        if has_lora(self):
+        if has_lora(self) and not getattr(self, "_lora_unmerged", False):
             kwargs["state_dict"] = merge_lora_state_dict(self, kwargs.get("state_dict") or self.state_dict())
         if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
             super().save_pretrained(save_directory, *args, **kwargs)
@@ -252,8 +253,10 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         elif mode:  # partial fine-tuning: normalisation layers whose parameters are all frozen keep their statistics
             for module in self.geo.modules():
                 params = list(module.parameters(recurse=False))
-                if isinstance(module, nn.modules.batchnorm._NormBase) and params and not any(
-                    p.requires_grad for p in params
+                if (
+                    isinstance(module, nn.modules.batchnorm._NormBase)
+                    and params
+                    and not any(p.requires_grad for p in params)
                 ):
                     module.eval()
         return self

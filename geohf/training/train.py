@@ -16,8 +16,8 @@ from datasets import load_dataset
 from transformers import TrainingArguments, set_seed
 
 from ..data.folder import load_geo_dataset
-from ..errors import UserError
 from ..data.transforms import AugmentConfig
+from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.factory import HEAD_CHOICES, create_model
 from .trainer import GeoTrainer, GeoTrainingArguments

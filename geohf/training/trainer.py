@@ -324,7 +324,11 @@ class GeoTrainer(Trainer):
         (the eval split is scored first if no evaluation ran yet)."""
         if not _internal_call and self.eval_dataset is not None and not self._has_eval_metrics():
             self.evaluate()  # the card's model-index reports the eval split, so score it once
-        super().save_model(output_dir, _internal_call)
+        self.model._lora_unmerged = _internal_call  # checkpoints keep LoRA adapters apart, for resuming
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self.model._lora_unmerged = False
         if _internal_call or not self.is_world_process_zero():
             return
         out = Path(output_dir or self.args.output_dir)

@@ -61,7 +61,10 @@ def test_last_block_of_a_timm_vit():
     assert any(n.startswith("heads.") for n in names)
     out = model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]))
     out.loss.backward()
-    assert model.backbone.blocks[0].attn.qkv.weight.grad is None and model.backbone.blocks[1].attn.qkv.weight.grad is not None
+    assert (
+        model.backbone.blocks[0].attn.qkv.weight.grad is None
+        and model.backbone.blocks[1].attn.qkv.weight.grad is not None
+    )
     assert model.config.finetuning == {"mode": "last_n_blocks", "unfrozen_blocks": 1, "depth": 2}
 
 
@@ -69,11 +72,16 @@ def test_last_block_of_a_clip_tower(clip_folder):
     model = clip_model(clip_folder)
     model.unfreeze_last_n_blocks(1)
     names = {n.removeprefix("geo.backbone.model.") for n in trainable(model) if n.startswith("geo.")}
-    assert names and all(n.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm", "visual_projection")) for n in names)
+    assert names and all(
+        n.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm", "visual_projection"))
+        for n in names
+    )
     assert "visual_projection.weight" in names and "vision_model.post_layernorm.weight" in names
 
 
-@pytest.mark.parametrize(("arch", "depth", "last"), [("resnet18", 4, "layer4"), ("tf_efficientnet_lite0", 7, "blocks.6")])
+@pytest.mark.parametrize(
+    ("arch", "depth", "last"), [("resnet18", 4, "layer4"), ("tf_efficientnet_lite0", 7, "blocks.6")]
+)
 def test_last_stage_of_a_cnn_keeps_frozen_statistics(arch, depth, last):
     model = build_model(make_config(arch, heads(), image_size=32), None)
     model.unfreeze_last_n_blocks(1)
@@ -156,7 +164,10 @@ def test_one_mode_at_a_time():
 
 @pytest.mark.parametrize(
     ("mode", "extra"),
-    [({"unfreeze_last_n_blocks": 1}, {"gradient_checkpointing": True}), ({"lora_r": 4, "lora_alpha": 8}, {})],
+    [
+        ({"unfreeze_last_n_blocks": 1}, {"gradient_checkpointing": True}),
+        ({"lora_r": 4, "lora_alpha": 8}, {"save_strategy": "steps", "save_steps": 2}),
+    ],
 )
 def test_training_reports_the_trainable_parameters(mode, extra, tiny_dataset, training_args, tmp_path, capsys):
     out = tmp_path / "run"
@@ -180,3 +191,8 @@ def test_training_reports_the_trainable_parameters(mode, extra, tiny_dataset, tr
     expected = merge_lora_state_dict(result.model, result.model.state_dict())
     assert reloaded.keys() == expected.keys()
     assert all(torch.allclose(reloaded[k], expected[k]) for k in expected)
+    if "lora_r" in mode:  # Trainer's checkpoint keeps the adapters, for --resume_from_checkpoint
+        from safetensors import safe_open
+
+        with safe_open(out / "checkpoint-2" / "model.safetensors", "pt") as f:
+            assert any("lora_A" in k for k in f.keys())  # noqa: SIM118
