@@ -149,12 +149,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, clip_folder):
         model.unfreeze_last_n_blocks(2)
         if checkpointing:
             model.gradient_checkpointing_enable()
+            on = (
+                model.backbone.grad_checkpointing
+                if family == "timm-vit"
+                else model.backbone.model.is_activation_checkpointing
+            )
+            assert on
         model.train()
         torch.manual_seed(1)
         model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+
+
+def test_the_flags_parse():
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
+        ["--unfreeze_last_n_blocks", "1", "--lora_r", "16", "--lora_alpha", "32"]
+    )
+    assert (args.unfreeze_last_n_blocks, args.lora_r, args.lora_alpha) == (1, 16, 32.0)
 
 
 def test_one_mode_at_a_time():
@@ -165,7 +180,7 @@ def test_one_mode_at_a_time():
 @pytest.mark.parametrize(
     ("mode", "extra"),
     [
-        ({"unfreeze_last_n_blocks": 1}, {"gradient_checkpointing": True}),
+        ({"unfreeze_last_n_blocks": 1}, {"activation_checkpointing": True}),
         ({"lora_r": 4, "lora_alpha": 8}, {"save_strategy": "steps", "save_steps": 2}),
     ],
 )
@@ -178,6 +193,7 @@ def test_training_reports_the_trainable_parameters(mode, extra, tiny_dataset, tr
         model_args, DataArguments(dataset=str(tiny_dataset)), AugmentConfig(), training_args(out, **extra)
     )
     trainable_params, total_params = result.model.parameter_counts()
+    assert result.model.backbone.grad_checkpointing == bool(extra.get("activation_checkpointing"))
     printed = capsys.readouterr().out
     assert f"training {trainable_params:,} of {total_params:,} parameters" in printed
     saved = json.loads((out / "config.json").read_text())["finetuning"]
