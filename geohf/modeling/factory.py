@@ -206,8 +206,9 @@ def create_model(
     """A new geohf model: a backbone with geolocation heads whose classes come from ``dataset``.
 
     Args:
-        backbone: a timm architecture (``tf_efficientnet_lite0``, ``resnet50``...) or a transformers
-            model id / folder.
+        backbone: a timm architecture (``tf_efficientnet_lite0``, ``resnet50``, ``vit_large_patch14_clip_336.openai``...)
+            or a transformers model id / folder: CLIP (``geolocal/StreetCLIP``), SigLIP, SigLIP2, DINOv2 or another
+            vision model, of which only the vision tower is built (:mod:`geohf.modeling.towers`).
         heads: any of ``haversine`` (geocells, haversine-smoothed targets), ``cells`` (geocells,
             cross-entropy), ``country``, ``region``, ``regression``; the first classifier is primary.
         dataset: the training split (a ``datasets.Dataset``), a ``DatasetDict``, or a dataset
@@ -220,7 +221,9 @@ def create_model(
             partition) rather than the cell holding each sample; default: when the partition was read
             from the dataset.
         tau_km: haversine smoothing temperature.
-        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides.
+        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides;
+            ``backbone_kwargs={"projection": True}`` keeps a CLIP tower's projection, ``{"pooling": "cls+mean"}``
+            pools a DINOv2 tower as its linear probe does.
         config_kwargs: other :class:`GeoConfig` fields (``fusion``, ``coordinate_method``, ``dropout``...).
 
     The partition travels with the model: ``save_pretrained`` writes it to ``cells/<name>.parquet``.

@@ -38,6 +38,7 @@ FAMILIES = {
 }
 SUPPORTED = "CLIP, SigLIP, SigLIP2, DINOv2, or a transformers vision model (ViT, ConvNeXt, Swin...)"
 POOLINGS = ("cls", "cls+mean")
+TOWER_OPTIONS = {"hf_config", "projection", "pooling"}  # the backbone_kwargs a transformers tower takes
 # the model class of each family's tower: (without projection, with projection)
 _CLASSES = {
     "clip": ("CLIPVisionModel", "CLIPVisionModelWithProjection"),

@@ -29,10 +29,17 @@ logger = logging.getLogger(__name__)
 class ModelArguments:
     backbone: str = field(
         default="tf_efficientnet_lite0",
-        metadata={"help": "timm architecture name, or a Hugging Face model id / folder (transformers backbone)"},
+        metadata={
+            "help": "timm architecture name, or a Hugging Face model id / folder: CLIP (geolocal/StreetCLIP), SigLIP, "
+            "SigLIP2, DINOv2 or another transformers vision model (only the vision tower is built)"
+        },
     )
     backbone_kwargs: str | None = field(
-        default=None, metadata={"help": "JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 96}'"}
+        default=None,
+        metadata={
+            "help": "JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 96}'; CLIP towers: "
+            '\'{"projection": true}\', DINOv2: \'{"pooling": "cls+mean"}\''
+        },
     )
     pretrained: str = field(
         default="offline",
