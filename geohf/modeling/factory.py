@@ -206,7 +206,7 @@ def create_model(
     """A new geohf model: a backbone with geolocation heads whose classes come from ``dataset``.
 
     Args:
-        backbone: a timm architecture (``tf_efficientnet_lite0``, ``resnet50``, ``vit_large_patch14_clip_336.openai``...)
+        backbone: a timm architecture (``tf_efficientnet_lite0``, ``vit_large_patch14_clip_336.openai``...)
             or a transformers model id / folder: CLIP (``geolocal/StreetCLIP``), SigLIP, SigLIP2, DINOv2 or another
             vision model, of which only the vision tower is built (:mod:`geohf.modeling.towers`).
         heads: any of ``haversine`` (geocells, haversine-smoothed targets), ``cells`` (geocells,
