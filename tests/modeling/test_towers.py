@@ -112,6 +112,22 @@ def test_clip_embeddings_are_clips_own(checkpoints, saved):
     assert saved["dinov2-cls-mean"][1].config.embed_dim == 64 and saved["dinov2"][1].config.embed_dim == 32
 
 
+def test_siglip2_patches_as_its_processor_makes_them(checkpoints, saved):
+    """SigLIP2 (NaFlex) takes patch sequences: geohf's patchify of a square image gives the processor's patches,
+    and the tower's embedding is Siglip2Model's image features of them."""
+    from transformers import Siglip2Model
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    x = torch.randn(2, 3, 32, 32)
+    patches = torch.stack([convert_image_to_patches(image, 8) for image in x])
+    full = Siglip2Model.from_pretrained(checkpoints / "siglip2").eval()
+    mask, shapes = torch.ones(2, 16, dtype=torch.int32), torch.tensor([[4, 4], [4, 4]])
+    with torch.no_grad():
+        expected = full.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        got = saved["siglip2"][1].geo(x).embeddings
+    assert torch.allclose(got, expected.pooler_output, atol=1e-6)
+
+
 def test_preprocessing_comes_from_the_checkpoint(saved):
     clip = saved["clip"][1].config
     assert (clip.image_size, clip.interpolation) == (32, "bicubic")
