@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 from test_backbones import HIDE_GEOHF, heads
-from test_modeling import CELLS
 from transformers import AutoModelForImageClassification, pipeline
 
 from geohf.errors import UserError
+from geohf.geo.countries import is_country_code
 from geohf.modeling import build_model
 from geohf.modeling.factory import make_config
 
@@ -155,7 +155,8 @@ def test_tower_paths(name, saved):
         assert torch.equal(reloaded(pixel_values=x).logits, logits)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8))
     result = pipeline("image-geolocation", model=str(folder))(image, top_k=2)
-    assert result["pred_country_code"] in CELLS["country_code"] and len(result["top_k"]) == 2
+    # the country its coordinates lie in (a weighted point between the cells may be in none of theirs)
+    assert is_country_code(result["pred_country_code"]) and len(result["top_k"]) == 2
 
 
 def test_towers_load_as_remote_code_without_geohf(saved, tmp_path):
