@@ -35,6 +35,7 @@ EXTRAS = {
     "pillow_heif": "heif",
     "reverse_geocoder": "benchmarks",
     "usearch": "retrieval",
+    "peft": "peft",
 }
 
 # suffixes that mark a name as a file, not a Hub repo id

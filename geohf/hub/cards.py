@@ -111,6 +111,7 @@ def write_model_card(
         repo_id=repo_id or str(folder),
         backbone=config.backbone,
         n_params=f"{n_params / 1e6:.1f}M",
+        finetuning=finetuning_text(config),
         pretrained_source=config.pretrained_source,
         heads=heads,
         primary_head=config.primary_head,
@@ -129,6 +130,34 @@ def write_model_card(
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def finetuning_text(config) -> str:
+    """Which part of the backbone trained and how many parameters that was, in words, from ``config.finetuning``."""
+    info = getattr(config, "finetuning", None) or {}
+    mode = info.get("mode")
+    if mode is None:
+        return ""
+    if mode == "full":
+        words = "full (every backbone parameter)"
+    elif mode == "frozen":
+        words = "linear probe (backbone frozen, heads only)"
+    elif mode == "last_n_blocks":
+        words = (
+            f"the backbone's last {info.get('unfrozen_blocks')} of {info.get('depth')} blocks "
+            "(and the norm / projection after them), the rest frozen"
+        )
+    elif mode == "lora":
+        words = (
+            f"LoRA r = {info.get('lora_r')}, α = {info.get('lora_alpha')} on the backbone's "
+            f"{info.get('adapted_layers')} attention projections, merged into the weights at save"
+        )
+    else:
+        words = str(mode)
+    if info.get("trainable_params") is not None and info.get("total_params"):
+        trainable, total = info["trainable_params"], info["total_params"]
+        words += f"; {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f} %)"
+    return words
 
 
 def coordinate_rule_text(config) -> str:

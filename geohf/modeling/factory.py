@@ -305,8 +305,9 @@ def create_model(
     """A new geohf model: a backbone with geolocation heads whose classes come from ``dataset``.
 
     Args:
-        backbone: a timm architecture (``tf_efficientnet_lite0``, ``resnet50``...) or a transformers
-            model id / folder.
+        backbone: a timm architecture (``tf_efficientnet_lite0``, ``vit_large_patch14_clip_336.openai``...)
+            or a transformers model id / folder: CLIP (``geolocal/StreetCLIP``), SigLIP, SigLIP2, DINOv2 or another
+            vision model, of which only the vision tower is built (:mod:`geohf.modeling.towers`).
         heads: any of ``haversine`` (geocells, haversine-smoothed targets), ``cells`` (geocells,
             cross-entropy), ``hybrid`` (geocells plus a per-cell offset regression, OSV-5M), ``country``,
             ``region``, ``regression``, ``geoclip`` (GeoCLIP: a location encoder over a GPS gallery, trained
@@ -322,7 +323,9 @@ def create_model(
             from the dataset.
         tau_km: haversine smoothing temperature (hybrid heads: 0 trains plain cross-entropy).
         hierarchy_levels: cell heads also train cross-entropy over this many coarser quadtree levels.
-        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides.
+        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides;
+            ``backbone_kwargs={"projection": True}`` keeps a CLIP tower's projection, ``{"pooling": "cls+mean"}``
+            pools a DINOv2 tower as its linear probe does.
         gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
             coordinates) or ``both``; queue_size: its FIFO queue of GPS negatives.
         from_scratch: a geoclip head starts from random weights; by default its location encoder, logit

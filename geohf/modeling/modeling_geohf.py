@@ -14,8 +14,16 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, depthwise_convs_in_fp32, load_backbone_weights
+from .backbones import backbone_width, create_backbone, depthwise_convs_in_fp32, load_backbone_weights
 from .configuration_geohf import GeoConfig
+from .finetuning import (
+    add_lora,
+    enable_gradient_checkpointing,
+    has_lora,
+    merge_lora_state_dict,
+    parameter_counts,
+    unfreeze_last_n_blocks,
+)
 from .fusion import AttentionPool
 from .heads import GeoHead, RegressionHead, build_head
 from .remote_code import MODEL_AUTO_MAP, write_remote_code
@@ -56,6 +64,7 @@ class GeoPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     accepts_loss_kwargs = False
     _no_split_modules = ["GeoModel"]
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -84,12 +93,26 @@ class GeoPreTrainedModel(PreTrainedModel):
                 raise
             raise RuntimeError(_mismatch_message(cls, pretrained_model_name_or_path, kwargs)) from err
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        """``--gradient_checkpointing`` / ``--activation_checkpointing``: the backbone recomputes its activations
+        in the backward, through transformers' or timm's own mechanism (the heads are small)."""
+        enable_gradient_checkpointing(self.backbone, activation_checkpointing_kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights and config, plus the model code and ``auto_map`` for ``trust_remote_code`` users,
-        and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells)."""
+        and the cell partitions the model carries (``cells/<name>.parquet``, for maps and true cells).
+
+        LoRA adapters are merged into the saved weights (the model in memory keeps them): the folder is a
+        plain model that loads without peft. Trainer's checkpoints keep them unmerged (``_lora_unmerged``),
+        so that ``--resume_from_checkpoint`` and ``load_best_model_at_end`` load them back into the adapters."""
         self.config.auto_map = dict(MODEL_AUTO_MAP)
         for head in getattr(self, "heads", {}).values():
             head.prepare_save()  # a GeoCLIP head's gallery embeddings, for the weights being saved
+        if has_lora(self) and not getattr(self, "_lora_unmerged", False):
+            kwargs["state_dict"] = merge_lora_state_dict(self, kwargs.get("state_dict") or self.state_dict())
         if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
             super().save_pretrained(save_directory, *args, **kwargs)
             return
@@ -147,8 +170,8 @@ class GeoModel(GeoPreTrainedModel):
         self.backbone = create_backbone(config.backbone, **config.backbone_kwargs)
         if config.depthwise_fp32:
             depthwise_convs_in_fp32(self.backbone)
-        if config.embed_dim is None:  # timm's pooled width (head_hidden_size differs when a head conv follows)
-            config.embed_dim = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        if config.embed_dim is None:
+            config.embed_dim = backbone_width(self.backbone)
         self.post_init()
 
     def load_pretrained_backbone(self, pretrained: str) -> str:
@@ -196,12 +219,49 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         self._backbone_frozen = frozen
         for p in self.geo.parameters():
             p.requires_grad_(not frozen)
+        self.config.finetuning = {"mode": "frozen"} if frozen else {"mode": "full"}
         self.train(self.training)
+
+    def unfreeze_last_n_blocks(self, n: int) -> None:
+        """Train only the backbone's last ``n`` blocks (and the norm / projection after them), as PIGEON and
+        OSV-5M fine-tune CLIP; the frozen part's BatchNorm statistics stay fixed."""
+        self._backbone_frozen = False
+        depth = unfreeze_last_n_blocks(self.backbone, n, self.config.backbone)
+        self.config.finetuning = {"mode": "last_n_blocks", "unfrozen_blocks": n, "depth": depth}
+        self.train(self.training)
+
+    def add_lora(self, r: int, alpha: float | None = None, dropout: float = 0.0) -> None:
+        """LoRA adapters of rank ``r`` on the backbone's attention projections, the rest of it frozen
+        (see :mod:`geohf.modeling.finetuning`); ``save_pretrained`` merges them into the weights."""
+        self._backbone_frozen = False
+        alpha = float(2 * r if alpha is None else alpha)
+        layers = add_lora(self.backbone, r, alpha, dropout, self.config.backbone)
+        self.config.finetuning = {
+            "mode": "lora",
+            "lora_r": r,
+            "lora_alpha": alpha,
+            "lora_dropout": dropout,
+            "adapted_layers": layers,
+        }
+        self.train(self.training)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters of the whole model (heads included)."""
+        return parameter_counts(self)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if getattr(self, "_backbone_frozen", False):
             self.geo.eval()
+        elif mode:  # partial fine-tuning: normalisation layers whose parameters are all frozen keep their statistics
+            for module in self.geo.modules():
+                params = list(module.parameters(recurse=False))
+                if (
+                    isinstance(module, nn.modules.batchnorm._NormBase)
+                    and params
+                    and not any(p.requires_grad for p in params)
+                ):
+                    module.eval()
         return self
 
     def set_class_weights(self, head: str, weights: list[float]) -> None:

@@ -21,11 +21,14 @@ CODE_FILES = (
     "losses.py",
     "fusion.py",
     "backbones.py",
+    "towers.py",
+    "finetuning.py",
     "image_processing_geohf.py",
     "remote_code.py",
     "sphere.py",
     "images.py",
     "files.py",
+    "errors.py",
 )
 # The processor's entry lives in config.json, and preprocessor_config.json names no class: an
 # auto_map there makes transformers derive a remote *video* processor and ask every pipeline user
@@ -39,8 +42,12 @@ MODEL_AUTO_MAP = {
 
 
 # modules that live elsewhere in the package, and how their imports read once flat
-_ELSEWHERE = {"sphere.py": "geo/sphere.py", "images.py": "images.py", "files.py": "files.py"}
-_FLAT_IMPORTS = {"from ..geo.sphere import": "from .sphere import", "from ..images import": "from .images import"}
+_ELSEWHERE = {"sphere.py": "geo/sphere.py", "images.py": "images.py", "files.py": "files.py", "errors.py": "errors.py"}
+_FLAT_IMPORTS = {
+    "from ..geo.sphere import": "from .sphere import",
+    "from ..images import": "from .images import",
+    "from ..errors import": "from .errors import",
+}
 
 
 def _source(name: str) -> Path:

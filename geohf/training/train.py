@@ -17,6 +17,7 @@ from transformers import TrainingArguments, set_seed
 
 from ..data.folder import load_geo_dataset
 from ..data.transforms import AugmentConfig
+from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.factory import CELL_HEADS, HEAD_CHOICES, create_model
 from .trainer import GeoTrainer, GeoTrainingArguments
@@ -28,10 +29,17 @@ logger = logging.getLogger(__name__)
 class ModelArguments:
     backbone: str = field(
         default="tf_efficientnet_lite0",
-        metadata={"help": "timm architecture name, or a Hugging Face model id / folder (transformers backbone)"},
+        metadata={
+            "help": "timm architecture name, or a Hugging Face model id / folder: CLIP (geolocal/StreetCLIP), SigLIP, "
+            "SigLIP2, DINOv2 or another transformers vision model (only the vision tower is built)"
+        },
     )
     backbone_kwargs: str | None = field(
-        default=None, metadata={"help": "JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 96}'"}
+        default=None,
+        metadata={
+            "help": "JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 96}'; CLIP towers: "
+            '\'{"projection": true}\', DINOv2: \'{"pooling": "cls+mean"}\''
+        },
     )
     pretrained: str = field(
         default="offline",
@@ -83,6 +91,18 @@ class ModelArguments:
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout before the heads"})
     freeze_backbone: bool = field(default=False, metadata={"help": "linear probe: train the heads only"})
+    unfreeze_last_n_blocks: int | None = field(
+        default=None,
+        metadata={
+            "help": "train only the backbone's last N blocks (ViT blocks, CNN stages) and the norm/projection "
+            "after them: PIGEON and OSV-5M fine-tune CLIP with N=1"
+        },
+    )
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank on the ViT backbone's attention projections (needs peft)"}
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 × lora_r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
 
 
 @dataclass
@@ -176,6 +196,30 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
     )
 
 
+def apply_finetuning_mode(model: GeoModelForImageGeolocation, model_args: ModelArguments) -> None:
+    """The backbone's fine-tuning mode from the flags: full (none given), ``--freeze_backbone``,
+    ``--unfreeze_last_n_blocks N`` or ``--lora_r R`` (one of them)."""
+    chosen = [
+        flag
+        for flag, on in (
+            ("--freeze_backbone", model_args.freeze_backbone),
+            ("--unfreeze_last_n_blocks", model_args.unfreeze_last_n_blocks is not None),
+            ("--lora_r", model_args.lora_r is not None),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} are alternatives: pass one fine-tuning mode")
+    if model_args.lora_r is None and model_args.lora_alpha is not None:
+        raise UserError("--lora_alpha needs --lora_r")
+    if model_args.freeze_backbone:
+        model.freeze_backbone()
+    elif model_args.unfreeze_last_n_blocks is not None:
+        model.unfreeze_last_n_blocks(model_args.unfreeze_last_n_blocks)
+    elif model_args.lora_r is not None:
+        model.add_lora(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -200,8 +244,7 @@ def run_training(
     set_seed(training_args.seed)  # the heads' initialisation too, not only what Trainer does later
     train, evalset = prepare_datasets(data_args, training_args)
     model = build_or_load_model(model_args, data_args, train, training_args.label_scan_rows)
-    if model_args.freeze_backbone:
-        model.freeze_backbone()
+    apply_finetuning_mode(model, model_args)
 
     def make_trainer(**kwargs) -> GeoTrainer:
         return GeoTrainer(

@@ -228,6 +228,23 @@ class GeoTrainer(Trainer):
         )
         self.sample_weights = sample_weights
 
+    def train(self, *args, **kwargs):
+        """Trainer's training; first prints the trainable-parameter count and records it (with the
+        fine-tuning mode) in the config, hence in the saved config.json and the model card."""
+        model = self.model
+        if model is not None and hasattr(model, "parameter_counts"):
+            trainable, total = model.parameter_counts()
+            info = dict(model.config.finetuning or {"mode": "full"})
+            info.update(trainable_params=trainable, total_params=total)
+            model.config.finetuning = info
+            if self.is_world_process_zero():
+                print(
+                    f"geohf: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
+                    f"fine-tuning mode {info['mode']}",
+                    flush=True,
+                )
+        return super().train(*args, **kwargs)
+
     @property
     def backbone_lr_multiplier(self) -> float:
         return self.args.backbone_lr_multiplier
@@ -311,7 +328,11 @@ class GeoTrainer(Trainer):
         (the eval split is scored first if no evaluation ran yet)."""
         if not _internal_call and self.eval_dataset is not None and not self._has_eval_metrics():
             self.evaluate()  # the card's model-index reports the eval split, so score it once
-        super().save_model(output_dir, _internal_call)
+        self.model._lora_unmerged = _internal_call  # checkpoints keep LoRA adapters apart, for resuming
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self.model._lora_unmerged = False
         if _internal_call or not self.is_world_process_zero():
             return
         out = Path(output_dir or self.args.output_dir)
