@@ -94,8 +94,8 @@ class Row:
         cells = "" if self.cells == "quadtree" else "-" + self.cells.split(":")[0]
         levels = f"-h{self.hierarchy_levels}" if self.hierarchy_levels else ""
         levels += f"-{self.gallery}" if self.heads == "geoclip" else ""
-        frozen = "frozen" if self.freeze else "ft"
-        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{frozen}{'' if self.bf16 else '-fp32'}-{seed}"
+        mode = ("frozen" if self.freeze else "ft") + ("" if self.bf16 else "-fp32")
+        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{mode}-{seed}"
 
 
 def rows(seeds: int) -> list[Row]:
@@ -122,7 +122,12 @@ def rows(seeds: int) -> list[Row]:
             cells=SEMANTIC.replace("semantic", "semantic_optics"),
             answers=("point",),
         ),
-        Row("GeoCLIP head (released location encoder), GeoCLIP's 100K gallery", "geoclip", seeds=seeds, answers=("point",)),
+        Row(
+            "GeoCLIP head (released location encoder), GeoCLIP's 100K gallery",
+            "geoclip",
+            seeds=seeds,
+            answers=("point",),
+        ),
         Row(
             "GeoCLIP head (released location encoder), 100K + training gallery",
             "geoclip",

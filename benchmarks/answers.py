@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -42,7 +40,9 @@ def measure(model: str, dataset: str, split: str) -> dict[str, dict[str, float]]
         row = {
             "mismatched_country": int((named != where).sum()),
             "at_sea": int((rows < 0).sum()),
-            "mismatched_region": int((pred.pred_region_code.astype(str) != areas.table.lookup("region_code", rows)).sum()),
+            "mismatched_region": int(
+                (pred.pred_region_code.astype(str) != areas.table.lookup("region_code", rows)).sum()
+            ),
             "n": len(pred),
         }
         row.update(distance_metrics(pred.true_latitude, pred.true_longitude, pred.pred_latitude, pred.pred_longitude))

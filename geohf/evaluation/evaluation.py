@@ -219,7 +219,11 @@ def evaluate(
     cells = predictor.cells
     index = predictor.index if retrieval else None
     raw = predictor.predict_dataset(
-        test, batch_size=batch_size, desc=f"evaluating {split}", embeddings=index is not None, retrieval=False,
+        test,
+        batch_size=batch_size,
+        desc=f"evaluating {split}",
+        embeddings=index is not None,
+        retrieval=False,
         answer="cell",
     )
     predictions, unrefined = predictor.answered(raw), None
@@ -246,7 +250,9 @@ def evaluate(
     result = Evaluation(split=split, sizes=sizes, predictions=predictions, truth=truth)
     result.rows["model"] = Guesses.from_predictions(predictions).metrics(scored, cells, "true_class")
     if unrefined is not None:
-        result.rows["model without retrieval"] = Guesses.from_predictions(unrefined).metrics(scored, cells, "true_class")
+        result.rows["model without retrieval"] = Guesses.from_predictions(unrefined).metrics(
+            scored, cells, "true_class"
+        )
     known = true_class >= 0
     if predictions.probs.shape[1] and known.any():
         topk = topk_accuracy(predictions.probs[known], true_class[known], (3, 10))

@@ -7,10 +7,10 @@ country/region, image processor), so inference needs no boundaries and no datase
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -256,7 +256,10 @@ def predictions_from_outputs(
 
 
 def answer_predictions(
-    model, raw: GeoPredictions, answer: str | None = None, refine: Callable[[GeoPredictions], GeoPredictions] | None = None
+    model,
+    raw: GeoPredictions,
+    answer: str | None = None,
+    refine: Callable[[GeoPredictions], GeoPredictions] | None = None,
 ) -> GeoPredictions:
     """The head's raw predictions (``answer="cell"``), refined by ``refine`` when given, then answered
     coherently by ``answer`` (default: the model's ``config.answer``)."""

@@ -84,7 +84,12 @@ def fit_partition(train, spec: str = "quadtree", max_rows: int = 10_000) -> Cell
 
 
 def cell_head_spec(
-    kind: str, partition: CellPartition, name: str, tau_km: float, from_column: bool, hierarchy_levels: int | None = None
+    kind: str,
+    partition: CellPartition,
+    name: str,
+    tau_km: float,
+    from_column: bool,
+    hierarchy_levels: int | None = None,
 ) -> HeadSpec:
     """A geocell head over ``partition``; its targets are the dataset column ``cell_<name>`` when
     ``from_column``, else the cell holding each sample's coordinates."""

@@ -243,8 +243,9 @@ class HybridHead(ClassificationHead):
         cls, labels = self.class_logits(logits)[valid], labels[valid]
         weights = self.class_weights[labels] if self.class_weights is not None else None
         if self.tau_km:
-            loss = haversine_smoothed_loss(cls, labels, None if coordinates is None else coordinates[valid],
-                                           self.centroids, self.tau_km, weights)
+            loss = haversine_smoothed_loss(
+                cls, labels, None if coordinates is None else coordinates[valid], self.centroids, self.tau_km, weights
+            )
         else:
             loss = F.cross_entropy(cls.float(), labels, weight=self.class_weights)
         loss = loss + self._hierarchy(cls, labels)

@@ -444,7 +444,12 @@ def _hierarchy(config, logits, coords, true) -> dict[str, float]:
         probs /= probs.sum(1, keepdims=True)
     empty = np.zeros((n, 0), dtype=np.int64)
     pred = GeoPredictions(
-        np.asarray(coords[:, 0], np.float64), np.asarray(coords[:, 1], np.float64), empty, np.zeros((n, 0)), cells, probs=probs
+        np.asarray(coords[:, 0], np.float64),
+        np.asarray(coords[:, 1], np.float64),
+        empty,
+        np.zeros((n, 0)),
+        cells,
+        probs=probs,
     )
     areas = AdminAreas.default()
     pred = coherent(pred, config.answer, config.coordinate_top_k, areas)

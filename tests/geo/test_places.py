@@ -24,7 +24,9 @@ def test_locate_names_the_area_and_moves_sea_points_to_the_nearest_land():
 
 def test_place_moves_a_point_just_inside_the_allowed_area():
     a = areas()
-    berlin = a.rows_of_region(a.table.region_code[a.rows_of_country("DE")][a.table.region[a.rows_of_country("DE")] == "Berlin"][0])
+    berlin = a.rows_of_region(
+        a.table.region_code[a.rows_of_country("DE")][a.table.region[a.rows_of_country("DE")] == "Berlin"][0]
+    )
     greenland = a.rows_of_country("GL")
     lat, lon, rows = a.place([48.85, 78.8, 52.52], [2.35, -89.5, 13.40], [berlin, greenland, berlin])
     assert a.table.lookup("region", rows).tolist() == ["Berlin", a.table.region[rows[1]], "Berlin"]

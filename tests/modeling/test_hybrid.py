@@ -63,7 +63,9 @@ def test_hierarchy_levels_group_cells_and_add_a_loss():
     labels = torch.tensor([0])
     extra = head.loss(logits, labels) - flat.loss(logits, labels)
     # level 1: a+b hold 2/3; level 2 (4 x 4): a and b apart, a holds 1/3
-    assert extra.item() == pytest.approx(-torch.log(torch.tensor(2 / 3)).item() - torch.log(torch.tensor(1 / 3)).item(), abs=1e-5)
+    assert extra.item() == pytest.approx(
+        -torch.log(torch.tensor(2 / 3)).item() - torch.log(torch.tensor(1 / 3)).item(), abs=1e-5
+    )
 
 
 def test_hybrid_model_trains_saves_and_predicts(tiny_dataset, tmp_path, training_args):
