@@ -45,6 +45,8 @@ import geohf  # noqa: E402,F401
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import AugmentConfig  # noqa: E402
 from geohf.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
+from geohf.evaluation.evaluation import tune_retrieval  # noqa: E402
+from geohf.inference.retrieval import build_index  # noqa: E402
 from geohf.evaluation.metrics import accuracy, distance_metrics  # noqa: E402
 from geohf.geo.sphere import spherical_mean  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
@@ -87,7 +89,7 @@ class Row:
         named = len(self.answers) > 1 or self.retrieval
         out = [(f"{self.name}, {a} answer" if named else self.name, a, False) for a in self.answers]
         if self.retrieval:
-            out.append((f"{self.name}, {self.answers[-1]} answer + retrieval", self.answers[-1], True))
+            out.append((f"{self.name}, point answer + retrieval", "point", True))
         return out
 
     def folder(self, seed: int) -> str:
@@ -110,15 +112,20 @@ def rows(seeds: int) -> list[Row]:
         Row("haversine cells τ=75 km, frozen backbone", "haversine", freeze=True),
         Row("haversine cells τ=75 km, fp32 (no autocast)", "haversine", bf16=False),
         # issue 14: coherent answers, hybrid offsets (OSV-5M), cell constructions (PIGEON)
-        Row("haversine τ=75 (quadtree)", "haversine", seeds=seeds, answers=("cell", "point", "hierarchical")),
-        Row("hybrid: cells τ=75 + offsets", "hybrid", seeds=seeds, answers=("point",)),
+        Row(
+            "haversine τ=75 (quadtree)",
+            "haversine",
+            seeds=seeds,
+            answers=("cell", "point", "hierarchical"),
+            retrieval=True,
+        ),
+        Row("hybrid: cells τ=75 + offsets", "hybrid", seeds=seeds, answers=("point",), retrieval=True),
         Row("hybrid: cells + offsets (cross-entropy, OSV-5M)", "hybrid", tau_km=0.0, answers=("point",)),
         Row("hybrid τ=75 + hierarchical CE (5 levels)", "hybrid", hierarchy_levels=5, answers=("point",)),
-        Row("haversine τ=75, semantic cells (bisection)", "haversine", seeds=seeds, cells=SEMANTIC, answers=("point",)),
+        Row("haversine τ=75, semantic cells (bisection)", "haversine", cells=SEMANTIC, answers=("point",)),
         Row(
             "haversine τ=75, semantic cells (OPTICS + Voronoi)",
             "haversine",
-            seeds=seeds,
             cells=SEMANTIC.replace("semantic", "semantic_optics"),
             answers=("point",),
         ),
@@ -198,8 +205,12 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
 
 
 def refine_with_retrieval(predictor, ds, out: Path) -> None:
-    """Build the training split's index into the model folder, tuned on validation (never test)."""
-    raise NotImplementedError("retrieval refinement lands with geohf index build")
+    """Index the training split into the model folder (``geohf index build``) and tune the refinement
+    on validation (never test); the predictor then refines with it."""
+    index = build_index(predictor, ds["train"], "auto", split="train")
+    predictor.index = index
+    tune_retrieval(predictor, ds["validation"], index)
+    index.save(out)
 
 
 @torch.inference_mode()
@@ -299,6 +310,8 @@ def main(argv=None) -> dict:
                 print(f"{name} seed {seed}: median {metrics['median_km']:,.0f} km", flush=True)
         for name, results in per_variant.items():
             raw[name], summary[name] = results, summarise(results)
+        # what is done so far survives a crash in a later row
+        (root / f"{Path(args.report).stem}.partial.json").write_text(json.dumps(raw, indent=2, default=float))
     if not args.only or any("kNN" in o for o in args.only):
         name = "kNN retrieval (k=10, frozen ImageNet embeddings)"
         raw[name] = [knn_row(data, args)]

@@ -3,9 +3,10 @@
     python benchmarks/answers.py --model runs/demo/model --dataset runs/demo/dataset [--split test]
 
 For each way of answering (``cell``: the head's coordinates with the best cell's majority country,
-as geohf answered before; ``point``; ``hierarchical``, see geohf/inference/answers.py) prints how
-many predictions name a country their coordinates do not lie in, how many land at sea, and the
-median / mean km and country / region accuracy on the split.
+as geohf answered before; ``point``; ``hierarchical``, see geohf/inference/answers.py), and with the
+model folder's retrieval index when it has one (``geohf index build``), prints how many predictions
+name a country their coordinates do not lie in, how many land at sea, and the median / mean km and
+country / region accuracy on the split.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def measure(model: str, dataset: str, split: str) -> dict[str, dict[str, float]]
     truth = ds.select_columns(["country_code", "region_code"]).to_pandas()
     areas = AdminAreas.default()
     out = {}
-    for answer in ANSWERS:
-        pred = GeoPredictor(model, answer=answer).predict_dataset(ds, desc=answer)
+    indexed = GeoPredictor(model).index is not None
+    variants = [(a, False) for a in ANSWERS] + ([(a, True) for a in ANSWERS[1:]] if indexed else [])
+    for answer, retrieval in variants:
+        name = f"{answer} + retrieval" if retrieval else answer
+        pred = GeoPredictor(model, answer=answer, retrieval=retrieval).predict_dataset(ds, desc=name)
         rows = areas.containing(pred.pred_latitude, pred.pred_longitude)
         named = pred.pred_country_code.astype(str)
         where = areas.table.lookup("country_code", rows)
@@ -47,7 +51,7 @@ def measure(model: str, dataset: str, split: str) -> dict[str, dict[str, float]]
         }
         row.update(distance_metrics(pred.true_latitude, pred.true_longitude, pred.pred_latitude, pred.pred_longitude))
         row.update(hierarchy_metrics(named, truth["country_code"], pred.pred_region_code, truth["region_code"]))
-        out[answer] = row
+        out[name] = row
     return out
 
 

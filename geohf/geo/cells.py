@@ -634,6 +634,30 @@ def _piece_tiles(
     return out
 
 
+def _merged_regions(lat: np.ndarray, lon: np.ndarray, boundaries, min_samples: int):
+    """Admin-1 regions merged within their country up to ``min_samples`` samples (the semantic kinds' start):
+    ``(regions, region geometries, boundary key, region -> cell, cell geometries, samples ordered by cell,
+    each cell's start in that order)``."""
+    regions = _regions(boundaries)
+    geoms = regions.geometry.to_numpy()
+    bkey = boundary_key(regions)
+    index, pairs, centres = _region_graph(regions, bkey)
+    row = _assign(index, lat, lon)
+    merged = merge_small_pieces(
+        geoms,
+        np.bincount(row, minlength=len(geoms)),
+        min_samples,
+        groups=regions["country_code"].to_numpy(),
+        nearest_fallback=True,
+        pairs=pairs,
+        centres=centres,
+    )
+    cells = _collect(geoms, merged, dissolve=False)
+    sample_cell = merged[row]
+    order = np.argsort(sample_cell, kind="stable")
+    return regions, geoms, bkey, merged, cells, order, np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
+
+
 def fit_semantic(
     lat,
     lon,
@@ -651,25 +675,7 @@ def fit_semantic(
     that keeps cells contiguous).
     """
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    regions = _regions(boundaries)
-    geoms = regions.geometry.to_numpy()
-    bkey = boundary_key(regions)
-    index, pairs, centres = _region_graph(regions, bkey)
-    row = _assign(index, lat, lon)
-    counts = np.bincount(row, minlength=len(geoms))
-    merged = merge_small_pieces(
-        geoms,
-        counts,
-        min_samples,
-        groups=regions["country_code"].to_numpy(),
-        nearest_fallback=True,
-        pairs=pairs,
-        centres=centres,
-    )
-    cells = _collect(geoms, merged, dissolve=False)
-    sample_cell = merged[row]
-    order = np.argsort(sample_cell, kind="stable")
-    bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
+    regions, geoms, bkey, merged, cells, order, bounds = _merged_regions(lat, lon, boundaries, min_samples)
     pieces, piece_cell, piece_rect = [], [], []
     for c, geom in enumerate(cells):
         for piece, rect in _bisect(geom, lat, lon, order[bounds[c] : bounds[c + 1]], max_samples):
@@ -726,24 +732,7 @@ def fit_semantic_optics(
             f"got min_samples={min_samples}, max_samples={max_samples}, max_cluster_points={max_cluster_points}"
         )
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    regions = _regions(boundaries)
-    geoms = regions.geometry.to_numpy()
-    bkey = boundary_key(regions)
-    index, pairs, centres = _region_graph(regions, bkey)
-    row = _assign(index, lat, lon)
-    merged = merge_small_pieces(
-        geoms,
-        np.bincount(row, minlength=len(geoms)),
-        min_samples,
-        groups=regions["country_code"].to_numpy(),
-        nearest_fallback=True,
-        pairs=pairs,
-        centres=centres,
-    )
-    cells = _collect(geoms, merged, dissolve=False)
-    sample_cell = merged[row]
-    order = np.argsort(sample_cell, kind="stable")
-    bounds = np.searchsorted(sample_cell[order], np.arange(len(cells) + 1))
+    regions, geoms, bkey, merged, cells, order, bounds = _merged_regions(lat, lon, boundaries, min_samples)
     xy = np.stack([lon, lat], axis=1)
     whole, pieces, large = [], [], []  # cells kept as they are, pieces of split cells, cells to split
     for c in range(len(cells)):
