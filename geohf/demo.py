@@ -123,13 +123,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     countries = {s: len(set(ds[s]["country_code"]) - {""}) for s in ds}
     say(f"    labels: {countries} countries, {regions} admin-1 regions by split")
     tuned = tune_coordinate_rule(predictor, ds["validation"])
-    predictor.model.save_pretrained(model_dir)  # the chosen coordinate rule goes into config.json
+    predictor.model.save_pretrained(model_dir)  # the chosen coordinate rule and answer go into config.json
     rewrite_card_after_tuning(model_dir, predictor.model.config, result.trainer, str(dataset_dir))
     method, top_k, radius = tuned["rule"]
+    best_km = tuned["median_km"][(*tuned["rule"], tuned["answer"])]
     say(
         f"    coordinates: {method} of the top {top_k} cells"
         + (f" within {radius:.0f} km" if radius else "")
-        + f" (validation median {tuned['median_km'][tuned['rule']]:.0f} km)"
+        + f", {tuned['answer']} answer (validation median {best_km:.0f} km)"
     )
     evaluation = evaluate(predictor, ds, split="test", seed=cfg.seed)
     trained = result.trainer.state.global_step

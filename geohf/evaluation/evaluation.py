@@ -278,30 +278,42 @@ COORDINATE_RULES = [("argmax", 1, None)] + [
 ]
 
 
-def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES) -> dict:
-    """Pick how cell probabilities become coordinates (argmax / weighted top-k within a radius)
-    by median km on ``dataset`` (a validation split), and set it in the model config.
+def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point", "hierarchical")) -> dict:
+    """Pick how cell probabilities become coordinates (argmax / weighted top-k within a radius) and how
+    the answer is named (``point`` / ``hierarchical``, see :mod:`geohf.inference.answers`) by median km
+    on ``dataset`` (a validation split), and set both in the model config.
 
     The images run through the backbone once; each rule re-reads the primary head's output from the
-    pooled embeddings. Returns ``{"rule": (method, top_k, radius_km), "median_km": {rule: km}}``.
+    pooled embeddings. Returns ``{"rule": (method, top_k, radius_km), "answer": answer,
+    "median_km": {(method, top_k, radius_km, answer): km}}``.
     """
     import torch
+
+    from ..geo.places import AdminAreas
+    from ..inference.answers import coherent
 
     predictor = as_predictor(model)
     model = predictor.model
     head = model.heads[model.config.primary_head]
-    predictions = predictor.predict_dataset(dataset, desc="tuning coordinates", embeddings=True)
+    raw = predictor.predict_dataset(dataset, desc="tuning coordinates", embeddings=True, retrieval=False, answer="cell")
     with torch.inference_mode():
-        weight = head.fc.weight
-        out = head(torch.as_tensor(predictions.embeddings, dtype=weight.dtype, device=weight.device)).float()
+        weight = head.fc.weight if getattr(head, "fc", None) is not None else next(head.parameters())
+        out = head(torch.as_tensor(raw.embeddings, dtype=weight.dtype, device=weight.device)).float()
+    areas = AdminAreas.default()
     scores = {}
     for method, k, radius in rules:
         coords = head.coordinates(out, method, k, radius).cpu().numpy()
-        err = haversine_km(predictions.true_latitude, predictions.true_longitude, coords[:, 0], coords[:, 1])
-        scores[(method, k, radius)] = float(np.median(err))
+        moved = replace(
+            raw, pred_latitude=coords[:, 0].astype(np.float64), pred_longitude=coords[:, 1].astype(np.float64)
+        )
+        for answer in answers:
+            pred = coherent(moved, answer, k, areas)
+            err = haversine_km(raw.true_latitude, raw.true_longitude, pred.pred_latitude, pred.pred_longitude)
+            scores[(method, k, radius, answer)] = float(np.median(err))
     best = min(scores, key=scores.get)
-    model.config.coordinate_method, model.config.coordinate_top_k, model.config.coordinate_radius_km = best
-    return {"rule": best, "median_km": scores}
+    config = model.config
+    config.coordinate_method, config.coordinate_top_k, config.coordinate_radius_km, config.answer = best
+    return {"rule": best[:3], "answer": best[3], "median_km": scores}
 
 
 RETRIEVAL_GRID = {"top_k": (1, 3, 5, 10), "temperature": (0.01, 0.03, 0.1, 0.3, 1.0), "neighbours": (8, 32, 128)}

@@ -87,3 +87,23 @@ def test_evaluate_missing_split_is_clear(tiny_model_dir, tiny_dataset, tmp_path,
         "evaluate", "--model", tiny_model_dir, "--dataset", tiny_dataset, "-o", tmp_path / "x", "--split", "holdout"
     )
     assert run.code == 2 and run.errors == [run.err.strip()] and "no 'holdout' split" in run.err
+
+
+def test_tune_coordinate_rule_picks_the_rule_and_the_answer_on_validation(tiny_model_dir, tiny_dataset):
+    from datasets import load_dataset
+
+    from geohf.evaluation import tune_coordinate_rule
+    from geohf.inference.predictor import GeoPredictor
+
+    validation = load_dataset(str(tiny_dataset), split="validation")
+    predictor = GeoPredictor(str(tiny_model_dir))
+    tuned = tune_coordinate_rule(predictor, validation)
+    scores = tuned["median_km"]
+    assert {key[3] for key in scores} == {"point", "hierarchical"}
+    best = (*tuned["rule"], tuned["answer"])
+    assert scores[best] == min(scores.values())
+    config = predictor.model.config
+    assert (config.coordinate_method, config.coordinate_top_k, config.coordinate_radius_km, config.answer) == best
+    # the score is what predicting with the chosen rule and answer gives
+    again = GeoPredictor(predictor.model).predict_dataset(validation)
+    assert float(np.median(again.error_km)) == pytest.approx(scores[best], rel=1e-4)
