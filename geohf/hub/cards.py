@@ -42,12 +42,17 @@ CARD_METRICS = (
     ("eval_median_km", "median error (km)"),
     ("eval_mean_km", "mean error (km)"),
     ("eval_geoscore", "GeoScore"),
+    ("eval_within_1km", "within 1 km (%)"),
     ("eval_within_25km", "within 25 km (%)"),
     ("eval_within_200km", "within 200 km (%)"),
     ("eval_within_750km", "within 750 km (%)"),
     ("eval_within_2500km", "within 2500 km (%)"),
     ("eval_top1_accuracy", "top-1 accuracy, primary head (%)"),
     ("eval_top5_accuracy", "top-5 accuracy (%)"),
+    ("eval_country_accuracy", "country accuracy (%)"),
+    ("eval_country_balanced_accuracy", "country balanced accuracy (%)"),
+    ("eval_region_accuracy", "region accuracy (%)"),
+    ("eval_region_balanced_accuracy", "region balanced accuracy (%)"),
 )
 
 
@@ -162,11 +167,19 @@ def finetuning_text(config) -> str:
 
 def coordinate_rule_text(config) -> str:
     """How the model turns cell probabilities into coordinates, in words, from ``config``."""
+    answer = {
+        "point": "; country and region: where those coordinates lie (moved to the nearest land when at sea)",
+        "hierarchical": "; answered country first (the most probable by summed cell probability), then its "
+        "region, the point placed inside that region",
+        "cell": "; country and region: the most probable cell's majority ones",
+    }.get(getattr(config, "answer", "point"), "")
     if config.coordinate_method == "argmax":
-        return "the centroid of the most probable cell"
+        return "the centroid of the most probable cell" + answer
     radius = config.coordinate_radius_km
-    return f"probability-weighted mean of the top {config.coordinate_top_k} cells" + (
-        f" within {radius:,.0f} km of the most probable one" if radius else ""
+    return (
+        f"probability-weighted mean of the top {config.coordinate_top_k} cells"
+        + (f" within {radius:,.0f} km of the most probable one" if radius else "")
+        + answer
     )
 
 

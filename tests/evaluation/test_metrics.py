@@ -69,6 +69,15 @@ def test_evaluate_module_loads_offline_by_path():
     metric = evaluate.load(PATH)
     out = metric.compute(predictions=[[48.8566, 2.3522], [0, 0]], references=[[51.5074, -0.1278], [0, 0]])
     assert out["within_1km"] == 50.0 and out["median_km"] == pytest.approx(343.56 / 2, abs=0.1)
+    # the full set: countries and regions where the coordinates lie (Paris guessed for London: FR vs GB)
+    paris, london, berlin = [48.8566, 2.3522], [51.5074, -0.1278], [52.52, 13.405]
+    full = metric.compute(predictions=[paris, berlin, berlin], references=[london, berlin, berlin], label_areas=True)
+    assert full["country_accuracy"] == pytest.approx(200 / 3) and full["country_balanced_accuracy"] == 50.0
+    assert full["region_accuracy"] == pytest.approx(200 / 3)
+    given = metric.compute(
+        predictions=[paris, berlin], references=[london, berlin], pred_countries=["GB", "DE"], true_countries=["GB", "DE"]
+    )
+    assert given["country_accuracy"] == 100.0 and "region_accuracy" not in given
 
 
 def test_country_rows_print_support_as_a_count():
