@@ -46,10 +46,10 @@ from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import AugmentConfig  # noqa: E402
 from geohf.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
 from geohf.evaluation.evaluation import tune_retrieval  # noqa: E402
-from geohf.inference.retrieval import build_index  # noqa: E402
 from geohf.evaluation.metrics import accuracy, distance_metrics  # noqa: E402
 from geohf.geo.sphere import spherical_mean  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
+from geohf.inference.retrieval import build_index  # noqa: E402
 from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
 from geohf.training.train import DataArguments, ModelArguments, run_training  # noqa: E402
 

@@ -75,7 +75,10 @@ def test_evaluate_module_loads_offline_by_path():
     assert full["country_accuracy"] == pytest.approx(200 / 3) and full["country_balanced_accuracy"] == 50.0
     assert full["region_accuracy"] == pytest.approx(200 / 3)
     given = metric.compute(
-        predictions=[paris, berlin], references=[london, berlin], pred_countries=["GB", "DE"], true_countries=["GB", "DE"]
+        predictions=[paris, berlin],
+        references=[london, berlin],
+        pred_countries=["GB", "DE"],
+        true_countries=["GB", "DE"],
     )
     assert given["country_accuracy"] == 100.0 and "region_accuracy" not in given
 
