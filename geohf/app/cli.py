@@ -48,7 +48,10 @@ def app_command(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as err:
             raise UserError(" ".join(str(err).split())) from err
         print(f"game: {len(game)} images from {args.dataset} [{args.split}]; guesses go to {args.results}")
-    serve(build_app(GeoApp(predictor, game, top_k=args.top_k)), args.host, args.port, args.max_file_size)
+    if args.max_sessions < 1:
+        raise UserError("--max-sessions must be at least 1")
+    app = build_app(GeoApp(predictor, game, top_k=args.top_k))
+    serve(app, args.host, args.port, args.max_file_size, max_sessions=args.max_sessions)
     return 0
 
 
@@ -72,6 +75,13 @@ def add_app_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--max-file-size", dest="max_file_size", default="20mb", help="upload size limit (default: 20mb)")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes shown (default: 5)")
+    p.add_argument(
+        "--max-sessions",
+        dest="max_sessions",
+        type=int,
+        default=100,
+        help="visitor sessions kept in memory, least recently used dropped beyond (default: 100)",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=app_command)
     return p

@@ -190,8 +190,13 @@ def serve(
     max_file_size: str = "20mb",
     block: bool = True,
     announce: bool | None = None,
+    max_sessions: int = 100,
 ):
     """Launch offline: no share link, no analytics, no server-side rendering, uploads capped at ``max_file_size``.
+
+    Gradio keeps each browser session's state (a copy of the app's configuration, a few MB, and the
+    game's round) in memory; ``max_sessions`` caps how many: the least recently used is dropped
+    beyond it (its game round restarts), so memory stays bounded however many people visit.
 
     Gradio's own start-up lines are silenced (their ``share=True`` hint is no option of ``geohf app``); with
     ``announce`` (default: when blocking) one line says where the app is and who can reach it.
@@ -205,6 +210,7 @@ def serve(
         show_error=True,
         prevent_thread_lock=True,
         quiet=True,
+        state_session_capacity=max_sessions,
     )
     if block if announce is None else announce:
         local = host in ("127.0.0.1", "localhost", "::1")
