@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 HEAD_TYPES = ("classification", "haversine", "hybrid", "regression", "geoclip")
 GALLERIES = ("geoclip", "train", "both")
+GALLERY_FILE = "file"  # a converted model's gallery read from a LAT, LON CSV (``geohf convert geoclip --gallery``)
 DEFAULT_QUEUE_SIZE = 4096
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
@@ -39,7 +40,8 @@ class HeadSpec:
         hierarchy_levels: also train cross-entropy over this many coarser levels of the cells (their
             quadtree ancestors: cells grouped by the 2^L x 2^L lon/lat box holding their centroid, OSV-5M).
         gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
-            coordinates) or ``both``; queue_size: its FIFO queue of GPS negatives.
+            coordinates), ``both``, or ``file`` (a CSV of points, ``geohf convert geoclip --gallery FILE``);
+            queue_size: its FIFO queue of GPS negatives.
     """
 
     name: str
@@ -69,8 +71,9 @@ class HeadSpec:
             raise ValueError(f"hybrid head {self.name!r} needs its cells' centroids and extents {HYBRID_EXTENT}")
         if self.type == "geoclip":
             self.gallery = "geoclip" if self.gallery is None else self.gallery
-            if self.gallery not in GALLERIES:
-                raise ValueError(f"geoclip head {self.name!r} has gallery {self.gallery!r}; use one of {GALLERIES}")
+            if self.gallery not in (*GALLERIES, GALLERY_FILE):
+                known = (*GALLERIES, GALLERY_FILE)
+                raise ValueError(f"geoclip head {self.name!r} has gallery {self.gallery!r}; use one of {known}")
             self.queue_size = DEFAULT_QUEUE_SIZE if self.queue_size is None else int(self.queue_size)
             if self.queue_size < 0:
                 raise ValueError(f"geoclip head {self.name!r} needs queue_size >= 0, got {self.queue_size}")

@@ -152,7 +152,9 @@ def tower_preprocessing(name: str, vision: dict) -> dict:
     crop = _side(proc.get("crop_size"), "height", "shortest_edge") if proc.get("do_center_crop") else None
     if crop:
         out["image_size"] = crop
-        out["crop_pct"] = round(crop / resize, 6) if resize else 1.0
+        # rounded down, so the processor's floor(crop / crop_pct) is the resize again (32 / 36 rounded to
+        # 0.888889 would resize to 35)
+        out["crop_pct"] = math.floor(crop / resize * 1e6) / 1e6 if resize else 1.0
     elif resize:
         out["image_size"], out["crop_pct"] = resize, 1.0
     resample = proc.get("resample")
