@@ -9,6 +9,7 @@ nearest land first), :meth:`AdminAreas.place` moves each point into the rows all
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -53,6 +54,9 @@ class AdminAreas:
         self.geometry = frame.geometry.to_numpy()
         self._by_country = _groups(self.table.country_code)
         self._by_region = _groups(self.table.region_code)
+        # the labeller's lazily built indexes and grid are not safe to share between threads (a pipeline
+        # called from several threads): one query at a time
+        self._lock = threading.RLock()
 
     @classmethod
     def default(cls) -> AdminAreas:
@@ -68,7 +72,8 @@ class AdminAreas:
     def containing(self, lat, lon) -> np.ndarray:
         """(N,) the row each point lies in, -1 at sea."""
         lat, lon = _points(lat, lon)
-        return self.labeller.containing(lat, lon)
+        with self._lock:
+            return self.labeller.containing(lat, lon)
 
     def locate(self, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lat, lon, row)``: points on land unchanged with the row they lie in; points at sea
@@ -79,6 +84,10 @@ class AdminAreas:
         """``(lat, lon, row)``: each point moved into one of its ``allowed`` rows (the nearest point of
         their polygons, pulled just inside) unless it already lies in one; for an empty ``allowed``
         entry, a point at sea moves into the nearest land and a point on land stays."""
+        with self._lock:
+            return self._place(lat, lon, allowed)
+
+    def _place(self, lat, lon, allowed: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lat, lon = _points(lat, lon)
         lat, lon = lat.copy(), lon.copy()
         rows = self.containing(lat, lon)
@@ -123,6 +132,14 @@ def _points(lat, lon) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
 
 
+_DEFAULT_LOCK = threading.Lock()
+
+
 @cache
-def _default_areas() -> AdminAreas:
+def _cached_default_areas() -> AdminAreas:
     return AdminAreas(PointLabeller())
+
+
+def _default_areas() -> AdminAreas:
+    with _DEFAULT_LOCK:  # built once, not by several threads at the same time
+        return _cached_default_areas()

@@ -116,6 +116,14 @@ def test_app_memory_flat_under_load(geohf_app):
     assert LOAD["growth"] < FLAT_MB, f"RSS grew {LOAD['growth']:.0f} MB after the warm-up"
 
 
+def _same_record(a: dict, b: dict) -> bool:
+    """Equal records, coordinates to 1e-4 degrees (concurrent forwards may differ in the last float bits,
+    which flips the fifth decimal of a rounded coordinate now and then)."""
+    coords = ("pred_latitude", "pred_longitude")
+    close = all(abs(a[k] - b[k]) <= 1e-4 for k in coords)
+    return close and {k: v for k, v in a.items() if k not in coords} == {k: v for k, v in b.items() if k not in coords}
+
+
 def test_pipeline_from_4_threads_matches_serial(tiny_model_dir, tiles, record):
     """One ``pipeline("image-geolocation")`` object called from 4 threads at once gives the serial results."""
     from transformers import pipeline
@@ -136,13 +144,14 @@ def test_pipeline_from_4_threads_matches_serial(tiny_model_dir, tiles, record):
     threaded = [None] * len(inputs)
     for k, part in enumerate(parts):
         threaded[k::4] = part
-    same = threaded == serial
+    same = all(_same_record(a, b) for a, b in zip(threaded, serial))
     record(
         "load",
         '`pipeline("image-geolocation")` called from 4 threads at once (16 images)',
         'pipeline("image-geolocation")',
         "the serial results",
-        f"{sum(a == b for a, b in zip(threaded, serial))}/{len(inputs)} results identical to the serial run",
+        f"{sum(_same_record(a, b) for a, b in zip(threaded, serial))}/{len(inputs)} results the serial run's "
+        "(coordinates to 1e-4 degrees)",
         same,
     )
     assert same
