@@ -92,15 +92,16 @@ class AdminAreas:
         lat, lon = lat.copy(), lon.copy()
         rows = self.containing(lat, lon)
         finite = np.isfinite(lat) & np.isfinite(lon)
-        sea = np.flatnonzero(finite & (rows < 0) & np.array([a.size == 0 for a in allowed], dtype=bool))
-        nearest = dict(zip(sea, self.labeller.index.nearest(shapely.points(lon[sea], lat[sea]), lat[sea], None)[0]))
-        for i, ok in enumerate(allowed):
-            if not finite[i]:
-                continue
-            if not ok.size:
-                ok = np.array([nearest[i]]) if i in nearest and nearest[i] >= 0 else _NONE
-            if ok.size and rows[i] not in ok:
-                lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], ok)
+        free = np.array([a.size == 0 for a in allowed], dtype=bool)
+        # only the points to move need Python: at sea with no area asked for, or outside the asked ones
+        sea = np.flatnonzero(finite & (rows < 0) & free)
+        nearest = self.labeller.index.nearest(shapely.points(lon[sea], lat[sea]), lat[sea], None)[0]
+        for i, row in zip(sea, nearest):
+            if row >= 0:
+                lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], np.array([row]))
+        for i in np.flatnonzero(finite & ~free):
+            if rows[i] not in allowed[i]:
+                lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], allowed[i])
         return lat, lon, rows
 
     def _move_into(self, lat: float, lon: float, rows: np.ndarray) -> tuple[float, float, int]:

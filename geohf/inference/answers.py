@@ -102,9 +102,11 @@ def coherent(
     lat, lon, rows = areas.place(lat, lon, allowed)
     country_score = np.full(n, np.nan)
     if has_classes:
-        named = areas.table.lookup("country_code", rows)
-        cell_country = predictions.cells.country_code.astype(str)
-        country_score = np.array([probs[i, cell_country == c].sum() if c else 0.0 for i, c in enumerate(named)])
+        countries, country_p = _sums(probs, predictions.cells.country_code)  # (N, countries), summed once
+        named = areas.table.lookup("country_code", rows).astype(str)
+        column = np.searchsorted(countries, named).clip(max=max(len(countries) - 1, 0))
+        found = (countries[column] == named) if countries.size else np.zeros(n, dtype=bool)
+        country_score = np.where(found, country_p[np.arange(n), column] if countries.size else 0.0, 0.0)
     return replace(
         predictions,
         pred_latitude=lat,
