@@ -169,7 +169,7 @@ print(json.dumps(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, (diff, label, module) in result.items():
-        assert diff == 0.0, name
+        assert diff < 1e-6, name  # another process may pick other kernels: last-bit differences only
         assert label in CELLS["name"] and module.startswith("transformers_modules"), name
     assert set(result) == set(saved)
     assert Path(folders["resnet18"], "sphere.py").is_file()
