@@ -71,7 +71,9 @@ def _demo(args: argparse.Namespace) -> int:
         raise UserError("--minutes must be more than 0")
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(output=args.output, minutes=args.minutes, seed=args.seed, boundaries=args.boundaries)
+    cfg = DemoConfig(
+        output=args.output, minutes=args.minutes, seed=args.seed, boundaries=args.boundaries, augment=args.augment
+    )
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     for name in ("train_tiles", "validation_tiles", "test_tiles", "image_size", "batch_size", "steps"):
@@ -131,6 +133,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
         tiles={"train": args.train, "validation": args.validation, "test": args.test},
         tile_px=args.tile_px,
         block_px=args.block_px,
+        map_downscale=args.map_downscale,
     )
     report = build_dataset(cfg)
     print(f"wrote {args.output}: {report.splits}, cells {report.partitions}, {report.images_per_second:.0f} images/s")
@@ -378,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train exactly N steps (reproducible; default: as many as fit in --minutes)",
     )
     demo.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
+    demo.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train without the camera augmentations (random downscale, JPEG, blur, white balance)",
+    )
     demo.add_argument("--train-tiles", dest="train_tiles", type=int)
     demo.add_argument("--validation-tiles", dest="validation_tiles", type=int)
     demo.add_argument("--test-tiles", dest="test_tiles", type=int)
@@ -459,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--test", type=int, default=500, help="bluemarble: test tiles")
     build.add_argument("--tile-px", dest="tile_px", type=int, default=64, help="bluemarble: tile side")
     build.add_argument("--block-px", dest="block_px", type=int, default=None, help="bluemarble: split block side")
+    build.add_argument(
+        "--map-downscale",
+        dest="map_downscale",
+        type=float,
+        default=1.0,
+        help="bluemarble: cut the same tiles from the mosaic downsampled this many times and upsampled back "
+        "(a coarser rendering, for resolution-shift tests)",
+    )
     build.set_defaults(func=_dataset_build)
 
     imp = ds_sub.add_parser(

@@ -44,6 +44,8 @@ class DemoConfig:
     boundaries: str | None = None
     reserve_seconds: float = 75.0
     """Time kept for evaluation, saving and predictions after training."""
+    augment: bool = True
+    """Train with the camera augmentations (:meth:`AugmentConfig.camera`): robust to coarser imagery."""
 
 
 def say(msg: str) -> None:
@@ -106,7 +108,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     budget_cb = TimeBudgetCallback(budget)
     callbacks = [] if cfg.steps else [budget_cb]
     result = run_training(
-        model_args, DataArguments(dataset=str(dataset_dir)), AugmentConfig(), args, callbacks=callbacks
+        model_args,
+        DataArguments(dataset=str(dataset_dir)),
+        AugmentConfig.camera() if cfg.augment else AugmentConfig(),
+        args,
+        callbacks=callbacks,
     )
     for ckpt in model_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)

@@ -46,6 +46,20 @@ def load_blue_marble() -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = previous
 
 
+@lru_cache(maxsize=2)
+def coarser_blue_marble(factor: float) -> np.ndarray:
+    """The mosaic downsampled ``factor`` times (area average) and upsampled back (bicubic): the same
+    places at a coarser imagery resolution, as another satellite or camera would render them."""
+    image = load_blue_marble()
+    if factor == 1:
+        return image
+    if factor < 1:
+        raise ValueError(f"map_downscale must be >= 1 (got {factor})")
+    h, w = image.shape[:2]
+    small = Image.fromarray(image).resize((round(w / factor), round(h / factor)), Image.Resampling.BOX)
+    return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
+
+
 def pixel_to_latlon(x, y, width: int, height: int):
     """Coordinates of continuous pixel positions (pixel edges at integers)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -68,6 +82,9 @@ class TileSpec:
         fractions: train / validation / test share of the blocks.
         exclude: country codes never sampled (Antarctica's blank ice by default).
         seed: everything is deterministic given the seed.
+        map_downscale: cut the tiles from a copy of the mosaic downsampled by this factor and
+            upsampled back (a coarser rendering of the same places; 1: the mosaic itself). The
+            tiles' positions, labels and splits do not depend on it.
     """
 
     tile_px: int = 64
@@ -75,6 +92,7 @@ class TileSpec:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     exclude: tuple[str, ...] = ("AQ",)
     seed: int = 0
+    map_downscale: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -220,7 +238,7 @@ def build_bluemarble(
     spec = spec or TileSpec()
     labeller = PointLabeller(boundaries)
     tiles = sample_tiles(counts, spec, labeller)
-    image = load_blue_marble()
+    image = coarser_blue_marble(spec.map_downscale)
 
     def load(row) -> dict:
         tile = crop_tile(image, int(row["tile_x"]), int(row["tile_y"]), spec.tile_px)
@@ -235,8 +253,14 @@ def build_bluemarble(
         "repo_id": repo_id or "<org>/blue-marble-tiles",
         "command": f"geohf dataset build --layout bluemarble --output {Path(output_dir).name} "
         + " ".join(f"--{k} {v}" for k, v in counts.items())
-        + f" --tile-px {spec.tile_px} --block-px {spec.block_px} --seed {spec.seed}",
-        "images_note": f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic.",
+        + f" --tile-px {spec.tile_px} --block-px {spec.block_px} --seed {spec.seed}"
+        + (f" --map-downscale {spec.map_downscale:g}" if spec.map_downscale != 1 else ""),
+        "images_note": f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic"
+        + (
+            f", downsampled {spec.map_downscale:g}x and upsampled back (a coarser rendering of the same places)."
+            if spec.map_downscale != 1
+            else "."
+        ),
         "split_note": (
             f"Spatially disjoint splits: {spec.block_px}-px blocks (≈{spec.block_px * 360 / 5400:.1f}°) assigned "
             f"{'/'.join(str(f) for f in spec.fractions)} to train/validation/test; a {spec.tile_px}-px tile is kept "

@@ -71,6 +71,7 @@ class BuildConfig:
     tiles: dict[str, int] = field(default_factory=lambda: {"train": 4000, "validation": 500, "test": 500})
     tile_px: int = 64
     block_px: int | None = None
+    map_downscale: float = 1.0
 
 
 def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: bool = False) -> bytes:
@@ -118,7 +119,11 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         from .bluemarble import TileSpec, build_bluemarble
 
         spec = TileSpec(
-            tile_px=cfg.tile_px, block_px=cfg.block_px or 2 * cfg.tile_px, seed=cfg.seed, fractions=cfg.fractions
+            tile_px=cfg.tile_px,
+            block_px=cfg.block_px or 2 * cfg.tile_px,
+            seed=cfg.seed,
+            fractions=cfg.fractions,
+            map_downscale=cfg.map_downscale,
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
     if cfg.input is None:

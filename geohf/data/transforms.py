@@ -8,12 +8,14 @@ tensors. Training augmentations are opt-in and applied on the fly with
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from ..images import to_rgb_image
@@ -46,10 +48,67 @@ class AugmentConfig:
     """Distortion scale of RandomPerspective (applied with probability 0.5)."""
     hflip: float = 0.0
     """Probability of a horizontal flip (off: mirrored scenes are other places)."""
+    downscale: float = 0.0
+    """Largest factor of a random downscale then upscale back of the source image (e.g. 3; 0: off)."""
+    jpeg_quality: int = 0
+    """Lowest quality of a random JPEG re-compression (quality drawn in [this, 95]; 0: off)."""
+    blur: float = 0.0
+    """Largest Gaussian blur sigma, in source pixels (0: off)."""
+    white_balance: float = 0.0
+    """Largest per-channel gain change of a white-balance / colour-cast shift (0.1: gains in 0.9-1.1)."""
 
     @property
     def enabled(self) -> bool:
         return any(getattr(self, f) > 0 for f in self.__dataclass_fields__)
+
+    @property
+    def degrades(self) -> bool:
+        return self.downscale > 1 or self.jpeg_quality > 0 or self.blur > 0 or self.white_balance > 0
+
+    @classmethod
+    def camera(cls) -> AugmentConfig:
+        """What photo collections vary in: resolution (up to 3x coarser), JPEG quality, focus, white balance."""
+        return cls(downscale=3.0, jpeg_quality=30, blur=1.0, white_balance=0.1)
+
+
+DEGRADE_P = 0.5
+"""Each camera degradation is applied independently with this probability."""
+
+_RESAMPLE = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.BOX)
+
+
+class CameraDegrade:
+    """Random camera / imagery degradations of a source image, drawn from torch's RNG (so
+    :class:`SeededDataset` makes them reproducible): white balance, blur, resolution, JPEG."""
+
+    def __init__(self, augment: AugmentConfig):
+        self.augment = augment
+
+    @staticmethod
+    def _draw() -> float:
+        return float(torch.rand(()))
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        a = self.augment
+        if a.white_balance > 0 and self._draw() < DEGRADE_P:
+            gains = 1.0 + (2.0 * torch.rand(3).numpy() - 1.0) * a.white_balance
+            pixels = np.asarray(image, dtype=np.float32) * gains.astype(np.float32)
+            image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+        if a.blur > 0 and self._draw() < DEGRADE_P:
+            image = image.filter(ImageFilter.GaussianBlur(radius=0.1 + self._draw() * (a.blur - 0.1)))
+        if a.downscale > 1 and self._draw() < DEGRADE_P:
+            factor = 1.0 + self._draw() * (a.downscale - 1.0)
+            w, h = image.size
+            small = (max(1, round(w / factor)), max(1, round(h / factor)))
+            down, up = _RESAMPLE[int(self._draw() * 3) % 3], _RESAMPLE[int(self._draw() * 2) % 2]
+            image = image.resize(small, down).resize((w, h), up)
+        if a.jpeg_quality > 0 and self._draw() < DEGRADE_P:
+            quality = int(a.jpeg_quality + self._draw() * (95 - a.jpeg_quality))
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=quality)
+            with Image.open(buf) as reread:
+                image = reread.convert("RGB")
+        return image
 
 
 def train_transform(
@@ -58,8 +117,12 @@ def train_transform(
     """Training transform: augmentations followed by the processor's resize and normalisation."""
     if augment is None or not augment.enabled:
         return processor.transform
+    degrade = CameraDegrade(augment)
+    geometric = replace(augment, downscale=0.0, jpeg_quality=0, blur=0.0, white_balance=0.0)
+    if not geometric.enabled:  # degradations only: then exactly the eval transform
+        return lambda image: processor.transform(degrade(to_rgb_image(image)))
     size, interp = processor.image_size, _INTERPOLATION.get(processor.interpolation, T.InterpolationMode.BICUBIC)
-    ops: list = []
+    ops: list = [degrade] if augment.degrades else []
     if augment.random_resized_crop > 0:
         ops.append(T.RandomResizedCrop(size, scale=(augment.random_resized_crop, 1.0), interpolation=interp))
     else:

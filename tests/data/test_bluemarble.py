@@ -97,3 +97,31 @@ def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     target.mkdir()
     with pytest.raises(FileExistsError, match="overwrite"), atomic_directory(target):
         pass
+
+
+def test_coarser_rendering_keeps_the_places_and_loses_detail(tmp_path, admin1_path, tiny_dataset):
+    """``map_downscale``: the same tiles (positions, labels, splits) cut from a coarser copy of the mosaic."""
+    from datasets import load_dataset
+
+    from geohf.data.bluemarble import TileSpec, build_bluemarble, coarser_blue_marble, load_blue_marble
+
+    assert coarser_blue_marble(1.0) is load_blue_marble()
+    with pytest.raises(ValueError, match="map_downscale"):
+        coarser_blue_marble(0.5)
+    out = tmp_path / "coarse"
+    build_bluemarble(
+        out,
+        {"train": 160, "validation": 20, "test": 20},
+        TileSpec(tile_px=32, block_px=64, seed=0, map_downscale=2.5),
+        cells=["quadtree:max_samples=20,min_samples=4"],
+        boundaries=admin1_path,
+    )
+    sharp, coarse = load_dataset(str(tiny_dataset))["test"], load_dataset(str(out))["test"]
+    for column in ("latitude", "longitude", "country_code", "tile_x", "tile_y"):
+        assert sharp[column] == coarse[column]
+    a = np.stack([np.asarray(im, dtype=np.float32) for im in sharp["image"]])
+    b = np.stack([np.asarray(im, dtype=np.float32) for im in coarse["image"]])
+    assert np.abs(a.mean((1, 2, 3)) - b.mean((1, 2, 3))).max() < 6  # the same colours...
+    detail = lambda x: np.abs(np.diff(x, axis=2)).mean()  # noqa: E731
+    assert detail(b) < 0.8 * detail(a)  # ...with less fine detail
+    assert "--map-downscale 2.5" in (out / "README.md").read_text()
