@@ -185,3 +185,29 @@ def test_serve_says_where_without_gradios_share_hint(capfd):
     text = out.out + out.err
     assert f"geohf app: serving on http://127.0.0.1:{port}/ (this machine only" in text
     assert "share=True" not in text and "public link" not in text
+
+
+def test_sessions_beyond_max_sessions_are_dropped():
+    """``--max-sessions``: per-session state (gradio keeps a copy of the app's config per session) is capped,
+    the least recently used dropped, so visitors cannot grow the server's memory without bound."""
+    import gradio as gr
+    from gradio_client import Client
+
+    from geohf.app.ui import serve
+
+    with gr.Blocks() as demo:
+        state = gr.State(0)
+        out = gr.Number()
+        gr.Button("count").click(lambda n: (n + 1, n + 1), state, [state, out], api_name="count")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        serve(demo, port=port, block=False, max_sessions=3)
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(6)]
+        assert [c.predict(api_name="/count") for c in clients] == [1] * 6
+        assert len(demo.state_holder.session_data) == 3  # the three most recent sessions only
+        assert clients[-1].predict(api_name="/count") == 2  # a kept session keeps its state
+        assert clients[0].predict(api_name="/count") == 1  # a dropped one starts over
+    finally:
+        demo.close()
