@@ -227,6 +227,7 @@ class GeoTrainer(Trainer):
             **kwargs,
         )
         self.sample_weights = sample_weights
+        self.train_dataset = split_stream_by_node(self.train_dataset, self.args.process_index, self.args.world_size)
 
     def train(self, *args, **kwargs):
         """Trainer's training; first prints the trainable-parameter count and records it (with the
@@ -273,6 +274,35 @@ class GeoTrainer(Trainer):
         else:
             evalset = attach(evalset, eval_fn)
         return train, evalset, seeded
+
+    def get_train_dataloader(self):
+        """Trainer's dataloader; for this rank's part of a stream (:func:`split_stream_by_node`) one that
+        accelerate neither splits again (its ``shard`` / ``IterableDatasetShard``) nor reads on rank 0
+        only (``dispatch_batches``, which would train on rank 0's part alone)."""
+        if not is_node_split(self.train_dataset):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="Training"),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(
+            loader,
+            self.accelerator.device,
+            num_processes=1,  # already this rank's part
+            process_index=0,
+            put_on_device=True,
+            dispatch_batches=False,
+            non_blocking=self.accelerator.non_blocking,
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
@@ -377,6 +407,22 @@ class GeoTrainer(Trainer):
         for entry in self.state.log_history:
             out.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
         return out
+
+
+def split_stream_by_node(dataset, rank: int, world_size: int):
+    """This rank's part of a streamed training split (``datasets.distributed.split_dataset_by_node``): its
+    shards when their number is a multiple of ``world_size``, else every ``world_size``-th example. Every
+    example is read by one rank per epoch. A map-style dataset (DistributedSampler's job) is returned as is."""
+    from datasets import IterableDataset
+    from datasets.distributed import split_dataset_by_node
+
+    if world_size <= 1 or not isinstance(dataset, IterableDataset) or is_node_split(dataset):
+        return dataset
+    return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+
+
+def is_node_split(dataset) -> bool:
+    return getattr(dataset, "_distributed", None) is not None
 
 
 def _dataset_name(dataset) -> str | None:
