@@ -136,7 +136,24 @@ def test_stream_is_split_across_ranks(tiny_dataset, tmp_path):
         return gaps.argmin(1).tolist()
 
     ranks = [row_of(rank) for rank in result["epoch_ids"]]
-    assert [len(r) for r in ranks] == [80, 80]  # neither rank reads the whole stream, nor a quarter of it
+    # [40, 40] if accelerate re-split the parts or dispatched rank 0's part to both (its default for streams)
+    assert [len(r) for r in ranks] == [80, 80]
     seen = ranks[0] + ranks[1]
     assert len(seen) == len(set(seen)) == len(rows) == 160  # each row once
     assert result["node_split"] and len(result["losses"]) == 2
+
+
+def test_split_stream_by_node_once(tiny_dataset):
+    """Rank parts of a stream are disjoint and cover it; a part is not split again; a map-style split (the
+    sampler's job) and a one-process run are left as they are."""
+    from geohf.training.trainer import is_node_split, split_stream_by_node
+
+    stream = load_dataset(str(tiny_dataset), split="train", streaming=True).shuffle(seed=3, buffer_size=1000)
+    parts = [split_stream_by_node(stream, rank, 2) for rank in range(2)]
+    assert all(is_node_split(p) for p in parts) and not is_node_split(stream)
+    rows = [[(r["latitude"], r["longitude"]) for r in part] for part in parts]
+    assert [len(r) for r in rows] == [80, 80] and len(set(rows[0] + rows[1])) == 160
+    assert split_stream_by_node(parts[0], 0, 2) is parts[0]
+    assert split_stream_by_node(stream, 0, 1) is stream
+    table = load_dataset(str(tiny_dataset), split="train")
+    assert split_stream_by_node(table, 0, 2) is table
