@@ -304,6 +304,51 @@ class GeoTrainer(Trainer):
             non_blocking=self.accelerator.non_blocking,
         )
 
+    def evaluation_loop(self, *args, **kwargs):
+        """Trainer's loop; under several processes, ``eval_loss`` the mean over the split's rows. Trainer repeats
+        each batch's mean loss ``batch_size`` times and ``gather_for_metrics`` cuts the last batches to the
+        rows that remain, but accelerate pads a rank's last batch with rows from the start (to keep the ranks
+        in step) and their losses are in that batch's mean. Here each batch's loss is over the rows
+        ``gather_for_metrics`` keeps, weighted by their number and summed over the ranks."""
+        if self.accelerator.num_processes == 1:  # exact already: nothing is padded
+            return super().evaluation_loop(*args, **kwargs)
+        self._loss_sums = [0.0, 0]
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            sums, self._loss_sums = self._loss_sums, None
+        key = f"{kwargs.get('metric_key_prefix', args[4] if len(args) > 4 else 'eval')}_loss"
+        if output.metrics is not None and key in output.metrics:
+            total = torch.tensor(sums, dtype=torch.float64, device=self.accelerator.device)
+            total = self.accelerator.reduce(total, reduction="sum")
+            if total[1] > 0:
+                output.metrics[key] = float(total[0] / total[1])
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        sums = getattr(self, "_loss_sums", None)
+        rows = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
+        if loss is None or sums is None or not rows:
+            return loss, logits, labels
+        kept = self._rows_kept(rows)
+        kept_loss = loss
+        if 0 < kept < rows:  # the loss of the rows that count (one extra forward, on one batch of the split)
+            head = {k: v[:kept] if torch.is_tensor(v) and v.shape[:1] == (rows,) else v for k, v in inputs.items()}
+            kept_loss = super().prediction_step(model, head, True, ignore_keys=ignore_keys)[0]
+        if kept:
+            sums[0] += float(kept_loss.detach().double().mean()) * kept
+            sums[1] += kept
+        return loss, logits, labels
+
+    def _rows_kept(self, rows: int) -> int:
+        """How many of this rank's ``rows`` ``gather_for_metrics`` keeps: all but in the last batch, where
+        it keeps the first ``remainder`` rows of the ranks' batches laid end to end in rank order."""
+        state = self.accelerator.gradient_state
+        if not state.end_of_dataloader or state.remainder <= 0:
+            return rows
+        return max(0, min(rows, state.remainder - self.accelerator.process_index * rows))
+
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
             return super()._get_train_sampler(train_dataset)

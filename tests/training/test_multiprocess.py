@@ -104,6 +104,8 @@ def test_evaluation_gathers_every_rank_once(runs, tiny_dataset):
     # the same predictions as one process (its weights differ by ~1e-7: see above)
     np.testing.assert_allclose(two["coordinates"], one["coordinates"], atol=1e-3)
     assert runs["two"]["metrics"]["eval_mean_km"] == pytest.approx(runs["one"]["metrics"]["eval_mean_km"], abs=0.1)
+    # the loss of the 20 rows, not of rank 0's last batch padded with rows 0-3 (GeoTrainer.evaluation_loop)
+    assert runs["two"]["metrics"]["eval_loss"] == pytest.approx(runs["one"]["metrics"]["eval_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
