@@ -4,7 +4,9 @@ process with the same global batch, resume of a 2-process run, streams split acr
 Each run is ``tests/training/multiproc_run.py`` (``run_training``, as ``scripts/train.py``) on the tiny dataset
 with a tiny timm ViT (no BatchNorm, no dropout, no augmentation), float32, seed 3, 6 steps, AdamW at 1e-3.
 
-Why the two runs must agree: Trainer's sampler draws one permutation of the 160 training rows (seeded the same
+Also one process with batches of 8 and 2 gradient accumulation steps.
+
+Why the runs must agree: Trainer's sampler draws one permutation of the 160 training rows (seeded the same
 whatever the process count), cut into per-device batches of 8; accelerate gives batch 2k to rank 0 and 2k+1 to
 rank 1, so global step k trains on the same 16 rows as one process with batches of 16 (rows 16k..16k+15 of the
 permutation). DDP averages the two ranks' mean-loss gradients, which is the gradient of the mean over the 16
@@ -68,7 +70,8 @@ def runs(tiny_dataset, tmp_path_factory):
     base = {"dataset": str(tiny_dataset), "max_steps": STEPS}
     two = launch({**base, "out": str(root / "two"), "batch_size": 8, "save_steps": 3}, 2, root)
     one = launch({**base, "out": str(root / "one"), "batch_size": 16}, 1, root)
-    return {"root": root, "two": two, "one": one}
+    accumulated = launch({**base, "out": str(root / "accumulated"), "batch_size": 8, "accumulation": 2}, 1, root)
+    return {"root": root, "two": two, "one": one, "accumulated": accumulated}
 
 
 def max_weight_difference(a: dict, b: dict) -> float:
@@ -90,6 +93,15 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs):
         f"{two['metrics']['train_samples_per_second']}, 1 process {one['metrics']['train_samples_per_second']}"
     )
     assert diff < 1e-5 and moved > 50 * 1e-5  # the tolerance is far below what training moves
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_accumulating_their_batches(runs):
+    """One process, batches of 8, 2 accumulation steps: the same micro-batches as the two ranks, the gradient
+    (g0 + g1) / 2 summed in the same order, so the same floats (we measure 0.0 difference over 30 steps)."""
+    two, accumulated = runs["two"], runs["accumulated"]
+    np.testing.assert_allclose(two["losses"], accumulated["losses"], rtol=1e-6)
+    assert max_weight_difference(two["final"], accumulated["final"]) < 1e-6
 
 
 @pytest.mark.slow
