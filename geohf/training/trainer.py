@@ -227,6 +227,7 @@ class GeoTrainer(Trainer):
             **kwargs,
         )
         self.sample_weights = sample_weights
+        self.train_dataset = split_stream_by_node(self.train_dataset, self.args.process_index, self.args.world_size)
 
     def train(self, *args, **kwargs):
         """Trainer's training; first prints the trainable-parameter count and records it (with the
@@ -273,6 +274,80 @@ class GeoTrainer(Trainer):
         else:
             evalset = attach(evalset, eval_fn)
         return train, evalset, seeded
+
+    def get_train_dataloader(self):
+        """Trainer's dataloader; for this rank's part of a stream (:func:`split_stream_by_node`) one that
+        accelerate neither splits again (its ``shard`` / ``IterableDatasetShard``) nor reads on rank 0
+        only (``dispatch_batches``, which would train on rank 0's part alone)."""
+        if not is_node_split(self.train_dataset):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="Training"),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(
+            loader,
+            self.accelerator.device,
+            num_processes=1,  # already this rank's part
+            process_index=0,
+            put_on_device=True,
+            dispatch_batches=False,
+            non_blocking=self.accelerator.non_blocking,
+        )
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Trainer's loop; under several processes, ``eval_loss`` the mean over the split's rows. Trainer repeats
+        each batch's mean loss ``batch_size`` times and ``gather_for_metrics`` cuts the last batches to the
+        rows that remain, but accelerate pads a rank's last batch with rows from the start (to keep the ranks
+        in step) and their losses are in that batch's mean. Here each batch's loss is over the rows
+        ``gather_for_metrics`` keeps, weighted by their number and summed over the ranks."""
+        if self.accelerator.num_processes == 1:  # exact already: nothing is padded
+            return super().evaluation_loop(*args, **kwargs)
+        self._loss_sums = [0.0, 0]
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            sums, self._loss_sums = self._loss_sums, None
+        key = f"{kwargs.get('metric_key_prefix', args[4] if len(args) > 4 else 'eval')}_loss"
+        if output.metrics is not None and key in output.metrics:
+            total = torch.tensor(sums, dtype=torch.float64, device=self.accelerator.device)
+            total = self.accelerator.reduce(total, reduction="sum")
+            if total[1] > 0:
+                output.metrics[key] = float(total[0] / total[1])
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        sums = getattr(self, "_loss_sums", None)
+        rows = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
+        if loss is None or sums is None or not rows:
+            return loss, logits, labels
+        kept = self._rows_kept(rows)
+        kept_loss = loss
+        if 0 < kept < rows:  # the loss of the rows that count (one extra forward, on one batch of the split)
+            head = {k: v[:kept] if torch.is_tensor(v) and v.shape[:1] == (rows,) else v for k, v in inputs.items()}
+            kept_loss = super().prediction_step(model, head, True, ignore_keys=ignore_keys)[0]
+        if kept:
+            sums[0] += float(kept_loss.detach().double().mean()) * kept
+            sums[1] += kept
+        return loss, logits, labels
+
+    def _rows_kept(self, rows: int) -> int:
+        """How many of this rank's ``rows`` ``gather_for_metrics`` keeps: all but in the last batch, where
+        it keeps the first ``remainder`` rows of the ranks' batches laid end to end in rank order."""
+        state = self.accelerator.gradient_state
+        if not state.end_of_dataloader or state.remainder <= 0:
+            return rows
+        return max(0, min(rows, state.remainder - self.accelerator.process_index * rows))
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
@@ -377,6 +452,22 @@ class GeoTrainer(Trainer):
         for entry in self.state.log_history:
             out.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
         return out
+
+
+def split_stream_by_node(dataset, rank: int, world_size: int):
+    """This rank's part of a streamed training split (``datasets.distributed.split_dataset_by_node``): its
+    shards when their number is a multiple of ``world_size``, else every ``world_size``-th example. Every
+    example is read by one rank per epoch. A map-style dataset (DistributedSampler's job) is returned as is."""
+    from datasets import IterableDataset
+    from datasets.distributed import split_dataset_by_node
+
+    if world_size <= 1 or not isinstance(dataset, IterableDataset) or is_node_split(dataset):
+        return dataset
+    return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+
+
+def is_node_split(dataset) -> bool:
+    return getattr(dataset, "_distributed", None) is not None
 
 
 def _dataset_name(dataset) -> str | None:
