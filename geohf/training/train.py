@@ -117,6 +117,19 @@ class ModelArguments:
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 × lora_r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
 
+    def __post_init__(self):
+        from ..modeling.configuration_geohf import RESIZE_MODES
+        from ..modeling.image_processing_geohf import parse_image_size
+
+        try:
+            parse_image_size(self.image_size)
+        except UserError:
+            raise UserError(
+                f"--image_size {self.image_size!r}: give one side or HEIGHTxWIDTH in positive pixels, e.g. 224 or 192x336"
+            ) from None
+        if self.resize_mode not in RESIZE_MODES:
+            raise UserError(f"--resize_mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")
+
 
 @dataclass
 class DataArguments:

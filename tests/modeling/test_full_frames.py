@@ -201,3 +201,19 @@ def test_test_time_augmentation(wide_models):
     assert both.predict_dataset(ds, batch_size=2).probs[0] == pytest.approx(both.predict_images([image]).probs[0], abs=1e-5)
     with pytest.raises(UserError, match="single images"):
         both.predict_images([[image, image]])
+
+
+def test_bad_sizes_and_tta_are_one_line(cli, wide_models, tmp_path):
+    folder, _ = wide_models["pad"]
+    for flag, value, says in (
+        ("--image_size", "0x5", "HEIGHTxWIDTH"),
+        ("--image_size", "wide", "HEIGHTxWIDTH"),
+        ("--resize_mode", "letterbox", "crop, pad, stretch"),
+    ):
+        result = cli("train", "--dataset", tmp_path, "--output_dir", tmp_path / "out", flag, value)
+        assert result.code == 2 and len(result.errors) == 1 and says in result.errors[0] and flag in result.errors[0]
+    street_image(5).save(tmp_path / "street.jpg")
+    result = cli("predict", tmp_path / "street.jpg", "--model", folder, "--tta", "flip,rotate")
+    assert result.code == 2 and len(result.errors) == 1 and "unknown ['rotate']" in result.errors[0]
+    result = cli("predict", tmp_path / "street.jpg", "--model", folder, "--tta", "flip", "--no-retrieval")
+    assert result.code == 0 and '"pred_latitude"' in result.out
