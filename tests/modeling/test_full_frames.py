@@ -217,3 +217,44 @@ def test_bad_sizes_and_tta_are_one_line(cli, wide_models, tmp_path):
     assert result.code == 2 and len(result.errors) == 1 and "unknown ['rotate']" in result.errors[0]
     result = cli("predict", tmp_path / "street.jpg", "--model", folder, "--tta", "flip", "--no-retrieval")
     assert result.code == 0 and '"pred_latitude"' in result.out
+
+
+def test_wide_folder_as_remote_code_and_onnx(wide_models, tmp_path):
+    """The saved 96x160 ``pad`` folder: its processor and model load as remote code without geohf (the pipeline's
+    scores are the model's), and ONNX export takes the fixed 96x160 input."""
+    import json
+    import subprocess
+    import sys
+
+    from test_backbones import HIDE_GEOHF
+
+    folder, model = wide_models["pad"]
+    image = street_image(6)
+    image.save(tmp_path / "street.png")
+    processor = GeoImageProcessor.from_config(model.config)
+    with torch.no_grad():
+        probs = model(pixel_values=processor(image)["pixel_values"]).logits.softmax(-1)[0]
+    script = HIDE_GEOHF + f"""
+import json
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+proc = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+clf = pipeline("image-classification", model={str(folder)!r}, trust_remote_code=True)
+top = clf(Image.open({str(tmp_path / "street.png")!r}), top_k=100)
+print(json.dumps([proc.resize_mode, proc.image_size, {{t["label"]: t["score"] for t in top}}]))
+"""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mode, size, scores = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert mode == "pad" and size == [96, 160]
+    assert [scores[name] for name in CELLS["name"]] == pytest.approx(probs.tolist(), abs=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    from geohf.export.onnx import export_onnx
+
+    exported = export_onnx(folder, tmp_path / "onnx")
+    assert max(exported.max_abs_diff.values()) < 1e-3
+    session = ort.InferenceSession(exported.path)
+    assert session.get_inputs()[0].shape[-2:] == [96, 160]
+    logits = session.run(["logits"], {"pixel_values": processor(image)["pixel_values"].numpy()})[0]
+    assert np.allclose(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum(), probs.numpy(), atol=1e-4)
