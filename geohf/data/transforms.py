@@ -101,7 +101,10 @@ def train_transform(
         a = width / height
         ops.append(
             T.RandomResizedCrop(
-                (height, width), scale=(augment.random_resized_crop, 1.0), ratio=(a * 3 / 4, a * 4 / 3), interpolation=interp
+                (height, width),
+                scale=(augment.random_resized_crop, 1.0),
+                ratio=(a * 3 / 4, a * 4 / 3),
+                interpolation=interp,
             )
         )
     elif augment.random_resized_crop > 0:

@@ -194,7 +194,11 @@ def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.Path
     if pretrained == "hub":
         if isinstance(model, TransformersBackbone):
             return load_tower_weights(model, name)
-        extra = {"img_size": tuple(model.patch_embed.img_size)} if hasattr(getattr(model, "patch_embed", None), "img_size") else {}
+        extra = (
+            {"img_size": tuple(model.patch_embed.img_size)}
+            if hasattr(getattr(model, "patch_embed", None), "img_size")
+            else {}
+        )
         # timm's loader resamples a ViT's position embeddings to the grid of img_size
         ref = timm.create_model(name, pretrained=True, num_classes=getattr(model, "num_classes", 0), **extra)
         model.load_state_dict(ref.state_dict())

@@ -174,7 +174,9 @@ class GeoConfig(PreTrainedConfig):
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
         if isinstance(self.image_size, (list, tuple)):  # [H, W]; a square one is the int
-            self.image_size = int(self.image_size[0]) if self.image_size[0] == self.image_size[1] else list(self.image_size)
+            self.image_size = (
+                int(self.image_size[0]) if self.image_size[0] == self.image_size[1] else list(self.image_size)
+            )
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.answer not in ANSWERS:

@@ -32,9 +32,9 @@ from .backbones import (
     timm_takes_img_size,
     transformers_backbone_kwargs,
 )
-from .image_processing_geohf import parse_image_size, size_hw
 from .configuration_geohf import CELL_COLUMN_PREFIX, DEFAULT_QUEUE_SIZE, GALLERIES, GeoConfig, HeadSpec
 from .heads import GeoClipHead
+from .image_processing_geohf import parse_image_size, size_hw
 from .location_encoder import GeoClipFiles, geoclip_files
 from .modeling_geohf import GeoModelForImageGeolocation, build_model
 

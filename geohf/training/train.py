@@ -125,7 +125,8 @@ class ModelArguments:
             parse_image_size(self.image_size)
         except UserError:
             raise UserError(
-                f"--image_size {self.image_size!r}: give one side or HEIGHTxWIDTH in positive pixels, e.g. 224 or 192x336"
+                f"--image_size {self.image_size!r}: give one side or HEIGHTxWIDTH in positive pixels, "
+                "e.g. 224 or 192x336"
             ) from None
         if self.resize_mode not in RESIZE_MODES:
             raise UserError(f"--resize_mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")

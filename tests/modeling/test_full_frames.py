@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import timm.data
 import torch
-from datasets import Dataset, Features, Image as ImageFeature
+from datasets import Dataset, Features
+from datasets import Image as ImageFeature
 from PIL import Image
 from test_backbones import CELLS, heads
 from transformers import pipeline
@@ -156,9 +157,7 @@ def test_timm_vit_weights_resample_to_the_new_grid(tmp_path):
 
 
 def test_median_aspect_reads_the_training_split():
-    ds = Dataset.from_dict(
-        {"image": [street_image(i) for i in range(3)]}, features=Features({"image": ImageFeature()})
-    )
+    ds = Dataset.from_dict({"image": [street_image(i) for i in range(3)]}, features=Features({"image": ImageFeature()}))
     assert median_aspect(ds) == pytest.approx(320 / 180)
     assert median_aspect(ds, "photo") is None
 
@@ -198,7 +197,9 @@ def test_test_time_augmentation(wide_models):
     assert not np.allclose(got.probs, plain.predict_images([image]).probs, atol=1e-6)
     ds = Dataset.from_dict({"image": [image, street_image(4)]}, features=Features({"image": ImageFeature()}))
     both = GeoPredictor(model, bf16=False, retrieval=False, tta="flip,crops")
-    assert both.predict_dataset(ds, batch_size=2).probs[0] == pytest.approx(both.predict_images([image]).probs[0], abs=1e-5)
+    assert both.predict_dataset(ds, batch_size=2).probs[0] == pytest.approx(
+        both.predict_images([image]).probs[0], abs=1e-5
+    )
     with pytest.raises(UserError, match="single images"):
         both.predict_images([[image, image]])
 
@@ -234,7 +235,9 @@ def test_wide_folder_as_remote_code_and_onnx(wide_models, tmp_path):
     processor = GeoImageProcessor.from_config(model.config)
     with torch.no_grad():
         probs = model(pixel_values=processor(image)["pixel_values"]).logits.softmax(-1)[0]
-    script = HIDE_GEOHF + f"""
+    script = (
+        HIDE_GEOHF
+        + f"""
 import json
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
@@ -243,8 +246,11 @@ clf = pipeline("image-classification", model={str(folder)!r}, trust_remote_code=
 top = clf(Image.open({str(tmp_path / "street.png")!r}), top_k=100)
 print(json.dumps([proc.resize_mode, proc.image_size, {{t["label"]: t["score"] for t in top}}]))
 """
+    )
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     mode, size, scores = json.loads(proc.stdout.strip().splitlines()[-1])
     assert mode == "pad" and size == [96, 160]
