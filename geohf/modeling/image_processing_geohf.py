@@ -183,10 +183,16 @@ class GeoImageProcessor(BaseImageProcessor):
         }
 
     @property
-    def scale_size(self) -> tuple[int, int]:
+    def scale_hw(self) -> tuple[int, int]:
         """(height, width) the resize aims at before the centre crop (timm's ``floor(size / crop_pct)``)."""
         h, w = self.input_hw
         return math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)
+
+    @property
+    def scale_size(self) -> int | tuple[int, int]:
+        """:attr:`scale_hw`, one int when square (the shorter side after the resize, in ``crop`` mode)."""
+        sh, sw = self.scale_hw
+        return sh if sh == sw else (sh, sw)
 
     @property
     def pad_value(self) -> list[int]:
@@ -210,7 +216,7 @@ class GeoImageProcessor(BaseImageProcessor):
 
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is resized to before the crop or pad, as timm computes it."""
-        sh, sw = self.scale_size
+        sh, sw = self.scale_hw
         if self.resize_mode == "stretch":
             return sh, sw
         if self.resize_mode == "crop" and sh == sw:  # torchvision's Resize(int): the shorter side, truncated
