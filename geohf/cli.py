@@ -208,7 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.split not in ds:
         raise UserError(f"--dataset {args.dataset} has no {args.split!r} split; it has {list(ds)} (use --split)")
     try:
-        predictor = GeoPredictor(model, bf16=args.bf16, retrieval=args.retrieval)
+        predictor = GeoPredictor(model, bf16=args.bf16, retrieval=args.retrieval, tta=args.tta)
     except UserError:
         raise
     except (OSError, ValueError) as err:
@@ -530,9 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sub-region/city accuracy and geohf's polygon accuracy) beside their published rows",
     )
     add_bf16(ev)
-    from .inference.cli import add_retrieval
+    from .inference.cli import add_retrieval, add_tta
 
     add_retrieval(ev)
+    add_tta(ev)
     ev.set_defaults(func=_evaluate)
 
     idx = sub.add_parser("index", help="retrieval indexes (PIGEON-style refinement of the coordinates)")

@@ -111,22 +111,71 @@ class CameraDegrade:
         return image
 
 
+class EvalGeometry:
+    """PIL image → PIL image of the processor's eval geometry (its resize and centre crop, letterbox or
+    stretch to (H, W)): the deterministic part of the training transform, the same pixels as evaluation."""
+
+    def __init__(self, processor: GeoImageProcessor):
+        self.processor = processor
+
+    def __call__(self, image):
+        from PIL import Image
+
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None]
+        out = self.processor.resize_crop(pixels)[0].permute(1, 2, 0).contiguous().numpy()
+        return Image.fromarray(out)
+
+
+class RandomFrameCrop:
+    """A random crop of ``scale`` of the frame's area whose aspect is the frame's own times up to 4/3 either
+    way, left at its size: the ``pad`` / ``stretch`` analogue of RandomResizedCrop (the processor's
+    geometry then fits the whole crop, so the full-frame view stays the training distribution)."""
+
+    def __init__(self, scale: tuple[float, float]):
+        self.scale = scale
+
+    def __call__(self, image):
+        w, h = image.size
+        aspect = w / h
+        top, left, ch, cw = T.RandomResizedCrop.get_params(image, self.scale, (aspect * 3 / 4, aspect * 4 / 3))
+        return image.crop((left, top, left + cw, top + ch))
+
+
 def train_transform(
     processor: GeoImageProcessor, augment: AugmentConfig | None = None
 ) -> Callable[[Any], torch.Tensor]:
-    """Training transform: augmentations followed by the processor's resize and normalisation."""
+    """Training transform: augmentations followed by the processor's resize and normalisation.
+
+    ``random_resized_crop`` in ``crop`` mode is torchvision's RandomResizedCrop to (H, W), its aspect range
+    3/4..4/3 of W/H (the usual one when square); in ``pad`` and ``stretch`` modes a random crop of the frame
+    around its own aspect (:class:`RandomFrameCrop`) that the processor's geometry then fits whole.
+    """
     if augment is None or not augment.enabled:
         return processor.transform
     degrade = CameraDegrade(augment)
     geometric = replace(augment, downscale=0.0, jpeg_quality=0, blur=0.0, white_balance=0.0)
     if not geometric.enabled:  # degradations only: then exactly the eval transform
         return lambda image: processor.transform(degrade(to_rgb_image(image)))
-    size, interp = processor.image_size, _INTERPOLATION.get(processor.interpolation, T.InterpolationMode.BICUBIC)
+    height, width = processor.input_hw
+    interp = _INTERPOLATION.get(processor.interpolation, T.InterpolationMode.BICUBIC)
+    mode = getattr(processor, "resize_mode", "crop")
     ops: list = [degrade] if augment.degrades else []
-    if augment.random_resized_crop > 0:
-        ops.append(T.RandomResizedCrop(size, scale=(augment.random_resized_crop, 1.0), interpolation=interp))
+    if augment.random_resized_crop > 0 and mode == "crop":
+        a = width / height
+        ops.append(
+            T.RandomResizedCrop(
+                (height, width),
+                scale=(augment.random_resized_crop, 1.0),
+                ratio=(a * 3 / 4, a * 4 / 3),
+                interpolation=interp,
+            )
+        )
+    elif augment.random_resized_crop > 0:
+        ops += [RandomFrameCrop((augment.random_resized_crop, 1.0)), EvalGeometry(processor)]
+    elif mode == "crop" and height == width:
+        ops += [T.Resize(height, interpolation=interp), T.CenterCrop(height)]
     else:
-        ops += [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
+        ops.append(EvalGeometry(processor))
     if augment.rotation > 0:
         ops.append(T.RandomRotation(augment.rotation, interpolation=T.InterpolationMode.BILINEAR))
     if augment.perspective > 0:
@@ -237,3 +286,32 @@ class GeoCollator:
             elif key.startswith("labels"):
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
         return batch
+
+
+def median_aspect(dataset, image_column: str = "image", rows: int = 200) -> float | None:
+    """Median width / height of the first ``rows`` images of a split (their headers only, not decoded);
+    ``None`` when the split has no such column or none of them can be read."""
+    import io
+
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if image_column not in (getattr(dataset, "column_names", None) or []):
+        return None
+    sample = dataset.select(range(min(rows, len(dataset))))
+    if isinstance(sample.features.get(image_column), ImageFeature):
+        sample = sample.cast_column(image_column, ImageFeature(decode=False))
+    ratios = []
+    for item in sample[image_column]:
+        try:
+            if isinstance(item, dict):
+                source = io.BytesIO(item["bytes"]) if item.get("bytes") else item.get("path")
+                with Image.open(source) as im:
+                    w, h = im.size
+            else:
+                w, h = item.size
+        except Exception:  # noqa: BLE001 - an unreadable image is reported by the transform that decodes it
+            continue
+        if w > 0 and h > 0:
+            ratios.append(w / h)
+    return float(np.median(ratios)) if ratios else None

@@ -153,9 +153,12 @@ def true_classes(latitude, longitude, labels: pd.DataFrame, predictor: GeoPredic
     return np.full(len(labels), -1)
 
 
-def as_predictor(model, bf16: bool | None = None, retrieval=True) -> GeoPredictor:
-    """A :class:`GeoPredictor` for a predictor, a model, or a model folder / Hub id."""
-    return model if isinstance(model, GeoPredictor) else GeoPredictor(model, bf16=bf16, retrieval=retrieval)
+def as_predictor(model, bf16: bool | None = None, retrieval=True, tta=None) -> GeoPredictor:
+    """A :class:`GeoPredictor` for a predictor, a model, or a model folder / Hub id (``tta``: test-time
+    augmentation, see :class:`GeoPredictor`)."""
+    if isinstance(model, GeoPredictor):
+        return model
+    return GeoPredictor(model, bf16=bf16, retrieval=retrieval, tta=tta)
 
 
 def _split(dataset, split: str):
@@ -193,6 +196,7 @@ def evaluate(
     seed: int = 0,
     bf16: bool | None = None,
     retrieval: bool = True,
+    tta: str | None = None,
 ) -> Evaluation:
     """The model on a split next to two naive baselines (geometric median, random cell by frequency).
 
@@ -203,11 +207,12 @@ def evaluate(
             baselines come from the model's cells and their training counts.
         retrieval: refine the coordinates with the model's retrieval index when it has one (PIGEON);
             the unrefined coordinates are then scored too, as the row ``model without retrieval``.
+        tta: test-time augmentation (``flip``, ``crops``, ``flip,crops``) of a model or folder's predictor.
 
     True cells come from the model's own partition (so any dataset with coordinates can be
     scored), else from the dataset's column of the primary head.
     """
-    predictor = as_predictor(model, bf16, retrieval)
+    predictor = as_predictor(model, bf16, retrieval, tta)
     test, train_split, sizes = _split(dataset, split)
     train = train if train is not None else train_split
     if len(test) == 0:

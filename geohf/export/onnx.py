@@ -90,8 +90,8 @@ def export_onnx(
         raise FileExistsError(f"{output} exists and is not empty; choose a new folder")
     net = GeoModelForImageGeolocation.from_pretrained(str(model)).float().eval()
     module = OnnxGeolocation(net, mass).eval()
-    size = net.config.image_size
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    height, width = net.config.input_hw
+    example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would outlive the rename
@@ -112,7 +112,7 @@ def export_onnx(
         program.save(str(tmp / "model.onnx"))
         net.config.to_json_file(str(tmp / "config.json"))
         GeoImageProcessor.from_config(net.config).to_json_file(str(tmp / "preprocessor_config.json"))
-        check = torch.randn(check_batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+        check = torch.randn(check_batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
         diffs = compare_with_torch(module, tmp / "model.onnx", check)
         result = OnnxExport(str(output / "model.onnx"), OUTPUT_NAMES, opset, diffs)
         (tmp / "export.json").write_text(json.dumps(asdict(result), indent=2))

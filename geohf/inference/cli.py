@@ -75,9 +75,16 @@ def predict_command(args: argparse.Namespace) -> int:
         inputs = _inputs(args)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
+    from ..modeling.image_processing_geohf import parse_tta
+
+    try:
+        tta = parse_tta(args.tta)
+    except UserError as err:
+        return _error(str(err))
     try:
         predictor = GeoPredictor(
             model,
+            tta=tta,
             top_k=args.top_k,
             bf16=args.bf16,
             channels_last=args.channels_last,
@@ -122,6 +129,16 @@ def add_retrieval(p) -> None:
         help="refine coordinates with the model folder's retrieval index when it has one (geohf index build; "
         "default: yes)",
     )  # fmt: skip
+
+
+def add_tta(p) -> None:
+    p.add_argument(
+        "--tta",
+        default=None,
+        help="test-time augmentation: flip (also the mirrored image), crops (also three crops along the long "
+        "side), or flip,crops; the views' class log-probabilities are averaged (each view costs a forward; "
+        "docs/benchmarks.md measures it)",
+    )
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
@@ -198,5 +215,6 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         "--recursive", action=argparse.BooleanOptionalAction, default=True, help="search subfolders (default: yes)"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tta(run)
     p.set_defaults(func=predict_command)
     return p

@@ -24,6 +24,7 @@ from ..data.transforms import GeoCollator, example_transform
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
+from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
 from .predictions import CellTable, GeoPredictions
 
@@ -285,6 +286,9 @@ class GeoPredictor:
         retrieval: refine coordinates with the model folder's retrieval index (``index/``, written by
             ``geohf index build``; PIGEON-style, see :mod:`geohf.inference.retrieval`) when it has one;
             ``False`` never refines; a :class:`~geohf.inference.retrieval.GeoIndex` uses that index.
+        tta: test-time augmentation: ``"flip"`` (the mirrored view too), ``"crops"`` (three crops along the
+            long side too), ``"flip,crops"``; the views' class log-probabilities are averaged
+            (:meth:`GeoImageProcessor.augmented_crops`). Off by default: each view costs a forward.
     """
 
     def __init__(
@@ -298,7 +302,9 @@ class GeoPredictor:
         mass: float = 0.5,
         answer: str | None = None,
         retrieval=True,
+        tta: str | tuple[str, ...] | None = None,
     ):
+        self.tta = parse_tta(tta)
         self.source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
             model = load_model(model)
@@ -338,9 +344,13 @@ class GeoPredictor:
     ) -> GeoPredictions:
         """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
         ``retrieval=False`` skips the index's refinement of the coordinates; ``answer`` overrides the
-        predictor's, ``"cell"`` for the head's raw answer)."""
+        predictor's, ``"cell"`` for the head's raw answer). With ``tta`` a (B, V, 3, H, W) batch is the
+        augmented views of :meth:`pixel_values`, not the views of a place."""
         refine = retrieval and self.index is not None
-        out = forward(self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine)
+        extra = {"augmented_views": True} if self.tta and pixel_values.ndim == 5 else {}
+        out = forward(
+            self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine, **extra
+        )
         predictions = predictions_from_outputs(
             self.model,
             out,
@@ -354,8 +364,30 @@ class GeoPredictor:
             predictions = replace(predictions, embeddings=None)
         return predictions
 
+    def pixel_values(self, images: Any) -> torch.Tensor:
+        """Images → the model's input: (N, 3, H, W), or with ``tta`` (N, V, 3, H, W) augmented views."""
+        if self.tta:
+            return self.processor.augmented_pixel_values(images, self.tta)
+        return self.processor.pixel_values(images)
+
+    def transform(self, image: Any) -> torch.Tensor:
+        """One image → (3, H, W), or with ``tta`` (V, 3, H, W): a dataset transform."""
+        return self.pixel_values([image])[0]
+
+    def check_single_views(self, places: bool) -> None:
+        """Refuse test-time augmentation of places given as several views (one line)."""
+        if places and self.tta:
+            raise UserError(
+                "test-time augmentation (--tta) applies to single images; places of several views "
+                "are fused by the model already: drop --tta or predict the views one by one"
+            )
+
     def predict_images(self, images: list[Any], retrieval: bool = True) -> GeoPredictions:
         """Predict a list of PIL images / arrays (one batch); a list of lists is several views per place."""
+        places = bool(images) and isinstance(images[0], (list, tuple))
+        self.check_single_views(places)
+        if self.tta:
+            return self.predict_tensors(self.pixel_values(images), retrieval=retrieval)
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return self.predict_tensors(pixel_values, retrieval=retrieval)
 
@@ -372,7 +404,7 @@ class GeoPredictor:
         """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth."""
         if len(dataset) == 0:
             raise ValueError("the dataset split is empty: nothing to predict")
-        data = dataset.with_transform(example_transform(self.processor.transform, [], None, image_column))
+        data = dataset.with_transform(example_transform(self.transform, [], None, image_column))
         loader = torch.utils.data.DataLoader(
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
@@ -396,11 +428,13 @@ def predict(
     list of image paths, URLs, PIL images or arrays. An unreadable file raises
     :class:`~geohf.images.ImageLoadError` naming it (``geohf predict`` reports and skips them instead).
     ``retrieval=False``: the head's coordinates, not refined by the model folder's retrieval index.
+    ``tta="flip"`` / ``"crops"`` / ``"flip,crops"``: test-time augmentation (see :class:`GeoPredictor`).
     """
+    tta = kwargs.pop("tta", None)
     if isinstance(model, GeoPredictor):
         predictor = model
     else:
-        predictor = GeoPredictor(model, top_k=top_k, bf16=bf16, retrieval=retrieval)
+        predictor = GeoPredictor(model, top_k=top_k, bf16=bf16, retrieval=retrieval, tta=tta)
     if hasattr(inputs, "column_names"):
         return predictor.predict_dataset(inputs, batch_size=batch_size, retrieval=retrieval, **kwargs)
     from .images import load_image

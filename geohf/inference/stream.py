@@ -150,7 +150,6 @@ def iter_predictions(
     in a thread while the model runs (libpng and PIL release the GIL); off by default, as on two
     cores it only competes with the forward's own threads (docs/benchmarks.md).
     """
-    processor = predictor.processor
     batches = _decoded_batches(ItemDataset(items), batch_size, num_workers)
     batches = _in_thread(batches) if decode_thread else batches
     with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
@@ -166,7 +165,8 @@ def iter_predictions(
             done: dict[int, Prediction] = {}
             for key, group in groups.items():
                 # the whole group resized and normalised at once (one interpolate per image size)
-                pixel_values = processor.pixel_values([p for g in group for p in g.pixels])
+                predictor.check_single_views(bool(key))
+                pixel_values = predictor.pixel_values([p for g in group for p in g.pixels])
                 if key:  # places: (items, views, 3, S, S)
                     pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
                 predictions = predictor.predict_tensors(pixel_values)

@@ -19,6 +19,7 @@ Weight sources (``pretrained`` argument of :func:`load_backbone_weights`):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -60,14 +61,39 @@ def backbone_preprocessing(name: str, backbone_kwargs: dict | None = None) -> di
         return tower_preprocessing(name, backbone_kwargs["hf_config"])
     cfg = timm.get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
-    size = backbone_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
+    size = backbone_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-2:]
+    if isinstance(size, (tuple, list)):
+        size = int(size[0]) if size[0] == size[-1] else [int(size[0]), int(size[-1])]
     return {
-        "image_size": int(size if not isinstance(size, (tuple, list)) else size[-1]),
+        "image_size": int(size) if isinstance(size, int) else size,
         "interpolation": cfg.get("interpolation", "bicubic"),
         "crop_pct": float(cfg.get("crop_pct", 0.875)),
         "image_mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
         "image_std": list(cfg.get("std", (0.229, 0.224, 0.225))),
     }
+
+
+@functools.cache
+def _timm_patch_grid(name: str) -> tuple[int, int] | None:
+    """The input (H, W) a timm model's patch embedding is built for, ``None`` for a model without one (a CNN
+    takes any size); built on the meta device, so no memory or weights."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+    except Exception:  # noqa: BLE001 - an unknown name fails later with create_backbone's own message
+        return None
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return None if size is None else (int(size[0]), int(size[1]))
+
+
+def timm_takes_img_size(name: str) -> bool:
+    """Whether a timm architecture fixes its input size at creation (``img_size``: ViTs and their kin)."""
+    return not is_transformers_name(name) and _timm_patch_grid(name) is not None
+
+
+def timm_native_hw(name: str) -> tuple[int, int] | None:
+    """The (H, W) a timm ViT is built for by default."""
+    return _timm_patch_grid(name)
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
@@ -168,7 +194,13 @@ def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.Path
     if pretrained == "hub":
         if isinstance(model, TransformersBackbone):
             return load_tower_weights(model, name)
-        ref = timm.create_model(name, pretrained=True, num_classes=getattr(model, "num_classes", 0))
+        extra = (
+            {"img_size": tuple(model.patch_embed.img_size)}
+            if hasattr(getattr(model, "patch_embed", None), "img_size")
+            else {}
+        )
+        # timm's loader resamples a ViT's position embeddings to the grid of img_size
+        ref = timm.create_model(name, pretrained=True, num_classes=getattr(model, "num_classes", 0), **extra)
         model.load_state_dict(ref.state_dict())
         return f"timm/{name} (Hugging Face Hub)"
     if pretrained == "offline":
@@ -178,7 +210,13 @@ def load_backbone_weights(model: nn.Module, name: str, pretrained: str | os.Path
         path, source = Path(pretrained), f"file {Path(pretrained).name}"
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights {path} do not exist; pass a .safetensors or .pth state dict")
-    model.load_state_dict(match_state_dict(model, read_state_dict(path)))
+    state = read_state_dict(path)
+    if not isinstance(model, TransformersBackbone) and hasattr(getattr(model, "patch_embed", None), "img_size"):
+        # a ViT built for another grid: its module's checkpoint filter resamples the position embeddings
+        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None and set(model.state_dict()) <= set(state):
+            state = filter_fn(state, model)
+    model.load_state_dict(match_state_dict(model, state))
     return source
 
 

@@ -15,6 +15,8 @@ COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
 HYBRID_EXTENT = ("latitude", "longitude", "lat_min", "lat_max", "lon_min", "lon_max")
 ANSWERS = ("point", "hierarchical", "cell")
+RESIZE_MODES = ("crop", "pad", "stretch")
+TIMM_CROP_MODES = {"crop": "center", "pad": "border", "stretch": "squash"}
 CELL_COLUMN_PREFIX = "cell_"
 
 
@@ -116,8 +118,10 @@ class GeoConfig(PreTrainedConfig):
         backbone: timm architecture name (``tf_efficientnet_lite0``, ``resnet50``, ``vit_small_patch16_224``...).
         backbone_kwargs: extra keyword arguments for ``timm.create_model`` (``drop_path_rate``...).
         pretrained_source: where the backbone weights came from (provenance for model cards).
-        image_size: square input side in pixels.
+        image_size: square input side in pixels, or ``[height, width]`` for full frames of another aspect.
         interpolation, crop_pct, image_mean, image_std: the eval preprocessing (timm data config).
+        resize_mode: how a frame of another aspect becomes ``image_size``: ``crop`` (shorter side fitted,
+            centre crop), ``pad`` (longer side fitted, letterboxed with the mean colour) or ``stretch``.
         heads: the heads, as :class:`HeadSpec` objects or their dicts (stored as dicts).
         primary_head: the head whose logits are ``outputs.logits`` (and the image-classification
             pipeline's labels); defaults to the first classification-type head.
@@ -145,7 +149,8 @@ class GeoConfig(PreTrainedConfig):
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained_source: str | None = None
     embed_dim: int | None = None
-    image_size: int = 224
+    image_size: int | list[int] = 224
+    resize_mode: str = "crop"
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -168,6 +173,12 @@ class GeoConfig(PreTrainedConfig):
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
+        if isinstance(self.image_size, (list, tuple)):  # [H, W]; a square one is the int
+            self.image_size = (
+                int(self.image_size[0]) if self.image_size[0] == self.image_size[1] else list(self.image_size)
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.answer not in ANSWERS:
             raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
         specs = self.head_specs
@@ -195,13 +206,19 @@ class GeoConfig(PreTrainedConfig):
         raise KeyError(f"no head named {name!r}; heads are {[h['name'] for h in self.heads]}")
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        size = self.image_size
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
     def data_config(self) -> dict[str, Any]:
         """timm data config of the eval preprocessing."""
         return {
-            "input_size": (3, self.image_size, self.image_size),
+            "input_size": (3, *self.input_hw),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
-            "crop_mode": "center",
+            "crop_mode": TIMM_CROP_MODES[self.resize_mode],
             "mean": tuple(self.image_mean),
             "std": tuple(self.image_std),
         }

@@ -25,9 +25,16 @@ from ..geo.cells import CellPartition, fit_cells
 from ..geo.countries import country_name
 from ..geo.labelling import LABEL_COLUMNS
 from ..geo.sphere import spherical_mean
-from .backbones import backbone_preprocessing, is_transformers_name, transformers_backbone_kwargs
+from .backbones import (
+    backbone_preprocessing,
+    is_transformers_name,
+    timm_native_hw,
+    timm_takes_img_size,
+    transformers_backbone_kwargs,
+)
 from .configuration_geohf import CELL_COLUMN_PREFIX, DEFAULT_QUEUE_SIZE, GALLERIES, GeoConfig, HeadSpec
 from .heads import GeoClipHead
+from .image_processing_geohf import parse_image_size, size_hw
 from .location_encoder import GeoClipFiles, geoclip_files
 from .modeling_geohf import GeoModelForImageGeolocation, build_model
 
@@ -272,17 +279,30 @@ def make_config(
     backbone: str,
     heads: list[HeadSpec],
     backbone_kwargs: dict[str, Any] | str | None = None,
-    image_size: int | None = None,
+    image_size: int | str | tuple[int, int] | None = None,
     crop_pct: float | None = None,
+    resize_mode: str | None = None,
     **config_kwargs,
 ) -> GeoConfig:
-    """A GeoConfig whose preprocessing follows the backbone's own (timm data config or transformers processor)."""
+    """A GeoConfig whose preprocessing follows the backbone's own (timm data config or transformers processor).
+
+    ``image_size`` (``224``, ``"192x336"``, ``(192, 336)``) overrides the backbone's square side; a timm ViT is
+    then built for that grid (``img_size=(H, W)``, its position embeddings resampled when pretrained weights
+    load), a transformers ViT interpolates its position embeddings at run time. ``resize_mode``: ``crop``
+    (default), ``pad`` or ``stretch``."""
     kwargs = json.loads(backbone_kwargs) if isinstance(backbone_kwargs, str) else dict(backbone_kwargs or {})
     if is_transformers_name(backbone):
         kwargs.update(transformers_backbone_kwargs(backbone))
+    size = parse_image_size(image_size)
+    if size and "hf_config" not in kwargs and "img_size" not in kwargs and timm_takes_img_size(backbone):
+        hw = size_hw(size)
+        if hw != timm_native_hw(backbone):
+            kwargs["img_size"] = list(hw)
     prep = backbone_preprocessing(backbone, kwargs)
-    if image_size:
-        prep["image_size"] = image_size
+    if size:
+        prep["image_size"] = size if isinstance(size, int) else list(size)
+    if resize_mode is not None:
+        prep["resize_mode"] = resize_mode
     if crop_pct is not None:
         prep["crop_pct"] = crop_pct
     return GeoConfig(backbone=backbone, backbone_kwargs=kwargs, heads=heads, **prep, **config_kwargs)
@@ -297,8 +317,9 @@ def create_model(
     cells_from_column: bool | None = None,
     tau_km: float = 75.0,
     hierarchy_levels: int | None = None,
-    image_size: int | None = None,
+    image_size: int | str | tuple[int, int] | None = None,
     crop_pct: float | None = None,
+    resize_mode: str | None = None,
     backbone_kwargs: dict[str, Any] | str | None = None,
     revision: str | None = None,
     label_scan_rows: int = 10_000,
@@ -328,7 +349,10 @@ def create_model(
             from the dataset.
         tau_km: haversine smoothing temperature (hybrid heads: 0 trains plain cross-entropy).
         hierarchy_levels: cell heads also train cross-entropy over this many coarser quadtree levels.
-        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides;
+        image_size, crop_pct, backbone_kwargs: preprocessing and ``timm.create_model`` overrides (``image_size``:
+            ``224`` or ``"HxW"``; a ViT gets position embeddings for that grid, see :func:`make_config`);
+        resize_mode: ``crop`` (default: the shorter side fitted, centre crop), ``pad`` (the whole frame,
+            letterboxed) or ``stretch``;
             ``backbone_kwargs={"projection": True}`` keeps a CLIP tower's projection, ``{"pooling": "cls+mean"}``
             pools a DINOv2 tower as its linear probe does.
         gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
@@ -351,7 +375,7 @@ def create_model(
     specs = head_specs(
         kinds, train, partition, name, tau_km, from_column, label_scan_rows, hierarchy_levels, gallery, queue_size
     )
-    config = make_config(backbone, specs, backbone_kwargs, image_size, crop_pct, **config_kwargs)
+    config = make_config(backbone, specs, backbone_kwargs, image_size, crop_pct, resize_mode, **config_kwargs)
     model = build_model(config, pretrained)
     for head in model.heads.values():
         if release is not None and isinstance(head, GeoClipHead):

@@ -51,6 +51,17 @@ class GeoHead(nn.Module):
         """Fuse per-view outputs (B, V, K) into (B, K): mean over views."""
         return logits.mean(1)
 
+    def fuse_augmented(self, out: torch.Tensor) -> torch.Tensor:
+        """Fuse outputs (B, V, K) of test-time augmented views of one image: the mean of the class
+        log-probabilities (a normalised geometric mean of the views' probabilities), other outputs (a hybrid
+        head's offsets) averaged; a head without classes fuses as :meth:`fuse`."""
+        if not hasattr(self, "num_classes"):
+            return self.fuse(out)
+        classes = self.class_logits(out)
+        log_probs = torch.log_softmax(classes.float(), dim=-1).mean(1)
+        rest = out[..., classes.shape[-1] :]
+        return torch.cat([log_probs, rest.float().mean(1)], dim=-1) if rest.shape[-1] else log_probs
+
 
 class ClassificationHead(GeoHead):
     """Cross-entropy over the classes in ``spec.labels``.

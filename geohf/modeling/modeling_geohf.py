@@ -286,6 +286,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         labels: torch.Tensor | dict[str, torch.Tensor] | None = None,
         coordinates: torch.Tensor | None = None,
         output_embeddings: bool = False,
+        augmented_views: bool = False,
         **kwargs,
     ) -> GeoModelOutput:
         r"""
@@ -293,16 +294,20 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
             heads' targets may also come as ``labels_<head name>`` keyword arguments.
         coordinates: (batch, 2) true latitude, longitude in degrees (haversine, regression and GeoCLIP losses).
         output_embeddings: also return the pooled embeddings.
+        augmented_views: (batch, views, 3, H, W) are test-time augmented views of one image each (flips,
+            crops): every head's views fuse by the mean of their class log-probabilities, never by ``fusion``.
         """
         embeddings = self.geo(pixel_values).embeddings
-        if embeddings.ndim == 3 and self.fusion is not None:
+        if embeddings.ndim == 3 and self.fusion is not None and not augmented_views:
             embeddings = self.fusion(embeddings)  # attention over views, then the heads
         multiview = embeddings.ndim == 3
         head_inputs = embeddings  # per view: a contrastive (GeoCLIP) loss averages its views' logits
         logits_per_head = {}
         for name, head in self.heads.items():
             out = head(embeddings)
-            logits_per_head[name] = head.fuse(out) if multiview else out  # mean of per-view logits
+            if multiview:  # mean of per-view logits (places), or of log-probabilities (augmented views)
+                out = head.fuse_augmented(out) if augmented_views else head.fuse(out)
+            logits_per_head[name] = out
         if multiview:
             embeddings = embeddings.mean(1)
 

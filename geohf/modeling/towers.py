@@ -210,12 +210,22 @@ class TransformersBackbone(nn.Module):
             width = config.projection_dim
         self.num_features = int(width * (2 if pooling == "cls+mean" else 1))
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        import inspect
+
+        # ViT, CLIP, SigLIP: position embeddings interpolated to another input grid (non-square full frames);
+        # DINOv2 always interpolates, SigLIP2 takes any grid of patches
+        self._interpolates = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+        native = getattr(config, "image_size", None)
+        self._native_hw = tuple(native) if isinstance(native, (list, tuple)) else (native, native)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.family == "siglip2":
             patches, mask, shapes = patchify(pixel_values, self.model.config.patch_size)
             return self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes).pooler_output
-        out = self.model(pixel_values=pixel_values)
+        extra = {}
+        if self._interpolates and tuple(pixel_values.shape[-2:]) != self._native_hw:
+            extra["interpolate_pos_encoding"] = True
+        out = self.model(pixel_values=pixel_values, **extra)
         if self.projection:
             return out.image_embeds
         if self.pooling == "cls+mean":

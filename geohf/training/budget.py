@@ -11,14 +11,15 @@ from transformers import TrainerCallback
 def probe_train_throughput(
     model: torch.nn.Module,
     batch_size: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     bf16: bool = True,
     channels_last: bool = True,
     steps: int = 3,
 ) -> float:
     """Images/s of forward + backward on random data (optimizer step excluded; weights untouched)."""
     model.train()
-    x = torch.randn(batch_size, 3, image_size, image_size)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = torch.randn(batch_size, 3, h, w)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     elapsed = 0.0

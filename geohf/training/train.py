@@ -79,7 +79,20 @@ class ModelArguments:
             "help": "geoclip head from random weights (default: GeoCLIP's released ones, from the geoclip package)"
         },
     )
-    image_size: int | None = field(default=None, metadata={"help": "input side in px (default: backbone's)"})
+    image_size: str | None = field(
+        default=None,
+        metadata={
+            "help": "input size in px: a side (224) or HEIGHTxWIDTH (192x336, full frames of wide images; ViTs get "
+            "position embeddings for that grid); default: the backbone's square"
+        },
+    )
+    resize_mode: str = field(
+        default="crop",
+        metadata={
+            "help": "how a frame of another aspect fits image_size: crop (shorter side fitted, centre crop), pad "
+            "(whole frame, letterboxed with the mean colour) or stretch"
+        },
+    )
     crop_pct: float | None = field(
         default=None, metadata={"help": "eval centre-crop fraction (default: backbone's; 1.0 keeps the whole image)"}
     )
@@ -103,6 +116,20 @@ class ModelArguments:
     )
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 × lora_r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+
+    def __post_init__(self):
+        from ..modeling.configuration_geohf import RESIZE_MODES
+        from ..modeling.image_processing_geohf import parse_image_size
+
+        try:
+            parse_image_size(self.image_size)
+        except UserError:
+            raise UserError(
+                f"--image_size {self.image_size!r}: give one side or HEIGHTxWIDTH in positive pixels, "
+                "e.g. 224 or 192x336"
+            ) from None
+        if self.resize_mode not in RESIZE_MODES:
+            raise UserError(f"--resize_mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")
 
 
 @dataclass
@@ -183,6 +210,7 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         hierarchy_levels=model_args.hierarchy_levels,
         image_size=model_args.image_size,
         crop_pct=model_args.crop_pct,
+        resize_mode=model_args.resize_mode,
         backbone_kwargs=model_args.backbone_kwargs,
         label_scan_rows=label_rows,
         coordinate_method=model_args.coordinate_method,
@@ -194,6 +222,37 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         queue_size=model_args.geoclip_queue_size,
         from_scratch=model_args.from_scratch,
     )
+
+
+WIDE_ASPECT = 1.3
+"""A training split whose median width / height (or height / width) exceeds this is called non-square."""
+
+
+def warn_if_wide_frames(train, config, image_column: str = "image") -> float | None:
+    """Log when the training images are clearly not square (median aspect > :data:`WIDE_ASPECT`) but the model
+    centre-crops a square: the crop drops the frame's sides; suggests ``--resize_mode pad --image_size HxW``.
+    Defaults are not changed. Returns the median aspect (``None`` when it cannot be read)."""
+    from ..data.transforms import median_aspect
+
+    aspect = median_aspect(train, image_column)
+    if aspect is None:
+        return None
+    h, w = config.input_hw
+    wide = max(aspect, 1 / aspect) > WIDE_ASPECT
+    if wide and h == w and getattr(config, "resize_mode", "crop") == "crop":
+        kept = min(aspect, 1 / aspect)
+        side = h
+        hw = f"{side}x{round(side * aspect / 16) * 16}" if aspect > 1 else f"{round(side / aspect / 16) * 16}x{side}"
+        logger.warning(
+            "geohf: the training images' median aspect (width / height) is %.2f, but the model centre-crops a "
+            "%d px square and so sees %.0f %% of each frame; pass --resize_mode pad --image_size %s to train "
+            "on full frames",
+            aspect,
+            side,
+            100 * kept,
+            hw,
+        )
+    return aspect
 
 
 def apply_finetuning_mode(model: GeoModelForImageGeolocation, model_args: ModelArguments) -> None:
@@ -245,6 +304,8 @@ def run_training(
     train, evalset = prepare_datasets(data_args, training_args)
     model = build_or_load_model(model_args, data_args, train, training_args.label_scan_rows)
     apply_finetuning_mode(model, model_args)
+    if not data_args.streaming:
+        warn_if_wide_frames(train, model.config, training_args.image_column)
 
     def make_trainer(**kwargs) -> GeoTrainer:
         return GeoTrainer(
