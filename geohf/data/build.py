@@ -145,9 +145,12 @@ def fit_partitions(
 
 
 def _rows(
-    frame: pd.DataFrame, load_image: Callable[[pd.Series], dict], columns: list[str], desc: str
+    frame: pd.DataFrame, split: str, load_image: Callable[[pd.Series], dict], columns: list[str]
 ) -> Iterator[dict]:
-    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=desc, unit="img", leave=False):
+    """The rows of one split, encoded for writing; the split's sub-table is taken only when its turn
+    comes (taking all three up front held a second copy of the whole table for the whole write)."""
+    frame = frame[frame["split"] == split]
+    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=f"writing {split}", unit="img", leave=False):
         out = {c: row[c] for c in columns}
         out["image"] = load_image(row)
         yield out
@@ -202,7 +205,7 @@ def write_labelled_dataset(
     features = features_for(frame, partitions, extra_features)
     columns = [c for c in features if c != "image"]
     split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
-    splits = {s: _rows(frame[frame["split"] == s], load_image, columns, f"writing {s}") for s in split_names}
+    splits = {s: _rows(frame, s, load_image, columns) for s in split_names}
     processing = dict(processing or {})
     has_skips = skips is not None and bool(skips.entries or skips.fixes)
 
