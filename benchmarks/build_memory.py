@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys, threading, time
+from pathlib import Path
 import psutil
 import geohf.data.pipeline as pipeline, geohf.data.build as build, geohf.data.filters as filters
 from geohf.data import folder
@@ -66,16 +67,19 @@ def counted_write(self, row):
 folder.ShardWriter.write = counted_write
 
 samples, start, done = [], time.perf_counter(), threading.Event()
-def sample():
+def sample():  # every 0.25 s; the samples so far are saved every 10 s, so a run cut short still tells
+    last = time.perf_counter()
     while not done.is_set():
         samples.append([round(time.perf_counter() - start, 2), rss(), state["stage"], state["checked"], state["written"]])
+        if time.perf_counter() - last > 10:
+            Path(samples_path + ".partial").write_text(json.dumps({"samples": samples}))
+            last = time.perf_counter()
         done.wait(0.25)
 thread = threading.Thread(target=sample, daemon=True)
 thread.start()
 report = build_dataset(BuildConfig(**cfg_dict))
 done.set(); thread.join()
 samples.append([round(time.perf_counter() - start, 2), rss(), "done", state["checked"], state["written"]])
-Path = __import__("pathlib").Path
 Path(samples_path).write_text(json.dumps({"samples": samples, "splits": report.splits,
                                           "processing": report.processing, "partitions": report.partitions,
                                           "seconds": time.perf_counter() - start}))
@@ -118,7 +122,7 @@ def generate(root: Path, n: int, seed: int = 0) -> Path:
 
 
 def summarize(samples: list, n_images: int) -> dict:
-    """RSS at each 10% of the images written, and the peak per stage (MB)."""
+    """RSS at each 10% of the images written (then, and the peak until then), and the peak per stage (MB)."""
     mb = lambda b: round(b / 2**20, 1)  # noqa: E731
     written = np.array([s[4] for s in samples])
     rss = np.array([s[1] for s in samples])
@@ -127,7 +131,8 @@ def summarize(samples: list, n_images: int) -> dict:
     for pct in range(10, 101, 10):
         reached = np.flatnonzero(written >= total * pct / 100)
         if reached.size:
-            curve[f"{pct}%"] = {"written": int(written[reached[0]]), "rss_mb": mb(rss[: reached[0] + 1].max())}
+            i = reached[0]
+            curve[f"{pct}%"] = {"written": int(written[i]), "rss_mb": mb(rss[i]), "peak_so_far_mb": mb(rss[: i + 1].max())}
     stages: dict[str, float] = {}
     for s in samples:
         stages[s[2]] = max(stages.get(s[2], 0.0), mb(s[1]))
