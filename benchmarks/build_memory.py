@@ -70,7 +70,8 @@ samples, start, done = [], time.perf_counter(), threading.Event()
 def sample():  # every 0.25 s; the samples so far are saved every 10 s, so a run cut short still tells
     last = time.perf_counter()
     while not done.is_set():
-        samples.append([round(time.perf_counter() - start, 2), rss(), state["stage"], state["checked"], state["written"]])
+        now = round(time.perf_counter() - start, 2)
+        samples.append([now, rss(), state["stage"], state["checked"], state["written"]])
         if time.perf_counter() - last > 10:
             Path(samples_path + ".partial").write_text(json.dumps({"samples": samples}))
             last = time.perf_counter()
@@ -132,12 +133,21 @@ def summarize(samples: list, n_images: int) -> dict:
         reached = np.flatnonzero(written >= total * pct / 100)
         if reached.size:
             i = reached[0]
-            curve[f"{pct}%"] = {"written": int(written[i]), "rss_mb": mb(rss[i]), "peak_so_far_mb": mb(rss[: i + 1].max())}
+            curve[f"{pct}%"] = {
+                "written": int(written[i]),
+                "rss_mb": mb(rss[i]),
+                "peak_so_far_mb": mb(rss[: i + 1].max()),
+            }
     stages: dict[str, float] = {}
     for s in samples:
         stages[s[2]] = max(stages.get(s[2], 0.0), mb(s[1]))
-    return {"images": n_images, "written": total, "peak_rss_mb": mb(rss.max()), "curve_written": curve,
-            "peak_by_stage_mb": stages}
+    return {
+        "images": n_images,
+        "written": total,
+        "peak_rss_mb": mb(rss.max()),
+        "curve_written": curve,
+        "peak_by_stage_mb": stages,
+    }
 
 
 def plot(samples: list, path: Path, title: str) -> None:
@@ -180,8 +190,14 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
     raw = generate(out / f"raw-{args.images}", args.images)
-    cfg = {"layout": "imagefolder", "input": str(raw), "output": str(out / f"ds-{args.images}"),
-           "overwrite": True, "num_proc": args.num_proc, "cells": args.cells}
+    cfg = {
+        "layout": "imagefolder",
+        "input": str(raw),
+        "output": str(out / f"ds-{args.images}"),
+        "overwrite": True,
+        "num_proc": args.num_proc,
+        "cells": args.cells,
+    }
     if args.shard:
         cfg["shard"] = args.shard
     tag = f"{args.images}-np{args.num_proc}" + (f"-shard{args.shard.replace('/', 'of')}" if args.shard else "")
@@ -191,9 +207,15 @@ def main(argv=None) -> dict:
     if proc.returncode:
         raise SystemExit(f"build failed (exit {proc.returncode})")
     run = json.loads(samples_path.read_text())
-    result = {"args": vars(args), **summarize(run["samples"], args.images), "seconds": round(run["seconds"], 1),
-              "images_per_s": round(sum(run["splits"].values()) / run["seconds"], 1), "splits": run["splits"],
-              "processing": run["processing"], "partitions": run["partitions"]}
+    result = {
+        "args": vars(args),
+        **summarize(run["samples"], args.images),
+        "seconds": round(run["seconds"], 1),
+        "images_per_s": round(sum(run["splits"].values()) / run["seconds"], 1),
+        "splits": run["splits"],
+        "processing": run["processing"],
+        "partitions": run["partitions"],
+    }
     (out / f"memory-{tag}.json").write_text(json.dumps({**result, "samples": run["samples"]}))
     plot(run["samples"], out / f"memory-{tag}.png", f"geohf dataset build, {args.images:,} images")
     print(json.dumps(result, indent=2))

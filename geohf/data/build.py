@@ -240,8 +240,13 @@ def write_labelled_dataset(
                 "them all (the card gives no per-split sizes to check against, so that works)."
             ).strip()
         if shard is not None:
-            meta = {**shard, "card": card, "processing": processing, "labelling": labelling or {},
-                    "splits": {s: {"num_examples": i.num_examples, "num_bytes": i.num_bytes} for s, i in infos.items()}}
+            meta = {
+                **shard,
+                "card": card,
+                "processing": processing,
+                "labelling": labelling or {},
+                "splits": {s: {"num_examples": i.num_examples, "num_bytes": i.num_bytes} for s, i in infos.items()},
+            }
             (root / SHARD_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return dataset_card_text(frame, features, infos, partitions, processing, card_fields, labelling or {})
 
@@ -265,7 +270,8 @@ def dataset_card_text(
     from .folder import yaml_metadata
 
     n = len(frame)
-    size = "n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
+    bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+    size = next((name for limit, name in bounds if n < limit), "1M<n<10M")
     card_data = {
         "license": card.get("license", "other"),
         "pretty_name": card["pretty_name"],

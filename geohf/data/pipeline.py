@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-
 from PIL import ExifTags, Image
 
 from ..errors import UserError

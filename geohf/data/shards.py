@@ -153,7 +153,9 @@ def _sum_counts(dicts: list[dict]) -> dict:
     return out
 
 
-def merge_shards(output_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], overwrite: bool = False) -> BuildReport:
+def merge_shards(
+    output_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], overwrite: bool = False
+) -> BuildReport:
     """Join the folders of every shard of one sharded build into one dataset folder with one card.
 
     The Parquet files are hard-linked (copied across file systems) under one numbering per split,
@@ -209,8 +211,10 @@ def merge_shards(output_dir: str | os.PathLike, shard_dirs: list[str | os.PathLi
             seconds=seconds,
         )
         (tmp / BUILD_REPORT).write_text(
-            json.dumps({**report.to_dict(), "merged_from": {"build_id": first.meta["build_id"], "shards": len(shards)}},
-                       indent=2)
+            json.dumps(
+                {**report.to_dict(), "merged_from": {"build_id": first.meta["build_id"], "shards": len(shards)}},
+                indent=2,
+            )
         )
         card = {**first.meta["card"], "skipped_file": SKIPPED_CSV if skipped else ""}
         card["command"] = re.sub(r" --shard \S+", "", card.get("command", "")) + (

@@ -42,9 +42,7 @@ def _build(raw, out, admin1_path, shard=None, **kw):
 
 def _rows(folder) -> pd.DataFrame:
     ds = load_dataset(str(folder))
-    frames = [
-        ds[s].remove_columns("image").to_pandas().assign(split=s) for s in ds
-    ]
+    frames = [ds[s].remove_columns("image").to_pandas().assign(split=s) for s in ds]
     return pd.concat(frames).sort_values("source_file").reset_index(drop=True)
 
 
