@@ -94,6 +94,15 @@ def _dataset_build(args: argparse.Namespace) -> int:
         raise UserError(f"--output {args.output}: already exists; pass --overwrite to replace it")
     if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
         raise UserError(f"--fractions {' '.join(map(str, args.fractions))}: need three shares >= 0 summing to 1")
+    if args.shard:
+        from .data.shards import Shard
+
+        Shard.parse(args.shard)
+        if args.layout == "bluemarble":
+            raise UserError("--shard: the bluemarble layout is built on one machine (it is small); drop --shard")
+        if args.balance or args.buffer_km:
+            flag = "--balance" if args.balance else "--buffer-km"
+            raise UserError(f"--shard {args.shard}: {flag} needs every image's check result at once; drop --shard")
     from .data.balance import BalanceSpec
     from .data.build import CellSpec
     from .data.filters import ImageFilter
@@ -128,6 +137,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
         keep_exif=args.keep_exif,
         seed=args.seed,
         num_proc=args.num_proc,
+        shard=args.shard,
         overwrite=args.overwrite,
         repo_id=args.repo_id,
         tiles={"train": args.train, "validation": args.validation, "test": args.test},
@@ -140,6 +150,16 @@ def _dataset_build(args: argparse.Namespace) -> int:
     skipped = {k: v for k, v in report.processing.items() if k.startswith("skipped")}
     if skipped:
         print("skipped: " + ", ".join(f"{k[9:]} {v}" for k, v in skipped.items()) + " (see skipped.csv)")
+    return 0
+
+
+def _dataset_merge(args: argparse.Namespace) -> int:
+    if Path(args.output).exists() and not args.overwrite:
+        raise UserError(f"{args.output}: already exists; pass --overwrite to replace it")
+    from .data.shards import merge_shards
+
+    report = merge_shards(args.output, args.shards, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {report.splits} from {len(args.shards)} shards, cells {report.partitions}")
     return 0
 
 
@@ -459,7 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --max-side: copy the GPS block of the EXIF into the shrunk images",
     )
-    build.add_argument("--num-proc", dest="num_proc", type=int, default=1)
+    build.add_argument(
+        "--num-proc", dest="num_proc", type=int, default=1, help="processes checking (decoding) the images"
+    )
+    build.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="build shard K of N (1-based) only, e.g. on machine K of N; join the N folders with geohf dataset merge",
+    )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
     build.add_argument("--overwrite", action="store_true")
@@ -477,6 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(a coarser rendering, for resolution-shift tests)",
     )
     build.set_defaults(func=_dataset_build)
+
+    merge = ds_sub.add_parser(
+        "merge", help="join the folders of every shard of a sharded build (--shard K/N) into one dataset folder"
+    )
+    merge.add_argument("output", help="dataset folder to write")
+    merge.add_argument("shards", nargs="+", help="the shard folders, one per K")
+    merge.add_argument("--overwrite", action="store_true")
+    merge.set_defaults(func=_dataset_merge)
 
     imp = ds_sub.add_parser(
         "import",

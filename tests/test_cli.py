@@ -230,6 +230,11 @@ USER_ERRORS = {
         "already exists; pass --overwrite",
     ),
     "dataset push: missing folder": (["dataset", "push", "./missing", "--repo-id", "a/b"], "no such dataset folder"),
+    "dataset build: bad --shard": (
+        ["dataset", "build", "--layout", "bluemarble", "--output", "{tmp}/ds", "--shard", "3/2"],
+        "--shard 3/2: K must be between 1 and N",
+    ),
+    "dataset merge: not a shard": (["dataset", "merge", "{tmp}/merged", "{tmp}"], "not a shard of a sharded build"),
     "demo: missing boundaries": (["demo", "--boundaries", "./missing.parquet"], "--boundaries ./missing.parquet"),
     "collect plan: unknown region": (
         ["collect", "plan", "--regions", "Atlantis", "--per-region", "3", "--output", "{tmp}/p.parquet"],

@@ -33,6 +33,7 @@ from .skips import SkipLog
 CELLS_DIR = "cells"
 BUILD_REPORT = "build_report.json"
 SKIPPED_CSV = "skipped.csv"
+SHARD_FILE = "shard.json"
 
 COLUMN_MEANINGS = {
     "image": "the image (PNG/JPEG bytes embedded in the Parquet shard)",
@@ -144,9 +145,12 @@ def fit_partitions(
 
 
 def _rows(
-    frame: pd.DataFrame, load_image: Callable[[pd.Series], dict], columns: list[str], desc: str
+    frame: pd.DataFrame, split: str, load_image: Callable[[pd.Series], dict], columns: list[str]
 ) -> Iterator[dict]:
-    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=desc, unit="img", leave=False):
+    """The rows of one split, encoded for writing; the split's sub-table is taken only when its turn
+    comes (taking all three up front held a second copy of the whole table for the whole write)."""
+    frame = frame[frame["split"] == split]
+    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=f"writing {split}", unit="img", leave=False):
         out = {c: row[c] for c in columns}
         out["image"] = load_image(row)
         yield out
@@ -166,6 +170,8 @@ def write_labelled_dataset(
     boundaries=None,
     extra_features: dict[str, Any] | None = None,
     allow_no_train: bool = False,
+    partitions: dict[str, CellPartition] | None = None,
+    shard: dict[str, Any] | None = None,
 ) -> BuildReport:
     """Fit cells, assign them, and write the dataset folder with card, map and partitions.
 
@@ -178,11 +184,17 @@ def write_labelled_dataset(
         boundaries: boundary table for the partitions that need one (semantic, fishnet).
         extra_features: features of a source's own columns to keep (``{"IMG_ID": Value("string")}``).
         allow_no_train: fit the partitions on all rows when there is no training split.
+        partitions: already fitted partitions (a sharded build fits them on every shard's rows);
+            ``cell_specs`` is then unused.
+        shard: one shard of a sharded build (``{"index", "count", "tag", "build_id", ...}``): its
+            Parquet files carry ``tag`` in their names and ``shard.json`` records it with the card
+            fields, for ``geohf dataset merge``.
 
     Rows without coordinates (country-only labels) get cell -1 in every partition.
     """
     start = time.perf_counter()
-    partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
+    if partitions is None:
+        partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
     frame = frame.copy()
     located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
     for name, part in partitions.items():
@@ -193,7 +205,7 @@ def write_labelled_dataset(
     features = features_for(frame, partitions, extra_features)
     columns = [c for c in features if c != "image"]
     split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
-    splits = {s: _rows(frame[frame["split"] == s], load_image, columns, f"writing {s}") for s in split_names}
+    splits = {s: _rows(frame, s, load_image, columns) for s in split_names}
     processing = dict(processing or {})
     has_skips = skips is not None and bool(skips.entries or skips.fixes)
 
@@ -219,9 +231,27 @@ def write_labelled_dataset(
         )
         (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
         card_fields = {**card, "skipped_file": SKIPPED_CSV if has_skips else ""}
+        if shard is not None and shard["count"] > 1:
+            card_fields["shard"] = f"{shard['index']}/{shard['count']}"
+            card_fields["split_note"] = (
+                card_fields.get("split_note", "") + f" This folder is shard {shard['index']}/{shard['count']} of a "
+                "sharded build and its counts are this shard's: `geohf dataset merge` joins the shards' folders into "
+                "one, or copy every shard's `data/*.parquet` into one folder, where this card's `configs` glob loads "
+                "them all (the card gives no per-split sizes to check against, so that works)."
+            ).strip()
+        if shard is not None:
+            meta = {
+                **shard,
+                "card": card,
+                "processing": processing,
+                "labelling": labelling or {},
+                "splits": {s: {"num_examples": i.num_examples, "num_bytes": i.num_bytes} for s, i in infos.items()},
+            }
+            (root / SHARD_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return dataset_card_text(frame, features, infos, partitions, processing, card_fields, labelling or {})
 
-    write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite)
+    tag = shard["tag"] if shard else ""
+    write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite, tag)
     report = json.loads((Path(output_dir) / BUILD_REPORT).read_text())
     report.pop("images_per_second")
     return BuildReport(**report)
@@ -240,7 +270,8 @@ def dataset_card_text(
     from .folder import yaml_metadata
 
     n = len(frame)
-    size = "n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+    bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+    size = next((name for limit, name in bounds if n < limit), "1M<n<10M")
     card_data = {
         "license": card.get("license", "other"),
         "pretty_name": card["pretty_name"],
@@ -249,6 +280,8 @@ def dataset_card_text(
         "size_categories": [size],
         **yaml_metadata(features, infos),
     }
+    if card.get("shard"):  # one shard of several: sizes a folder joining every shard's files would not match
+        card_data["dataset_info"].pop("splits")
     counts = frame.groupby(["country_code", "country"]).size().rename("total")
     train = frame[frame["split"] == "train"].groupby(["country_code", "country"]).size().rename("train")
     top = pd.concat([counts, train], axis=1).fillna(0).astype(int).sort_values("total", ascending=False)

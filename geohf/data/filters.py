@@ -265,26 +265,29 @@ def filter_images(
     Adds ``width, height, channel_variance, laplacian_variance`` columns. Runs on
     ``num_proc`` processes, streaming (one image in memory per process).
     """
-    tasks = [(p, cfg.stats_side) for p in frame["source_file"]]
-    if num_proc > 1:
-        with mp.get_context("spawn").Pool(num_proc) as pool:
-            results = list(
-                tqdm(
-                    pool.imap(_quality_task, tasks, chunksize=16),
-                    total=len(tasks),
-                    desc="checking images",
-                    unit="img",
-                    leave=False,
-                )
-            )
-    else:
-        results = [_quality_task(t) for t in tqdm(tasks, desc="checking images", unit="img", leave=False)]
-    stats = pd.DataFrame(results, columns=["channel_variance", "laplacian_variance", "width", "height", "error"])
-    keep = np.ones(len(frame), bool)
-    for i, (item, err) in enumerate(zip(frame["source_file"], stats["error"])):
-        if err:
-            log.skip("images", item, f"undecodable image: {err}; re-download or delete it")
-            keep[i] = False
+    n = len(frame)
+    tasks = ((p, cfg.stats_side) for p in frame["source_file"])
+    # results go straight into arrays (24 bytes per image), not a list of tuples (~140 bytes each)
+    columns = [np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int64), np.zeros(n, np.int64)]
+    errors: dict[int, str] = {}
+    pool = mp.get_context("spawn").Pool(num_proc) if num_proc > 1 else None
+    try:
+        results = pool.imap(_quality_task, tasks, chunksize=16) if pool else map(_quality_task, tasks)
+        for i, result in enumerate(tqdm(results, total=n, desc="checking images", unit="img", leave=False)):
+            for column, value in zip(columns, result[:4]):
+                column[i] = value
+            if result[4]:
+                errors[i] = result[4]
+    finally:
+        if pool is not None:
+            pool.terminate()
+    names = ["channel_variance", "laplacian_variance", "width", "height"]
+    stats = pd.DataFrame(dict(zip(names, columns)))
+    keep = np.ones(n, bool)
+    items = frame["source_file"].to_numpy()
+    for i, err in sorted(errors.items()):
+        log.skip("images", items[i], f"undecodable image: {err}; re-download or delete it")
+        keep[i] = False
     if apply:
         dark = keep & (stats["channel_variance"].to_numpy() < cfg.min_channel_variance)
         for item, v in zip(frame["source_file"][dark], stats["channel_variance"][dark]):
@@ -293,5 +296,5 @@ def filter_images(
         for item, v in zip(frame["source_file"][blur], stats["laplacian_variance"][blur]):
             log.skip("images", item, f"blurry: Laplacian variance {v:.1f} < {cfg.min_laplacian_variance:g}")
         keep &= ~dark & ~blur
-    out = pd.concat([frame.reset_index(drop=True), stats.drop(columns="error")], axis=1)
+    out = pd.concat([frame.reset_index(drop=True), stats], axis=1)
     return out[keep].reset_index(drop=True)

@@ -32,10 +32,16 @@ class SplitInfo:
 
 
 class ShardWriter:
-    """Writes the rows of one split into ``data/<split>-XXXXX-of-YYYYY.parquet`` shards."""
+    """Writes the rows of one split into ``data/<split>-<tag>XXXXX-of-YYYYY.parquet`` shards.
 
-    def __init__(self, root: Path, split: str, features: Features, rows_per_shard: int, batch_rows: int = 256):
-        self.root, self.split, self.features = root, split, features
+    ``tag``: set by a sharded build (``shard00002of00016-``) so that the files of all its shards
+    can lie in one folder without colliding.
+    """
+
+    def __init__(
+        self, root: Path, split: str, features: Features, rows_per_shard: int, batch_rows: int = 256, tag: str = ""
+    ):
+        self.root, self.split, self.features, self.tag = root, split, features, tag
         self.schema = features.arrow_schema
         self.rows_per_shard, self.batch_rows = rows_per_shard, batch_rows
         self.info = SplitInfo(split)
@@ -44,7 +50,7 @@ class ShardWriter:
         self._buffer: list[dict] = []
 
     def _open(self) -> None:
-        path = self.root / DATA_DIR / f"{self.split}-{len(self.info.shards):05d}.parquet"
+        path = self.root / DATA_DIR / f"{self.split}-{self.tag}{len(self.info.shards):05d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         small = _non_binary_columns(self.schema)
         # no dictionary or min/max statistics for image bytes: unique, incompressible blobs that
@@ -82,7 +88,7 @@ class ShardWriter:
         n = len(self.info.shards)
         renamed = []
         for i, name in enumerate(self.info.shards):
-            new = f"{self.split}-{i:05d}-of-{n:05d}.parquet"
+            new = f"{self.split}-{self.tag}{i:05d}-of-{n:05d}.parquet"
             os.replace(self.root / DATA_DIR / name, self.root / DATA_DIR / new)
             renamed.append(new)
         self.info.shards = renamed
@@ -133,11 +139,12 @@ def write_splits(
     splits: dict[str, Iterable[dict]],
     features: Features,
     rows_per_shard: int = 5000,
+    tag: str = "",
 ) -> dict[str, SplitInfo]:
     """Stream each split's rows (already encoded for ``features``) into Parquet shards."""
     infos = {}
     for split, rows in splits.items():
-        writer = ShardWriter(root, split, features, rows_per_shard)
+        writer = ShardWriter(root, split, features, rows_per_shard, tag=tag)
         for row in rows:
             writer.write(row)
         infos[split] = writer.close()
@@ -168,6 +175,7 @@ def write_dataset_folder(
     side_files: Callable[[Path], None] | None = None,
     rows_per_shard: int = 5000,
     overwrite: bool = False,
+    tag: str = "",
 ) -> dict[str, SplitInfo]:
     """Write a complete dataset folder atomically.
 
@@ -176,9 +184,10 @@ def write_dataset_folder(
             ``{"bytes": ..., "path": ...}``). Generators are consumed lazily.
         make_card: called with the temporary folder and split infos, returns README.md text.
         side_files: writes extra files (cell partitions, maps) into the temporary folder.
+        tag: put into every Parquet file name (see :class:`ShardWriter`).
     """
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        infos = write_splits(tmp, splits, features, rows_per_shard)
+        infos = write_splits(tmp, splits, features, rows_per_shard, tag)
         if side_files is not None:
             side_files(tmp)
         (tmp / "README.md").write_text(make_card(tmp, infos), encoding="utf-8")

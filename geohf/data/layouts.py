@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -216,9 +217,12 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         raise UserError(
             f"{found[0]} has no column(s) {missing}: imagefolder metadata needs file_name, latitude, longitude"
         )
-    rows, seen = [], set()
-    for i, rec in enumerate(table.to_dict("records")):
-        name = rec.get("file_name")
+    # column by column into lists (not one dict per row: those were most of a 1M-image build's peak memory)
+    extra = [c for c in IMAGEFOLDER_COLUMNS if c in table]
+    given = {c: table[c].tolist() for c in ("file_name", "latitude", "longitude", *extra)}
+    out: dict[str, list] = {c: [] for c in ("source_file", "latitude", "longitude", *extra)}
+    seen = set()
+    for i, name in enumerate(given["file_name"]):
         where = f"{found[0].name} row {i + 2 if found[0].suffix == '.csv' else i + 1} ({name})"
         if not isinstance(name, str) or not name:
             log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
@@ -231,11 +235,12 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         if not path.is_file():
             log.skip(STAGE, where, f"file not found: {path}")
             continue
-        row = {"source_file": str(path), "latitude": rec["latitude"], "longitude": rec["longitude"]}
-        row.update({c: rec[c] for c in IMAGEFOLDER_COLUMNS if c in rec and pd.notna(rec[c])})
-        rows.append(row)
-    columns = ["source_file", "latitude", "longitude", *[c for c in IMAGEFOLDER_COLUMNS if c in table]]
-    frame = pd.DataFrame(rows, columns=columns)
+        out["source_file"].append(str(path))
+        for c in ("latitude", "longitude", *extra):
+            value = given[c][i]
+            out[c].append(value if c in ("latitude", "longitude") or pd.notna(value) else np.nan)
+    del given
+    frame = pd.DataFrame(out)
     if "location_id" in frame:
         frame["location_id"] = frame["location_id"].astype(str)
     return frame

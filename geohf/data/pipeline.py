@@ -9,9 +9,10 @@ fit geocells on the training split → write Parquet shards, card, map, partitio
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from PIL import ExifTags, Image
 
 from ..errors import UserError
@@ -64,6 +65,7 @@ class BuildConfig:
     keep_exif: bool = False
     seed: int = 0
     num_proc: int = 1
+    shard: str | None = None
     overwrite: bool = False
     repo_id: str | None = None
     card: dict = field(default_factory=dict)
@@ -134,13 +136,20 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     raw = read_layout(cfg.layout, root, log)
     found = len(raw) + len(log)
     frame = validate_coordinates(raw, labeller, log, cfg.fix_swapped)
-    n_disagree, examples = label_disagreements(frame)
-    frame = filter_images(frame, cfg.image_filter, log, cfg.num_proc, apply=cfg.filter)
-    if cfg.dedupe:
-        frame = drop_duplicate_locations(frame, log)
-    if cfg.balance:
-        frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
-    frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
+    del raw
+    partitions, shard_meta = None, None
+    if cfg.shard:
+        frame, log, found, partitions, shard_meta, (n_disagree, examples) = _shard_rows(
+            cfg, frame, log, root, specs, labeller.boundaries
+        )
+    else:
+        n_disagree, examples = label_disagreements(frame)
+        frame = filter_images(frame, cfg.image_filter, log, cfg.num_proc, apply=cfg.filter)
+        if cfg.dedupe:
+            frame = drop_duplicate_locations(frame, log)
+        if cfg.balance:
+            frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
+        frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
     frame["_path"] = frame["source_file"]
@@ -170,7 +179,9 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         "repo_id": cfg.repo_id or "<org>/street-location-images",
         "command": build_command(cfg),
         "images_note": images_note(cfg.max_side, cfg.keep_exif),
-        "split_note": f"Split by {cfg.split_by} (seed {cfg.seed}, fractions {list(cfg.fractions)})"
+        "split_note": f"Split by {cfg.split_by}"
+        + (" hash" if cfg.shard else "")
+        + f" (seed {cfg.seed}, fractions {list(cfg.fractions)})"
         + (f", validation/test images within {cfg.buffer_km:g} km of training dropped" if cfg.buffer_km else "")
         + ".",
         **cfg.card,
@@ -186,7 +197,53 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         cfg.overwrite,
         skips=log,
         boundaries=labeller.boundaries,
+        partitions=partitions,
+        shard=shard_meta,
     )
+
+
+def _shard_rows(cfg: BuildConfig, frame, log: SkipLog, root: Path, specs: list[CellSpec], boundaries):
+    """The rows, skips and counts of one shard of a sharded build (see :mod:`geohf.data.shards`).
+
+    Every shard runs the steps that need all rows on the whole table (duplicates, the hash split,
+    fitting the geocells on every training row: before the image check, whose outcome on the
+    other machines a shard cannot know), then checks the images of its own rows only. Each skip
+    is counted in the shard its item's relative path hashes to, so the shards' counts add up.
+    """
+    from .build import fit_partitions
+    from .shards import Shard, build_id
+
+    shard = Shard.parse(cfg.shard)
+    if cfg.balance or cfg.buffer_km:
+        flag = "--balance" if cfg.balance else "--buffer-km"
+        raise UserError(f"--shard {cfg.shard}: {flag} needs every image's check result at once; build without --shard")
+    rel = pd.Series([_relative(p, root) for p in frame["source_file"]], index=frame.index)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output", "shard", "num_proc", "overwrite")}
+    settings.update(boundaries=boundaries_name(cfg.boundaries), count=shard.count)
+    meta = {
+        "index": shard.index,
+        "count": shard.count,
+        "tag": shard.tag,
+        "build_id": build_id(settings, rel, frame["latitude"].to_numpy(), frame["longitude"].to_numpy()),
+    }
+    mine = shard.holds(rel)
+    n_read = int(mine.sum())  # rows with usable coordinates, before duplicates are dropped
+    disagreements = label_disagreements(frame[mine])
+    if cfg.dedupe:
+        frame = drop_duplicate_locations(frame, log)
+    keyed = frame.assign(source_file=[_relative(p, root) for p in frame["source_file"]])
+    frame["split"] = assign_splits(keyed, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, hashed=True)[
+        "split"
+    ].to_numpy()
+    partitions = fit_partitions(frame, specs, boundaries)
+    mine = shard.holds(keyed["source_file"])
+    own = SkipLog()
+    own.entries = [e for e, m in zip(log.entries, shard.holds([_relative(e[1], root) for e in log.entries])) if m]
+    own.fixes = [e for e, m in zip(log.fixes, shard.holds([_relative(e[1], root) for e in log.fixes])) if m]
+    found = n_read + sum(1 for e in own.entries if e[0] != "duplicates")
+    frame = frame[mine].reset_index(drop=True)
+    frame = filter_images(frame, cfg.image_filter, own, cfg.num_proc, apply=cfg.filter)
+    return frame, own, found, partitions, meta, disagreements
 
 
 def build_command(cfg: BuildConfig) -> str:
@@ -224,6 +281,8 @@ def build_command(cfg: BuildConfig) -> str:
         words.append(f"--max-side {cfg.max_side}" + (" --keep-exif" if cfg.keep_exif else ""))
     if cfg.seed != default.seed:
         words.append(f"--seed {cfg.seed}")
+    if cfg.shard:
+        words.append(f"--shard {cfg.shard}")
     return " ".join(words)
 
 
