@@ -91,6 +91,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--train-tiles", type=int, default=8000)
     parser.add_argument("--eval-tiles", type=int, default=1000)
+    parser.add_argument("--models", nargs="*", help="train only the models whose name contains one of these")
     parser.add_argument("--factors", type=float, nargs="+", default=[2.0, 3.0])
     args = parser.parse_args(argv)
     root = Path(args.output)
@@ -98,9 +99,14 @@ def main(argv=None) -> dict:
     data = datasets(root, args.factors, args.train_tiles, args.eval_tiles)
     tests = {f: load_dataset(str(p), split="test") for f, p in data.items()}
     validation = load_dataset(str(data[1.0]), split="validation")
+    partial = root / "resolution.partial.json"
     runs: dict[str, list[dict]] = {name: [] for name in MODELS}
+    if partial.is_file():  # a run stopped part-way resumes after its last finished model
+        runs.update({k: v for k, v in json.loads(partial.read_text()).items() if k in MODELS})
     for name, augment in MODELS.items():
-        for seed in range(args.seeds):
+        if args.models and not any(m in name for m in args.models):
+            continue
+        for seed in range(len(runs[name]), args.seeds):
             folder = root / f"{'camera' if augment.enabled else 'plain'}_seed{seed}"
             seconds = train(augment, data[1.0], folder, seed, args)
             predictor = GeoPredictor(str(folder))
@@ -110,7 +116,7 @@ def main(argv=None) -> dict:
             run.update({f"ratio_x{f:g}": medians[f] / medians[1.0] for f in args.factors})
             runs[name].append(run)
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:,.2f}" for k, v in run.items()), flush=True)
-            (root / "resolution.partial.json").write_text(json.dumps(runs, indent=2))
+            partial.write_text(json.dumps(runs, indent=2))
     lines = [
         "| training | test median km | "
         + " | ".join(f"{f:g}x coarser: median km | ratio" for f in args.factors)
@@ -118,6 +124,8 @@ def main(argv=None) -> dict:
         "|---|--:|" + "--:|--:|" * len(args.factors),
     ]
     for name, results in runs.items():
+        if not results:
+            continue
 
         def cell(key: str, fmt: str) -> str:
             values = np.array([r[key] for r in results])
