@@ -131,6 +131,8 @@ def _dataset_build(args: argparse.Namespace) -> int:
         tiles={"train": args.train, "validation": args.validation, "test": args.test},
         tile_px=args.tile_px,
         block_px=args.block_px,
+        views=args.views,
+        view_offset_px=args.view_offset_px,
     )
     report = build_dataset(cfg)
     print(f"wrote {args.output}: {report.splits}, cells {report.partitions}, {report.images_per_second:.0f} images/s")
@@ -459,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--test", type=int, default=500, help="bluemarble: test tiles")
     build.add_argument("--tile-px", dest="tile_px", type=int, default=64, help="bluemarble: tile side")
     build.add_argument("--block-px", dest="block_px", type=int, default=None, help="bluemarble: split block side")
+    build.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="bluemarble: tiles per place (V > 1: V tiles around each place, sharing its location_id)",
+    )
+    build.add_argument(
+        "--view-offset-px",
+        dest="view_offset_px",
+        type=int,
+        default=None,
+        help="bluemarble --views: distance of each view's centre from the place (default: half a tile)",
+    )
     build.set_defaults(func=_dataset_build)
 
     imp = ds_sub.add_parser(

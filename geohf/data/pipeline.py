@@ -71,6 +71,8 @@ class BuildConfig:
     tiles: dict[str, int] = field(default_factory=lambda: {"train": 4000, "validation": 500, "test": 500})
     tile_px: int = 64
     block_px: int | None = None
+    views: int = 1
+    view_offset_px: int | None = None
 
 
 def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: bool = False) -> bytes:
@@ -117,8 +119,15 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     if cfg.layout == "bluemarble":
         from .bluemarble import TileSpec, build_bluemarble
 
+        offset = cfg.tile_px // 2 if cfg.view_offset_px is None else cfg.view_offset_px
+        footprint = cfg.tile_px + (2 * offset if cfg.views > 1 else 0)
         spec = TileSpec(
-            tile_px=cfg.tile_px, block_px=cfg.block_px or 2 * cfg.tile_px, seed=cfg.seed, fractions=cfg.fractions
+            tile_px=cfg.tile_px,
+            block_px=cfg.block_px or 2 * footprint,
+            seed=cfg.seed,
+            fractions=cfg.fractions,
+            views=cfg.views,
+            view_offset_px=offset,
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
     if cfg.input is None:

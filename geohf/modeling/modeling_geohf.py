@@ -24,7 +24,7 @@ from .finetuning import (
     parameter_counts,
     unfreeze_last_n_blocks,
 )
-from .fusion import AttentionPool
+from .fusion import AttentionPool, check_view_mask, masked_mean
 from .heads import GeoHead, RegressionHead, build_head
 from .remote_code import MODEL_AUTO_MAP, write_remote_code
 
@@ -195,7 +195,8 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
 
     ``pixel_values`` is (batch, 3, H, W) or (batch, views, 3, H, W); views of one place
     are fused by averaging each head's logits (``fusion="mean"``, an ensemble over views) or
-    by attention pooling over the view embeddings (``fusion="attention"``).
+    by attention pooling over the view embeddings (``fusion="attention"``). A model trained on
+    places (``config.views`` > 1, see :class:`~geohf.data.transforms.ViewGroups`) learns either.
     """
 
     def __init__(self, config: GeoConfig):
@@ -286,6 +287,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         labels: torch.Tensor | dict[str, torch.Tensor] | None = None,
         coordinates: torch.Tensor | None = None,
         output_embeddings: bool = False,
+        view_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> GeoModelOutput:
         r"""
@@ -293,18 +295,21 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
             heads' targets may also come as ``labels_<head name>`` keyword arguments.
         coordinates: (batch, 2) true latitude, longitude in degrees (haversine, regression and GeoCLIP losses).
         output_embeddings: also return the pooled embeddings.
+        view_mask: (batch, views) bool for (batch, views, 3, H, W) input: False marks a padded view (a
+            place with fewer views than the batch's), which neither the mean nor the attention counts.
         """
+        check_view_mask(pixel_values, view_mask)
         embeddings = self.geo(pixel_values).embeddings
         if embeddings.ndim == 3 and self.fusion is not None:
-            embeddings = self.fusion(embeddings)  # attention over views, then the heads
+            embeddings = self.fusion(embeddings, view_mask)  # attention over the real views, then the heads
         multiview = embeddings.ndim == 3
         head_inputs = embeddings  # per view: a contrastive (GeoCLIP) loss averages its views' logits
         logits_per_head = {}
         for name, head in self.heads.items():
             out = head(embeddings)
-            logits_per_head[name] = head.fuse(out) if multiview else out  # mean of per-view logits
+            logits_per_head[name] = head.fuse(out, view_mask) if multiview else out  # mean of per-view logits
         if multiview:
-            embeddings = embeddings.mean(1)
+            embeddings = masked_mean(embeddings, view_mask)
 
         loss = None
         targets = dict(labels) if isinstance(labels, dict) else {}
