@@ -183,3 +183,14 @@ def test_evaluation_and_pipeline_group_places_alike(attention_model, views_datas
     result = evaluate(predictor, ds, split="test")
     assert result.sizes["test places"] == 8 and len(result.truth) == 8
     assert result.truth["location_id"].nunique() == 8
+
+
+def test_views_need_location_ids():
+    from datasets import Dataset
+
+    from geohf.data.transforms import location_groups
+    from geohf.errors import UserError
+
+    with pytest.raises(UserError, match="the training split has no location_id column.*--views 1"):
+        location_groups(Dataset.from_dict({"latitude": [1.0]}), "the training split")
+    assert location_groups(Dataset.from_dict({"location_id": ["p", "q", "p"]})) == [[0, 2], [1]]
