@@ -231,7 +231,9 @@ class ViewGroups(torch.utils.data.Dataset):
     @property
     def counts(self) -> ViewCounts:
         sizes = np.array([len(g) for g in self.groups])
-        return ViewCounts(len(sizes), int(sizes.sum()), int((sizes < self.views).sum()), int((sizes > self.views).sum()))
+        return ViewCounts(
+            len(sizes), int(sizes.sum()), int((sizes < self.views).sum()), int((sizes > self.views).sum())
+        )
 
     def name(self, place: int) -> str:
         """The place's ``location_id`` (or its rows, without one)."""
