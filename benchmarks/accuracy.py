@@ -16,7 +16,11 @@ weights), same budget (steps, batch, image size) for every trained row:
 9. coherent answers (``cell``: the best cell's country beside averaged coordinates, as before;
    ``point``; ``hierarchical``) of one trained model, hybrid cells + offsets (OSV-5M), with plain or
    smoothed cross-entropy and hierarchical cross-entropy, semantic cells split by bisection or by
-   OPTICS + Voronoi (PIGEON), retrieval refinement and the GeoCLIP location-encoder head.
+   OPTICS + Voronoi (PIGEON), retrieval refinement and the GeoCLIP location-encoder head;
+10. multi-view training on a 3-view Blue Marble variant (3 tiles around each place): one view per
+    sample (scored per tile, and with its views' logits averaged at inference only) against 3 views
+    per sample with the mean of logits or attention trained (``--only 3-view``; the same steps and
+    images per step, so a 3-view step sees a third as many places).
 
 Cell models turn probabilities into coordinates with the rule tuned on the validation
 split (the same procedure for every row). Prints a table (mean ± std over seeds) and writes
@@ -68,6 +72,7 @@ COLUMNS = [
 
 
 SEMANTIC = "semantic:min_samples=15,max_samples=60"  # the quadtree's sample band
+VIEWS = 3  # tiles per place of the multi-view Blue Marble variant
 
 
 @dataclass
@@ -83,13 +88,20 @@ class Row:
     answers: tuple[str, ...] = ("cell",)  # each answer is a table row of the same trained model
     retrieval: bool = False  # also a row refined by retrieval against the training split
     gallery: str = "geoclip"  # a geoclip head's GPS gallery
+    multiview: bool = False  # the Blue Marble variant with VIEWS tiles per place (dataset_views)
+    views: int = 1  # views per training sample (places grouped by location_id)
+    fusion: str = "mean"  # how a multi-view model fuses its views
+    fused_at_inference: bool = False  # also score the places with the views' logits averaged at inference only
 
-    def variants(self) -> list[tuple[str, str, bool]]:
-        """``(table row name, answer, refine by retrieval)`` per evaluation of one trained model."""
+    def variants(self) -> list[tuple[str, str, bool, int | None]]:
+        """``(table row name, answer, refine by retrieval, views at evaluation or None: as trained)`` per
+        evaluation of one trained model."""
         named = len(self.answers) > 1 or self.retrieval
-        out = [(f"{self.name}, {a} answer" if named else self.name, a, False) for a in self.answers]
+        out = [(f"{self.name}, {a} answer" if named else self.name, a, False, None) for a in self.answers]
         if self.retrieval:
-            out.append((f"{self.name}, point answer + retrieval", "point", True))
+            out.append((f"{self.name}, point answer + retrieval", "point", True, None))
+        if self.fused_at_inference:
+            out.append((f"{self.name}; its {VIEWS} views fused at inference (mean of logits)", "point", False, VIEWS))
         return out
 
     def folder(self, seed: int) -> str:
@@ -97,7 +109,8 @@ class Row:
         levels = f"-h{self.hierarchy_levels}" if self.hierarchy_levels else ""
         levels += f"-{self.gallery}" if self.heads == "geoclip" else ""
         mode = ("frozen" if self.freeze else "ft") + ("" if self.bf16 else "-fp32")
-        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{mode}-{seed}"
+        views = f"-mv{VIEWS}-v{self.views}-{self.fusion}" if self.multiview else ""
+        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{mode}{views}-{seed}"
 
 
 def rows(seeds: int) -> list[Row]:
@@ -142,6 +155,33 @@ def rows(seeds: int) -> list[Row]:
             gallery="both",
             answers=("point",),
         ),
+        # issue 13: multi-view training on the 3-view variant (same steps and images per step: a place of 3
+        # views costs 3 images, so the 3-view rows see a third as many places per step)
+        Row(
+            "3-view Blue Marble: one view per sample, each test tile alone",
+            "haversine",
+            seeds=seeds,
+            answers=("point",),
+            multiview=True,
+            fused_at_inference=True,
+        ),
+        Row(
+            "3-view Blue Marble: 3 views per sample, mean of logits (trained)",
+            "haversine",
+            seeds=seeds,
+            answers=("point",),
+            multiview=True,
+            views=VIEWS,
+        ),
+        Row(
+            "3-view Blue Marble: 3 views per sample, attention (trained)",
+            "haversine",
+            seeds=seeds,
+            answers=("point",),
+            multiview=True,
+            views=VIEWS,
+            fusion="attention",
+        ),
     ]
 
 
@@ -152,6 +192,21 @@ def dataset(root: Path, n_train: int, seed: int = 0) -> Path:
             path,
             {"train": n_train, "validation": 1000, "test": 1000},
             TileSpec(seed=seed),
+            cells=["quadtree:max_samples=60,min_samples=15"],
+            overwrite=True,
+        )
+    return path
+
+
+def dataset_views(root: Path, n_places: int, validation: int = 300, test: int = 500, seed: int = 0) -> Path:
+    """The multi-view variant: ``VIEWS`` 64-px tiles per place, centred half a tile (32 px ≈ 2.1°) from it,
+    evenly around it, labelled with the place's centre; 256-px split blocks (a place covers 128 px)."""
+    path = root / f"bluemarble-{VIEWS}views-{n_places}-{validation}-{test}"
+    if not (path / "README.md").is_file():
+        build_bluemarble(
+            path,
+            {"train": n_places, "validation": validation, "test": test},
+            TileSpec(seed=seed, block_px=256, views=VIEWS, view_offset_px=32),
             cells=["quadtree:max_samples=60,min_samples=15"],
             overwrite=True,
         )
@@ -169,11 +224,13 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
         cells=row.cells,
         hierarchy_levels=row.hierarchy_levels,
         geoclip_gallery=row.gallery,
+        views=row.views,
+        fusion=row.fusion,
     )
     training = TrainingArguments(
         output_dir=str(out),
         max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=max(args.batch_size // row.views, 1),  # the same images per step
         learning_rate=args.learning_rate * (10 if row.freeze else 1),
         weight_decay=0.01,
         lr_scheduler_type="cosine",
@@ -192,8 +249,10 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
     seconds = time.perf_counter() - start
     ds = load_dataset(str(data))
     results: dict[str, dict] = {}
-    for name, answer, refine in row.variants():
+    for name, answer, refine, views in row.variants():
         predictor = GeoPredictor(str(out), answer=answer)
+        if views is not None:  # a one-view model scoring places: mean of its views' logits
+            predictor.model.config.views = views
         if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
             tune_coordinate_rule(predictor, ds["validation"])
         if refine:
@@ -289,29 +348,35 @@ def main(argv=None) -> dict:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-tiles", type=int, default=8000)
+    parser.add_argument("--views-validation", type=int, default=300, help="3-view variant: validation places")
+    parser.add_argument("--views-test", type=int, default=500, help="3-view variant: test places")
     parser.add_argument("--only", nargs="*", help="run only rows whose name contains one of these")
     parser.add_argument("--report", default="accuracy.json", help="JSON file name inside --output")
     args = parser.parse_args(argv)
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
-    data = dataset(root, args.train_tiles)
+    selected = [r for r in rows(args.seeds) if not args.only or any(o in r.name for o in args.only)]
+    single = any(not r.multiview for r in selected) or not args.only or any("kNN" in o for o in args.only)
+    data = dataset(root, args.train_tiles) if single else None
+    multiview = any(r.multiview for r in selected)
+    places = args.train_tiles // VIEWS, args.views_validation, args.views_test
+    data_views = dataset_views(root, *places) if multiview else None
     summary: dict[str, dict] = {}
     raw: dict[str, list] = {}
     baselines = None
-    for row in rows(args.seeds):
-        if args.only and not any(o in row.name for o in args.only):
-            continue
-        per_variant: dict[str, list] = {name: [] for name, _, _ in row.variants()}
+    for row in selected:
+        per_variant: dict[str, list] = {name: [] for name, *_ in row.variants()}
         for seed in range(row.seeds):
-            result = train_and_score(row, seed, data, root / row.folder(seed), args)
-            baselines = result.pop("_baselines")
+            result = train_and_score(row, seed, data_views if row.multiview else data, root / row.folder(seed), args)
+            found = result.pop("_baselines")
+            baselines = baselines if row.multiview and baselines else found  # the single-view benchmark's
             for name, metrics in result.items():
                 per_variant[name].append(metrics)
                 print(f"{name} seed {seed}: median {metrics['median_km']:,.0f} km", flush=True)
-        for name, results in per_variant.items():
-            raw[name], summary[name] = results, summarise(results)
-        # what is done so far survives a crash in a later row
-        (root / f"{Path(args.report).stem}.partial.json").write_text(json.dumps(raw, indent=2, default=float))
+            for name, results in per_variant.items():
+                raw[name], summary[name] = results, summarise(results)
+            # what is done so far (every seed) survives a crash or a stop in a later run
+            (root / f"{Path(args.report).stem}.partial.json").write_text(json.dumps(raw, indent=2, default=float))
     if not args.only or any("kNN" in o for o in args.only):
         name = "kNN retrieval (k=10, frozen ImageNet embeddings)"
         raw[name] = [knn_row(data, args)]

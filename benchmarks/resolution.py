@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         if not results:
             continue
 
-        def cell(key: str, fmt: str) -> str:
+        def cell(key: str, fmt: str, results: list[dict] = results) -> str:
             values = np.array([r[key] for r in results])
             text = fmt.format(values.mean())
             return text + (f" ± {fmt.format(values.std(ddof=1))}" if len(values) > 1 else "")

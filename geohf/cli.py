@@ -144,6 +144,8 @@ def _dataset_build(args: argparse.Namespace) -> int:
         tile_px=args.tile_px,
         block_px=args.block_px,
         map_downscale=args.map_downscale,
+        views=args.views,
+        view_offset_px=args.view_offset_px,
     )
     report = build_dataset(cfg)
     print(f"wrote {args.output}: {report.splits}, cells {report.partitions}, {report.images_per_second:.0f} images/s")
@@ -503,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="bluemarble: cut the same tiles from the mosaic downsampled this many times and upsampled back "
         "(a coarser rendering, for resolution-shift tests)",
+    )
+    build.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="bluemarble: tiles per place (V > 1: V tiles around each place, sharing its location_id)",
+    )
+    build.add_argument(
+        "--view-offset-px",
+        dest="view_offset_px",
+        type=int,
+        default=None,
+        help="bluemarble --views: distance of each view's centre from the place (default: half a tile)",
     )
     build.set_defaults(func=_dataset_build)
 

@@ -85,6 +85,10 @@ class TileSpec:
         map_downscale: cut the tiles from a copy of the mosaic downsampled by this factor and
             upsampled back (a coarser rendering of the same places; 1: the mosaic itself). The
             tiles' positions, labels and splits do not depend on it.
+        views: tiles per place. 1: one tile centred on the place. V > 1: V tiles whose centres lie
+            ``view_offset_px`` from the place, evenly around it (the first due north), all labelled with the
+            place's centre and sharing its ``location_id``: a multi-view variant (PIGEON's views of one place).
+        view_offset_px: distance of a view's centre from its place's centre (views > 1).
     """
 
     tile_px: int = 64
@@ -93,9 +97,29 @@ class TileSpec:
     exclude: tuple[str, ...] = ("AQ",)
     seed: int = 0
     map_downscale: float = 1.0
+    views: int = 1
+    view_offset_px: int = 32
+
+    def __post_init__(self):
+        if self.views < 1 or self.view_offset_px < 0:
+            raise ValueError(f"views must be >= 1 and view_offset_px >= 0, got {self.views}, {self.view_offset_px}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def footprint_px(self) -> int:
+        """Side of the square a place's tiles cover (its tile alone for one view)."""
+        return self.tile_px + (2 * self.view_offset_px if self.views > 1 else 0)
+
+    def view_offsets(self) -> list[tuple[int, int]]:
+        """(dx, dy) pixel offset of each view's top-left corner from the footprint's top-left corner."""
+        half = self.footprint_px / 2 - self.tile_px / 2
+        if self.views == 1:
+            return [(0, 0)]
+        angles = np.pi / 2 + 2 * np.pi * np.arange(self.views) / self.views
+        r = self.view_offset_px
+        return [(round(half + r * np.cos(a)), round(half - r * np.sin(a))) for a in angles]
 
 
 def block_splits(width: int, height: int, spec: TileSpec) -> np.ndarray:
@@ -113,7 +137,7 @@ def block_splits(width: int, height: int, spec: TileSpec) -> np.ndarray:
 def tile_split(x0: np.ndarray, y0: np.ndarray, blocks: np.ndarray, spec: TileSpec) -> np.ndarray:
     """Split index of each tile, or -1 when it touches blocks of different splits."""
     b = spec.block_px
-    last = spec.tile_px - 1
+    last = spec.footprint_px - 1
     corners = [blocks[(y0 + dy) // b, (x0 + dx) // b] for dy in (0, last) for dx in (0, last)]
     same = np.all([c == corners[0] for c in corners[1:]], axis=0)
     return np.where(same, corners[0], -1)
@@ -129,7 +153,8 @@ def sample_tiles(
 ) -> pd.DataFrame:
     """Sample tile positions until every split has its count.
 
-    Returns one row per tile: ``split, x0, y0, latitude, longitude`` (the tile centre),
+    Returns one row per tile (per place with ``spec.views`` > 1: ``x0, y0`` is the corner of the square
+    its views cover, :attr:`TileSpec.footprint_px`): ``split, x0, y0, latitude, longitude`` (the centre),
     the label columns, and ``block`` (the block of the tile's top-left corner). Centres
     at sea are kept when the nearest coast is within the labeller's distance (counted).
     ``frame.attrs["processing"]`` counts every candidate that was dropped, by reason.
@@ -144,7 +169,7 @@ def sample_tiles(
     seen: set[tuple[int, int]] = set()
     stats = dict.fromkeys(["drawn", "touching two splits", "centre at sea", "excluded country", "duplicate"], 0)
     nearest = 0
-    t = spec.tile_px
+    t = spec.footprint_px
     for _ in range(10_000):
         if (have >= want).all():
             break
@@ -245,6 +270,13 @@ def build_bluemarble(
         return {"bytes": encode_png(tile), "path": f"bmng_{row['tile_x']}_{row['tile_y']}.png"}
 
     frame = tiles.rename(columns={"x0": "tile_x", "y0": "tile_y"}).drop(columns="block")
+    if spec.views > 1:  # one row per view: the place's label and location_id, the view's own tile
+        frame["location_id"] = [f"bmng_{x}_{y}" for x, y in zip(frame["tile_x"], frame["tile_y"])]
+        parts = []
+        for view, (dx, dy) in enumerate(spec.view_offsets()):
+            part = frame.assign(tile_x=frame["tile_x"] + dx, tile_y=frame["tile_y"] + dy, view=view)
+            parts.append(part)
+        frame = pd.concat(parts).sort_index(kind="stable").reset_index(drop=True)  # a place's views together
     frame["source_file"] = "bmng.jpg"
     card = {
         **BLUE_MARBLE_CARD,
@@ -254,12 +286,19 @@ def build_bluemarble(
         "command": f"geohf dataset build --layout bluemarble --output {Path(output_dir).name} "
         + " ".join(f"--{k} {v}" for k, v in counts.items())
         + f" --tile-px {spec.tile_px} --block-px {spec.block_px} --seed {spec.seed}"
-        + (f" --map-downscale {spec.map_downscale:g}" if spec.map_downscale != 1 else ""),
+        + (f" --map-downscale {spec.map_downscale:g}" if spec.map_downscale != 1 else "")
+        + (f" --views {spec.views} --view-offset-px {spec.view_offset_px}" if spec.views > 1 else ""),
         "images_note": f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic"
         + (
             f", downsampled {spec.map_downscale:g}x and upsampled back (a coarser rendering of the same places)."
             if spec.map_downscale != 1
             else "."
+        )
+        + (
+            f" Each place has {spec.views} views (rows sharing its `location_id`, numbered in `view`): tiles "
+            f"centred {spec.view_offset_px} px from the place, evenly around it, labelled with the place's centre."
+            if spec.views > 1
+            else ""
         ),
         "split_note": (
             f"Spatially disjoint splits: {spec.block_px}-px blocks (≈{spec.block_px * 360 / 5400:.1f}°) assigned "

@@ -74,6 +74,8 @@ class BuildConfig:
     tile_px: int = 64
     block_px: int | None = None
     map_downscale: float = 1.0
+    views: int = 1
+    view_offset_px: int | None = None
 
 
 def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: bool = False) -> bytes:
@@ -120,12 +122,16 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     if cfg.layout == "bluemarble":
         from .bluemarble import TileSpec, build_bluemarble
 
+        offset = cfg.tile_px // 2 if cfg.view_offset_px is None else cfg.view_offset_px
+        footprint = cfg.tile_px + (2 * offset if cfg.views > 1 else 0)
         spec = TileSpec(
             tile_px=cfg.tile_px,
-            block_px=cfg.block_px or 2 * cfg.tile_px,
+            block_px=cfg.block_px or 2 * footprint,
             seed=cfg.seed,
             fractions=cfg.fractions,
             map_downscale=cfg.map_downscale,
+            views=cfg.views,
+            view_offset_px=offset,
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
     if cfg.input is None:

@@ -9,7 +9,7 @@ tensors. Training augmentations are opt-in and applied on the fly with
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from ..errors import UserError
 from ..images import to_rgb_image
 
 if TYPE_CHECKING:  # the processor is passed in: data sits below modeling
@@ -269,13 +270,138 @@ class SeededDataset(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
+def place_groups(location_ids: Sequence[Any]) -> list[list[int]]:
+    """Row indices of each place (rows sharing a ``location_id``), places in order of their first row,
+    rows in split order. A row without a ``location_id`` (empty or missing) is a place of its own."""
+    groups: dict[Any, list[int]] = {}
+    for i, loc in enumerate(location_ids):
+        key = ("row", i) if loc is None or loc == "" or (isinstance(loc, float) and np.isnan(loc)) else loc
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def location_groups(dataset, where: str = "the split") -> list[list[int]]:
+    """:func:`place_groups` of a split's ``location_id`` column; one clear error when it has none."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "location_id" not in columns:
+        raise UserError(
+            f"{where} has no location_id column, so its views cannot be grouped into places; "
+            "build it with a layout that records location_id (grid-folders, imagefolder metadata, "
+            "lost-and-found, bluemarble --views), or train with --views 1"
+        )
+    return place_groups(dataset["location_id"])
+
+
+@dataclass
+class ViewCounts:
+    """How a split's places fill their ``views`` slots."""
+
+    places: int
+    rows: int
+    padded: int
+    """Places with fewer views than the slots: their views repeated, the repeats masked."""
+    extra: int
+    """Places with more views: training draws the slots' worth per epoch, evaluation takes the first ones."""
+
+    def describe(self, views: int, training: bool) -> str:
+        more = "drawn anew each epoch" if training else "the first in split order"
+        return (
+            f"{self.rows:,} rows grouped by location_id into {self.places:,} places of {views} views "
+            f"({self.padded:,} with fewer: their views repeated and masked out of the fusion; "
+            f"{self.extra:,} with more: {views} of them {more})"
+        )
+
+
+class ViewGroups(torch.utils.data.Dataset):
+    """A split's rows grouped into places: one sample = one place of ``views`` views (PIGEON's 4-view panoramas).
+
+    ``dataset`` yields transformed rows (``pixel_values``, ``labels``, ``coordinates``); ``groups`` its row
+    indices per place (:func:`location_groups`). An item is ``pixel_values`` (views, 3, S, S), ``view_mask``
+    (views,) and the place's targets (its first row's: the views of one place share its label).
+
+    * fewer views than ``views``: the place's views are repeated in order to fill the slots and the repeats
+      are masked (``view_mask`` False), so neither the mean of logits nor the attention counts them;
+    * more views: with a ``seed`` (training) ``views`` distinct ones are drawn per place and epoch, from
+      ``(seed, epoch, place)``; without (evaluation) the first ``views`` in split order, every time;
+    * each view is transformed on its own (its own training augmentation), under an RNG forked from
+      ``(seed, epoch, place)`` when seeded, so a resumed run sees the same views and augmentations;
+    * views whose tensors differ in size (a transform that does not resize) are refused, the place named.
+    """
+
+    def __init__(self, dataset, groups: list[list[int]], views: int, seed: int | None = None, location_ids=None):
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.dataset, self.groups, self.views, self.seed, self.epoch = dataset, groups, views, seed, 0
+        self.location_ids = location_ids
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def counts(self) -> ViewCounts:
+        sizes = np.array([len(g) for g in self.groups])
+        return ViewCounts(
+            len(sizes), int(sizes.sum()), int((sizes < self.views).sum()), int((sizes > self.views).sum())
+        )
+
+    def name(self, place: int) -> str:
+        """The place's ``location_id`` (or its rows, without one)."""
+        if self.location_ids is not None:
+            return repr(self.location_ids[self.groups[place][0]])
+        return f"rows {self.groups[place]}"
+
+    def chosen(self, place: int) -> tuple[list[int], list[bool]]:
+        """The place's row per view slot and which slots are real (not repeats)."""
+        rows = self.groups[place]
+        if len(rows) > self.views:
+            if self.seed is None:
+                rows = rows[: self.views]
+            else:
+                rng = np.random.default_rng([self.seed, self.epoch, place])
+                rows = [rows[i] for i in sorted(rng.choice(len(rows), self.views, replace=False))]
+        n = len(rows)
+        return [rows[i % n] for i in range(self.views)], [i < n for i in range(self.views)]
+
+    def __getitem__(self, place: int) -> dict:
+        rows, mask = self.chosen(int(place))
+        if self.seed is None:
+            examples = [self.dataset[i] for i in rows]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, self.epoch, int(place))) & 0x7FFF_FFFF_FFFF_FFFF)
+                examples = [self.dataset[i] for i in rows]
+        shapes = {tuple(e["pixel_values"].shape) for e in examples}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"place {self.name(int(place))}: views of unequal size {sorted(shapes)}; transform them to one "
+                "size (the model's image processor resizes every view to its image_size)"
+            )
+        out = {k: v for k, v in examples[0].items() if k != "pixel_values"}
+        out["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+        out["view_mask"] = torch.tensor(mask)
+        return out
+
+
 class GeoCollator:
-    """Stacks examples into tensors; ``channels_last`` lays images out NHWC for CPU/GPU convs."""
+    """Stacks examples into tensors; ``channels_last`` lays images out NHWC for CPU/GPU convs.
+
+    Examples of places (:class:`ViewGroups`) stack to ``pixel_values`` (batch, views, 3, S, S) and
+    ``view_mask`` (batch, views); views of unequal size are refused, naming the example."""
 
     def __init__(self, channels_last: bool = True):
         self.channels_last = channels_last
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        shapes = [tuple(e["pixel_values"].shape) for e in examples]
+        if len(set(shapes)) > 1:
+            odd = next(i for i, s in enumerate(shapes) if s != shapes[0])
+            raise ValueError(
+                f"batch example {odd} has pixel_values {list(shapes[odd])}, example 0 {list(shapes[0])}: every "
+                "image (and every place's views) must be transformed to one size and view count"
+            )
         pixel_values = torch.stack([e["pixel_values"] for e in examples])
         if self.channels_last and pixel_values.ndim == 4:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
@@ -285,6 +411,8 @@ class GeoCollator:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
             elif key.startswith("labels"):
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+            elif key == "view_mask":
+                batch[key] = torch.stack([torch.as_tensor(e[key], dtype=torch.bool) for e in examples])
         return batch
 
 

@@ -218,7 +218,11 @@ def evaluate(
     if len(test) == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to evaluate")
     spec = predictor.model.config.head()
+    groups = predictor.place_groups(test)  # a multi-view model scores places, grouped as in training
     labels = _label_frame(test, spec)
+    if groups is not None:
+        labels = labels.iloc[[g[0] for g in groups]].reset_index(drop=True)
+        sizes = {**sizes, f"{split} places": len(groups)}
     lat, lon = labels["latitude"].to_numpy(), labels["longitude"].to_numpy()
     true_class = true_classes(lat, lon, labels, predictor)
     cells = predictor.cells
@@ -243,6 +247,8 @@ def evaluate(
             "true_class": true_class,
         }
     )
+    if groups is not None:
+        truth["location_id"] = np.asarray(test["location_id"], dtype=object)[[g[0] for g in groups]]
     scored = pd.DataFrame(
         {
             "latitude": lat,

@@ -146,7 +146,8 @@ def _write_files(model, dataset_dict, out: Path, split, batch_size, human_result
 
         rows["human"] = summarise_results(human_results)
     multiview = {}
-    if "location_id" in dataset_dict[split].column_names:
+    if "location_id" in dataset_dict[split].column_names and "location_id" not in evaluation.truth:
+        # per image (a multi-view model's evaluation is per place already, location_id included)
         evaluation.truth["location_id"] = list(dataset_dict[split]["location_id"])
     frame = evaluation.frame()
     if "location_id" in frame:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.transforms import GeoCollator, example_transform
+from ..data.transforms import GeoCollator, ViewGroups, example_transform, location_groups
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
@@ -340,14 +340,21 @@ class GeoPredictor:
 
     @torch.inference_mode()
     def predict_tensors(
-        self, pixel_values: torch.Tensor, embeddings: bool = False, retrieval: bool = True, answer: str | None = None
+        self,
+        pixel_values: torch.Tensor,
+        embeddings: bool = False,
+        retrieval: bool = True,
+        answer: str | None = None,
+        view_mask: torch.Tensor | None = None,
     ) -> GeoPredictions:
         """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
         ``retrieval=False`` skips the index's refinement of the coordinates; ``answer`` overrides the
-        predictor's, ``"cell"`` for the head's raw answer). With ``tta`` a (B, V, 3, H, W) batch is the
-        augmented views of :meth:`pixel_values`, not the views of a place."""
+        predictor's, ``"cell"`` for the head's raw answer; ``view_mask`` marks padded views of places). With
+        ``tta`` a (B, V, 3, H, W) batch is the augmented views of :meth:`pixel_values`, not the views of a place."""
         refine = retrieval and self.index is not None
         extra = {"augmented_views": True} if self.tta and pixel_values.ndim == 5 else {}
+        if view_mask is not None:
+            extra["view_mask"] = view_mask.to(self.device)
         out = forward(
             self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine, **extra
         )
@@ -401,22 +408,40 @@ class GeoPredictor:
         retrieval: bool = True,
         answer: str | None = None,
     ) -> GeoPredictions:
-        """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth."""
+        """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth.
+
+        A multi-view model (``config.views`` > 1) on a split with ``location_id`` predicts one place per
+        group of rows, grouped as training grouped them (:class:`~geohf.data.transforms.ViewGroups`
+        without a seed: the first ``views`` views, fewer repeated and masked); the truth is each place's
+        first row. :meth:`place_groups` gives the groups, in the order of the predictions."""
         if len(dataset) == 0:
             raise ValueError("the dataset split is empty: nothing to predict")
         data = dataset.with_transform(example_transform(self.transform, [], None, image_column))
+        groups = self.place_groups(dataset)
+        if groups is not None:
+            self.check_single_views(True)
+            data = ViewGroups(data, groups, self.model.config.views, location_ids=dataset["location_id"])
         loader = torch.utils.data.DataLoader(
             data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
         )
         parts = [
-            self.predict_tensors(batch["pixel_values"], embeddings, retrieval, answer)
+            self.predict_tensors(batch["pixel_values"], embeddings, retrieval, answer, batch.get("view_mask"))
             for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
         ]
         predictions = GeoPredictions.concat(parts)
         if {"latitude", "longitude"} <= set(dataset.column_names):
             truth = dataset.select_columns(["latitude", "longitude"]).to_pandas()
+            if groups is not None:
+                truth = truth.iloc[[g[0] for g in groups]]
             predictions = predictions.with_truth(truth["latitude"], truth["longitude"])
         return predictions
+
+    def place_groups(self, dataset) -> list[list[int]] | None:
+        """The split's row indices per place when this model predicts places (``config.views`` > 1 and a
+        ``location_id`` column), else ``None`` (one prediction per row)."""
+        if self.model.config.views <= 1 or "location_id" not in dataset.column_names:
+            return None
+        return location_groups(dataset)
 
 
 def predict(

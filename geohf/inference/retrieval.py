@@ -437,8 +437,10 @@ def build_index(
     missing = {"latitude", "longitude"} - set(dataset.column_names)
     if missing:
         raise UserError(f"the {split!r} split has no {' and '.join(sorted(missing))} column: cannot index it")
-    cells = gallery_cells(predictor, dataset)
-    kind = resolve_search(search, len(dataset))
+    groups = predictor.place_groups(dataset)  # a multi-view model indexes places (their fused embeddings)
+    places = dataset if groups is None else dataset.select([g[0] for g in groups])
+    cells = gallery_cells(predictor, places)
+    kind = resolve_search(search, len(places))
     predictions = predictor.predict_dataset(dataset, batch_size=batch_size, desc="indexing", embeddings=True)
     embeddings = normalise(torch.from_numpy(predictions.embeddings)).to(torch.float16)
     model = predictor.model
@@ -449,7 +451,7 @@ def build_index(
         fingerprint=model_fingerprint(model),
         head=spec.name,
         num_classes=len(spec.labels),
-        size=len(dataset),
+        size=len(places),
         search=kind,
         dataset=dataset_name,
         split=split,

@@ -136,6 +136,9 @@ class GeoConfig(PreTrainedConfig):
             disagree: kept to compare against).
         fusion: how several views of one place are fused: ``mean`` of the heads' logits, or
             ``attention`` pooling of the view embeddings.
+        views: views per sample the model was trained on: 1, one image per sample; V > 1, the rows of a
+            split grouped by ``location_id`` into places of V views (training, evaluation and ``geohf
+            evaluate`` group them the same way, :class:`~geohf.data.transforms.ViewGroups`).
         dropout: dropout before the heads.
         depthwise_fp32: run depthwise convolutions in fp32 under CPU bf16 autocast (oneDNN's bf16
             depthwise backward is slow; this keeps the rest of the network in bf16).
@@ -162,6 +165,7 @@ class GeoConfig(PreTrainedConfig):
     coordinate_radius_km: float | None = None
     answer: str = "point"
     fusion: str = "mean"
+    views: int = 1
     dropout: float = 0.0
     depthwise_fp32: bool = True
     finetuning: dict[str, Any] | None = None
@@ -171,6 +175,8 @@ class GeoConfig(PreTrainedConfig):
         self.heads = [(h if isinstance(h, HeadSpec) else HeadSpec.from_dict(h)).to_dict() for h in self.heads]
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not isinstance(self.views, int) or self.views < 1:
+            raise ValueError(f"views must be a whole number >= 1, got {self.views!r}")
         if self.coordinate_method not in COORDINATE_METHODS:
             raise ValueError(f"coordinate_method must be one of {COORDINATE_METHODS}, got {self.coordinate_method!r}")
         if isinstance(self.image_size, (list, tuple)):  # [H, W]; a square one is the int

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..geo.sphere import haversine_km, latlon_to_xyz, spherical_mean, xyz_to_latlon
 from .configuration_geohf import HeadSpec
+from .fusion import masked_mean
 from .location_encoder import GEOCLIP_LOGIT_SCALE_INIT, GPS_EMBED_DIM, GeoClipFiles, LocationEncoder
 from .losses import great_circle_loss, haversine_smoothed_loss
 
@@ -47,9 +48,9 @@ class GeoHead(nn.Module):
         """The class logits in this head's output (the whole output, except for a hybrid head)."""
         return out
 
-    def fuse(self, logits: torch.Tensor) -> torch.Tensor:
-        """Fuse per-view outputs (B, V, K) into (B, K): mean over views."""
-        return logits.mean(1)
+    def fuse(self, logits: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuse per-view outputs (B, V, K) into (B, K): mean over the (real) views."""
+        return masked_mean(logits, view_mask)
 
     def fuse_augmented(self, out: torch.Tensor) -> torch.Tensor:
         """Fuse outputs (B, V, K) of test-time augmented views of one image: the mean of the class
@@ -434,8 +435,8 @@ class RegressionHead(GeoHead):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.normalize(super().forward(embeddings).float(), dim=-1)
 
-    def fuse(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.normalize(logits.mean(1), dim=-1)
+    def fuse(self, logits: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(masked_mean(logits, view_mask), dim=-1)
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         if coordinates is None:

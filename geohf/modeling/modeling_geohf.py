@@ -24,7 +24,7 @@ from .finetuning import (
     parameter_counts,
     unfreeze_last_n_blocks,
 )
-from .fusion import AttentionPool
+from .fusion import AttentionPool, check_view_mask, masked_mean
 from .heads import GeoHead, RegressionHead, build_head
 from .remote_code import MODEL_AUTO_MAP, write_remote_code
 
@@ -195,7 +195,8 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
 
     ``pixel_values`` is (batch, 3, H, W) or (batch, views, 3, H, W); views of one place
     are fused by averaging each head's logits (``fusion="mean"``, an ensemble over views) or
-    by attention pooling over the view embeddings (``fusion="attention"``).
+    by attention pooling over the view embeddings (``fusion="attention"``). A model trained on
+    places (``config.views`` > 1, see :class:`~geohf.data.transforms.ViewGroups`) learns either.
     """
 
     def __init__(self, config: GeoConfig):
@@ -287,6 +288,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         coordinates: torch.Tensor | None = None,
         output_embeddings: bool = False,
         augmented_views: bool = False,
+        view_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> GeoModelOutput:
         r"""
@@ -296,20 +298,23 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         output_embeddings: also return the pooled embeddings.
         augmented_views: (batch, views, 3, H, W) are test-time augmented views of one image each (flips,
             crops): every head's views fuse by the mean of their class log-probabilities, never by ``fusion``.
+        view_mask: (batch, views) bool for (batch, views, 3, H, W) input: False marks a padded view (a
+            place with fewer views than the batch's), which neither the mean nor the attention counts.
         """
+        check_view_mask(pixel_values, view_mask)
         embeddings = self.geo(pixel_values).embeddings
         if embeddings.ndim == 3 and self.fusion is not None and not augmented_views:
-            embeddings = self.fusion(embeddings)  # attention over views, then the heads
+            embeddings = self.fusion(embeddings, view_mask)  # attention over the real views, then the heads
         multiview = embeddings.ndim == 3
         head_inputs = embeddings  # per view: a contrastive (GeoCLIP) loss averages its views' logits
         logits_per_head = {}
         for name, head in self.heads.items():
             out = head(embeddings)
             if multiview:  # mean of per-view logits (places), or of log-probabilities (augmented views)
-                out = head.fuse_augmented(out) if augmented_views else head.fuse(out)
+                out = head.fuse_augmented(out) if augmented_views else head.fuse(out, view_mask)
             logits_per_head[name] = out
         if multiview:
-            embeddings = embeddings.mean(1)
+            embeddings = masked_mean(embeddings, view_mask)
 
         loss = None
         targets = dict(labels) if isinstance(labels, dict) else {}

@@ -97,6 +97,14 @@ class ModelArguments:
         default=None, metadata={"help": "eval centre-crop fraction (default: backbone's; 1.0 keeps the whole image)"}
     )
     fusion: str = field(default="mean", metadata={"help": "multi-view fusion: mean (of logits) or attention"})
+    views: int = field(
+        default=1,
+        metadata={
+            "help": "views per sample: V > 1 groups each split's rows by location_id into places of V views "
+            "(fewer: repeated and masked; more: V drawn per epoch for training, the first V for evaluation), "
+            "so the fusion is trained; recorded in the config for evaluation"
+        },
+    )
     coordinate_method: str = field(default="weighted", metadata={"help": "argmax or weighted (top-k cells)"})
     coordinate_top_k: int = field(default=5, metadata={"help": "cells averaged by the weighted method"})
     coordinate_radius_km: float | None = field(
@@ -189,7 +197,10 @@ def prepare_datasets(data_args: DataArguments, training_args: TrainingArguments)
 def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, train, label_rows: int):
     """The model to train: a fresh one from the flags (:func:`~geohf.modeling.create_model`), or a saved one."""
     if model_args.model_name_or_path:
-        return GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)
+        model = GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)
+        if model_args.views != 1:
+            model.config.views = model_args.views
+        return model
     source = data_args.dataset
     cells = model_args.cells
     kinds = [k.strip() for k in model_args.heads.split(",") if k.strip()]
@@ -218,6 +229,7 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
         coordinate_radius_km=model_args.coordinate_radius_km,
         dropout=model_args.dropout,
         fusion=model_args.fusion,
+        views=model_args.views,
         gallery=model_args.geoclip_gallery,
         queue_size=model_args.geoclip_queue_size,
         from_scratch=model_args.from_scratch,

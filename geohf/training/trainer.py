@@ -15,10 +15,13 @@ from ..data.transforms import (
     AugmentConfig,
     GeoCollator,
     SeededDataset,
+    ViewGroups,
     example_transform,
     label_encoder,
+    location_groups,
     train_transform,
 )
+from ..errors import UserError
 from ..evaluation.metrics import distance_metrics, hierarchy_metrics, topk_accuracy
 from ..modeling import GeoImageProcessor
 from ..modeling.configuration_geohf import HeadSpec
@@ -193,6 +196,8 @@ class GeoTrainer(Trainer):
                 if args.class_balance == "loss":
                     reference.set_class_weights(spec.name, per_class)
                 else:
+                    if reference.config.views > 1:
+                        raise UserError("--class_balance sampler draws rows, not places: with --views use loss")
                     if not hasattr(train_dataset, "__len__"):
                         raise ValueError("--class_balance sampler needs a map-style dataset; use loss with --streaming")
                     sample_weights = per_example
@@ -258,21 +263,27 @@ class GeoTrainer(Trainer):
         train_fn = example_transform(train_transform(processor, self.augment), specs, primary, column, partitions)
         eval_fn = example_transform(processor.transform, specs, primary, column, partitions)
 
-        def attach(ds, fn):
+        views = model.config.views
+
+        def attach(ds, fn, seed: int | None = None, where: str = "the split"):
             if ds is None or column not in (getattr(ds, "column_names", None) or []):
                 return ds  # already transformed (or no images to decode)
+            if views > 1:  # one sample = one place of `views` views
+                return self._view_groups(ds, fn, views, seed, where, args)
             if hasattr(ds, "with_transform"):
                 return ds.with_transform(fn)
             return ds.map(fn, batched=True, batch_size=64, remove_columns=list(ds.column_names))
 
         seeded = None
-        train = attach(train, train_fn)
-        if train is not None and self.augment.enabled and hasattr(train, "__len__"):
+        train = attach(train, train_fn, args.seed, "the training split")
+        if isinstance(train, ViewGroups):
+            seeded = train  # per-epoch view draws and augmentations from (seed, epoch, place)
+        elif train is not None and self.augment.enabled and hasattr(train, "__len__"):
             train = seeded = SeededDataset(train, args.seed)  # reproducible augmentations, resume included
         if isinstance(evalset, dict):
-            evalset = {k: attach(v, eval_fn) for k, v in evalset.items()}
+            evalset = {k: attach(v, eval_fn, where=f"the eval split {k!r}") for k, v in evalset.items()}
         else:
-            evalset = attach(evalset, eval_fn)
+            evalset = attach(evalset, eval_fn, where="the eval split")
         return train, evalset, seeded
 
     def get_train_dataloader(self):
@@ -348,6 +359,16 @@ class GeoTrainer(Trainer):
         if not state.end_of_dataloader or state.remainder <= 0:
             return rows
         return max(0, min(rows, state.remainder - self.accelerator.process_index * rows))
+
+    def _view_groups(self, ds, fn, views: int, seed: int | None, where: str, args) -> ViewGroups:
+        """``ds`` grouped by ``location_id`` into places of ``views`` views (:class:`ViewGroups`)."""
+        if not hasattr(ds, "with_transform"):
+            raise UserError(f"--views {views} groups rows by place, which needs a map-style dataset (not --streaming)")
+        groups = location_groups(ds, where)
+        grouped = ViewGroups(ds.with_transform(fn), groups, views, seed, location_ids=ds["location_id"])
+        if args.process_index == 0:
+            print(f"geohf: {where}: {grouped.counts.describe(views, seed is not None)}", flush=True)
+        return grouped
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
