@@ -24,29 +24,10 @@ from ..data.transforms import GeoCollator, ViewGroups, example_transform, locati
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
+from ..modeling.factory import load_model_partition
 from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
 from .predictions import CellTable, GeoPredictions
-
-
-def load_model_partition(source: str | None, spec: HeadSpec):
-    """The cell partition saved with a model folder (or Hub repo) for a cell head, if there is one."""
-    from pathlib import Path
-
-    from ..geo.cells import CellPartition
-
-    if not spec.is_geocell or not source:
-        return None
-    name = f"cells/{spec.partition}.parquet"
-    path = Path(source, name)
-    if not path.is_file():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(source, name))
-        except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
-            return None
-    return CellPartition.load(path)
 
 
 def load_index(source: str | None, model=None):

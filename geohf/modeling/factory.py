@@ -61,6 +61,26 @@ def load_partition(dataset: str, name: str, revision: str | None = None) -> Cell
     return CellPartition.load(path)
 
 
+def load_model_partition(source: str | None, spec: HeadSpec):
+    """The cell partition saved with a model folder (or Hub repo) for a cell head, if there is one."""
+    from pathlib import Path
+
+    from ..geo.cells import CellPartition
+
+    if not spec.is_geocell or not source:
+        return None
+    name = f"cells/{spec.partition}.parquet"
+    path = Path(source, name)
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, name))
+        except Exception:  # noqa: BLE001 - no partition published with the model: maps fall back to centroids
+            return None
+    return CellPartition.load(path)
+
+
 def label_column_values(dataset, column: str, max_rows: int = 10_000) -> list:
     """A column of a dataset split (the first ``max_rows`` rows of a stream)."""
     if hasattr(dataset, "__len__"):

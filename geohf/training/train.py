@@ -19,7 +19,7 @@ from ..data.folder import load_geo_dataset
 from ..data.transforms import AugmentConfig
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
-from ..modeling.factory import CELL_HEADS, HEAD_CHOICES, create_model
+from ..modeling.factory import CELL_HEADS, HEAD_CHOICES, create_model, load_model_partition
 from .trainer import GeoTrainer, GeoTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,10 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
     """The model to train: a fresh one from the flags (:func:`~geohf.modeling.create_model`), or a saved one."""
     if model_args.model_name_or_path:
         model = GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)
+        for spec in model.config.head_specs:  # the cell polygons travel on with the weights
+            partition = load_model_partition(model_args.model_name_or_path, spec)
+            if partition is not None:
+                model.cell_partitions.setdefault(spec.partition, partition)
         if model_args.views != 1:
             model.config.views = model_args.views
         return model

@@ -263,3 +263,19 @@ def test_best_metric_direction_with_and_without_the_eval_prefix():
 
     assert lower_is_better("median_km") and lower_is_better("eval_median_km") and lower_is_better("eval_loss")
     assert not lower_is_better("eval_geoscore") and not lower_is_better("country_accuracy")
+
+
+def test_continuing_from_a_model_keeps_its_cells(tiny_model_dir, tiny_dataset, tmp_path, training_args):
+    """``--model_name_or_path``: the continued model's folder has the cell polygons again (and loads)."""
+    from geohf.inference.predictor import GeoPredictor
+
+    out = tmp_path / "continued"
+    run_training(
+        ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        DataArguments(dataset=str(tiny_dataset)),
+        AugmentConfig(),
+        training_args(out),
+    )
+    names = sorted(p.name for p in (tiny_model_dir / "cells").iterdir())
+    assert names and sorted(p.name for p in (out / "cells").iterdir()) == names
+    assert GeoPredictor(str(out)).partition is not None
