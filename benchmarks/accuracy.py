@@ -213,6 +213,29 @@ def dataset_views(root: Path, n_places: int, validation: int = 300, test: int = 
     return path
 
 
+def study_training_args(
+    out: Path, steps: int, batch_size: int, learning_rate: float, seed: int, bf16: bool = True
+) -> TrainingArguments:
+    """The studies' schedule: AdamW, cosine after a 5 % warm-up, bf16 on CPU, no checkpoints or evaluations."""
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(steps // 20, 1),
+        bf16=bf16,
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        logging_steps=steps,
+    )
+
+
 def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[str, dict]:
     """Train ``row`` once with ``seed``; metrics per :meth:`Row.variants` (and ``_baselines``)."""
     model_args = ModelArguments(
@@ -227,22 +250,13 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
         views=row.views,
         fusion=row.fusion,
     )
-    training = TrainingArguments(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=max(args.batch_size // row.views, 1),  # the same images per step
-        learning_rate=args.learning_rate * (10 if row.freeze else 1),
-        weight_decay=0.01,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(args.steps // 20, 1),
+    training = study_training_args(
+        out,
+        args.steps,
+        max(args.batch_size // row.views, 1),  # the same images per step
+        args.learning_rate * (10 if row.freeze else 1),
+        seed,
         bf16=row.bf16,
-        use_cpu=True,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=seed,
-        logging_steps=args.steps,
     )
     start = time.perf_counter()
     run_training(model_args, DataArguments(dataset=str(data)), AugmentConfig(), training)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from datasets import load_dataset
-from transformers import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.accuracy import study_training_args  # noqa: E402
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import AugmentConfig  # noqa: E402
 from geohf.evaluation import evaluate, tune_coordinate_rule  # noqa: E402
@@ -56,23 +56,7 @@ def datasets(root: Path, factors: list[float], n_train: int, n_eval: int) -> dic
 
 
 def train(augment: AugmentConfig, data: Path, out: Path, seed: int, args) -> float:
-    training = TrainingArguments(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=64,
-        learning_rate=2e-3,
-        weight_decay=0.01,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(args.steps // 20, 1),
-        bf16=True,
-        use_cpu=True,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=seed,
-        logging_steps=args.steps,
-    )
+    training = study_training_args(out, args.steps, 64, 2e-3, seed)
     start = time.perf_counter()
     run_training(
         ModelArguments(image_size=args.image_size, crop_pct=1.0, tau_km=75.0),
