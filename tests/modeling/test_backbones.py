@@ -106,10 +106,11 @@ def test_backbone_paths(name, saved):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     model.zero_grad()
     model.eval()
-    # reload through the Auto classes: identical logits
+    # reload through the Auto classes: the same logits up to the last float bits (CI saw 4e-10 on a
+    # depthwise-conv net: oneDNN may pick another kernel for the new weight buffers)
     reloaded = AutoModelForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=x).logits, logits)
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, logits, rtol=1e-5, atol=1e-9)
     # bf16 autocast forward, channels_last
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = reloaded.to(memory_format=torch.channels_last)(

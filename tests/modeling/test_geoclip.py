@@ -207,7 +207,9 @@ def test_save_reload_and_pipeline(model, tmp_path, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         a, b = model(pixel_values=x), reloaded(pixel_values=x)
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.coordinates, b.coordinates)
+    # the same weights: equal up to the last float bits (oneDNN may pick another kernel for new buffers)
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.coordinates, a.coordinates, rtol=1e-5, atol=1e-4)
 
     geo = pipeline("image-geolocation", model=str(tmp_path))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))

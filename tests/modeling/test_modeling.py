@@ -171,7 +171,8 @@ def test_save_and_reload_through_auto_classes(model, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         a, b = model(pixel_values=x), reloaded(pixel_values=x)
-    assert torch.equal(a.logits, b.logits) and torch.allclose(a.coordinates, b.coordinates)
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-7)  # same weights, up to the last bits
+    assert torch.allclose(a.coordinates, b.coordinates)
     base = AutoModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.allclose(base(pixel_values=x).embeddings, model.geo(x).embeddings)

@@ -152,7 +152,7 @@ def test_tower_paths(name, saved):
     model.eval()
     reloaded = AutoModelForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=x).logits, logits)
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, logits, rtol=1e-5, atol=1e-7)  # up to the last bits
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8))
     result = pipeline("image-geolocation", model=str(folder))(image, top_k=2)
     # the country its coordinates lie in (a weighted point between the cells may be in none of theirs)
