@@ -163,6 +163,8 @@ def finetuning_text(config) -> str:
     if info.get("trainable_params") is not None and info.get("total_params"):
         trainable, total = info["trainable_params"], info["total_params"]
         words += f"; {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f} %)"
+    if info.get("augmentations"):
+        words += "; training augmentations: " + ", ".join(f"{k} {v:g}" for k, v in info["augmentations"].items())
     return words
 
 

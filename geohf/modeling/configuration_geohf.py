@@ -143,7 +143,8 @@ class GeoConfig(PreTrainedConfig):
         depthwise_fp32: run depthwise convolutions in fp32 under CPU bf16 autocast (oneDNN's bf16
             depthwise backward is slow; this keeps the rest of the network in bf16).
         finetuning: how the saved weights were trained (``mode``: full, frozen, last_n_blocks or lora, its
-            settings, and the trainable and total parameter counts at training start); the model card's line.
+            settings, the trainable and total parameter counts at training start, and the training
+            ``augmentations`` that were on); the model card's line.
     """
 
     model_type = "geohf"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +242,11 @@ class GeoTrainer(Trainer):
             trainable, total = model.parameter_counts()
             info = dict(model.config.finetuning or {"mode": "full"})
             info.update(trainable_params=trainable, total_params=total)
+            augmentations = {k: v for k, v in asdict(self.augment).items() if v}
+            if augmentations:
+                info["augmentations"] = augmentations
+            else:
+                info.pop("augmentations", None)
             model.config.finetuning = info
             if self.is_world_process_zero():
                 print(

@@ -28,6 +28,19 @@ def test_card_follows_the_config_and_names_the_split_and_time(tiny_dataset, tmp_
     assert "coordinates: probability-weighted mean of the top 20 cells within 3,000 km of the most probable one" in card
     assert "tuned on the validation split after training, so these numbers predate it" in card
     assert "github.com/geohf" not in card  # the project has no public URL
+    assert "augmentations" not in card  # none were on
+
+
+def test_card_names_the_training_augmentations(tiny_dataset, tmp_path, training_args):
+    out = tmp_path / "model"
+    run_training(
+        ModelArguments(image_size=32, crop_pct=1.0),
+        DataArguments(str(tiny_dataset)),
+        AugmentConfig.camera(),
+        training_args(out, bf16=False, logging_steps=500),
+    )
+    card = (out / "README.md").read_text()
+    assert "training augmentations: downscale 3, jpeg_quality 30, blur 1, white_balance 0.1" in card
 
 
 def _all_help(parser) -> list[str]:
