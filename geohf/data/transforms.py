@@ -8,9 +8,10 @@ tensors. Training augmentations are opt-in and applied on the fly with
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,7 +65,13 @@ class AugmentConfig:
 
     @property
     def degrades(self) -> bool:
-        return self.downscale > 1 or self.jpeg_quality > 0 or self.blur > 0 or self.white_balance > 0
+        """Any camera degradation on (:class:`CameraDegrade`)."""
+        return any(getattr(self, f) > 0 for f in DEGRADATIONS)
+
+    @property
+    def geometric(self) -> bool:
+        """Any augmentation other than the camera degradations on (crops, rotation, colour, flips)."""
+        return any(getattr(self, f) > 0 for f in self.__dataclass_fields__ if f not in DEGRADATIONS)
 
     @classmethod
     def camera(cls) -> AugmentConfig:
@@ -72,6 +79,8 @@ class AugmentConfig:
         return cls(downscale=3.0, jpeg_quality=30, blur=1.0, white_balance=0.1)
 
 
+DEGRADATIONS = ("downscale", "jpeg_quality", "blur", "white_balance")
+"""The :class:`AugmentConfig` fields of :class:`CameraDegrade`."""
 DEGRADE_P = 0.5
 """Each camera degradation is applied independently with this probability."""
 
@@ -120,8 +129,6 @@ class EvalGeometry:
         self.processor = processor
 
     def __call__(self, image):
-        from PIL import Image
-
         pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None]
         out = self.processor.resize_crop(pixels)[0].permute(1, 2, 0).contiguous().numpy()
         return Image.fromarray(out)
@@ -154,8 +161,7 @@ def train_transform(
     if augment is None or not augment.enabled:
         return processor.transform
     degrade = CameraDegrade(augment)
-    geometric = replace(augment, downscale=0.0, jpeg_quality=0, blur=0.0, white_balance=0.0)
-    if not geometric.enabled:  # degradations only: then exactly the eval transform
+    if not augment.geometric:  # degradations only: then exactly the eval transform
         return lambda image: processor.transform(degrade(to_rgb_image(image)))
     height, width = processor.input_hw
     interp = _INTERPOLATION.get(processor.interpolation, T.InterpolationMode.BICUBIC)
@@ -247,6 +253,14 @@ def example_transform(
     return apply
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, epoch: int, index: int):
+    """torch's global RNG, inside, forked and seeded from ``(seed, epoch, index)`` only (restored after)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(hash((seed, epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+        yield
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Random augmentations that depend only on ``(seed, epoch, index)``, not on the global RNG.
 
@@ -265,8 +279,7 @@ class SeededDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+        with seeded_rng(self.seed, self.epoch, index):
             return self.dataset[index]
 
 
@@ -370,8 +383,7 @@ class ViewGroups(torch.utils.data.Dataset):
         if self.seed is None:
             examples = [self.dataset[i] for i in rows]
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, self.epoch, int(place))) & 0x7FFF_FFFF_FFFF_FFFF)
+            with seeded_rng(self.seed, self.epoch, place):
                 examples = [self.dataset[i] for i in rows]
         shapes = {tuple(e["pixel_values"].shape) for e in examples}
         if len(shapes) > 1:
@@ -419,10 +431,7 @@ class GeoCollator:
 def median_aspect(dataset, image_column: str = "image", rows: int = 200) -> float | None:
     """Median width / height of the first ``rows`` images of a split (their headers only, not decoded);
     ``None`` when the split has no such column or none of them can be read."""
-    import io
-
     from datasets import Image as ImageFeature
-    from PIL import Image
 
     if image_column not in (getattr(dataset, "column_names", None) or []):
         return None

@@ -214,6 +214,13 @@ class GeoImageProcessor(BaseImageProcessor):
             return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return [torch.from_numpy(np.ascontiguousarray(a))[None].permute(0, 3, 1, 2) for a in arrays]
 
+    def uint8_groups(self, images: Any) -> list[torch.Tensor]:
+        """Images, or a uint8 (N, 3, H, W) tensor → uint8 batches of one size each, in the images' order."""
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4:
+            return [images]
+        groups = self.to_uint8(list(images))
+        return [groups] if isinstance(groups, torch.Tensor) else groups
+
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is resized to before the crop or pad, as timm computes it."""
         sh, sw = self.scale_hw
@@ -285,11 +292,7 @@ class GeoImageProcessor(BaseImageProcessor):
         """Images → (N, V, 3, S_h, S_w) float test-time views (:meth:`augmented_crops`; ``tta``: see
         :func:`parse_tta`), normalised as :meth:`pixel_values`."""
         tta = parse_tta(tta)
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4:
-            groups = [images]
-        else:
-            groups = self.to_uint8(list(images))
-            groups = [groups] if isinstance(groups, torch.Tensor) else groups
+        groups = self.uint8_groups(images)
         with one_thread():
             views = torch.cat([self.augmented_crops(g, tta) for g in groups])
             n, v = views.shape[:2]
@@ -319,11 +322,7 @@ class GeoImageProcessor(BaseImageProcessor):
             images = [im.permute(1, 2, 0).numpy() for im in images] if isinstance(images, torch.Tensor) else images
             out = torch.stack([self.reference_transform(im) for im in images])
             return out.contiguous(memory_format=torch.channels_last).to(dtype or torch.float32)
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4:
-            groups = [images]
-        else:
-            groups = self.to_uint8(list(images))
-            groups = [groups] if isinstance(groups, torch.Tensor) else groups
+        groups = self.uint8_groups(images)
         if not groups:
             return torch.empty((0, 3, *self.input_hw))
         with one_thread():

@@ -257,14 +257,13 @@ def warn_if_wide_frames(train, config, image_column: str = "image") -> float | N
     wide = max(aspect, 1 / aspect) > WIDE_ASPECT
     if wide and h == w and getattr(config, "resize_mode", "crop") == "crop":
         kept = min(aspect, 1 / aspect)
-        side = h
-        hw = f"{side}x{round(side * aspect / 16) * 16}" if aspect > 1 else f"{round(side / aspect / 16) * 16}x{side}"
+        hw = f"{h}x{round(h * aspect / 16) * 16}" if aspect > 1 else f"{round(h / aspect / 16) * 16}x{h}"
         logger.warning(
             "geohf: the training images' median aspect (width / height) is %.2f, but the model centre-crops a "
             "%d px square and so sees %.0f %% of each frame; pass --resize_mode pad --image_size %s to train "
             "on full frames",
             aspect,
-            side,
+            h,
             100 * kept,
             hw,
         )
