@@ -85,7 +85,9 @@ class Row:
     seeds: int = 1  # replaced by --seeds for the main rows
     cells: str = "quadtree"  # the dataset's partition, or a spec fitted on the training split
     hierarchy_levels: int | None = None
-    answers: tuple[str, ...] = ("cell",)  # each answer is a table row of the same trained model
+    answers: tuple[str, ...] = ("cell",)  # each answer is a table row of the same trained model ("tuned": the
+    # answer tune_coordinate_rule picks on validation)
+    tta: str | None = None  # also each answer with this test-time augmentation (a row each)
     retrieval: bool = False  # also a row refined by retrieval against the training split
     gallery: str = "geoclip"  # a geoclip head's GPS gallery
     multiview: bool = False  # the Blue Marble variant with VIEWS tiles per place (dataset_views)
@@ -93,15 +95,19 @@ class Row:
     fusion: str = "mean"  # how a multi-view model fuses its views
     fused_at_inference: bool = False  # also score the places with the views' logits averaged at inference only
 
-    def variants(self) -> list[tuple[str, str, bool, int | None]]:
-        """``(table row name, answer, refine by retrieval, views at evaluation or None: as trained)`` per
+    def variants(self) -> list[tuple[str, str, bool, int | None, str | None]]:
+        """``(table row name, answer, refine by retrieval, views at evaluation or None: as trained, tta)`` per
         evaluation of one trained model."""
-        named = len(self.answers) > 1 or self.retrieval
-        out = [(f"{self.name}, {a} answer" if named else self.name, a, False, None) for a in self.answers]
+        named = len(self.answers) > 1 or self.retrieval or self.tta
+        out = [(f"{self.name}, {a} answer" if named else self.name, a, False, None, None) for a in self.answers]
+        if self.tta:
+            out += [(f"{self.name}, {a} answer + TTA {self.tta}", a, False, None, self.tta) for a in self.answers]
         if self.retrieval:
-            out.append((f"{self.name}, point answer + retrieval", "point", True, None))
+            out.append((f"{self.name}, point answer + retrieval", "point", True, None, None))
         if self.fused_at_inference:
-            out.append((f"{self.name}; its {VIEWS} views fused at inference (mean of logits)", "point", False, VIEWS))
+            out.append(
+                (f"{self.name}; its {VIEWS} views fused at inference (mean of logits)", "point", False, VIEWS, None)
+            )
         return out
 
     def folder(self, seed: int) -> str:
@@ -134,7 +140,14 @@ def rows(seeds: int) -> list[Row]:
         ),
         Row("hybrid: cells τ=75 + offsets", "hybrid", seeds=seeds, answers=("point",), retrieval=True),
         Row("hybrid: cells + offsets (cross-entropy, OSV-5M)", "hybrid", tau_km=0.0, answers=("point",)),
-        Row("hybrid τ=75 + hierarchical CE (5 levels)", "hybrid", hierarchy_levels=5, answers=("point",)),
+        Row(
+            "hybrid τ=75 + hierarchical CE (5 levels)",
+            "hybrid",
+            hierarchy_levels=5,
+            seeds=seeds,
+            answers=("point", "hierarchical", "tuned"),
+            tta="flip",
+        ),
         Row("haversine τ=75, semantic cells (bisection)", "haversine", cells=SEMANTIC, answers=("point",)),
         Row(
             "haversine τ=75, semantic cells (OPTICS + Voronoi)",
@@ -263,12 +276,15 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
     seconds = time.perf_counter() - start
     ds = load_dataset(str(data))
     results: dict[str, dict] = {}
-    for name, answer, refine, views in row.variants():
+    for name, answer, refine, views, tta in row.variants():
+        answer = None if answer == "tuned" else answer  # None: the config's, as tuned on validation
         predictor = GeoPredictor(str(out), answer=answer)
         if views is not None:  # a one-view model scoring places: mean of its views' logits
             predictor.model.config.views = views
         if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
             tune_coordinate_rule(predictor, ds["validation"])
+        if tta:  # the rule tuned without augmentation, as a user tunes once and then predicts with --tta
+            predictor = GeoPredictor(predictor.model, answer=answer, tta=tta)
         if refine:
             refine_with_retrieval(predictor, ds, out)
         rows = evaluate(predictor, ds, split="test").rows

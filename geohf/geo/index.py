@@ -16,6 +16,7 @@ _BAND_EDGES = np.array([0.0, 30.0, 50.0, 60.0, 70.0, 80.0, 90.01])
 TILE_QUERY_POINTS = 20_000
 TILE_MIN_VERTICES = 256
 TILE_DEG = 1.0
+NEAREST_STAGES_DEG = (1.0, 4.0, None)  # an open nearest search, bounded first (see PolygonIndex._query_nearest)
 
 
 def tile_parts(parts: np.ndarray, rows: np.ndarray, tile_deg: float = TILE_DEG, min_vertices: int = TILE_MIN_VERTICES):
@@ -85,12 +86,34 @@ class PolygonIndex:
             index[pt[first]] = row[first]
         return index
 
+    @staticmethod
+    def _query_nearest(tree, points, max_deg: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """``tree.query_nearest`` (point index, part index); without a limit, searched within 1° and 4° first:
+        the same answers, and a bounded search is several times faster than an open one."""
+        if max_deg is not None:
+            return tree.query_nearest(points, max_distance=max_deg, all_matches=False)
+        found_pt, found_part = [], []
+        todo = np.arange(len(points))
+        for limit in NEAREST_STAGES_DEG:
+            m_idx, p_idx = tree.query_nearest(points[todo], max_distance=limit, all_matches=False)
+            found_pt.append(todo[m_idx])
+            found_part.append(p_idx)
+            todo = np.setdiff1d(todo, todo[m_idx])
+            if not todo.size:
+                break
+        return np.concatenate(found_pt), np.concatenate(found_part)
+
     def nearest(self, points, lat, max_km: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row of the nearest polygon and the great-circle km to it (-1 / NaN: none within ``max_km``)."""
+        return self.nearest_points(points, lat, max_km)[:2]
+
+    def nearest_points(self, points, lat, max_km: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`nearest` and the (N, 2) lon, lat of the nearest point on that polygon (NaN where none)."""
         index = np.full(len(points), -1, dtype=np.int64)
         dist = np.full(len(points), np.nan)
+        edge = np.full((len(points), 2), np.nan)
         if not len(points):
-            return index, dist
+            return index, dist, edge
         if max_km is None:
             groups = [(np.arange(len(points)), None)]
         else:
@@ -101,7 +124,7 @@ class PolygonIndex:
                 groups.append((np.flatnonzero(bands == b), max_km / 111.0 / cos))
         tree, parts, part_row = self._index_for(len(points))
         for sel, max_deg in groups:
-            m_idx, p_idx = tree.query_nearest(points[sel], max_distance=max_deg, all_matches=False)
+            m_idx, p_idx = self._query_nearest(tree, points[sel], max_deg)
             if not m_idx.size:
                 continue
             line = shapely.shortest_line(points[sel[m_idx]], parts[p_idx])
@@ -110,4 +133,5 @@ class PolygonIndex:
             ok = np.ones(km.shape, bool) if max_km is None else km <= max_km
             index[sel[m_idx[ok]]] = part_row[p_idx[ok]]
             dist[sel[m_idx[ok]]] = km[ok]
-        return index, dist
+            edge[sel[m_idx[ok]]] = xy[ok, 1]
+        return index, dist, edge

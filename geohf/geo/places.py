@@ -95,14 +95,39 @@ class AdminAreas:
         free = np.array([a.size == 0 for a in allowed], dtype=bool)
         # only the points to move need Python: at sea with no area asked for, or outside the asked ones
         sea = np.flatnonzero(finite & (rows < 0) & free)
-        nearest = self.labeller.index.nearest(shapely.points(lon[sea], lat[sea]), lat[sea], None)[0]
-        for i, row in zip(sea, nearest):
-            if row >= 0:
-                lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], np.array([row]))
+        nearest, _, edge = self.labeller.index.nearest_points(shapely.points(lon[sea], lat[sea]), lat[sea], None)
+        sea, nearest, edge = sea[nearest >= 0], nearest[nearest >= 0], edge[nearest >= 0]
+        # all at once (the pulled-in point may lie in the neighbouring region of a coast); the rest one by one
+        found, inside = self._pulled_in(lat[sea], lon[sea], edge)
+        moved = found >= 0
+        lat[sea[moved]], lon[sea[moved]], rows[sea[moved]] = inside[moved, 1], inside[moved, 0], found[moved]
+        for i, row in zip(sea[~moved], nearest[~moved]):
+            lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], np.array([row]))
         for i in np.flatnonzero(finite & ~free):
             if rows[i] not in allowed[i]:
                 lat[i], lon[i], rows[i] = self._move_into(lat[i], lon[i], allowed[i])
         return lat, lon, rows
+
+    def _pulled_in(self, lat: np.ndarray, lon: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(row, inside)``: each point's nearest border point ``edge`` (lon, lat) pulled further along the way
+        from the point (``inside``: lon, lat) by :data:`_INSIDE_DEG`, or a fifth or a 25th of it for a small
+        island, and the row it then lies in (-1 where none does: :meth:`_move_into` looks closer there)."""
+        step = edge - np.stack([lon, lat], axis=1)
+        length = np.hypot(step[:, 0], step[:, 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit = step / length[:, None]
+        found = np.full(len(lat), -1, dtype=np.int64)
+        inside = np.full_like(edge, np.nan)
+        for pull in (_INSIDE_DEG, _INSIDE_DEG / 5, _INSIDE_DEG / 25):
+            moved = edge + unit * pull
+            todo = np.flatnonzero(
+                (found < 0) & (length > 0) & np.isfinite(moved).all(axis=1) & (np.abs(moved[:, 1]) <= 90)
+            )
+            if not todo.size:
+                break
+            found[todo] = self.containing(moved[todo, 1], moved[todo, 0])
+            inside[todo] = moved[todo]
+        return found, inside
 
     def _move_into(self, lat: float, lon: float, rows: np.ndarray) -> tuple[float, float, int]:
         """The point of the polygons ``rows`` nearest ``(lat, lon)``, pulled just inside; its row."""

@@ -6,6 +6,8 @@ embeddings are fields, not side channels.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -72,6 +74,11 @@ class CellTable:
 
 def _round(v, digits: int = 5):
     return None if v is None or not np.isfinite(v) else round(float(v), digits)
+
+
+def _rounded(values, digits: int = 5) -> list:
+    """:func:`_round` of every value of an array, as a list (one conversion to Python floats for all)."""
+    return [round(v, digits) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
 @dataclass
@@ -186,35 +193,41 @@ class GeoPredictions:
         ``true_*`` and ``error_km``."""
         codes, countries = self.pred_country_code, self.pred_country
         region_codes, regions = self.pred_region_code, self.pred_region
-        has_class = self.top_index.shape[1] > 0
+        n, has_class = len(self), self.top_index.shape[1] > 0
         error = self.error_km
+        lat, lon = _rounded(self.pred_latitude), _rounded(self.pred_longitude)
+        score = _rounded(self.top_score[:, 0]) if has_class else [None] * n
+        country_score = None if self.country_score is None else _rounded(self.country_score)
+        radius = None if self.radius_km is None else _rounded(self.radius_km, 1)
+        if error is not None:
+            true_lat, true_lon = _rounded(self.true_latitude, 6), _rounded(self.true_longitude, 6)
+            error_km = _rounded(error, 1)
+        # the top-k classes: each class's name and rounded centroid looked up once
+        used = np.unique(self.top_index)
+        rounded = zip(_rounded(self.cells.latitude[used]), _rounded(self.cells.longitude[used]))
+        centroid = dict(zip(used.tolist(), rounded))
+        names, top_index, top_score = self.cells.names, self.top_index.tolist(), [_rounded(r) for r in self.top_score]
         out = []
-        for i in range(len(self)):
+        for i in range(n):
             record: dict[str, Any] = {
-                "pred_latitude": _round(self.pred_latitude[i]),
-                "pred_longitude": _round(self.pred_longitude[i]),
+                "pred_latitude": lat[i],
+                "pred_longitude": lon[i],
                 "pred_country_code": str(codes[i]),
                 "pred_country": str(countries[i]),
                 "pred_region_code": str(region_codes[i]),
                 "pred_region": str(regions[i]),
-                "score": _round(self.top_score[i, 0]) if has_class else None,
+                "score": score[i],
             }
-            if self.country_score is not None:
-                record["country_score"] = _round(self.country_score[i])
-            if self.radius_km is not None:
-                record["radius_km"] = _round(self.radius_km[i], 1)
-            if error is not None and np.isfinite(self.true_latitude[i]):
-                record["true_latitude"] = _round(self.true_latitude[i], 6)
-                record["true_longitude"] = _round(self.true_longitude[i], 6)
-                record["error_km"] = _round(error[i], 1)
+            if country_score is not None:
+                record["country_score"] = country_score[i]
+            if radius is not None:
+                record["radius_km"] = radius[i]
+            if error is not None and true_lat[i] is not None:
+                record["true_latitude"], record["true_longitude"] = true_lat[i], true_lon[i]
+                record["error_km"] = error_km[i]
             record["top_k"] = [
-                {
-                    "label": self.cells.names[j],
-                    "score": _round(s),
-                    "latitude": _round(self.cells.latitude[j]),
-                    "longitude": _round(self.cells.longitude[j]),
-                }
-                for j, s in zip(self.top_index[i], self.top_score[i])
+                {"label": names[j], "score": s, "latitude": centroid[j][0], "longitude": centroid[j][1]}
+                for j, s in zip(top_index[i], top_score[i])
             ]
             out.append(record)
         return out
