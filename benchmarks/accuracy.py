@@ -278,13 +278,11 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
     results: dict[str, dict] = {}
     for name, answer, refine, views, tta in row.variants():
         answer = None if answer == "tuned" else answer  # None: the config's, as tuned on validation
-        predictor = GeoPredictor(str(out), answer=answer)
+        predictor = GeoPredictor(str(out), answer=answer, tta=tta)
         if views is not None:  # a one-view model scoring places: mean of its views' logits
             predictor.model.config.views = views
         if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
-            tune_coordinate_rule(predictor, ds["validation"])
-        if tta:  # the rule tuned without augmentation, as a user tunes once and then predicts with --tta
-            predictor = GeoPredictor(predictor.model, answer=answer, tta=tta)
+            tune_coordinate_rule(predictor, ds["validation"])  # on the plain view, also for a TTA predictor
         if refine:
             refine_with_retrieval(predictor, ds, out)
         rows = evaluate(predictor, ds, split="test").rows

@@ -295,7 +295,9 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
     on ``dataset`` (a validation split), and set both in the model config.
 
     The images run through the backbone once; each rule re-reads the primary head's output from the
-    pooled embeddings. Returns ``{"rule": (method, top_k, radius_km), "answer": answer,
+    pooled embeddings. A predictor with test-time augmentation is tuned on the plain view (the rule then
+    applies to its fused output as well): re-reading a head from the views' mean embedding is not the
+    mean of their log-probabilities that TTA answers with. Returns ``{"rule": (method, top_k, radius_km), "answer": answer,
     "median_km": {(method, top_k, radius_km, answer): km}}``.
     """
     import torch
@@ -304,6 +306,8 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
     from ..inference.answers import coherent
 
     predictor = as_predictor(model)
+    if predictor.tta:  # one plain view per image (see above)
+        predictor = GeoPredictor(predictor.model, predictor.processor, bf16=predictor.bf16, retrieval=False)
     model = predictor.model
     head = model.heads[model.config.primary_head]
     raw = predictor.predict_dataset(dataset, desc="tuning coordinates", embeddings=True, retrieval=False, answer="cell")

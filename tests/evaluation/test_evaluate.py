@@ -107,3 +107,19 @@ def test_tune_coordinate_rule_picks_the_rule_and_the_answer_on_validation(tiny_m
     # the score is what predicting with the chosen rule and answer gives
     again = GeoPredictor(predictor.model).predict_dataset(validation)
     assert float(np.median(again.error_km)) == pytest.approx(scores[best], rel=1e-4)
+
+
+def test_tune_coordinate_rule_of_a_tta_predictor_tunes_the_plain_view(tiny_model_dir, tiny_dataset):
+    """With test-time augmentation the rule is tuned on the plain view: the same scores as without it (a head
+    re-read from the views' mean embedding would not be TTA's mean of log-probabilities)."""
+    from datasets import load_dataset
+
+    from geohf.evaluation import tune_coordinate_rule
+    from geohf.inference.predictor import GeoPredictor
+
+    validation = load_dataset(str(tiny_dataset), split="validation")
+    plain = tune_coordinate_rule(GeoPredictor(str(tiny_model_dir), bf16=False), validation)
+    tta = GeoPredictor(str(tiny_model_dir), bf16=False, tta="flip")
+    tuned = tune_coordinate_rule(tta, validation)
+    assert tuned["median_km"] == pytest.approx(plain["median_km"], rel=1e-6)
+    assert tta.tta == ("flip",) and tta.model.config.answer == tuned["answer"]  # the predictor keeps its TTA
