@@ -19,10 +19,27 @@ def _countries():
     return load_boundaries("lowres")
 
 
+@lru_cache(maxsize=1)
+def _country_rings() -> list[np.ndarray]:
+    """Every ring (outer and holes) of the low-resolution country polygons as (n, 2) lon, lat arrays."""
+    rings = []
+    for geom in _countries().geometry:
+        for polygon in getattr(geom, "geoms", [geom]):
+            rings.append(np.asarray(polygon.exterior.coords))
+            rings += [np.asarray(hole.coords) for hole in polygon.interiors]
+    return rings
+
+
 def world_axes(figsize=(10, 5.2)):
-    """A figure with an equirectangular world map drawn as background."""
+    """A figure with an equirectangular world map drawn as background.
+
+    The countries are one matplotlib ``PolyCollection`` of cached rings, not ``GeoDataFrame.plot``:
+    geopandas defines a new collection class per call and registers it with matplotlib's legend for
+    good, so a served app that draws a map per request grew by that much every time."""
+    from matplotlib.collections import PolyCollection
+
     fig, ax = plt.subplots(figsize=figsize)
-    _countries().plot(ax=ax, color="#e8e8e8", edgecolor="#9a9a9a", linewidth=0.3)
+    ax.add_collection(PolyCollection(_country_rings(), facecolors="#e8e8e8", edgecolors="#9a9a9a", linewidths=0.3))
     ax.set_xlim(-180, 180)
     ax.set_ylim(-90, 90)
     ax.set_aspect("equal")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -211,3 +212,34 @@ def test_sessions_beyond_max_sessions_are_dropped():
         assert clients[0].predict(api_name="/count") == 1  # a dropped one starts over
     finally:
         demo.close()
+
+
+def test_a_figure_per_request_leaves_nothing_behind():
+    """The app draws a world map per prediction: drawing more of them adds no classes and no legend handlers
+    (geopandas' ``GeoDataFrame.plot`` made a collection class per call and registered it with matplotlib's
+    legend for good: the app under load grew by ~1 MB per 2 predictions)."""
+    import gc
+
+    import numpy as np
+    from matplotlib.legend import Legend
+
+    from geohf.app.figures import place_figure
+    from geohf.inference.predictions import CellTable
+
+    empty = np.array(["", ""], dtype=object)
+    cells = CellTable(["a", "b"], np.array([1.0, 2.0]), np.array([3.0, 4.0]), empty, empty, empty, empty)
+    record = {"pred_latitude": 10.0, "pred_longitude": 20.0, "radius_km": 500.0}
+
+    def draw():
+        place_figure(cells, np.array([0.3, 0.7]), record, {"truth": (1.0, 2.0)}).savefig(Path(os.devnull), format="png")
+
+    def classes() -> int:
+        gc.collect()
+        return sum(isinstance(o, type) for o in gc.get_objects())
+
+    draw()
+    handlers, before = len(Legend.get_default_handler_map()), classes()
+    for _ in range(5):
+        draw()
+    assert len(Legend.get_default_handler_map()) == handlers
+    assert classes() == before
