@@ -85,8 +85,8 @@ class Row:
     seeds: int = 1  # replaced by --seeds for the main rows
     cells: str = "quadtree"  # the dataset's partition, or a spec fitted on the training split
     hierarchy_levels: int | None = None
-    answers: tuple[str, ...] = ("cell",)  # each answer is a table row of the same trained model ("tuned": the
-    # answer tune_coordinate_rule picks on validation)
+    # each answer is a table row of the same trained model; "tuned": the one tune_coordinate_rule picks on validation
+    answers: tuple[str, ...] = ("cell",)
     tta: str | None = None  # also each answer with this test-time augmentation (a row each)
     retrieval: bool = False  # also a row refined by retrieval against the training split
     gallery: str = "geoclip"  # a geoclip head's GPS gallery

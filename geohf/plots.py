@@ -13,17 +13,12 @@ import numpy as np  # noqa: E402
 
 
 @lru_cache(maxsize=1)
-def _countries():
-    from .geo.boundaries import load_boundaries
-
-    return load_boundaries("lowres")
-
-
-@lru_cache(maxsize=1)
 def _country_rings() -> list[np.ndarray]:
     """Every ring (outer and holes) of the low-resolution country polygons as (n, 2) lon, lat arrays."""
+    from .geo.boundaries import load_boundaries
+
     rings = []
-    for geom in _countries().geometry:
+    for geom in load_boundaries("lowres").geometry:
         for polygon in getattr(geom, "geoms", [geom]):
             rings.append(np.asarray(polygon.exterior.coords))
             rings += [np.asarray(hole.coords) for hole in polygon.interiors]

@@ -297,8 +297,8 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
     The images run through the backbone once; each rule re-reads the primary head's output from the
     pooled embeddings. A predictor with test-time augmentation is tuned on the plain view (the rule then
     applies to its fused output as well): re-reading a head from the views' mean embedding is not the
-    mean of their log-probabilities that TTA answers with. Returns ``{"rule": (method, top_k, radius_km), "answer": answer,
-    "median_km": {(method, top_k, radius_km, answer): km}}``.
+    mean of their log-probabilities that TTA answers with. Returns ``{"rule": (method, top_k, radius_km),
+    "answer": answer, "median_km": {(method, top_k, radius_km, answer): km}}``.
     """
     import torch
 

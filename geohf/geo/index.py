@@ -98,7 +98,7 @@ class PolygonIndex:
             m_idx, p_idx = tree.query_nearest(points[todo], max_distance=limit, all_matches=False)
             found_pt.append(todo[m_idx])
             found_part.append(p_idx)
-            todo = np.setdiff1d(todo, todo[m_idx])
+            todo = np.delete(todo, m_idx)
             if not todo.size:
                 break
         return np.concatenate(found_pt), np.concatenate(found_part)

@@ -96,7 +96,8 @@ class AdminAreas:
         # only the points to move need Python: at sea with no area asked for, or outside the asked ones
         sea = np.flatnonzero(finite & (rows < 0) & free)
         nearest, _, edge = self.labeller.index.nearest_points(shapely.points(lon[sea], lat[sea]), lat[sea], None)
-        sea, nearest, edge = sea[nearest >= 0], nearest[nearest >= 0], edge[nearest >= 0]
+        near_land = nearest >= 0
+        sea, nearest, edge = sea[near_land], nearest[near_land], edge[near_land]
         # all at once (the pulled-in point may lie in the neighbouring region of a coast); the rest one by one
         found, inside = self._pulled_in(lat[sea], lon[sea], edge)
         moved = found >= 0

@@ -7,7 +7,6 @@ embeddings are fields, not side channels.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -72,12 +71,9 @@ class CellTable:
         return out
 
 
-def _round(v, digits: int = 5):
-    return None if v is None or not np.isfinite(v) else round(float(v), digits)
-
-
 def _rounded(values, digits: int = 5) -> list:
-    """:func:`_round` of every value of an array, as a list (one conversion to Python floats for all)."""
+    """Every value of an array rounded to ``digits`` as a Python float (``None`` where not finite), as a list:
+    one conversion for the whole array."""
     return [round(v, digits) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
