@@ -13,33 +13,41 @@ import numpy as np  # noqa: E402
 
 
 @lru_cache(maxsize=1)
-def _country_rings() -> list[np.ndarray]:
-    """Every ring (outer and holes) of the low-resolution country polygons as (n, 2) lon, lat arrays."""
+def _country_paths() -> list:
+    """The low-resolution country polygons as matplotlib paths, one compound path per polygon with its
+    holes (exterior counter-clockwise, holes clockwise, so the nonzero fill leaves the holes open)."""
+    from matplotlib.path import Path
+    from shapely.geometry.polygon import orient
+
     from .geo.boundaries import load_boundaries
 
-    rings = []
+    paths = []
     for geom in load_boundaries("lowres").geometry:
         for polygon in getattr(geom, "geoms", [geom]):
-            rings.append(np.asarray(polygon.exterior.coords))
-            rings += [np.asarray(hole.coords) for hole in polygon.interiors]
-    return rings
+            polygon = orient(polygon, sign=1.0)
+            rings = [polygon.exterior, *polygon.interiors]
+            paths.append(Path.make_compound_path(*(Path(np.asarray(r.coords)[:, :2], closed=True) for r in rings)))
+    return paths
 
 
 def world_axes(figsize=(10, 5.2)):
     """A figure with an equirectangular world map drawn as background.
 
-    The countries are one matplotlib ``PolyCollection`` of cached rings, not ``GeoDataFrame.plot``:
+    The countries are one matplotlib ``PathCollection`` of cached paths, not ``GeoDataFrame.plot``:
     geopandas defines a new collection class per call and registers it with matplotlib's legend for
     good, so a served app that draws a map per request grew by that much every time."""
-    from matplotlib.collections import PolyCollection
+    from matplotlib.collections import PathCollection
 
     fig, ax = plt.subplots(figsize=figsize)
-    ax.add_collection(PolyCollection(_country_rings(), facecolors="#e8e8e8", edgecolors="#9a9a9a", linewidths=0.3))
+    countries = PathCollection(_country_paths(), facecolors="#e8e8e8", edgecolors="#9a9a9a", linewidths=0.3)
+    ax.add_collection(countries)
     ax.set_xlim(-180, 180)
     ax.set_ylim(-90, 90)
     ax.set_aspect("equal")
     ax.set_xticks(range(-180, 181, 60))
     ax.set_yticks(range(-90, 91, 30))
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
     ax.grid(color="#cccccc", linewidth=0.3)
     return fig, ax
 

@@ -8,10 +8,14 @@ import sys
 from ..errors import UserError, check_source
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas (``M_ARENA_MAX``) before the server's threads start: Gradio runs each
-    request on a worker thread, and with one arena per thread the server's memory creeps up under
-    concurrent clients although nothing is kept. Whether it applied (glibc only)."""
+def limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+    """Keep a long-running server's native memory flat (glibc only; whether it applied).
+
+    Before the server's threads start: cap malloc's arenas (``M_ARENA_MAX``), since Gradio runs each
+    request on a worker thread and one arena per thread creeps up under concurrent clients; and fix the
+    mmap threshold (``M_MMAP_THRESHOLD``), since glibc's dynamic threshold rises after the first large
+    free and then serves each request's image and figure buffers from the heap, which it rarely gives back.
+    Blocks of at least ``mmap_threshold`` bytes are then mapped and returned to the system when freed."""
     import ctypes
     import ctypes.util
 
@@ -19,7 +23,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-8, arenas))  # -8: M_ARENA_MAX
+        m_arena_max, m_mmap_threshold = -8, -3
+        return bool(libc.mallopt(m_arena_max, arenas)) and bool(libc.mallopt(m_mmap_threshold, mmap_threshold))
     except (OSError, AttributeError):
         return False
 

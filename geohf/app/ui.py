@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .figures import click_to_latlon, clickable_world_map, place_figure  # noqa:
 from .game import Game, Guess, country_choices, scoreboard  # noqa: E402
 from .prediction import PlacePrediction, predict_place  # noqa: E402
 
+CACHE_AGE_S = 3600  # the app's files (gradio's copies of uploads and maps, our HTML maps) are kept this long
 SCOREBOARD_HEADERS = ["who", "rounds", "country top-1 %", "country top-5 %", "mean km", "GeoScore"]
 
 
@@ -86,9 +88,23 @@ class GeoApp:
         record = place.record
         truth = (record["exif_latitude"], record["exif_longitude"]) if "exif_latitude" in record else None
         figure = place_figure(self.predictor.cells, place.probs, record, {"truth": truth})
+        self.sweep()
         html = self.workdir / f"map-{uuid.uuid4().hex[:8]}.html"
         save_map(prediction_map([MapPoint.from_record(record)], self.predictor.cells, place.probs), html)
         return figure, _summary(record), place.countries, place.regions, record, str(html)
+
+    def sweep(self, age_s: float = CACHE_AGE_S) -> int:
+        """Delete this app's HTML maps older than ``age_s`` (Gradio serves its own copy): how many.
+        A server up for days keeps a bounded work folder."""
+        cutoff, removed = time.time() - age_s, 0
+        for old in self.workdir.glob("map-*.html"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another request swept it
+                pass
+        return removed
 
     # ------------------------------------------------------------ game tab
     def next_round(self, state: dict | None):
@@ -131,7 +147,9 @@ class GeoApp:
 
 def build_app(app: GeoApp, title: str = "geohf"):
     """The Gradio Blocks for ``app``: a Predict tab, and a Game tab when it has a game."""
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # delete_cache: Gradio copies every upload and returned file into its cache and keeps them for good
+    # unless told; every 10 minutes, files older than CACHE_AGE_S go
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, CACHE_AGE_S)) as demo:
         gr.Markdown(f"# {title}: where was this photo taken?")
         with gr.Tab("Predict"):
             files = gr.File(

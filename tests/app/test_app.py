@@ -92,12 +92,13 @@ def app_server(tiny_model_dir, tiny_dataset, tmp_path_factory):
     results = tmp_path_factory.mktemp("game") / "human.jsonl"
     predictor = GeoPredictor(str(tiny_model_dir), bf16=False)
     game = Game(predictor, str(tiny_dataset), "test", results=str(results), seed=0, model_name="tiny")
-    demo = build_app(GeoApp(predictor, game, workdir=str(tmp_path_factory.mktemp("app"))))
+    geo_app = GeoApp(predictor, game, workdir=str(tmp_path_factory.mktemp("app")))
+    demo = build_app(geo_app)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve(demo, port=port, max_file_size="200kb", block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "results": results, "game": game, "demo": demo}
+    yield {"url": f"http://127.0.0.1:{port}/", "results": results, "game": game, "demo": demo, "geo_app": geo_app}
     demo.close()
 
 
@@ -166,6 +167,23 @@ def test_app_predicts_and_plays_a_round_headless(app_server, tiny_dataset, tmp_p
 
     hosts = {a[0] for a in connections if isinstance(a, tuple)}
     assert hosts <= {"127.0.0.1", "localhost", "::1"}, f"the app or client reached out: {hosts}"
+
+
+def test_the_app_keeps_a_bounded_work_folder_and_cache(app_server, tmp_path):
+    """A server up for days: its HTML maps older than the cache age are swept, and Gradio is told to
+    delete its copies of uploads and returned files (it keeps them for good otherwise)."""
+    import time
+
+    from geohf.app.ui import CACHE_AGE_S
+
+    assert app_server["demo"].delete_cache == (600, CACHE_AGE_S)
+    geo_app = app_server["geo_app"]
+    old, fresh = geo_app.workdir / "map-old.html", geo_app.workdir / "map-fresh.html"
+    old.write_text("x"), fresh.write_text("x")
+    os.utime(old, (time.time() - CACHE_AGE_S - 5,) * 2)
+    keep = geo_app.world_map
+    assert geo_app.sweep() == 1
+    assert not old.exists() and fresh.exists() and keep.exists()
 
 
 def test_serve_says_where_without_gradios_share_hint(capfd):

@@ -115,14 +115,6 @@ def test_app_under_20_concurrent_clients(geohf_app, tiles, record):
     assert answered, (failures + warm_failures)[:5]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the app's RSS still grows by about 60-80 MB over 200 predictions after the warm-up (the same 20 sessions "
-    "throughout; also after a 200-prediction warm-up). Not Python objects: tracemalloc sees ~3 MB per 200 "
-    "predictions, almost all the per-call matplotlib class geopandas made (fixed: "
-    "tests/app/test_app.py::test_a_figure_per_request_leaves_nothing_behind); glibc arenas capped, a fixed mmap "
-    "threshold changed nothing: native memory not found yet",
-)
 def test_app_memory_flat_under_load(geohf_app):
     if "growth" not in LOAD:
         pytest.fail("test_app_under_20_concurrent_clients did not run")
