@@ -15,7 +15,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,33 +152,51 @@ def _decode(fp, name: str, draft: tuple[int, int] | None = None) -> DecodedImage
 
 def _read(source: str | os.PathLike, data: bytes | None) -> bytes:
     name = str(source)
-    if data is None and is_url(name):
-        return fetch_url(name)
     if data is not None:
         return data
-    p = Path(source)
-    if not p.exists():
-        raise ImageLoadError(source, "no such file")
-    if p.is_dir():
-        raise ImageLoadError(source, "is a folder, not an image")
-    return p.read_bytes()
+    if is_url(name):
+        return fetch_url(name)
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageLoadError(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(source, "is a folder, not an image") from None
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 def _plain_png(data: bytes) -> bool:
     """An 8-bit PNG (grey, RGB, palette, with or without alpha) that carries no EXIF and is below PIL's
-    decompression-bomb limit: what libpng decodes to the same RGB pixels as PIL's ``convert("RGB")``."""
+    decompression-bomb limit: what libpng decodes to the same RGB pixels as PIL's ``convert("RGB")``.
+
+    Walks the chunk headers (skipping the image data): a transparency key (``tRNS``), an ``eXIf``
+    chunk, or a text chunk that may carry EXIF or an orientation (ImageMagick's raw profiles, XMP)
+    leave the file to PIL."""
     if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return False
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     bit_depth, color_type = data[24], data[25]
-    if bit_depth != 8 or color_type not in (0, 2, 3, 4, 6) or b"tRNS" in data:
-        return False  # 16-bit greys are rescaled by to_rgb_image; low bit depths and transparency keys: PIL
+    if bit_depth != 8 or color_type not in (0, 2, 3, 4, 6):
+        return False  # 16-bit greys are rescaled by to_rgb_image; low bit depths: PIL
     if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
         return False  # PIL refuses it with the decompression-bomb message
-    return b"eXIf" not in data and b"exif" not in data  # EXIF (orientation, GPS; raw profiles too): PIL
+    pos, end = 8, len(data)
+    while pos + 8 <= end:
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind in (b"tRNS", b"eXIf"):
+            return False
+        if kind in PNG_TEXT_CHUNKS:
+            text = data[pos + 8 : pos + 8 + length].lower()
+            if b"exif" in text or b"xmp" in text or b"orientation" in text:
+                return False
+        if kind == b"IEND":
+            return True
+        pos += 12 + length
+    return False  # no IEND: truncated, PIL says so
 
 
 def _png_pixels(data: bytes) -> np.ndarray | None:

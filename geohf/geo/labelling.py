@@ -90,6 +90,7 @@ class PointLabeller:
         self._match = _StringTable(_MATCH)
         self.use_grid = grid
         self._grid_key = geometry_key(self.index.parts) if grid else None
+        self.index.cache_key = self._grid_key  # its tiles (nearest searches) are cached beside the grid
         self.grid: LabelGrid | None = find_grid(self.index.parts, self._grid_key) if grid else None
 
     def _grid_for(self, n_points: int) -> LabelGrid | None:

@@ -12,10 +12,10 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
 
 Each result: ``pred_latitude, pred_longitude, pred_country_code, pred_country, pred_region_code,
 pred_region, score, country_score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
-Inputs may be paths, URLs, PIL images or numpy arrays. ``preprocess`` decodes and resizes each
-image in uint8 (cheap, and a fixed size so batches collate); ``_forward`` normalises the whole
-batch at once and turns the outputs into predictions batched, so ``postprocess`` only formats
-a record. The model runs in channels_last and,
+Inputs may be paths, URLs, PIL images or numpy arrays. ``preprocess`` only decodes each image to
+uint8; ``_forward`` resizes and normalises the whole batch at once (as ``geohf predict`` does) and
+turns the outputs into predictions and records batched, so ``postprocess`` only hands one out.
+The model runs in channels_last and,
 where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
 autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
 A model folder (or Hub repo) with a retrieval index (``geohf index build``) has its coordinates
@@ -25,6 +25,7 @@ refined by it, as :class:`~geohf.inference.predictor.GeoPredictor` does; ``retri
 
 from __future__ import annotations
 
+import itertools
 import os
 from functools import cached_property
 from typing import Any
@@ -34,13 +35,11 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
-from ..geo.places import AdminAreas
-from ..modeling.image_processing_geohf import one_thread
+from ..images import to_rgb_array
 from .images import load_pixels
-from .predictions import CellTable, GeoPredictions
+from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
-
-_FIELDS = ("pred_latitude", "pred_longitude", "top_index", "top_score", "radius_km", "area_row", "country_score")
+from .streams import default_streams, in_streams
 
 
 def _image(item: Any) -> Any:
@@ -68,8 +67,11 @@ class ImageGeolocationPipeline(Pipeline):
         bf16: bool | None = None,
         timeout=None,
         retrieval: bool | None = None,
+        streams: int | None = None,
     ):
         forward = {}  # top_k and mass shape the predictions, made batched in _forward
+        if streams is not None:
+            forward["streams"] = streams  # taken out again by get_iterator
         if retrieval is not None:
             forward["retrieval"] = retrieval
         if top_k is not None:
@@ -81,43 +83,84 @@ class ImageGeolocationPipeline(Pipeline):
         return {}, forward, {}
 
     def preprocess(self, inputs: Any) -> dict:
-        """uint8 (1, 3, S, S), or (1, views, 3, S, S) for a place: decoded, resized and cropped."""
-        proc = self.image_processor
+        """The image (or a place's views) decoded to uint8 (H, W, 3) arrays: arrays, not tensors, so that
+        transformers' collation hands ``_forward`` the batch as a list, resized and normalised there at once."""
         views = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        if not hasattr(proc, "resize_crop"):  # another image processor: its own float pixel_values
+        if not hasattr(self.image_processor, "resize_crop"):  # another image processor: its own pixel_values
             images = [[_image(v) for v in views]] if isinstance(inputs, (list, tuple)) else _image(inputs)
-            return {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
-        groups = proc.to_uint8([_image(v) for v in views])
-        groups = [groups] if isinstance(groups, torch.Tensor) else groups
-        cropped = torch.cat([proc.resize_crop(g) for g in groups])
-        return {"pixel_values": cropped[None] if isinstance(inputs, (list, tuple)) else cropped}
+            return {"pixel_values": self.image_processor(images, return_tensors="pt")["pixel_values"]}
+        return {"images": [to_rgb_array(_image(v)) for v in views], "place": isinstance(inputs, (list, tuple))}
+
+    def _pixel_values(self, model_inputs: dict) -> torch.Tensor:
+        """(B, 3, S, S), or (B, V, 3, S, S) for places: the batch's images resized and normalised at once."""
+        if "pixel_values" in model_inputs:
+            return model_inputs["pixel_values"]
+        images, place = model_inputs["images"], model_inputs["place"]
+        if isinstance(place, bool):  # batch_size=1: not collated
+            images, place = [images], [place]
+        counts = {len(views) for views in images}
+        if any(place) and len(counts) != 1:
+            raise ValueError(f"every place in a batch needs the same number of views, got {sorted(counts)}")
+        pixels = self.image_processor.pixel_values([v for views in images for v in views], self.dtype)
+        return pixels.unflatten(0, (len(images), counts.pop())) if any(place) else pixels
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """Batches of a list, dataset or generator: on a CPU two batches at once (``streams``, default
+        :func:`~geohf.inference.streams.default_streams`), each in its own thread with half of torch's
+        threads, so one batch's decoding and answers run beside the other's forward
+        (:mod:`geohf.inference.streams`); transformers' own iterator otherwise (one batch at a time, and
+        ``num_workers`` DataLoader processes when asked)."""
+        forward_params = dict(forward_params)
+        streams = forward_params.pop("streams", None)
+        streams = default_streams(self.device) if streams is None else max(1, streams)
+        if streams == 1 or num_workers > 0 or batch_size <= 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        from transformers.pipelines.base import pad_collate_fn
+
+        collate = pad_collate_fn(self.tokenizer, self.image_processor)
+
+        def batch(items: list) -> list:
+            outputs = self.forward(collate([self.preprocess(x, **preprocess_params) for x in items]), **forward_params)
+            return [self.postprocess({"records": r}, **postprocess_params) for r in outputs["records"]]
+
+        remaining = iter(inputs)
+        chunks = iter(lambda: list(itertools.islice(remaining, batch_size)), [])
+        return (result for results in in_streams(batch, chunks, streams) for result in results)
 
     def _forward(
-        self, model_inputs: dict, bf16: bool | None = None, top_k: int = 5, mass: float = 0.5, retrieval: bool = True
+        self,
+        model_inputs: dict,
+        bf16: bool | None = None,
+        top_k: int = 5,
+        mass: float = 0.5,
+        retrieval: bool = True,
+        streams: int | None = None,
     ):
-        """The batch normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last, bf16
-        autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch and
-        their coordinates refined by the model's retrieval index when it has one."""
+        """The batch resized and normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last,
+        bf16 autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch and
+        their coordinates refined by the model's retrieval index when it has one, and their records.
+        ``streams`` only matters to :meth:`get_iterator` (one call runs one batch)."""
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
             self._channels_last = True
         bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
-        pixels = model_inputs["pixel_values"]
-        if pixels.dtype == torch.uint8:
-            with one_thread():
-                pixels = self.image_processor.normalize(pixels, self.dtype)
+        pixels = self._pixel_values(model_inputs)
         refine = retrieval and self._index is not None
         out = forward(self.model, pixels, bf16, output_embeddings=refine)
         # retrieval refinement (a separate step on the head's coordinates), then the coherent answer
         pred = predictions_from_outputs(
             self.model, out, self._cells, top_k, mass, refine=self._index.refine if refine else None
         )
-        # tensors only: transformers unbatches them row by row for postprocess
-        return {k: None if getattr(pred, k) is None else torch.from_numpy(getattr(pred, k)) for k in _FIELDS}
+        # an object array: transformers unbatches it row by row for postprocess and leaves it as it is otherwise
+        records = np.empty(len(pred.pred_latitude), dtype=object)
+        records[:] = pred.records()
+        return {"records": records}
 
     def postprocess(self, model_outputs: dict) -> dict:
-        fields = {k: None if v is None else v.numpy() for k, v in model_outputs.items()}
-        return GeoPredictions(cells=self._cells, areas=AdminAreas.default().table, **fields).records()[0]
+        records = model_outputs["records"]
+        return records if isinstance(records, dict) else records[0]
 
     @cached_property
     def _index(self):

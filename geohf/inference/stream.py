@@ -29,6 +29,7 @@ from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
 from .predictor import GeoPredictor
+from .streams import default_streams, in_streams
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -133,6 +134,27 @@ def make_record(
     return out
 
 
+def _predict_loaded(predictor: GeoPredictor, batch: list[LoadedItem]) -> list[Prediction]:
+    """One decoded batch → its predictions in input order (items with no readable view give none).
+    Places with different numbers of views are predicted in sub-batches of equal shape."""
+    groups: dict[tuple, list[LoadedItem]] = {}
+    for loaded in batch:
+        if loaded.pixels:
+            groups.setdefault(loaded.key, []).append(loaded)
+    done: dict[int, Prediction] = {}
+    for key, group in groups.items():
+        # the whole group resized and normalised at once (one interpolate per image size)
+        predictor.check_single_views(bool(key))
+        pixel_values = predictor.pixel_values([p for g in group for p in g.pixels])
+        if key:  # places: (items, views, 3, S, S)
+            pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
+        predictions = predictor.predict_tensors(pixel_values)
+        for j, (loaded, base) in enumerate(zip(group, predictions.records())):
+            record = make_record(loaded.item, base, loaded.views, loaded.gps)
+            done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
+    return [done[i] for i in sorted(done)]
+
+
 def iter_predictions(
     predictor: GeoPredictor,
     items: Sequence[PredictItem],
@@ -140,40 +162,36 @@ def iter_predictions(
     num_workers: int = 0,
     on_error=None,
     progress: bool = True,
-    decode_thread: bool = False,
+    streams: int | None = None,
 ) -> Iterator[Prediction]:
-    """Predictions in input order, decoded by a DataLoader and predicted one batch at a time.
+    """Predictions in input order, one batch at a time.
 
-    Items whose images could not be read (all of their views) yield nothing; every
-    unreadable image goes to ``on_error``. Places with different numbers of views in one
-    batch are predicted in sub-batches of equal shape. ``decode_thread``: decode the next batch
-    in a thread while the model runs (libpng and PIL release the GIL); off by default, as on two
-    cores it only competes with the forward's own threads (docs/benchmarks.md).
+    Items whose images could not be read (all of their views) yield nothing; every unreadable image
+    goes to ``on_error``. ``streams`` (default :func:`~geohf.inference.streams.default_streams`): batches
+    decoded and predicted at once, each in its own thread with its share of torch's threads
+    (:mod:`geohf.inference.streams`). ``num_workers``: decode in that many DataLoader processes instead,
+    one batch in flight.
     """
-    batches = _decoded_batches(ItemDataset(items), batch_size, num_workers)
-    batches = _in_thread(batches) if decode_thread else batches
+    streams = default_streams(predictor.device) if streams is None else max(1, streams)
+    dataset = ItemDataset(items)
+    if num_workers > 0 or streams == 1:
+        batches = decoded_batches(dataset, batch_size, num_workers)
+        results = ((batch, _predict_loaded(predictor, batch)) for batch in batches)
+    else:
+
+        def job(indices: range) -> tuple[list[LoadedItem], list[Prediction]]:
+            batch = [dataset[i] for i in indices]
+            return batch, _predict_loaded(predictor, batch)
+
+        starts = range(0, len(dataset), batch_size)
+        results = in_streams(job, (range(i, min(i + batch_size, len(dataset))) for i in starts), streams)
     with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
-        for batch in batches:
+        for batch, predictions in results:
             for loaded in batch:
                 for err in loaded.errors:
                     if on_error is not None:
                         on_error(err)
-            groups: dict[tuple, list[LoadedItem]] = {}
-            for loaded in batch:
-                if loaded.pixels:
-                    groups.setdefault(loaded.key, []).append(loaded)
-            done: dict[int, Prediction] = {}
-            for key, group in groups.items():
-                # the whole group resized and normalised at once (one interpolate per image size)
-                predictor.check_single_views(bool(key))
-                pixel_values = predictor.pixel_values([p for g in group for p in g.pixels])
-                if key:  # places: (items, views, 3, S, S)
-                    pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
-                predictions = predictor.predict_tensors(pixel_values)
-                for j, (loaded, base) in enumerate(zip(group, predictions.records())):
-                    record = make_record(loaded.item, base, loaded.views, loaded.gps)
-                    done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
-            yield from (done[i] for i in sorted(done))
+            yield from predictions
             bar.update(len(batch))
 
 
@@ -182,7 +200,7 @@ def decode_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
+def decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
     """Batches of decoded items: worker processes (a DataLoader) with ``num_workers``, else a thread pool
     decoding each batch while the model waits (it runs between batches, so the threads take no core from it)."""
     if num_workers > 0:
@@ -190,39 +208,22 @@ def _decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
         )
         return
-    threads = decode_threads()
-    if threads == 1:
-        for start in range(0, len(dataset), batch_size):
-            yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        return
     from concurrent.futures import ThreadPoolExecutor
 
+    def decode(indices: range) -> list[LoadedItem]:
+        return [dataset[i] for i in indices]
+
+    threads = decode_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="geohf-decode") as pool:
         for start in range(0, len(dataset), batch_size):
-            yield list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
-
-
-def _in_thread(iterable, depth: int = 1) -> Iterator:
-    """``iterable``'s items produced by a daemon thread, at most ``depth`` ahead of the consumer."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-
-    def produce():
-        try:
-            for x in iterable:
-                q.put(x)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-            q.put(err)
-        q.put(end)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (x := q.get()) is not end:
-        if isinstance(x, BaseException):
-            raise x
-        yield x
+            indices = range(start, min(start + batch_size, len(dataset)))
+            if threads == 1:
+                yield decode(indices)
+                continue
+            # one task per thread (every threads-th image): a task per image costs more than decoding a tile
+            shares = [indices[k::threads] for k in range(threads)]
+            decoded = {item.index: item for share in pool.map(decode, shares) for item in share}
+            yield [decoded[i] for i in indices]
 
 
 # ---------------------------------------------------------------- writers

@@ -311,7 +311,7 @@ class GeoImageProcessor(BaseImageProcessor):
             self._scale = (1.0 / (255.0 * std)).float().expand(plane).contiguous()
             self._shift = (-mean / std).float().expand(plane).contiguous()
         out = nhwc.float() if nhwc.is_contiguous() else nhwc.contiguous().float()
-        out.mul_(self._scale).add_(self._shift)
+        torch.addcmul(self._shift, out, self._scale, out=out)  # one pass (mul_ then add_ took twice as long)
         out = out.movedim(-1, -3)
         return out if dtype in (None, torch.float32) else out.to(dtype)
 

@@ -115,7 +115,9 @@ def test_grid_agrees_with_plain_point_in_polygon(labeller, admin1_path):
         g_index, g_dist, g_report = grid.polygon_index(lat[chunk], lon[chunk])
         p_index, p_dist, p_report = plain.polygon_index(lat[chunk], lon[chunk])
         np.testing.assert_array_equal(g_index, p_index)
-        np.testing.assert_array_equal(g_dist, p_dist)  # NaN where inside or unmatched, in both
+        # NaN where inside or unmatched, in both; the grid's labeller searches the nearest polygon on its cached
+        # 1° pieces, the plain one on whole polygons: a cut edge's new vertex moves the nearest point by ~1e-15°
+        np.testing.assert_allclose(g_dist, p_dist, rtol=1e-9, atol=0)
         assert g_report.as_dict() == p_report.as_dict()
         assert 0 < g_report.nearest < g_report.inside
     frame_g, _ = grid.label(lat[:5000], lon[:5000])

@@ -57,3 +57,36 @@ def test_sea_points_land_on_the_nearest_land_in_one_pass():
     tree, _, part_row = a.labeller.index._index_for(len(lat))
     _, open_part = tree.query_nearest(shapely.points(lon, lat), all_matches=False)
     assert (part_row[open_part] == nearest).all()
+
+
+def test_nearest_search_on_tiles_cached_on_disk(tmp_path, monkeypatch):
+    """An index with a cache key searches the nearest polygon on its 1° pieces: built once, saved in the cache,
+    read back by the next index (no build), with the rows and km of the search on whole polygons."""
+    import shapely
+
+    import geohf.geo.index as index_module
+    from geohf.geo.index import PolygonIndex
+
+    monkeypatch.setenv("GEOHF_CACHE", str(tmp_path))
+    geometry = areas().geometry
+    first = PolygonIndex(geometry, cache_key="test-key")
+    first.tiled()
+    (saved,) = (tmp_path / "polygon-tiles").iterdir()
+    assert saved.name.startswith("test-key") and not list(tmp_path.rglob("*.tmp*"))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached tiles were not used")
+
+    monkeypatch.setattr(index_module, "tile_parts", no_build)
+    second, plain = PolygonIndex(geometry, cache_key="test-key"), PolygonIndex(geometry)
+    rng = np.random.default_rng(5)
+    lat, lon = rng.uniform(-60, 75, 2000), rng.uniform(-180, 180, 2000)
+    sea = plain.containing(shapely.points(lon, lat)) < 0
+    points, lat = shapely.points(lon[sea], lat[sea]), lat[sea]
+    rows, km, edge = second.nearest_points(points, lat)
+    plain_rows, plain_km, plain_edge = plain.nearest_points(points, lat)
+    assert sea.sum() > 500 and (rows >= 0).all()
+    np.testing.assert_array_equal(rows, plain_rows)
+    np.testing.assert_allclose(km, plain_km, rtol=1e-9)
+    np.testing.assert_allclose(edge, plain_edge, atol=1e-9)
+    assert len(second.tiled()[1]) > len(second.parts)  # the pieces: smaller and more of them

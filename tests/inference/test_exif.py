@@ -154,6 +154,9 @@ def test_heic(tmp_path, monkeypatch):
 
     # without pillow-heif: a clear error naming the fix
     monkeypatch.setattr(images_module, "heif_available", lambda: False)
+    # every plugin registered first: PIL's one-time init() would otherwise add them to this temporary list,
+    # and later tests would find no WEBP (or other late plugin) once it is put back
+    Image.init()
     monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i not in ("HEIF", "AVIF")])
     with pytest.raises(ImageLoadError, match="pip install pillow-heif") as info:
         load_image(path)

@@ -125,6 +125,42 @@ def test_streamed_predictions_match_the_predictor(predictor, tiles):
         )
 
 
+def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tiles, tmp_path):
+    """Batches predicted two at a time (each in its own thread with its share of torch's threads) give the
+    records and errors of one at a time, in input order; the caller's and new threads' counts are unchanged,
+    also when the consumer stops early."""
+    from geohf.inference.inputs import ImageRef, PredictItem
+    from geohf.inference.stream import iter_predictions
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    paths = [*map(str, tiles["paths"][:4]), str(broken), *map(str, tiles["paths"][4:])]
+    items = [PredictItem([ImageRef(p)]) for p in paths]
+    threads = torch.get_num_threads()
+    runs = {}
+    for streams in (1, 2):
+        errors = []
+        records = [p.record for p in iter_predictions(predictor, items, 2, on_error=errors.append, streams=streams)]
+        runs[streams] = (records, [e.path for e in errors])
+        assert torch.get_num_threads() == threads
+    (one, one_errors), (two, two_errors) = runs[1], runs[2]
+    assert [r["file"] for r in two] == [r["file"] for r in one] == [p for p in paths if p != str(broken)]
+    assert two_errors == one_errors == [str(broken)]
+    for a, b in zip(one, two):
+        assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+        assert (a["pred_latitude"], a["pred_longitude"], a["score"]) == pytest.approx(
+            (b["pred_latitude"], b["pred_longitude"], b["score"]), abs=1e-4
+        )
+    stopped = iter_predictions(predictor, items, 2, streams=2)
+    next(stopped)
+    stopped.close()
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert torch.get_num_threads() == threads and seen == [threads]
+
+
 @pytest.fixture
 def http_folder(tiles):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiles["root"]))

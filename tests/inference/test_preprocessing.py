@@ -107,3 +107,37 @@ def test_decode_pixels_keeps_exif_and_errors(tmp_path):
         decode_pixels("cut.png", truncated)
     with pytest.raises(ImageLoadError, match="no such file"):
         decode_pixels(tmp_path / "missing.png")
+
+
+def test_decode_pixels_leaves_pngs_with_metadata_to_pil(tmp_path):
+    """The libpng path takes only PNGs whose chunks carry nothing PIL would act on: a transparency key,
+    an EXIF profile in a text chunk or an XMP orientation go through PIL, with the same pixels and the
+    same orientation as :func:`decode_image`; a folder or a cut file fail as there."""
+    from PIL import PngImagePlugin
+
+    from geohf.images import ImageLoadError, _plain_png
+
+    image = Image.fromarray(np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3))
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    cases = {"plain": {}, "transparency key": {"transparency": (0, 0, 0)}}
+    for name, text in {
+        "raw EXIF profile": ("Raw profile type exif", "exif\n 10\n00"),
+        "XMP": ("XML:com.adobe.xmp", xmp),
+    }.items():
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(*text) if name == "XMP" else info.add_text(*text, zip=True)
+        cases[name] = {"pnginfo": info}
+    for name, kwargs in cases.items():
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **kwargs)
+        data = buf.getvalue()
+        assert _plain_png(data) == (name == "plain"), name
+        fast, reference = decode_pixels("x.png", data), decode_image("x.png", data).image
+        assert np.array_equal(fast.pixels, np.asarray(reference)), name
+    assert decode_image("x.png", data).image.size == (6, 4)  # the XMP orientation applied: PIL's path
+    assert not _plain_png(data[: len(data) - 12])  # no IEND
+    with pytest.raises(ImageLoadError, match="is a folder"):
+        decode_pixels(tmp_path)
