@@ -51,6 +51,7 @@ from geohf.inference.stream import (  # noqa: E402
     predict_files,
 )
 from geohf.inference.streams import default_streams, in_streams  # noqa: E402
+from geohf.malloc import BATCH, set_malloc  # noqa: E402
 from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
 from geohf.modeling.factory import load_partition  # noqa: E402
 from geohf.training import GeoTrainer, GeoTrainingArguments  # noqa: E402
@@ -237,11 +238,22 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
         return len(files) / (time.perf_counter() - start)
 
     items = ItemDataset([PredictItem([ImageRef(str(f))]) for f in files])
+    chunks = [range(i, min(i + batch, len(files))) for i in range(0, len(files), batch)]
+    streams = default_streams("cpu")
 
-    def tensor_path_pool():  # as geohf predict decodes: a thread per core, each a share of the batch
+    def tensor_path_threads():  # geohf predict with one stream (an accelerator): decode threads ahead of the caller
         start = time.perf_counter()
         for loaded in decoded_batches(items, batch):
             processor.pixel_values([p for item in loaded for p in item.pixels])
+        return len(files) / (time.perf_counter() - start)
+
+    def decode_and_resize(indices: range) -> torch.Tensor:
+        return processor.pixel_values([p for i in indices for p in items[i].pixels])
+
+    def tensor_path_streams():  # geohf predict on a CPU: batches in streams, each decoded and resized in its thread
+        start = time.perf_counter()
+        for _ in in_streams(decode_and_resize, chunks, streams):
+            pass
         return len(files) / (time.perf_counter() - start)
 
     def pil_path():  # what geohf did before: PIL decode, timm's transform per image, stack
@@ -268,7 +280,8 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
     return median_rounds(
         {
             "tensor_path": tensor_path,
-            "tensor_path_decode_pool": tensor_path_pool,
+            "tensor_path_streams": tensor_path_streams,
+            "tensor_path_decode_threads": tensor_path_threads,
             "pil_path": pil_path,
             "decode_only": decode_only,
             "preprocess": preprocess_only,
@@ -337,12 +350,12 @@ def figure_rows(results: dict) -> list[tuple[str, str, str, str, bool]]:
     if dec:
         rows.append(
             (
-                f"decode + preprocess 64-px PNG → 96-px tensor, img/s ({dec['decode_threads']} decode threads)",
-                f"{dec['tensor_path_decode_pool_img_s']:.0f}",
+                f"decode + preprocess 64-px PNG → 96-px tensor, img/s ({dec['streams']} streams, as geohf predict)",
+                f"{dec['tensor_path_streams_img_s']:.0f}",
                 ">= 8000",
-                f"{dec['tensor_path_decode_pool_img_s'] / dec['pil_path_img_s']:.1f}x the PIL path "
+                f"{dec['tensor_path_streams_img_s'] / dec['pil_path_img_s']:.1f}x the PIL path "
                 f"({dec['pil_path_img_s']:.0f}; one thread {dec['tensor_path_img_s']:.0f})",
-                dec["tensor_path_decode_pool_img_s"] >= 8000,
+                dec["tensor_path_streams_img_s"] >= 8000,
             )
         )
     if train:
@@ -372,12 +385,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_malloc(BATCH)  # as geohf predict runs (both sides of every comparison share the process)
     sections = set(args.sections.split(","))
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     dataset = data(root)
     torch.manual_seed(0)
-    results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads()}
+    results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads(), "malloc": "geohf.malloc.BATCH"}
     model, processor = model_and_processor(dataset, args.image_size)
     raw_train = raw_train_split(dataset)
     train = train_set(raw_train, model, processor)
@@ -508,7 +522,9 @@ def main(argv=None) -> dict:
             "tensor_path_img_s": med["tensor_path"],
             "pil_path_img_s": med["pil_path"],
             "speedup_vs_pil_path": med["tensor_path"] / med["pil_path"],
-            "tensor_path_decode_pool_img_s": med["tensor_path_decode_pool"],
+            "tensor_path_streams_img_s": med["tensor_path_streams"],
+            "streams": default_streams("cpu"),
+            "tensor_path_decode_threads_img_s": med["tensor_path_decode_threads"],
             "decode_threads": decode_threads(),
             "decode_only_img_s": med["decode_only"],
             "preprocess_only_img_s": med["preprocess"],

@@ -6,32 +6,12 @@ import argparse
 import sys
 
 from ..errors import UserError, check_source
-
-
-def limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
-    """Keep a long-running server's native memory flat (glibc only; whether it applied).
-
-    Before the server's threads start: cap malloc's arenas (``M_ARENA_MAX``), since Gradio runs each
-    request on a worker thread and one arena per thread creeps up under concurrent clients; and fix the
-    mmap threshold (``M_MMAP_THRESHOLD``), since glibc's dynamic threshold rises after the first large
-    free and then serves each request's image and figure buffers from the heap, which it rarely gives back.
-    Blocks of at least ``mmap_threshold`` bytes are then mapped and returned to the system when freed."""
-    import ctypes
-    import ctypes.util
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_arena_max, m_mmap_threshold = -8, -3
-        return bool(libc.mallopt(m_arena_max, arenas)) and bool(libc.mallopt(m_mmap_threshold, mmap_threshold))
-    except (OSError, AttributeError):
-        return False
+from ..malloc import SERVER, set_malloc
 
 
 def app_command(args: argparse.Namespace) -> int:
     """Load the model (and the game's dataset) and serve the app until interrupted."""
-    limit_malloc_arenas()
+    set_malloc(SERVER)  # before the server's threads start
     import gradio  # noqa: F401  (the 'app' extra: missing, it is the first thing to say)
 
     model = check_source(args.model, "model")

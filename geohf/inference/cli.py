@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..errors import UserError, check_source, counted
+from ..malloc import BATCH, set_malloc
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -56,6 +57,7 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
+    set_malloc(BATCH)
     problem = _check(args)
     if problem:
         return _error(problem)

@@ -201,29 +201,17 @@ def decode_threads() -> int:
 
 
 def decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
-    """Batches of decoded items: worker processes (a DataLoader) with ``num_workers``, else a thread pool
-    decoding each batch while the model waits (it runs between batches, so the threads take no core from it)."""
+    """Batches of decoded items, in order: worker processes (a DataLoader) with ``num_workers``, else
+    :func:`decode_threads` threads decoding a batch each, so the next batches decode while the caller
+    resizes and predicts this one (libpng, PIL and torch release the GIL)."""
     if num_workers > 0:
         yield from torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
         )
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    def decode(indices: range) -> list[LoadedItem]:
-        return [dataset[i] for i in indices]
-
-    threads = decode_threads()
-    with ThreadPoolExecutor(threads, thread_name_prefix="geohf-decode") as pool:
-        for start in range(0, len(dataset), batch_size):
-            indices = range(start, min(start + batch_size, len(dataset)))
-            if threads == 1:
-                yield decode(indices)
-                continue
-            # one task per thread (every threads-th image): a task per image costs more than decoding a tile
-            shares = [indices[k::threads] for k in range(threads)]
-            decoded = {item.index: item for share in pool.map(decode, shares) for item in share}
-            yield [decoded[i] for i in indices]
+    starts = range(0, len(dataset), batch_size)
+    chunks = (range(i, min(i + batch_size, len(dataset))) for i in starts)
+    yield from in_streams(lambda indices: [dataset[i] for i in indices], chunks, decode_threads())
 
 
 # ---------------------------------------------------------------- writers

@@ -42,7 +42,7 @@ NOTES = [
     "  `--map-offline`: Leaflet inlined, country outlines as the base layer, no request leaves the page).",
     "- kill -9 during `geohf evaluate`: `tests/robustness/test_faults.py` (no half-written report).",
     "- The app's memory under load: `geohf app` caps glibc's malloc arenas and fixes its mmap threshold",
-    "  (`limit_malloc_arenas`: the dynamic threshold kept each request's freed buffers in the heap), draws",
+    "  (`geohf.malloc.SERVER`: the dynamic threshold kept each request's freed buffers in the heap), draws",
     "  its world maps from cached paths (geopandas' `GeoDataFrame.plot` made a matplotlib class per call),",
     "  and tells Gradio to delete its cached uploads and files after an hour (it keeps them otherwise).",
     "- Remote code: geohf users never need `trust_remote_code`; users without geohf installed do (see",

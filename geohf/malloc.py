@@ -1,0 +1,38 @@
+"""glibc malloc settings for geohf's long runs: a server's memory flat, a batch job's free of page faults.
+
+``mallopt`` applies to the whole process, so only geohf's own commands call it (``geohf app`` and
+``geohf predict``), never the library. Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
+
+SERVER = {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: 128 * 1024}
+"""``geohf app``: Gradio runs each request on a worker thread, and with one arena per thread the server's
+memory creeps up under concurrent clients although nothing is kept; and glibc's dynamic mmap threshold
+rises after the first large free, then serves each request's image and figure buffers from the heap,
+which it rarely gives back. Two arenas, and blocks of 128 KiB or more mapped (returned when freed)."""
+
+BATCH = {M_TOP_PAD: 64 * 1024 * 1024}
+"""``geohf predict``: every batch allocates and frees megabytes (decoded tiles, resized and normalised
+batches, activations); with the default 128 KiB of padding the heap is trimmed and grown again each
+batch, and the page faults of re-touching it cost more than resizing (2 streams of decoding and
+preprocessing: 6,400 → 8,200 img/s, docs/benchmarks.md). Up to 64 MiB stays with the process."""
+
+
+def set_malloc(settings: dict[int, int]) -> bool:
+    """Apply ``settings`` (``{M_*: value}``) with glibc's ``mallopt``, before the threads that allocate
+    start; whether all applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all([bool(libc.mallopt(option, value)) for option, value in settings.items()])
+    except (OSError, AttributeError):
+        return False
