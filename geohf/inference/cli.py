@@ -101,6 +101,7 @@ def predict_command(args: argparse.Namespace) -> int:
     options = PredictOptions(
         batch_size=args.batch_size,
         num_workers=workers,
+        streams=args.streams,
         output=args.output or "-",
         format=args.format,
         write_exif=args.write_exif,
@@ -205,6 +206,13 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32, help="(default: 32)")
     run.add_argument("--workers", type=int, default=None, help="decoding processes (default: 0 for small inputs)")
+    run.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="batches predicted at once, each in a thread with its share of the cores, without --workers "
+        "(default: 2 on a CPU, 1 on a GPU)",
+    )
     run.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it is fast)"
     )

@@ -441,6 +441,7 @@ class PredictOptions:
 
     batch_size: int = 32
     num_workers: int = 0
+    streams: int | None = None  # batches at once (geohf.inference.streams); None: the device's default
     output: str | None = None
     format: str | None = None
     write_exif: str | None = None
@@ -496,7 +497,7 @@ def run_prediction(
     estimated = 0
     try:
         predictions = iter_predictions(
-            predictor, inputs.items, options.batch_size, options.num_workers, report, options.progress
+            predictor, inputs.items, options.batch_size, options.num_workers, report, options.progress, options.streams
         )
         for batch in _chunks(predictions, options.batch_size):
             records = []

@@ -125,7 +125,7 @@ def test_streamed_predictions_match_the_predictor(predictor, tiles):
         )
 
 
-def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tiles, tmp_path):
+def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tiles, tmp_path, tiny_model_dir):
     """Batches predicted two at a time (each in its own thread with its share of torch's threads) give the
     records and errors of one at a time, in input order; the caller's and new threads' counts are unchanged,
     also when the consumer stops early."""
@@ -151,6 +151,11 @@ def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tile
         assert (a["pred_latitude"], a["pred_longitude"], a["score"]) == pytest.approx(
             (b["pred_latitude"], b["pred_longitude"], b["score"]), abs=1e-4
         )
+    outputs = []
+    for streams in ("1", "2"):
+        outputs.append(tmp_path / f"streams{streams}.jsonl")
+        assert geohf("predict", "--model", tiny_model_dir, tiles["root"], "--streams", streams, "-o", outputs[-1]) == 0
+    assert [r["file"] for r in read_jsonl(outputs[0])] == [r["file"] for r in read_jsonl(outputs[1])]
     stopped = iter_predictions(predictor, items, 2, streams=2)
     next(stopped)
     stopped.close()
