@@ -50,7 +50,7 @@ from geohf.inference.stream import (  # noqa: E402
     iter_predictions,
     predict_files,
 )
-from geohf.inference.streams import default_streams, in_streams  # noqa: E402
+from geohf.inference.streams import chunks, default_streams, in_streams  # noqa: E402
 from geohf.malloc import BATCH, set_malloc  # noqa: E402
 from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
 from geohf.modeling.factory import load_partition  # noqa: E402
@@ -238,7 +238,7 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
         return len(files) / (time.perf_counter() - start)
 
     items = ItemDataset([PredictItem([ImageRef(str(f))]) for f in files])
-    chunks = [range(i, min(i + batch, len(files))) for i in range(0, len(files), batch)]
+    batches = list(chunks(range(len(files)), batch))
     streams = default_streams("cpu")
 
     def tensor_path_threads():  # geohf predict with one stream (an accelerator): decode threads ahead of the caller
@@ -247,12 +247,12 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
             processor.pixel_values([p for item in loaded for p in item.pixels])
         return len(files) / (time.perf_counter() - start)
 
-    def decode_and_resize(indices: range) -> torch.Tensor:
-        return processor.pixel_values([p for i in indices for p in items[i].pixels])
+    def decode_and_resize(indices: list[int]) -> torch.Tensor:
+        return processor.pixel_values([p for item in items.batch(indices) for p in item.pixels])
 
     def tensor_path_streams():  # geohf predict on a CPU: batches in streams, each decoded and resized in its thread
         start = time.perf_counter()
-        for _ in in_streams(decode_and_resize, chunks, streams):
+        for _ in in_streams(decode_and_resize, batches, streams):
             pass
         return len(files) / (time.perf_counter() - start)
 

@@ -268,3 +268,21 @@ def geohf_app(tiny_model_dir, tiny_dataset, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def threads_kept():
+    """``check(threads)``: the caller still has ``threads`` torch threads and a thread started now sees as many
+    (the count new threads copy), after something ran batches in threads of its own."""
+    import threading
+
+    import torch
+
+    def check(threads: int) -> None:
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == threads and seen == [threads]
+
+    return check

@@ -25,7 +25,6 @@ refined by it, as :class:`~geohf.inference.predictor.GeoPredictor` does; ``retri
 
 from __future__ import annotations
 
-import itertools
 import os
 from functools import cached_property
 from typing import Any
@@ -39,7 +38,7 @@ from ..images import to_rgb_array
 from .images import load_pixels
 from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
-from .streams import default_streams, in_streams
+from .streams import chunks, default_streams, in_streams
 
 
 def _image(item: Any) -> Any:
@@ -98,11 +97,9 @@ class ImageGeolocationPipeline(Pipeline):
         images, place = model_inputs["images"], model_inputs["place"]
         if isinstance(place, bool):  # batch_size=1: not collated
             images, place = [images], [place]
-        counts = {len(views) for views in images}
-        if any(place) and len(counts) != 1:
-            raise ValueError(f"every place in a batch needs the same number of views, got {sorted(counts)}")
-        pixels = self.image_processor.pixel_values([v for views in images for v in views], self.dtype)
-        return pixels.unflatten(0, (len(images), counts.pop())) if any(place) else pixels
+        if any(place):  # the processor's own grouping of views (and its error for unequal counts)
+            return self.image_processor.preprocess(images)["pixel_values"].to(self.dtype)
+        return self.image_processor.pixel_values([v for views in images for v in views], self.dtype)
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         """Batches of a list, dataset or generator: on a CPU two batches at once (``streams``, default
@@ -125,9 +122,7 @@ class ImageGeolocationPipeline(Pipeline):
             outputs = self.forward(collate([self.preprocess(x, **preprocess_params) for x in items]), **forward_params)
             return [self.postprocess({"records": r}, **postprocess_params) for r in outputs["records"]]
 
-        remaining = iter(inputs)
-        chunks = iter(lambda: list(itertools.islice(remaining, batch_size)), [])
-        return (result for results in in_streams(batch, chunks, streams) for result in results)
+        return (result for results in in_streams(batch, chunks(inputs, batch_size), streams) for result in results)
 
     def _forward(
         self,

@@ -29,7 +29,7 @@ from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
 from .predictor import GeoPredictor
-from .streams import default_streams, in_streams
+from .streams import chunks, default_streams, in_streams
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -89,6 +89,10 @@ class ItemDataset(torch.utils.data.Dataset):
             views.append(ref.name)
             gps = gps or loaded.gps
         return LoadedItem(index, pixels, views, gps, errors, item.without_data())
+
+    def batch(self, indices: Sequence[int]) -> list[LoadedItem]:
+        """The items at ``indices``, decoded one after the other (in the calling thread)."""
+        return [self[i] for i in indices]
 
 
 def _keep_list(batch: list[LoadedItem]) -> list[LoadedItem]:
@@ -179,12 +183,11 @@ def iter_predictions(
         results = ((batch, _predict_loaded(predictor, batch)) for batch in batches)
     else:
 
-        def job(indices: range) -> tuple[list[LoadedItem], list[Prediction]]:
-            batch = [dataset[i] for i in indices]
+        def job(indices: list[int]) -> tuple[list[LoadedItem], list[Prediction]]:
+            batch = dataset.batch(indices)
             return batch, _predict_loaded(predictor, batch)
 
-        starts = range(0, len(dataset), batch_size)
-        results = in_streams(job, (range(i, min(i + batch_size, len(dataset))) for i in starts), streams)
+        results = in_streams(job, chunks(range(len(dataset)), batch_size), streams)
     with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
         for batch, predictions in results:
             for loaded in batch:
@@ -209,9 +212,7 @@ def decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0)
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
         )
         return
-    starts = range(0, len(dataset), batch_size)
-    chunks = (range(i, min(i + batch_size, len(dataset))) for i in starts)
-    yield from in_streams(lambda indices: [dataset[i] for i in indices], chunks, decode_threads())
+    yield from in_streams(dataset.batch, chunks(range(len(dataset)), batch_size), decode_threads())
 
 
 # ---------------------------------------------------------------- writers
@@ -499,7 +500,7 @@ def run_prediction(
         predictions = iter_predictions(
             predictor, inputs.items, options.batch_size, options.num_workers, report, options.progress, options.streams
         )
-        for batch in _chunks(predictions, options.batch_size):
+        for batch in chunks(predictions, options.batch_size):
             records = []
             for p in batch:
                 if copier is not None:
@@ -540,17 +541,6 @@ def run_prediction(
         fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline)
         run.map = str(save_map(fmap, options.map))
     return run
-
-
-def _chunks(iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for x in iterable:
-        batch.append(x)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def predict_files(

@@ -27,6 +27,18 @@ def default_streams(device: torch.device | str) -> int:
     return 2 if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
+def chunks(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``iterable`` in lists of ``size`` (the last one shorter), taken lazily."""
+    batch: list[T] = []
+    for x in iterable:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def in_streams(fn: Callable[[T], R], chunks: Iterable[T], streams: int) -> Iterator[R]:
     """``fn(chunk)`` for every chunk in order, ``streams`` of them running at once in threads.
 

@@ -125,7 +125,9 @@ def test_streamed_predictions_match_the_predictor(predictor, tiles):
         )
 
 
-def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tiles, tmp_path, tiny_model_dir):
+def test_two_streams_predict_as_one_and_keep_the_callers_threads(
+    predictor, tiles, tmp_path, tiny_model_dir, threads_kept
+):
     """Batches predicted two at a time (each in its own thread with its share of torch's threads) give the
     records and errors of one at a time, in input order; the caller's and new threads' counts are unchanged,
     also when the consumer stops early."""
@@ -159,11 +161,7 @@ def test_two_streams_predict_as_one_and_keep_the_callers_threads(predictor, tile
     stopped = iter_predictions(predictor, items, 2, streams=2)
     next(stopped)
     stopped.close()
-    seen = []
-    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    worker.start()
-    worker.join()
-    assert torch.get_num_threads() == threads and seen == [threads]
+    threads_kept(threads)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from geohf.images import ImageLoadError
 from geohf.inference.streams import in_streams
 
 
-def test_in_streams_keeps_order_errors_and_thread_counts():
+def test_in_streams_keeps_order_errors_and_thread_counts(threads_kept):
     """Results come in input order however long each takes; ``streams`` run at once, each with its share of
     torch's threads; an exception comes out in its place; stopping early leaves the caller's count."""
     threads = torch.get_num_threads()
@@ -45,11 +45,7 @@ def test_in_streams_keeps_order_errors_and_thread_counts():
     stopped = in_streams(slow, range(100), 2)
     next(stopped)
     stopped.close()
-    seen = []
-    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    worker.start()
-    worker.join()
-    assert torch.get_num_threads() == threads and seen == [threads]
+    threads_kept(threads)
 
 
 @pytest.fixture(scope="module")
