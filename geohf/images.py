@@ -167,6 +167,7 @@ def _read(source: str | os.PathLike, data: bytes | None) -> bytes:
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+RGB_MODE = 3  # torchvision.io.ImageReadMode.RGB
 
 
 def _plain_png(data: bytes) -> bool:
@@ -199,17 +200,31 @@ def _plain_png(data: bytes) -> bool:
     return False  # no IEND: truncated, PIL says so
 
 
-def _png_pixels(data: bytes) -> np.ndarray | None:
+@lru_cache(maxsize=1)
+def _png_decoder():
+    """torchvision's libpng op, or ``None`` (remote-code users without torchvision: PIL). Called directly:
+    ``torchvision.io.decode_png`` only adds a per-call deprecation warning and usage log (0.29), which
+    cost as much interpreter time as the rest of a tile's decode and serialise the decode threads."""
     try:
         import torch
-        from torchvision.io import ImageReadMode, decode_png
-    except ImportError:  # remote-code users without torchvision: PIL
+        import torchvision.io  # noqa: F401  (loads the image extension)
+
+        return torch.ops.image.decode_png.default
+    except (ImportError, AttributeError, RuntimeError):
         return None
+
+
+def _png_pixels(data: bytes) -> np.ndarray | None:
+    decode = _png_decoder()
+    if decode is None:
+        return None
+    import torch
+
     try:
-        pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        pixels = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), RGB_MODE, False)
     except RuntimeError:  # corrupt or truncated: PIL says why
         return None
-    return pixels.permute(1, 2, 0).contiguous().numpy()
+    return pixels.permute(1, 2, 0).numpy()  # an (H, W, 3) view: batching copies it once
 
 
 def decode_pixels(source: str | os.PathLike, data: bytes | None = None) -> DecodedPixels:

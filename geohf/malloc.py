@@ -16,11 +16,14 @@ memory creeps up under concurrent clients although nothing is kept; and glibc's 
 rises after the first large free, then serves each request's image and figure buffers from the heap,
 which it rarely gives back. Two arenas, and blocks of 128 KiB or more mapped (returned when freed)."""
 
-BATCH = {M_TOP_PAD: 64 * 1024 * 1024}
+BATCH = {M_TOP_PAD: 64 * 1024 * 1024, M_TRIM_THRESHOLD: 256 * 1024 * 1024, M_MMAP_THRESHOLD: 32 * 1024 * 1024}
 """``geohf predict``: every batch allocates and frees megabytes (decoded tiles, resized and normalised
-batches, activations); with the default 128 KiB of padding the heap is trimmed and grown again each
-batch, and the page faults of re-touching it cost more than resizing (2 streams of decoding and
-preprocessing: 6,400 → 8,200 img/s, docs/benchmarks.md). Up to 64 MiB stays with the process."""
+batches, the forward's activations). Setting any of these turns off glibc's dynamic thresholds, so all
+three are set: blocks up to 32 MiB come from the heap (at the fixed 128 KiB threshold each activation
+was a fresh mapping, hundreds of page faults per image), and the heap is neither trimmed nor regrown
+between batches (up to 256 MiB of freed memory stays with the process). Measured in
+``benchmarks/throughput.py`` (docs/benchmarks.md): the raw forward 545-686 → 872-899 img/s with no
+page faults, streamed decode + preprocess 6,400 → 9,150 img/s with the decoder's own changes."""
 
 
 def set_malloc(settings: dict[int, int]) -> bool:

@@ -51,6 +51,8 @@ def _degrees(dms, ref) -> float:
 
 def read_gps(exif: Image.Exif) -> GpsFix | None:
     """The location in an image's EXIF, or ``None`` when it has none (or a broken one)."""
+    if not exif:  # no tags at all (a plain PNG, most tiles): no GPS pointer to follow
+        return None
     gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     if ExifTags.GPS.GPSLatitude not in gps or ExifTags.GPS.GPSLongitude not in gps:
         return None

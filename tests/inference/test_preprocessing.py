@@ -91,6 +91,28 @@ def test_decode_pixels_is_decode_image(mode):
     assert np.array_equal(fast.pixels, np.asarray(decode_image("x.png", buf.getvalue()).image))
 
 
+def test_decode_pixels_runs_libpng_without_torchvisions_per_call_warning():
+    """torchvision 0.29's ``decode_png`` warns (a deprecation) and logs on every call, interpreter time that
+    serialises the decode threads; geohf calls its libpng op directly: the same pixels, no warning."""
+    import warnings
+
+    from torchvision.io import decode_png
+
+    from geohf.images import _png_decoder
+
+    assert _png_decoder() is not None
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(buf, format="PNG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast = decode_pixels("x.png", buf.getvalue())
+    assert not caught
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = decode_png(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)).permute(1, 2, 0).numpy()
+    assert np.array_equal(fast.pixels, ref)
+
+
 def test_decode_pixels_keeps_exif_and_errors(tmp_path):
     """A PNG with EXIF (orientation) takes the PIL path; broken files raise the decoder's errors."""
     from geohf.images import ImageLoadError
