@@ -155,7 +155,9 @@ class ClassificationHead(GeoHead):
         p, idx = probs.topk(k, dim=-1)
         points = self.class_points(logits)
         c = points[idx] if points.ndim == 2 else points.gather(1, idx[..., None].expand(-1, -1, 2))  # (B, k, 2)
-        if radius_km is not None and k > 1:
+        if k == 1:  # the class's own point, exactly: a mean of one point rounds through float32 xyz, by up
+            return c[:, 0]  # to 1e-5 degrees that vary with the probability (and so with the thread count)
+        if radius_km is not None:
             d = haversine_km(c[..., :1, 0], c[..., :1, 1], c[..., 0], c[..., 1])
             p = p * (d <= radius_km)
         lat, lon = spherical_mean(c[..., 0], c[..., 1], weights=p, axis=-1)
