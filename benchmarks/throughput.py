@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import geohf  # noqa: E402,F401
+from geohf import images as image_decoding  # noqa: E402
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
 from geohf.images import decode_image, decode_pixels  # noqa: E402
@@ -256,6 +257,19 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
             pass
         return len(files) / (time.perf_counter() - start)
 
+    def with_torchvision_png(side):  # the same side with torchvision's libpng (geohf without the [fast] extra)
+        def run():
+            installed = image_decoding.png_decoder
+            image_decoding.png_decoder = lambda: ("torchvision", torchvision_png)
+            try:
+                return side()
+            finally:
+                image_decoding.png_decoder = installed
+
+        return run
+
+    torchvision_png = image_decoding._torchvision_png()
+
     def pil_path():  # what geohf did before: PIL decode, timm's transform per image, stack
         start = time.perf_counter()
         for i in range(0, len(files), batch):
@@ -281,9 +295,11 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
         {
             "tensor_path": tensor_path,
             "tensor_path_streams": tensor_path_streams,
+            "tensor_path_streams_torchvision_png": with_torchvision_png(tensor_path_streams),
             "tensor_path_decode_threads": tensor_path_threads,
             "pil_path": pil_path,
             "decode_only": decode_only,
+            "decode_only_torchvision_png": with_torchvision_png(decode_only),
             "preprocess": preprocess_only,
         },
         rounds,
@@ -350,11 +366,17 @@ def figure_rows(results: dict) -> list[tuple[str, str, str, str, bool]]:
     if dec:
         rows.append(
             (
-                f"decode + preprocess 64-px PNG → 96-px tensor, img/s ({dec['streams']} streams, as geohf predict)",
+                f"decode + preprocess 64-px PNG → 96-px tensor, img/s ({dec['streams']} streams, as geohf predict; "
+                f"PNGs by {dec.get('png_decoder', 'torchvision')})",
                 f"{dec['tensor_path_streams_img_s']:.0f}",
                 ">= 8000",
                 f"{dec['tensor_path_streams_img_s'] / dec['pil_path_img_s']:.1f}x the PIL path "
-                f"({dec['pil_path_img_s']:.0f}; one thread {dec['tensor_path_img_s']:.0f})",
+                f"({dec['pil_path_img_s']:.0f}; one thread {dec['tensor_path_img_s']:.0f}"
+                + (
+                    f"; torchvision's libpng {dec['tensor_path_streams_torchvision_png_img_s']:.0f})"
+                    if "tensor_path_streams_torchvision_png_img_s" in dec
+                    else ")"
+                ),
                 dec["tensor_path_streams_img_s"] >= 8000,
             )
         )
@@ -523,10 +545,13 @@ def main(argv=None) -> dict:
             "pil_path_img_s": med["pil_path"],
             "speedup_vs_pil_path": med["tensor_path"] / med["pil_path"],
             "tensor_path_streams_img_s": med["tensor_path_streams"],
+            "png_decoder": image_decoding.png_decoder()[0],
+            "tensor_path_streams_torchvision_png_img_s": med["tensor_path_streams_torchvision_png"],
             "streams": default_streams("cpu"),
             "tensor_path_decode_threads_img_s": med["tensor_path_decode_threads"],
             "decode_threads": decode_threads(),
             "decode_only_img_s": med["decode_only"],
+            "decode_only_torchvision_png_img_s": med["decode_only_torchvision_png"],
             "preprocess_only_img_s": med["preprocess"],
             "goal_img_s": 8000,
             "rounds": rates,

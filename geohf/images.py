@@ -4,8 +4,8 @@ Images come from local files, URLs or encoded bytes (dataset rows); they are dec
 fully into RGB with their EXIF orientation applied; 16-bit and float greys are rescaled,
 not clipped; decompression bombs are refused. HEIC/HEIF needs ``pillow-heif`` (used when
 installed). PIL and numpy; :func:`decode_pixels` (uint8 arrays for the batched tensor
-preprocessing) decodes plain 8-bit PNGs with ``torchvision.io`` (libpng, no PIL object: about 1.5×
-faster on 64-px tiles) and everything else through the same PIL path as :func:`decode_image`.
+preprocessing) decodes plain 8-bit PNGs with libpng (:func:`png_decoder`: imagecodecs where installed,
+else torchvision's; no PIL object) and everything else through the same PIL path as :func:`decode_image`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -200,31 +201,63 @@ def _plain_png(data: bytes) -> bool:
     return False  # no IEND: truncated, PIL says so
 
 
-@lru_cache(maxsize=1)
-def _png_decoder():
-    """torchvision's libpng op, or ``None`` (remote-code users without torchvision: PIL). Called directly:
-    ``torchvision.io.decode_png`` only adds a per-call deprecation warning and usage log (0.29), which
-    cost as much interpreter time as the rest of a tile's decode and serialise the decode threads."""
+def _imagecodecs_png() -> Callable[[bytes], np.ndarray] | None:
+    """imagecodecs' libpng (zlib-ng inflate, the GIL released): ~1.8x torchvision's op on a 64-px tile."""
+    try:
+        from imagecodecs import png_decode
+    except ImportError:
+        return None
+    return png_decode  # (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or palette, (H, W, 4) RGBA
+
+
+def _torchvision_png() -> Callable[[bytes], np.ndarray] | None:
+    """torchvision's libpng op, called directly: ``torchvision.io.decode_png`` only adds a per-call
+    deprecation warning and usage log (0.29), which cost as much interpreter time as the rest of a
+    tile's decode and serialise the decode threads."""
     try:
         import torch
         import torchvision.io  # noqa: F401  (loads the image extension)
 
-        return torch.ops.image.decode_png.default
+        op = torch.ops.image.decode_png.default
     except (ImportError, AttributeError, RuntimeError):
         return None
 
+    def decode(data: bytes) -> np.ndarray:
+        pixels = op(torch.frombuffer(bytearray(data), dtype=torch.uint8), RGB_MODE, False)
+        return pixels.permute(1, 2, 0).numpy()  # an (H, W, 3) view: batching copies it once
+
+    return decode
+
+
+PNG_DECODERS = {"imagecodecs": _imagecodecs_png, "torchvision": _torchvision_png}
+
+
+@lru_cache(maxsize=1)
+def png_decoder() -> tuple[str, Callable[[bytes], np.ndarray]] | None:
+    """(name, decode) of the fastest libpng installed, in :data:`PNG_DECODERS` order
+    (``pip install "geohf[fast]"`` adds imagecodecs); ``None``: PIL decodes every PNG."""
+    for name, make in PNG_DECODERS.items():
+        decode = make()
+        if decode is not None:
+            return name, decode
+    return None
+
 
 def _png_pixels(data: bytes) -> np.ndarray | None:
-    decode = _png_decoder()
-    if decode is None:
+    """(H, W, 3) uint8 RGB of a plain PNG (:func:`_plain_png`) as PIL's ``convert("RGB")`` gives it (alpha
+    dropped, grey repeated), or ``None`` (no decoder, or a file libpng refuses: PIL says why)."""
+    decoder = png_decoder()
+    if decoder is None:
         return None
-    import torch
-
     try:
-        pixels = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), RGB_MODE, False)
-    except RuntimeError:  # corrupt or truncated: PIL says why
+        pixels = decoder[1](data)
+    except Exception:  # noqa: BLE001 - corrupt or truncated (each library raises its own types): PIL says why
         return None
-    return pixels.permute(1, 2, 0).numpy()  # an (H, W, 3) view: batching copies it once
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] in (1, 2):  # grey (+ alpha): PIL's RGB repeats the grey
+        return np.repeat(pixels[:, :, :1], 3, axis=2)
+    return pixels[:, :, :3]  # RGB, or RGBA without its alpha (a view)
 
 
 def decode_pixels(source: str | os.PathLike, data: bytes | None = None) -> DecodedPixels:

@@ -75,8 +75,20 @@ def test_fast_path_on_tiles_same_predictions(tiny_model_dir, tiny_dataset, tmp_p
     assert [r["top_k"][0]["label"] for r in run.records] == [predictor.cells.names[i] for i in expected.pred_class]
 
 
+@pytest.fixture(params=["imagecodecs", "torchvision"])
+def png_backend(request, monkeypatch):
+    """:func:`decode_pixels` with each libpng :data:`~geohf.images.PNG_DECODERS` holds (both in ``geohf[dev]``)."""
+    from geohf import images
+
+    decode = images.PNG_DECODERS[request.param]()
+    if decode is None:
+        pytest.skip(f"{request.param} is not installed")
+    monkeypatch.setattr(images, "png_decoder", lambda: (request.param, decode))
+    return request.param
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16", "1"])
-def test_decode_pixels_is_decode_image(mode):
+def test_decode_pixels_is_decode_image(mode, png_backend):
     """Plain 8-bit PNGs go through libpng, the rest through PIL: the same RGB pixels either way."""
     rng = np.random.default_rng(1)
     array = rng.integers(0, 256, (21, 34, 4), dtype=np.uint8)
@@ -91,29 +103,31 @@ def test_decode_pixels_is_decode_image(mode):
     assert np.array_equal(fast.pixels, np.asarray(decode_image("x.png", buf.getvalue()).image))
 
 
-def test_decode_pixels_runs_libpng_without_torchvisions_per_call_warning():
-    """torchvision 0.29's ``decode_png`` warns (a deprecation) and logs on every call, interpreter time that
-    serialises the decode threads; geohf calls its libpng op directly: the same pixels, no warning."""
+def test_png_decoder_prefers_imagecodecs_and_torchvision_warns_nothing():
+    """imagecodecs (``geohf[fast]``) is taken where installed. torchvision 0.29's ``decode_png`` warns (a
+    deprecation) and logs on every call, interpreter time that serialises the decode threads; geohf calls its
+    libpng op directly: the same pixels, no warning."""
     import warnings
 
     from torchvision.io import decode_png
 
-    from geohf.images import _png_decoder
+    from geohf.images import PNG_DECODERS, _torchvision_png, png_decoder
 
-    assert _png_decoder() is not None
+    installed = [name for name, make in PNG_DECODERS.items() if make() is not None]
+    assert png_decoder()[0] == installed[0]
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(buf, format="PNG")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fast = decode_pixels("x.png", buf.getvalue())
+        fast = _torchvision_png()(buf.getvalue())
     assert not caught
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = decode_png(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)).permute(1, 2, 0).numpy()
-    assert np.array_equal(fast.pixels, ref)
+    assert np.array_equal(fast, ref)
 
 
-def test_decode_pixels_keeps_exif_and_errors(tmp_path):
+def test_decode_pixels_keeps_exif_and_errors(tmp_path, png_backend):
     """A PNG with EXIF (orientation) takes the PIL path; broken files raise the decoder's errors."""
     from geohf.images import ImageLoadError
 
@@ -131,7 +145,7 @@ def test_decode_pixels_keeps_exif_and_errors(tmp_path):
         decode_pixels(tmp_path / "missing.png")
 
 
-def test_decode_pixels_leaves_pngs_with_metadata_to_pil(tmp_path):
+def test_decode_pixels_leaves_pngs_with_metadata_to_pil(tmp_path, png_backend):
     """The libpng path takes only PNGs whose chunks carry nothing PIL would act on: a transparency key,
     an EXIF profile in a text chunk or an XMP orientation go through PIL, with the same pixels and the
     same orientation as :func:`decode_image`; a folder or a cut file fail as there."""
