@@ -4,10 +4,10 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
-from sklearn.cluster import OPTICS
+from sklearn.cluster import OPTICS, cluster_optics_xi
 
 from geohf.geo.cells import fit_cells, fit_semantic_optics
-from geohf.geo.clusters import optics_graph, optics_labels, split_by_clusters
+from geohf.geo.clusters import optics_graph, optics_labels, split_by_clusters, xi_clusters
 
 
 def blobs(centres, n, scale, seed=0):
@@ -126,11 +126,34 @@ def test_semantic_optics_is_deterministic_and_selectable():
         fit_cells("semantic_optics", lat, lon, boundaries=regions, min_samples=60, max_cluster_points=10)
 
 
-def test_without_scikit_learn_the_error_names_the_extra(monkeypatch):
+@pytest.mark.parametrize("seed", range(40))
+def test_xi_clusters_match_scikit_learn(seed):
+    """Random blobs and background noise, some on a coarse grid (duplicates, zero distances), with
+    PIGEON's and other xi and min_samples: the same clusters, in the same order, and the same labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-10, 10, (rng.integers(1, 6), 2))
+    size = rng.integers(5, 80)
+    parts = [rng.normal(c, rng.uniform(0.1, 2), (size, 2)) for c in centres]
+    xy = np.concatenate([*parts, rng.uniform(-12, 12, (rng.integers(0, 100), 2))])
+    if seed % 4 == 0:
+        xy = np.round(xy)
+    min_samples = min(int(rng.integers(2, 20)), len(xy))
+    xi = float(rng.choice([0.015, 0.025, 0.05, 0.1, 0.3]))
+    ordering, _, reach, pred = optics_graph(xy, min_samples)
+    labels, clusters = cluster_optics_xi(
+        reachability=reach, predecessor=pred, ordering=ordering, min_samples=min_samples, xi=xi
+    )
+    ours = np.array(xi_clusters(reach, pred, ordering, min_samples, xi), dtype=np.int64).reshape(-1, 2)
+    np.testing.assert_array_equal(ours, clusters.reshape(-1, 2))
+    np.testing.assert_array_equal(optics_labels(xy, min_samples, xi), labels)
+
+
+def test_optics_needs_no_scikit_learn(monkeypatch):
     import sys
 
-    from geohf.errors import UserError
-
-    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)  # import fails as if not installed
-    with pytest.raises(UserError, match=r"geohf\[clusters\]"):
-        optics_labels(blobs([(0, 0)], 50, 1.0), 10, 0.05)
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of scikit-learn now fails
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    labels = optics_labels(blobs([(0, 0), (8, 0)], 50, 0.5), 10, 0.05)
+    first, second = set(labels[:50]) - {-1}, set(labels[50:]) - {-1}
+    assert len(first) == len(second) == 1 and first != second  # one cluster in each blob
