@@ -4,7 +4,8 @@
         [--sections train,input,grid,inference,decode] [--profile] [--output runs/bench/throughput]
 
 Every comparison runs its sides in interleaved rounds and reports the median of each side (the
-CPUs are shared and drift; a ratio inside one run is what to read):
+CPUs are shared and drift; a ratio inside one run is what to read). Inference and decoding run first,
+in the state a fresh ``geohf predict`` process has (later sections slow the raw forward by 5-10%):
 
 * training img/s: ``Trainer`` (``GeoTrainer``) vs a raw PyTorch loop on the same model, data
   path, batch and precision (goal >= 0.95);
@@ -15,18 +16,19 @@ CPUs are shared and drift; a ratio inside one run is what to read):
 * input pipeline: images/s decoded + transformed by the training data path with 0 and 2
   DataLoader workers vs the model's consumption rate (the data path must not be the bottleneck);
 * bf16 vs fp32 and channels_last vs not, for a training step and for inference;
-* ``--profile``: cProfile of ``predict_files`` on the PNG files, by stage.
+* ``--profile``: CPU time per image of each stage of ``geohf predict`` (every stream's thread counted)
+  beside the raw forward's.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
+import functools
 import json
-import pstats
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -306,38 +308,58 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
     )
 
 
-STAGES = {
-    "forward": ("predictor.py", "forward"),
-    "decode (decode_pixels)": ("images.py", "decode_pixels"),
-    "resize + normalise (pixel_values)": ("image_processing_geohf.py", "pixel_values"),
-    "outputs → predictions": ("predictor.py", "predictions_from_outputs"),
-    "records (GeoPredictions.records + make_record)": ("predictions.py", "records"),
-    "make_record": ("stream.py", "make_record"),
-    "writing JSON lines": ("stream.py", "write"),
-}
+def stage_owners() -> dict[str, tuple[object, str]]:
+    """The stages of ``geohf predict``'s path: where each one's function is looked up when it is called."""
+    from geohf.inference import images as inference_images
+    from geohf.inference import predictor as predictor_module
+    from geohf.inference import stream as stream_module
+    from geohf.inference.predictions import GeoPredictions
+
+    return {
+        "forward": (predictor_module, "forward"),
+        "decode (file → uint8 pixels)": (inference_images, "decode_pixels"),
+        "resize + normalise": (GeoImageProcessor, "pixel_values"),
+        "answers (cells, land, names)": (predictor_module, "predictions_from_outputs"),
+        "records": (GeoPredictions, "records"),
+        "record fields (make_record)": (stream_module, "make_record"),
+    }
 
 
-def profile_predict(predictor, files: list[Path], batch: int = 32) -> dict:
-    """cProfile of ``predict_files`` on ``files``: seconds per stage (cumulative time of each stage's function)."""
-    profiler = cProfile.Profile()
-    start = time.perf_counter()
-    profiler.enable()
-    predict_files(predictor, files, batch_size=batch)
-    profiler.disable()
-    wall = time.perf_counter() - start
-    stats = pstats.Stats(profiler).stats
-    out = {"wall_s": wall, "img_s": len(files) / wall}
-    for stage, (fname, func) in STAGES.items():
-        out[stage] = sum(v[3] for (f, _, name), v in stats.items() if f.endswith(fname) and name == func)
-    out["records (GeoPredictions.records + make_record)"] += out.pop("make_record")
-    out["other (DataLoader, Python glue)"] = wall - sum(v for k, v in out.items() if k not in ("wall_s", "img_s"))
-    top = pstats.Stats(profiler)
-    top.sort_stats("tottime")
-    out["top_tottime"] = [
-        f"{func[2]} ({Path(func[0]).name}:{func[1]}) {v[2]:.3f}s"
-        for func, v in sorted(top.stats.items(), key=lambda kv: -kv[1][2])[:12]
-    ]
-    return out
+def profile_predict(predictor, files: list[Path], streams: int | None = None) -> dict:
+    """CPU time per image of each stage of ``geohf predict`` (:func:`cli_rate`), every stream's thread
+    counted: each stage's function is wrapped to add the thread CPU time of its calls (a stream runs
+    its forward on its own torch thread). ``other`` is the rest of the process's CPU time: stream and
+    decode threads waiting on the GIL and locks, and the Python between the stages."""
+    owners = stage_owners()
+    spent = dict.fromkeys(owners, 0.0)
+    lock = threading.Lock()
+
+    def clocked(stage: str, fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spent[stage] += time.thread_time() - start
+
+        return run
+
+    originals = {stage: getattr(owner, name) for stage, (owner, name) in owners.items()}
+    for stage, (owner, name) in owners.items():
+        setattr(owner, name, clocked(stage, originals[stage]))
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        cli_rate(predictor, files, streams=streams)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        for stage, (owner, name) in owners.items():
+            setattr(owner, name, originals[stage])
+    n = len(files)
+    per_image = {stage: 1e6 * seconds / n for stage, seconds in spent.items()}
+    per_image["other (GIL and lock waits, Python glue)"] = 1e6 * cpu / n - sum(per_image.values())
+    return {"img_s": n / wall, "cores_busy": cpu / wall, "cpu_us_per_image": per_image, "streams": streams}
 
 
 def figure_rows(results: dict) -> list[tuple[str, str, str, str, bool]]:
@@ -402,7 +424,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=512, help="images for the inference comparisons")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every comparison (median)")
     parser.add_argument("--sections", default="train,input,grid,inference,decode")
-    parser.add_argument("--profile", action="store_true", help="cProfile geohf predict on the PNG files")
+    parser.add_argument("--profile", action="store_true", help="CPU per image of each stage of geohf predict")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, the cores)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -418,62 +440,9 @@ def main(argv=None) -> dict:
     raw_train = raw_train_split(dataset)
     train = train_set(raw_train, model, processor)
 
-    # ---- training: Trainer vs raw loop, same model, data path, batch, precision
-    if "train" in sections:
-        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=GeoCollator())
-        raws, trainers = [], []
-        for _ in range(args.rounds):  # interleaved rounds, median of each: the CPUs are shared and drift
-            raws.append(raw_train_rate(model, loader, True, args.steps))
-            trainers.append(
-                trainer_rate(model, raw_train, processor, args.batch_size, True, args.steps, root / "trainer")
-            )
-        raw = statistics.median(raws)
-        trainer = statistics.median(t["steady_img_s"] for t in trainers)
-        results["train"] = {
-            "raw_img_s": raw,
-            "trainer_img_s": trainer,
-            "ratio": trainer / raw,
-            "trainer_whole_call_img_s": statistics.median(t["whole_call_img_s"] for t in trainers),
-            "rounds": {"raw": raws, "trainer": trainers},
-            "goal": 0.95,
-        }
-        # the process has only built the dataset and trained so far: its peak is training's (batch --batch-size)
-        results["train"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    # ---- input pipeline vs consumption
-    if "input" in sections:
-        results["input"] = {f"workers_{w}_img_s": input_rate(train, args.batch_size, w) for w in (0, 2)}
-        if "train" in results:
-            results["input"]["model_consumption_img_s"] = results["train"]["raw_img_s"]
-
-    # ---- precision and layout, training step on a fixed batch (no data loading)
-    if "grid" in sections:
-        batch = GeoCollator()([train[i] for i in range(args.batch_size)])
-        fixed = [batch]
-
-        class Repeat(list):
-            batch_size = args.batch_size
-
-            def __iter__(self):
-                while True:
-                    yield fixed[0]
-
-        grid = {}
-        for depthwise in (True, False):
-            for cl in (True, False):
-                m, _ = model_and_processor(dataset, args.image_size, channels_last=cl, depthwise_fp32=depthwise)
-                for bf16 in (True, False):
-                    if not depthwise and not bf16:
-                        continue  # the depthwise switch only matters under bf16
-                    key = f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}" + (
-                        "" if depthwise or not bf16 else " (bf16 depthwise convs)"
-                    )
-                    grid[key] = {"train_img_s": raw_train_rate(m, Repeat(), bf16, max(args.steps // 2, 5), cl)}
-                    x = batch["pixel_values"] if cl else batch["pixel_values"].contiguous()
-                    grid[key]["infer_img_s"] = raw_infer_rate(m, x, bf16, max(args.steps // 2, 5))
-        results["precision_layout"] = grid
-
-    # ---- inference: pipeline and geohf predict vs raw forward on preprocessed tensors
+    # ---- inference first, in the process as geohf predict starts it: the sections below leave the raw
+    # forward up to 10% slower (DataLoader workers, other models' kernels) and predict less, which
+    # flattered the ratios. Pipeline and geohf predict vs raw forward on preprocessed tensors
     files: list[Path] = []
     if sections & {"inference", "decode"} or args.profile:
         model.save_pretrained(root / "model")
@@ -486,8 +455,9 @@ def main(argv=None) -> dict:
             if not path.exists():
                 im.save(path)
             files.append(path)
-    if "inference" in sections:
+    if "inference" in sections or args.profile:  # one preprocessed batch: the raw forward's input
         pixel = processor(images[:32])["pixel_values"].contiguous(memory_format=torch.channels_last)
+    if "inference" in sections:
         geo = pipeline("image-geolocation", model=str(root / "model"))
         predictor = GeoPredictor(str(root / "model"))
         geo(images[:32], batch_size=32)
@@ -556,10 +526,72 @@ def main(argv=None) -> dict:
             "goal_img_s": 8000,
             "rounds": rates,
         }
-    if args.profile:
+    if args.profile:  # the median of --rounds profiles by img/s, beside the raw forward's CPU per image
         predictor = GeoPredictor(str(root / "model"))
-        predict_files(predictor, files[:64], batch_size=32)
-        results["profile"] = profile_predict(predictor, files)
+        cli_rate(predictor, files[:64])
+        steps = max(args.steps // 2, 5)
+        cpu = time.process_time()
+        raw_img_s = raw_streams_rate(model, pixel, steps)
+        raw_us = 1e6 * (time.process_time() - cpu) / (2 * pixel.shape[0] * (steps + 1))
+        profiles = sorted((profile_predict(predictor, files) for _ in range(args.rounds)), key=lambda r: r["img_s"])
+        results["profile"] = {
+            "raw_forward_streams": {"img_s": raw_img_s, "cpu_us_per_image": raw_us},
+            "predict": profiles[len(profiles) // 2],
+        }
+    # ---- training: Trainer vs raw loop, same model, data path, batch, precision
+    if "train" in sections:
+        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=GeoCollator())
+        raws, trainers = [], []
+        for _ in range(args.rounds):  # interleaved rounds, median of each: the CPUs are shared and drift
+            raws.append(raw_train_rate(model, loader, True, args.steps))
+            trainers.append(
+                trainer_rate(model, raw_train, processor, args.batch_size, True, args.steps, root / "trainer")
+            )
+        raw = statistics.median(raws)
+        trainer = statistics.median(t["steady_img_s"] for t in trainers)
+        results["train"] = {
+            "raw_img_s": raw,
+            "trainer_img_s": trainer,
+            "ratio": trainer / raw,
+            "trainer_whole_call_img_s": statistics.median(t["whole_call_img_s"] for t in trainers),
+            "rounds": {"raw": raws, "trainer": trainers},
+            "goal": 0.95,
+        }
+        # the process's peak so far: the dataset build, inference (batch 32) and training (--batch-size)
+        results["train"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # ---- input pipeline vs consumption
+    if "input" in sections:
+        results["input"] = {f"workers_{w}_img_s": input_rate(train, args.batch_size, w) for w in (0, 2)}
+        if "train" in results:
+            results["input"]["model_consumption_img_s"] = results["train"]["raw_img_s"]
+
+    # ---- precision and layout, training step on a fixed batch (no data loading)
+    if "grid" in sections:
+        batch = GeoCollator()([train[i] for i in range(args.batch_size)])
+        fixed = [batch]
+
+        class Repeat(list):
+            batch_size = args.batch_size
+
+            def __iter__(self):
+                while True:
+                    yield fixed[0]
+
+        grid = {}
+        for depthwise in (True, False):
+            for cl in (True, False):
+                m, _ = model_and_processor(dataset, args.image_size, channels_last=cl, depthwise_fp32=depthwise)
+                for bf16 in (True, False):
+                    if not depthwise and not bf16:
+                        continue  # the depthwise switch only matters under bf16
+                    key = f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}" + (
+                        "" if depthwise or not bf16 else " (bf16 depthwise convs)"
+                    )
+                    grid[key] = {"train_img_s": raw_train_rate(m, Repeat(), bf16, max(args.steps // 2, 5), cl)}
+                    x = batch["pixel_values"] if cl else batch["pixel_values"].contiguous()
+                    grid[key]["infer_img_s"] = raw_infer_rate(m, x, bf16, max(args.steps // 2, 5))
+        results["precision_layout"] = grid
 
     print(json.dumps(results, indent=2))
     rows = figure_rows(results)
