@@ -325,7 +325,7 @@ def stage_owners() -> dict[str, tuple[object, str]]:
     }
 
 
-def profile_predict(predictor, files: list[Path], streams: int | None = None) -> dict:
+def profile_predict(predictor, files: list[Path]) -> dict:
     """CPU time per image of each stage of ``geohf predict`` (:func:`cli_rate`), every stream's thread
     counted: each stage's function is wrapped to add the thread CPU time of its calls (a stream runs
     its forward on its own torch thread). ``other`` is the rest of the process's CPU time: stream and
@@ -351,7 +351,7 @@ def profile_predict(predictor, files: list[Path], streams: int | None = None) ->
         setattr(owner, name, clocked(stage, originals[stage]))
     try:
         cpu, wall = time.process_time(), time.perf_counter()
-        cli_rate(predictor, files, streams=streams)
+        cli_rate(predictor, files)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         for stage, (owner, name) in owners.items():
@@ -359,6 +359,7 @@ def profile_predict(predictor, files: list[Path], streams: int | None = None) ->
     n = len(files)
     per_image = {stage: 1e6 * seconds / n for stage, seconds in spent.items()}
     per_image["other (GIL and lock waits, Python glue)"] = 1e6 * cpu / n - sum(per_image.values())
+    streams = default_streams(predictor.device)
     return {"img_s": n / wall, "cores_busy": cpu / wall, "cpu_us_per_image": per_image, "streams": streams}
 
 
@@ -455,8 +456,10 @@ def main(argv=None) -> dict:
             if not path.exists():
                 im.save(path)
             files.append(path)
+    short_steps = max(args.steps // 2, 5)  # timed calls of the raw forward and the grid's steps
     if "inference" in sections or args.profile:  # one preprocessed batch: the raw forward's input
         pixel = processor(images[:32])["pixel_values"].contiguous(memory_format=torch.channels_last)
+        raw_streams_images = 2 * pixel.shape[0] * (short_steps + 1)  # raw_streams_rate's warm-up call included
     if "inference" in sections:
         geo = pipeline("image-geolocation", model=str(root / "model"))
         predictor = GeoPredictor(str(root / "model"))
@@ -464,7 +467,7 @@ def main(argv=None) -> dict:
         predict_files(predictor, files[:64], batch_size=32)
 
         def raw_forward():
-            return raw_infer_rate(model, pixel, True, max(args.steps // 2, 5))
+            return raw_infer_rate(model, pixel, True, short_steps)
 
         def pipe():
             start = time.perf_counter()
@@ -477,13 +480,13 @@ def main(argv=None) -> dict:
                 "pipeline": pipe,
                 "predict": lambda: cli_rate(predictor, files),
                 "predict_one_stream": lambda: cli_rate(predictor, files, streams=1),
-                "raw_forward_streams": lambda: raw_streams_rate(model, pixel, max(args.steps // 2, 5)),
+                "raw_forward_streams": lambda: raw_streams_rate(model, pixel, short_steps),
             },
             args.rounds,
         )
         med = {k: statistics.median(v) for k, v in rates.items()}
-        n_raw = pixel.shape[0] * (max(args.steps // 2, 5) + 3)  # raw_infer_rate's warm-up calls included
-        images_of = {"raw_forward": n_raw, "raw_forward_streams": 2 * pixel.shape[0] * (max(args.steps // 2, 5) + 1)}
+        n_raw = pixel.shape[0] * (short_steps + 3)  # raw_infer_rate's warm-up calls included
+        images_of = {"raw_forward": n_raw, "raw_forward_streams": raw_streams_images}
         cpu_rate = {k: statistics.median(images_of.get(k, len(files)) / c for c in CPU_SECONDS[k]) for k in rates}
         results["inference"] = {
             "raw_forward_img_s": med["raw_forward"],
@@ -529,10 +532,9 @@ def main(argv=None) -> dict:
     if args.profile:  # the median of --rounds profiles by img/s, beside the raw forward's CPU per image
         predictor = GeoPredictor(str(root / "model"))
         cli_rate(predictor, files[:64])
-        steps = max(args.steps // 2, 5)
         cpu = time.process_time()
-        raw_img_s = raw_streams_rate(model, pixel, steps)
-        raw_us = 1e6 * (time.process_time() - cpu) / (2 * pixel.shape[0] * (steps + 1))
+        raw_img_s = raw_streams_rate(model, pixel, short_steps)
+        raw_us = 1e6 * (time.process_time() - cpu) / raw_streams_images
         profiles = sorted((profile_predict(predictor, files) for _ in range(args.rounds)), key=lambda r: r["img_s"])
         results["profile"] = {
             "raw_forward_streams": {"img_s": raw_img_s, "cpu_us_per_image": raw_us},
@@ -588,9 +590,9 @@ def main(argv=None) -> dict:
                     key = f"{'bf16' if bf16 else 'fp32'}{'+channels_last' if cl else ''}" + (
                         "" if depthwise or not bf16 else " (bf16 depthwise convs)"
                     )
-                    grid[key] = {"train_img_s": raw_train_rate(m, Repeat(), bf16, max(args.steps // 2, 5), cl)}
+                    grid[key] = {"train_img_s": raw_train_rate(m, Repeat(), bf16, short_steps, cl)}
                     x = batch["pixel_values"] if cl else batch["pixel_values"].contiguous()
-                    grid[key]["infer_img_s"] = raw_infer_rate(m, x, bf16, max(args.steps // 2, 5))
+                    grid[key]["infer_img_s"] = raw_infer_rate(m, x, bf16, short_steps)
         results["precision_layout"] = grid
 
     print(json.dumps(results, indent=2))

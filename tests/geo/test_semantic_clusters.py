@@ -151,9 +151,8 @@ def test_xi_clusters_match_scikit_learn(seed):
 def test_optics_needs_no_scikit_learn(monkeypatch):
     import sys
 
-    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+    for name in {"sklearn", *(m for m in sys.modules if m.startswith("sklearn."))}:
         monkeypatch.setitem(sys.modules, name, None)  # any import of scikit-learn now fails
-    monkeypatch.setitem(sys.modules, "sklearn", None)
     labels = optics_labels(blobs([(0, 0), (8, 0)], 50, 0.5), 10, 0.05)
     first, second = set(labels[:50]) - {-1}, set(labels[50:]) - {-1}
     assert len(first) == len(second) == 1 and first != second  # one cluster in each blob
