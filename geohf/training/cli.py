@@ -73,4 +73,7 @@ def main(argv: list[str] | None = None):
     result = run_training(model_args, data_args, augment, training_args, extras)
     if result.trainer.is_world_process_zero():
         print(json.dumps(result.metrics, indent=2))
+    # every rank leaves the process group before it exits: a rank exiting inside it can abort on its way out
+    # ("terminate called without an active exception", seen in 2-rank --streaming runs) and fail the launch
+    result.trainer.accelerator.end_training()
     return result
