@@ -27,6 +27,7 @@ from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.factory import load_model_partition
 from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
+from .graph import graph_forward
 from .predictions import CellTable, GeoPredictions
 
 
@@ -183,13 +184,22 @@ def autocast(device: torch.device, bf16: bool):
 
 def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool = True, **kwargs):
     """The one inference forward of geohf (predictor and pipeline): channels_last images, bf16 autocast
-    when asked and the model is float32 (one loaded with ``dtype=`` runs as loaded)."""
+    when asked and the model is float32 (one loaded with ``dtype=`` runs as loaded). On a CPU, single
+    views at inference run as the model's traced graph once it is checked (:mod:`.graph`): the same
+    numbers, without holding the GIL."""
     device = next(model.parameters()).device
     pixel_values = pixel_values.to(device)
     if channels_last and pixel_values.ndim == 4:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+
+    def eager(x: torch.Tensor):
+        return model(pixel_values=x, **kwargs)
+
     with autocast(device, bf16 and model.dtype == torch.float32):
-        return model(pixel_values=pixel_values, **kwargs)
+        single_views = pixel_values.ndim == 4 and set(kwargs) <= {"output_embeddings"}
+        if device.type == "cpu" and single_views and not model.training and not torch.is_grad_enabled():
+            return graph_forward(model, pixel_values, eager, **kwargs)
+        return eager(pixel_values)
 
 
 def predictions_from_outputs(

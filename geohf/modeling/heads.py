@@ -22,6 +22,10 @@ class GeoHead(nn.Module):
     contrastive = False
     """Whether the loss is :meth:`contrastive_loss` on the embeddings and true coordinates, not on the logits."""
 
+    traceable = True
+    """Whether the inference forward depends on nothing but its tensors and the model's config, so that a
+    traced graph of it stays right (see ``GeoModelForImageGeolocation.inference_state``)."""
+
     def __init__(self, spec: HeadSpec, embed_dim: int, out_features: int | None, dropout: float = 0.0):
         super().__init__()
         self.name = spec.name
@@ -124,7 +128,7 @@ class ClassificationHead(GeoHead):
 
     @property
     def has_coordinates(self) -> bool:
-        return self.centroids.shape[0] > 0
+        return self._centroid_values is not None and len(self._centroid_values[0]) > 0
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         if not (labels >= 0).any():  # every row without this head's label (-100): nothing to learn here
@@ -151,7 +155,7 @@ class ClassificationHead(GeoHead):
         two far-apart guesses do not average into a point between them.
         """
         probs = torch.softmax(self.class_logits(logits).float(), dim=-1)
-        k = 1 if method == "argmax" else min(top_k, probs.shape[-1])
+        k = 1 if method == "argmax" else min(top_k, self.num_classes)
         p, idx = probs.topk(k, dim=-1)
         points = self.class_points(logits)
         c = points[idx] if points.ndim == 2 else points.gather(1, idx[..., None].expand(-1, -1, 2))  # (B, k, 2)
@@ -299,6 +303,7 @@ class GeoClipHead(ClassificationHead):
 
     linear = False
     contrastive = True
+    traceable = False  # the forward checks its gallery cache against the encoder's weights, in Python
 
     def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
         super().__init__(spec, embed_dim, dropout)

@@ -261,3 +261,17 @@ def test_run_training_reports_km_for_a_geoclip_head(tiny_dataset, training_args,
     assert np.isfinite(result.metrics["eval_loss"]) and np.isfinite(result.metrics["eval_median_km"])
     assert result.model.config.head().gallery == "train" and result.model.config.head().queue_size == 32
     assert (tmp_path / "model" / "location_encoder.py").is_file()
+
+
+def test_a_geoclip_model_keeps_the_eager_forward(tiny_dataset):
+    """The head's forward checks its gallery cache in Python, which a trace would freeze: such a model never
+    gets a traced graph (``geohf.inference.graph``), however many batches it predicts."""
+    from geohf.inference import graph
+    from geohf.inference.predictor import forward
+
+    m = _model(tiny_dataset).eval()
+    assert m.inference_state() is None
+    with torch.inference_mode():
+        for _ in range(graph.EAGER_BATCHES + 2):
+            forward(m, torch.randn(2, 3, 32, 32), False)
+    assert m not in graph._GRAPHS

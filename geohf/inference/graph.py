@@ -1,0 +1,141 @@
+"""A model's inference forward as a traced TorchScript graph, which runs without Python's GIL.
+
+On a CPU ``geohf predict`` and the pipeline run two batches at once (:mod:`.streams`): one batch's
+Python (decoding, answers, records) beside the other's forward. An eager forward takes the GIL back
+after every operator, so it waits whenever the other stream runs Python (the demo model's forward
+beside a busy Python thread: 13x slower eager, 7% slower traced). A traced graph runs all its operators
+in TorchScript's interpreter with the GIL released, and skips Python's cost per operator (about 10% of
+the demo model's forward at 96 px). Measured in ``benchmarks/throughput.py`` (docs/benchmarks.md).
+
+* **When.** After :data:`EAGER_BATCHES` eager batches of one kind of input (shape but batch size,
+  dtype, layout, autocast, outputs asked for), so a run of a few images never pays the trace (0.3 s
+  for the demo model).
+* **Same numbers.** The graph runs exactly as traced (no profiling executor, no fusion: the eager
+  forward's kernels), and serves a batch size only after its outputs equal the eager forward's bit for
+  bit on a batch of that size. A trace that fails, warns that it may not generalise (a branch on a
+  tensor: transformers' towers and timm's ViTs check their input's shape that way), or disagrees leaves
+  that kind of input on the eager forward.
+* **Same model.** The graph shares the model's tensors (in-place updates reach it) and is dropped when
+  :meth:`~geohf.modeling.GeoModelForImageGeolocation.inference_state` changes (``train()`` / ``eval()``,
+  the coordinate rule); a model whose heads keep Python state (GeoCLIP's gallery cache) runs eagerly.
+
+``torch.jit.trace`` is deprecated in torch 2.x; where it fails or is gone, the eager forward runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+EAGER_BATCHES = 4
+"""Eager forwards of one kind of input before its graph is traced."""
+
+
+@dataclass
+class _Graph:
+    """One kind of input's graph: traced after :data:`EAGER_BATCHES` eager calls, checked per batch size."""
+
+    calls: int = 0
+    module: Any = None  # the traced graph (a torch.jit.ScriptModule)
+    spec: Any = None  # how its flat tensor outputs nest into the model's output
+    checked: set[int] = field(default_factory=set)  # batch sizes whose outputs equalled the eager forward's
+    failed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Flat(torch.nn.Module):
+    """The model's forward with its output flattened to a tuple of tensors (what a trace returns)."""
+
+    def __init__(self, model: torch.nn.Module, kwargs: dict[str, Any]):
+        super().__init__()
+        self.model, self.kwargs, self.spec = model, kwargs, None
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        leaves, self.spec = pytree.tree_flatten(self.model(pixel_values=pixel_values, **self.kwargs))
+        if not all(isinstance(x, torch.Tensor) for x in leaves):
+            raise TypeError("the model's output holds more than tensors")
+        return tuple(leaves)
+
+
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → (inference state, {kind: _Graph})
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph(model: torch.nn.Module, state: tuple, kind: tuple) -> _Graph:
+    with _GRAPHS_LOCK:
+        held = _GRAPHS.get(model)
+        if held is None or held[0] != state:  # the model changed: its graphs are gone
+            held = _GRAPHS[model] = (state, {})
+        return held[1].setdefault(kind, _Graph())
+
+
+def _trace(model: torch.nn.Module, pixel_values: torch.Tensor, kwargs: dict[str, Any], graph: _Graph) -> None:
+    flat = _Flat(model, kwargs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notices of torch.jit and of what the model calls
+            warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that may not generalise
+            with torch.inference_mode():  # (under no_grad alone autocast's cached weight casts cannot be traced)
+                module = torch.jit.trace(flat, pixel_values, check_trace=False)
+        graph.spec, graph.module = flat.spec, module  # the spec first: another stream may take the module now
+    except Exception:  # anything the tracer cannot follow: the eager forward stays
+        graph.failed = True
+
+
+def _run(graph: _Graph, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # as traced (its autocast casts are recorded in it): the eager forward's kernels
+    with torch.jit.optimized_execution(False), torch.autocast(pixel_values.device.type, enabled=False):
+        return graph.module(pixel_values)
+
+
+def graph_forward(model: torch.nn.Module, pixel_values: torch.Tensor, eager: Callable[[torch.Tensor], Any], **kwargs):
+    """``eager(pixel_values)`` (the model's forward with ``kwargs``, under the caller's autocast), from the
+    model's traced graph where one is in place and checked for this batch size (module docstring)."""
+    state = model.inference_state()
+    if state is None:
+        return eager(pixel_values)
+    device = pixel_values.device.type
+    kind = (
+        tuple(pixel_values.shape[1:]),
+        pixel_values.dtype,
+        pixel_values.is_contiguous(memory_format=torch.channels_last),
+        torch.is_autocast_enabled(device),
+        torch.get_autocast_dtype(device),
+        tuple(sorted(kwargs.items())),
+        model.dtype,
+        model.device,
+    )
+    graph = _graph(model, state, kind)
+    if graph.failed:
+        return eager(pixel_values)
+    if graph.module is None:
+        graph.calls += 1
+        if graph.calls <= EAGER_BATCHES or not graph.lock.acquire(blocking=False):
+            return eager(pixel_values)  # (or another stream is tracing it meanwhile)
+        try:
+            if graph.module is None and not graph.failed:
+                _trace(model, pixel_values, kwargs, graph)
+        finally:
+            graph.lock.release()
+        if graph.failed:
+            return eager(pixel_values)
+    if pixel_values.shape[0] in graph.checked:
+        return pytree.tree_unflatten(list(_run(graph, pixel_values)), graph.spec)
+    out = eager(pixel_values)
+    try:
+        leaves = _run(graph, pixel_values)
+    except Exception:  # a size the trace recorded as a constant
+        leaves = ()
+    expected = pytree.tree_leaves(out)
+    if len(expected) == len(leaves) and all(torch.equal(a, b) for a, b in zip(expected, leaves)):
+        graph.checked.add(pixel_values.shape[0])
+    else:
+        graph.failed = True
+    return out
