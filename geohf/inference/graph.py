@@ -4,12 +4,12 @@ On a CPU ``geohf predict`` and the pipeline run two batches at once (:mod:`.stre
 Python (decoding, answers, records) beside the other's forward. An eager forward takes the GIL back
 after every operator, so it waits whenever the other stream runs Python (the demo model's forward
 beside a busy Python thread: 13x slower eager, 7% slower traced). A traced graph runs all its operators
-in TorchScript's interpreter with the GIL released, and skips Python's cost per operator (about 10% of
-the demo model's forward at 96 px). Measured in ``benchmarks/throughput.py`` (docs/benchmarks.md).
+in TorchScript's interpreter with the GIL released, and skips Python's cost per operator (the demo
+model's forward at 96 px runs 13–17% faster). Measured in ``benchmarks/throughput.py`` (docs/benchmarks.md).
 
 * **When.** After :data:`EAGER_BATCHES` eager batches of one kind of input (shape but batch size,
-  dtype, layout, autocast, outputs asked for), so a run of a few images never pays the trace (0.3 s
-  for the demo model).
+  dtype, layout, autocast, outputs asked for): a run of up to 512 images in batches of 32 never pays
+  the trace, and a longer one pays about 0.12 s once, even by 1,000 images.
 * **Same numbers.** The graph runs exactly as traced (no profiling executor, no fusion: the eager
   forward's kernels), and serves a batch size only after its outputs equal the eager forward's bit for
   bit on a batch of that size. A trace that fails, warns that it may not generalise (a branch on a
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-EAGER_BATCHES = 4
+EAGER_BATCHES = 16
 """Eager forwards of one kind of input before its graph is traced."""
 
 
@@ -43,25 +43,11 @@ class _Graph:
     """One kind of input's graph: traced after :data:`EAGER_BATCHES` eager calls, checked per batch size."""
 
     calls: int = 0
-    module: Any = None  # the traced graph (a torch.jit.ScriptModule)
+    module: Any = None  # the traced graph (a torch.jit.ScriptFunction)
     spec: Any = None  # how its flat tensor outputs nest into the model's output
     checked: set[int] = field(default_factory=set)  # batch sizes whose outputs equalled the eager forward's
     failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _Flat(torch.nn.Module):
-    """The model's forward with its output flattened to a tuple of tensors (what a trace returns)."""
-
-    def __init__(self, model: torch.nn.Module, kwargs: dict[str, Any]):
-        super().__init__()
-        self.model, self.kwargs, self.spec = model, kwargs, None
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        leaves, self.spec = pytree.tree_flatten(self.model(pixel_values=pixel_values, **self.kwargs))
-        if not all(isinstance(x, torch.Tensor) for x in leaves):
-            raise TypeError("the model's output holds more than tensors")
-        return tuple(leaves)
 
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → (inference state, {kind: _Graph})
@@ -76,16 +62,50 @@ def _graph(model: torch.nn.Module, state: tuple, kind: tuple) -> _Graph:
         return held[1].setdefault(kind, _Graph())
 
 
-def _trace(model: torch.nn.Module, pixel_values: torch.Tensor, kwargs: dict[str, Any], graph: _Graph) -> None:
-    flat = _Flat(model, kwargs)
+def _trace(model: torch.nn.Module, pixel_values: torch.Tensor, kwargs: dict[str, Any], graph: _Graph) -> list | None:
+    """Trace the forward as a function of the pixels; the outputs of the tracing run (the eager forward's),
+    flat, or ``None`` where it failed. The model's tensors enter the graph as constants, the tensors
+    themselves (so in-place updates reach it), and none of its ~280 modules becomes a ScriptModule (which
+    took two thirds of tracing it as a module: 0.36 s against 0.12 s)."""
+    model_ref = weakref.ref(model)  # the graph keeps the function: it must not keep the model alive
+    ran: list = []
+
+    def flat(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        leaves, spec = pytree.tree_flatten(model_ref()(pixel_values=x, **kwargs))
+        if not all(isinstance(t, torch.Tensor) for t in leaves):
+            raise TypeError("the model's output holds more than tensors")
+        ran[:] = [leaves, spec]
+        return tuple(leaves)
+
+    needing_grad = [t for t in (*model.parameters(), *model.buffers()) if t.requires_grad]
     try:
+        for t in needing_grad:  # a constant may not require grad
+            t.requires_grad_(False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notices of torch.jit and of what the model calls
             warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that may not generalise
             with torch.inference_mode():  # (under no_grad alone autocast's cached weight casts cannot be traced)
-                module = torch.jit.trace(flat, pixel_values, check_trace=False)
-        graph.spec, graph.module = flat.spec, module  # the spec first: another stream may take the module now
+                module = torch.jit.trace(flat, (pixel_values,), check_trace=False)
     except Exception:  # anything the tracer cannot follow: the eager forward stays
+        graph.failed = True
+        return None
+    finally:
+        for t in needing_grad:
+            t.requires_grad_(True)
+    graph.spec, graph.module = ran[1], module  # the spec first: another stream may take the graph now
+    return ran[0]
+
+
+def _check(graph: _Graph, pixel_values: torch.Tensor, expected: list) -> None:
+    """Serve this batch size from the graph if its outputs equal ``expected`` (the eager forward's, flat),
+    bit for bit; else never again."""
+    try:
+        leaves = _run(graph, pixel_values)
+    except Exception:  # a size the trace recorded as a constant
+        leaves = ()
+    if len(expected) == len(leaves) and all(torch.equal(a, b) for a, b in zip(expected, leaves)):
+        graph.checked.add(pixel_values.shape[0])
+    else:
         graph.failed = True
 
 
@@ -120,22 +140,15 @@ def graph_forward(model: torch.nn.Module, pixel_values: torch.Tensor, eager: Cal
         if graph.calls <= EAGER_BATCHES or not graph.lock.acquire(blocking=False):
             return eager(pixel_values)  # (or another stream is tracing it meanwhile)
         try:
-            if graph.module is None and not graph.failed:
-                _trace(model, pixel_values, kwargs, graph)
+            traced = _trace(model, pixel_values, kwargs, graph) if graph.module is None and not graph.failed else None
         finally:
             graph.lock.release()
-        if graph.failed:
+        if traced is None:
             return eager(pixel_values)
+        _check(graph, pixel_values, traced)
+        return pytree.tree_unflatten(traced, graph.spec)
     if pixel_values.shape[0] in graph.checked:
         return pytree.tree_unflatten(list(_run(graph, pixel_values)), graph.spec)
     out = eager(pixel_values)
-    try:
-        leaves = _run(graph, pixel_values)
-    except Exception:  # a size the trace recorded as a constant
-        leaves = ()
-    expected = pytree.tree_leaves(out)
-    if len(expected) == len(leaves) and all(torch.equal(a, b) for a, b in zip(expected, leaves)):
-        graph.checked.add(pixel_values.shape[0])
-    else:
-        graph.failed = True
+    _check(graph, pixel_values, pytree.tree_leaves(out))
     return out

@@ -1,7 +1,9 @@
 """The traced inference forward (``geohf.inference.graph``): the eager forward's numbers, bit for bit, or
 the eager forward itself."""
 
+import gc
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,21 @@ def test_the_graph_gives_the_eager_outputs_bit_for_bit(bf16):
     kinds = graphs(model)
     assert len(kinds) == 2  # with and without embeddings
     assert all(g.module is not None and not g.failed and g.checked == {6, 3} for g in kinds.values())
+
+
+def test_the_graph_keeps_neither_the_model_alive_nor_its_gradients_off():
+    """Tracing turns the parameters' requires_grad off (a graph constant may not need grad) and back on; the
+    graph holds the model's tensors, not the model: a model let go is collected, its graphs with it."""
+    model = small_model()
+    with torch.inference_mode():
+        for _ in range(graph.EAGER_BATCHES + 2):
+            forward(model, torch.randn(2, 3, 32, 32), True)
+    assert current(model).module is not None
+    assert all(p.requires_grad for p in model.parameters())
+    held = weakref.ref(model)
+    del model
+    gc.collect()
+    assert held() is None
 
 
 def test_a_model_that_branches_on_its_input_runs_eagerly():
