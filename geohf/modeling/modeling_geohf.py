@@ -199,6 +199,9 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
     places (``config.views`` > 1, see :class:`~geohf.data.transforms.ViewGroups`) learns either.
     """
 
+    _state_changes = 0
+    """``train()`` / ``eval()`` calls and head buffer refills so far (see :meth:`inference_state`)."""
+
     def __init__(self, config: GeoConfig):
         super().__init__(config)
         if not config.heads:
@@ -262,7 +265,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self._state_changes = getattr(self, "_state_changes", 0) + 1
+        self._state_changes += 1
         if getattr(self, "_backbone_frozen", False):
             self.geo.eval()
         elif mode:  # partial fine-tuning: normalisation layers whose parameters are all frozen keep their statistics
@@ -284,7 +287,7 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         module = self.heads[head]
         module._class_weights = list(weights)
         module.init_buffers()
-        self._state_changes = getattr(self, "_state_changes", 0) + 1
+        self._state_changes += 1
 
     def coordinate_head(self) -> GeoHead | None:
         """The head that provides ``outputs.coordinates``: the primary head if it can, else the first that can."""
