@@ -489,7 +489,7 @@ def main(argv=None) -> dict:
     if "inference" in sections:
         geo = pipeline("image-geolocation", model=str(root / "model"))
         predictor = GeoPredictor(str(root / "model"))
-        # warm: a run traces the model's graph after 16 eager batches (about 0.15 s once, geohf.inference.graph),
+        # warm: a run traces the model's graph after 16 eager batches (about 0.12 s once, geohf.inference.graph),
         # here in the second call; the figures are the steady rates of a long run
         predict_warmup = [cli_rate(predictor, files) for _ in range(2)]
         geo(images, batch_size=32)

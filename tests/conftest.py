@@ -75,6 +75,30 @@ def training_args():
     return tiny_training_args
 
 
+def tiny_train_argv(dataset, out, **kw) -> list[str]:
+    """``geohf train`` flags for a few CPU steps on ``dataset``, the command-line twin of
+    :func:`tiny_training_args` (``kw``: more flags or other values, ``None`` leaves a flag out)."""
+    flags = {
+        "dataset": dataset,
+        "output_dir": out,
+        "image_size": 32,
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": "true",
+    } | kw
+    return [arg for name, value in flags.items() if value is not None for arg in (f"--{name}", str(value))] + [
+        "--use_cpu"
+    ]
+
+
+@pytest.fixture(scope="session")
+def train_argv():
+    """``train_argv(dataset, out, **kw)``: :func:`tiny_train_argv` for tests."""
+    return tiny_train_argv
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_dataset) -> Path:
     """A model folder trained for 2 steps on the tiny dataset (real Trainer path)."""

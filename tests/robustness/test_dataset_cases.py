@@ -200,7 +200,7 @@ def test_empty_folder(tmp_path, admin1_path, record, capsys):
     )
 
 
-def test_single_class_dataset_trains(tmp_path, admin1_path, record):
+def test_single_class_dataset_trains(tmp_path, admin1_path, record, train_argv):
     """Every sample in one small region: one geocell, one country. Training and evaluation still run."""
     root = tmp_path / "raw"
     root.mkdir()
@@ -222,30 +222,7 @@ def test_single_class_dataset_trains(tmp_path, admin1_path, record):
         "--no-filter",
     )
     model = tmp_path / "model"
-    main(
-        [
-            "train",
-            "--dataset",
-            str(out),
-            "--output_dir",
-            str(model),
-            "--image_size",
-            "32",
-            "--crop_pct",
-            "1.0",
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "8",
-            "--use_cpu",
-            "--report_to",
-            "none",
-            "--save_strategy",
-            "no",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
+    main(["train", *train_argv(out, model, crop_pct=1.0)])
     config = json.loads((model / "config.json").read_text())
     n_cells = len(config["heads"][0]["labels"])
     code = main(["evaluate", "--model", str(model), "--dataset", str(out), "--output", str(tmp_path / "eval")])

@@ -173,7 +173,7 @@ def test_split_stream_by_node_once(tiny_dataset):
     assert split_stream_by_node(table, 0, 2) is table
 
 
-def test_geohf_train_leaves_the_process_group(tiny_dataset, tmp_path):
+def test_geohf_train_leaves_the_process_group(tiny_dataset, tmp_path, train_argv):
     """``geohf train`` ends by destroying the process group (``accelerator.end_training``): a rank exiting
     inside it could abort on its way out and fail the launch. A one-rank gloo group, as torchrun starts it."""
     import torch.distributed as dist
@@ -184,31 +184,9 @@ def test_geohf_train_leaves_the_process_group(tiny_dataset, tmp_path):
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        main(
-            [
-                "--dataset",
-                str(tiny_dataset),
-                "--output_dir",
-                str(tmp_path / "run"),
-                "--backbone",
-                "vit_tiny_patch16_224",
-                "--backbone_kwargs",
-                json.dumps(TINY_VIT),
-                "--pretrained",
-                "none",
-                "--image_size",
-                "32",
-                "--max_steps",
-                "1",
-                "--per_device_train_batch_size",
-                "8",
-                "--use_cpu",
-                "--report_to",
-                "none",
-                "--save_strategy",
-                "no",
-            ]
-        )
+        run = tmp_path / "run"
+        backbone = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": json.dumps(TINY_VIT), "pretrained": "none"}
+        main(train_argv(tiny_dataset, run, **backbone, max_steps=1, disable_tqdm=None))
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
