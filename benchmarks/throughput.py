@@ -46,6 +46,7 @@ from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
 from geohf.images import decode_image, decode_pixels  # noqa: E402
 from geohf.inference import graph as graph_module  # noqa: E402
+from geohf.inference.engine import chunks, default_streams, in_streams  # noqa: E402
 from geohf.inference.inputs import ImageRef, PredictItem  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
 from geohf.inference.predictor import forward as geohf_forward  # noqa: E402
@@ -55,7 +56,6 @@ from geohf.inference.stream import (  # noqa: E402
     decoded_batches,
     iter_predictions,
 )
-from geohf.inference.streams import chunks, default_streams, in_streams  # noqa: E402
 from geohf.malloc import BATCH, set_malloc  # noqa: E402
 from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
 from geohf.modeling.factory import load_partition  # noqa: E402
@@ -662,7 +662,7 @@ def cli_rate(predictor, files: list[Path], streams: int | None = None) -> float:
 
 def raw_streams_rate(call, x: torch.Tensor, steps: int, streams: int = 2) -> float:
     """The raw forward ``call(x)`` (:func:`raw_call`) run as ``geohf predict`` runs batches
-    (:func:`~geohf.inference.streams.in_streams`: ``streams`` threads at once, each with its share of
+    (:func:`~geohf.inference.engine.in_streams`: ``streams`` threads at once, each with its share of
     torch's threads), after one warm-up call each."""
 
     def run(calls: int) -> None:

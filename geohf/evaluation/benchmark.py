@@ -233,8 +233,12 @@ def evaluate_benchmark(
         labeller = PointLabeller()
     predictor = as_predictor(model, bf16)
     truth = split.select_columns([c for c in TRUTH_COLUMNS if c in split.column_names]).to_pandas()
-    predictions = predictor.predict_dataset(split, batch_size=batch_size, desc=f"evaluating {benchmark}")
-    metrics = benchmark_metrics(truth, predictions.pred_latitude, predictions.pred_longitude, labeller)
+    coordinates = [  # streamed: only the predicted coordinates are kept per row
+        (batch.pred_latitude, batch.pred_longitude)
+        for batch in predictor.iter_dataset(split, batch_size=batch_size, desc=f"evaluating {benchmark}")
+    ]
+    pred_latitude, pred_longitude = (np.concatenate(c) for c in zip(*coordinates))
+    metrics = benchmark_metrics(truth, pred_latitude, pred_longitude, labeller)
     listed = source_rows(dataset_dir) or LISTED_IMAGES.get(benchmark)
     located = truth["latitude"].notna() & truth["longitude"].notna()
     result = BenchmarkResult(
@@ -249,7 +253,7 @@ def evaluate_benchmark(
         source_rows=source_rows(dataset_dir),
     )
     frame = truth.copy()
-    frame["pred_latitude"], frame["pred_longitude"] = predictions.pred_latitude, predictions.pred_longitude
+    frame["pred_latitude"], frame["pred_longitude"] = pred_latitude, pred_longitude
     frame["error_km"] = haversine_km(truth["latitude"], truth["longitude"], frame["pred_latitude"],
                                      frame["pred_longitude"])  # fmt: skip
     return result, frame

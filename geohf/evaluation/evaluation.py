@@ -9,9 +9,9 @@ import pandas as pd
 
 from ..data.transforms import label_encoder
 from ..geo.sphere import geometric_median, haversine_km, pairwise_haversine_km
-from ..inference.predictions import CellTable, GeoPredictions
+from ..inference.predictions import CellTable, GeoPredictions, PredictionsBuffer
 from ..inference.predictor import GeoPredictor
-from .metrics import distance_metrics, hierarchy_metrics, topk_accuracy
+from .metrics import distance_metrics, hierarchy_metrics, topk_hits
 
 TABLE_COLUMNS = [
     ("cell_top1_accuracy", "cell top-1 %"),
@@ -197,6 +197,7 @@ def evaluate(
     bf16: bool | None = None,
     retrieval: bool = True,
     tta: str | None = None,
+    keep_probs: bool = False,
 ) -> Evaluation:
     """The model on a split next to two naive baselines (geometric median, random cell by frequency).
 
@@ -208,6 +209,9 @@ def evaluate(
         retrieval: refine the coordinates with the model's retrieval index when it has one (PIGEON);
             the unrefined coordinates are then scored too, as the row ``model without retrieval``.
         tta: test-time augmentation (``flip``, ``crops``, ``flip,crops``) of a model or folder's predictor.
+        keep_probs: keep the primary head's probabilities on ``predictions`` (N x classes: for small splits
+            that need them, such as fusing views per place); by default the split is scored batch by batch
+            and only coordinates, top-k classes and names are kept per row.
 
     True cells come from the model's own partition (so any dataset with coordinates can be
     scored), else from the dataset's column of the primary head.
@@ -227,7 +231,14 @@ def evaluate(
     true_class = true_classes(lat, lon, labels, predictor)
     cells = predictor.cells
     index = predictor.index if retrieval else None
-    raw = predictor.predict_dataset(
+    # streamed: each batch is answered (and refined) and its coordinates, top-k and names written into arrays
+    # allocated once (PredictionsBuffer); the top-3 / top-10 hits are counted per batch, so no N x classes
+    # array is ever gathered
+    n = len(labels)
+    keep = ("probs",) if keep_probs else ()
+    kept, unrefined_kept = PredictionsBuffer(n, keep), PredictionsBuffer(n, keep) if index is not None else None
+    hits = {k: np.zeros(n, dtype=bool) for k in (3, 10)}
+    batches = predictor.iter_dataset(
         test,
         batch_size=batch_size,
         desc=f"evaluating {split}",
@@ -235,10 +246,16 @@ def evaluate(
         retrieval=False,
         answer="cell",
     )
-    predictions, unrefined = predictor.answered(raw), None
-    if index is not None:  # one forward: the head's coordinates, then the retrieval refinement of them
-        unrefined = replace(predictions, embeddings=None)
-        predictions = replace(predictor.answered(raw, refine=True), embeddings=None)
+    for raw in batches:
+        rows = slice(kept.filled, kept.filled + len(raw))
+        answered = predictor.answered(raw)
+        if unrefined_kept is not None:  # one forward: the head's coordinates, then the retrieval refinement
+            unrefined_kept.add(answered)
+            answered = predictor.answered(raw, refine=True)
+        kept.add(answered)
+        for k, hit in topk_hits(raw.probs, true_class[rows], tuple(hits)).items():
+            hits[k][rows] = hit
+    predictions, unrefined = kept.result(), unrefined_kept.result() if unrefined_kept is not None else None
     empty = pd.Series([""] * len(labels))
     truth = pd.DataFrame(
         {
@@ -265,9 +282,10 @@ def evaluate(
             scored, cells, "true_class"
         )
     known = true_class >= 0
-    if predictions.probs.shape[1] and known.any():
-        topk = topk_accuracy(predictions.probs[known], true_class[known], (3, 10))
-        result.rows["model"].update({f"cell_{k}": v for k, v in topk.items()})
+    if known.any():
+        for k, hit in hits.items():
+            if k <= len(cells.names) and predictions.top_index.shape[1]:
+                result.rows["model"][f"cell_top{k}_accuracy"] = float(100.0 * hit[known].mean())
     if spec.is_geocell:
         n = len(scored)
         if train is not None:
@@ -310,21 +328,31 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
         predictor = GeoPredictor(predictor.model, predictor.processor, bf16=predictor.bf16, retrieval=False)
     model = predictor.model
     head = model.heads[model.config.primary_head]
-    raw = predictor.predict_dataset(dataset, desc="tuning coordinates", embeddings=True, retrieval=False, answer="cell")
-    with torch.inference_mode():
-        weight = head.fc.weight if getattr(head, "fc", None) is not None else next(head.parameters())
-        out = head(torch.as_tensor(raw.embeddings, dtype=weight.dtype, device=weight.device)).float()
+    weight = head.fc.weight if getattr(head, "fc", None) is not None else next(head.parameters())
     areas = AdminAreas.default()
-    scores = {}
-    for method, k, radius in rules:
-        coords = head.coordinates(out, method, k, radius).cpu().numpy()
-        moved = replace(
-            raw, pred_latitude=coords[:, 0].astype(np.float64), pred_longitude=coords[:, 1].astype(np.float64)
-        )
-        for answer in answers:
-            pred = coherent(moved, answer, k, areas)
-            err = haversine_km(raw.true_latitude, raw.true_longitude, pred.pred_latitude, pred.pred_longitude)
-            scores[(method, k, radius, answer)] = float(np.median(err))
+    keys = [(method, k, radius, answer) for method, k, radius in rules for answer in answers]
+    # streamed: per batch, every rule's error per row (a few floats a row, never N x classes)
+    errors, start = np.empty((len(keys), predictor.prediction_count(dataset))), 0
+    batches = predictor.iter_dataset(
+        dataset, desc="tuning coordinates", embeddings=True, retrieval=False, answer="cell"
+    )
+    for raw in batches:
+        rows = slice(start, start + len(raw))
+        start = rows.stop
+        if raw.true_latitude is None:
+            raise ValueError("the validation split has no latitude/longitude: cannot tune the coordinate rule")
+        with torch.inference_mode():
+            out = head(torch.as_tensor(raw.embeddings, dtype=weight.dtype, device=weight.device)).float()
+        for method, k, radius in rules:
+            coords = head.coordinates(out, method, k, radius).cpu().numpy()
+            moved = replace(
+                raw, pred_latitude=coords[:, 0].astype(np.float64), pred_longitude=coords[:, 1].astype(np.float64)
+            )
+            for answer in answers:
+                pred = coherent(moved, answer, k, areas)
+                err = haversine_km(raw.true_latitude, raw.true_longitude, pred.pred_latitude, pred.pred_longitude)
+                errors[keys.index((method, k, radius, answer)), rows] = err
+    scores = {key: float(np.median(errors[i])) for i, key in enumerate(keys)}
     best = min(scores, key=scores.get)
     config = model.config
     config.coordinate_method, config.coordinate_top_k, config.coordinate_radius_km, config.answer = best
@@ -348,21 +376,27 @@ def tune_retrieval(model, dataset, index=None, grid: dict = RETRIEVAL_GRID) -> d
     index = index if index is not None else predictor.index
     if index is None:
         raise ValueError("the model has no retrieval index: build one with geohf index build")
-    # the head's raw coordinates, which the index refines before the answer is named (see answer_predictions)
-    predictions = predictor.predict_dataset(
-        dataset, desc="tuning retrieval", embeddings=True, retrieval=False, answer="cell"
-    )
-    if predictions.true_latitude is None:
-        raise ValueError("the validation split has no latitude/longitude: cannot tune retrieval")
-    found = index.search(predictions.embeddings, max(grid["neighbours"]))
-    truth = predictions.true_latitude, predictions.true_longitude
-    scores = {}
-    for top_k, temperature, neighbours in itertools.product(grid["top_k"], grid["temperature"], grid["neighbours"]):
-        params = replace(index.params, top_k=top_k, temperature=temperature, neighbours=neighbours)
-        lat, lon, _ = index.choose(predictions, params, found)
-        scores[(top_k, temperature, neighbours)] = float(np.median(haversine_km(*truth, lat, lon)))
+    # the head's raw coordinates, which the index refines before the answer is named (see answer_predictions);
+    # streamed: per batch one search (for the most neighbours) serves the whole grid, and each setting's
+    # error per row is kept (a few floats a row, never N x classes)
+    combos = list(itertools.product(grid["top_k"], grid["temperature"], grid["neighbours"]))
+    n = predictor.prediction_count(dataset)
+    errors, plain, start = np.empty((len(combos), n)), np.empty(n), 0
+    batches = predictor.iter_dataset(dataset, desc="tuning retrieval", embeddings=True, retrieval=False, answer="cell")
+    for predictions in batches:
+        rows = slice(start, start + len(predictions))
+        start = rows.stop
+        if predictions.true_latitude is None:
+            raise ValueError("the validation split has no latitude/longitude: cannot tune retrieval")
+        found = index.search(predictions.embeddings, max(grid["neighbours"]))
+        truth = predictions.true_latitude, predictions.true_longitude
+        for i, (top_k, temperature, neighbours) in enumerate(combos):
+            params = replace(index.params, top_k=top_k, temperature=temperature, neighbours=neighbours)
+            lat, lon, _ = index.choose(predictions, params, found)
+            errors[i, rows] = haversine_km(*truth, lat, lon)
+        plain[rows] = haversine_km(*truth, predictions.pred_latitude, predictions.pred_longitude)
+    scores = {c: float(np.median(errors[i])) for i, c in enumerate(combos)}
     current = (index.params.top_k, index.params.temperature, index.params.neighbours)
     best = min(scores, key=lambda c: (scores[c], c != current))  # a tie keeps the current parameters
     index.params = replace(index.params, top_k=best[0], temperature=best[1], neighbours=best[2])
-    plain = float(np.median(haversine_km(*truth, predictions.pred_latitude, predictions.pred_longitude)))
-    return {"params": index.params, "median_km": scores, "unrefined_median_km": plain}
+    return {"params": index.params, "median_km": scores, "unrefined_median_km": float(np.median(plain))}

@@ -49,15 +49,17 @@ def geoscore(errors_km) -> float:
     return float((5000.0 * np.exp(-np.asarray(errors_km, dtype=np.float64) / GEOSCORE_SCALE_KM)).mean())
 
 
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, float]:
-    """Top-k accuracy (%) from class scores (N, C) and integer labels (N,); k > C is skipped."""
+def topk_hits(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, np.ndarray]:
+    """Per row, whether the label is among the ``k`` best scores (N,) bool, for each ``k`` <= C: rows are
+    independent, so batches of rows give the same hits as the whole split."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     order = np.argsort(-scores, axis=1)
-    out = {}
-    for k in ks:
-        if k <= scores.shape[1]:
-            out[f"top{k}_accuracy"] = float(100.0 * (order[:, :k] == labels[:, None]).any(1).mean())
-    return out
+    return {k: (order[:, :k] == labels[:, None]).any(1) for k in ks if k <= scores.shape[1]}
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, float]:
+    """Top-k accuracy (%) from class scores (N, C) and integer labels (N,); k > C is skipped."""
+    return {f"top{k}_accuracy": float(100.0 * hit.mean()) for k, hit in topk_hits(scores, labels, ks).items()}
 
 
 def accuracy(pred, true) -> float:

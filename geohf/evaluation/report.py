@@ -139,7 +139,9 @@ def write_report(
 
 def _write_files(model, dataset_dict, out: Path, split, batch_size, human_results, title) -> dict:
     predictor = as_predictor(model)
-    evaluation = evaluate(predictor, dataset_dict, split=split, batch_size=batch_size)
+    # fusing views per place needs the per-view probabilities (a report's split, not a field-scale one)
+    places = "location_id" in dataset_dict[split].column_names
+    evaluation = evaluate(predictor, dataset_dict, split=split, batch_size=batch_size, keep_probs=places)
     rows = dict(evaluation.rows)
     if human_results:
         from .human import summarise_results
@@ -153,7 +155,8 @@ def _write_files(model, dataset_dict, out: Path, split, batch_size, human_result
     if "location_id" in frame:
         # fusing probabilities needs classes (not a regression-only model) and the model's own
         # fusion to be their mean (an attention-fused model weighs views in a way this cannot replay)
-        fusable = evaluation.predictions.probs.shape[1] > 0 and predictor.model.config.fusion == "mean"
+        probs = evaluation.predictions.probs
+        fusable = probs is not None and probs.shape[1] > 0 and predictor.model.config.fusion == "mean"
         if fusable and frame["location_id"].duplicated().any():
             multiview = multiview_rows(predictor, evaluation)
 

@@ -1,6 +1,6 @@
 """A model's inference forward as a traced TorchScript graph, which runs without Python's GIL.
 
-On a CPU ``geohf predict`` and the pipeline run two batches at once (:mod:`.streams`): one batch's
+On a CPU ``geohf predict`` and the pipeline run two batches at once (:mod:`.engine`): one batch's
 Python (decoding, answers, records) beside the other's forward. An eager forward takes the GIL back
 after every operator, so it waits whenever the other stream runs Python (the demo model's forward
 beside a busy Python thread: 13x slower eager, 7% slower traced). A traced graph runs all its operators
@@ -16,8 +16,10 @@ model's forward at 96 px runs 13–17% faster). Measured in ``benchmarks/through
   tensor: transformers' towers and timm's ViTs check their input's shape that way), or disagrees leaves
   that kind of input on the eager forward.
 * **Same model.** The graph shares the model's tensors (in-place updates reach it) and is dropped when
-  :meth:`~geohf.modeling.GeoModelForImageGeolocation.inference_state` changes (``train()`` / ``eval()``,
-  the coordinate rule); a model whose heads keep Python state (GeoCLIP's gallery cache) runs eagerly.
+  :func:`model_state` changes: any parameter or buffer replaced (``load_state_dict(..., assign=True)``, a
+  swapped submodule, a dtype or device change), any module's train / eval mode, or the config's primary
+  head and coordinate rule. Nothing of it lives in the model. A model with a head that keeps Python state
+  of its own (:data:`EAGER_ONLY`: GeoCLIP's gallery cache) runs eagerly.
 
 ``torch.jit.trace`` is deprecated in torch 2.x; where it fails or is gone, the eager forward runs.
 """
@@ -36,6 +38,31 @@ from torch.utils import _pytree as pytree
 
 EAGER_BATCHES = 16
 """Eager forwards of one kind of input before its graph is traced."""
+
+EAGER_ONLY = frozenset({"GeoClipHead"})
+"""Module classes whose forward reads Python state a trace would freeze (GeoCLIP's head checks its gallery
+cache against the location encoder's weights): a model holding one always runs eagerly."""
+
+
+def model_state(model: torch.nn.Module) -> tuple | None:
+    """Everything the inference forward reads besides the values of its tensors: which tensors (each
+    parameter and buffer by name, object, storage, dtype, device and shape), each module's train / eval
+    mode, and the config's primary head and coordinate rule. A traced graph holds while this is unchanged;
+    ``None`` for a model that must run eagerly (:data:`EAGER_ONLY`)."""
+    modules = tuple(model.modules())
+    if any(type(m).__name__ in EAGER_ONLY for m in modules):
+        return None
+    tensors = tuple(
+        (name, id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape))
+        for named in (model.named_parameters(), model.named_buffers())
+        for name, t in named
+    )
+    config = getattr(model, "config", None)
+    rule = tuple(
+        getattr(config, key, None)
+        for key in ("primary_head", "coordinate_method", "coordinate_top_k", "coordinate_radius_km")
+    )
+    return tensors, tuple(m.training for m in modules), rule
 
 
 @dataclass
@@ -118,7 +145,7 @@ def _run(graph: _Graph, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def graph_forward(model: torch.nn.Module, pixel_values: torch.Tensor, eager: Callable[[torch.Tensor], Any], **kwargs):
     """``eager(pixel_values)`` (the model's forward with ``kwargs``, under the caller's autocast), from the
     model's traced graph where one is in place and checked for this batch size (module docstring)."""
-    state = model.inference_state()
+    state = model_state(model)
     if state is None:
         return eager(pixel_values)
     device = pixel_values.device.type

@@ -35,10 +35,10 @@ from PIL import Image
 from transformers import Pipeline
 
 from ..images import to_rgb_array
+from .engine import chunks, default_streams, in_streams
 from .images import load_pixels
 from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
-from .streams import chunks, default_streams, in_streams
 
 
 def _image(item: Any) -> Any:
@@ -103,9 +103,9 @@ class ImageGeolocationPipeline(Pipeline):
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         """Batches of a list, dataset or generator: on a CPU two batches at once (``streams``, default
-        :func:`~geohf.inference.streams.default_streams`), each in its own thread with half of torch's
+        :func:`~geohf.inference.engine.default_streams`), each in its own thread with half of torch's
         threads, so one batch's decoding and answers run beside the other's forward
-        (:mod:`geohf.inference.streams`); transformers' own iterator otherwise (one batch at a time, and
+        (:mod:`geohf.inference.engine`); transformers' own iterator otherwise (one batch at a time, and
         ``num_workers`` DataLoader processes when asked)."""
         forward_params = dict(forward_params)
         streams = forward_params.pop("streams", None)

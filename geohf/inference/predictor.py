@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.transforms import GeoCollator, ViewGroups, example_transform, location_groups
 from ..errors import UserError
@@ -27,6 +26,7 @@ from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.factory import load_model_partition
 from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
+from .engine import default_streams, run_batches
 from .graph import graph_forward
 from .predictions import CellTable, GeoPredictions
 
@@ -389,6 +389,54 @@ class GeoPredictor:
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return self.predict_tensors(pixel_values, retrieval=retrieval)
 
+    def iter_dataset(
+        self,
+        dataset,
+        image_column: str = "image",
+        batch_size: int = 64,
+        desc: str = "predicting",
+        embeddings: bool = False,
+        retrieval: bool = True,
+        answer: str | None = None,
+        streams: int | None = None,
+        progress: bool = True,
+    ) -> Iterator[GeoPredictions]:
+        """Predictions for the rows of a ``datasets.Dataset``, one batch at a time, in row order, with its
+        ``latitude``/``longitude`` as truth: the streamed form of :meth:`predict_dataset` (memory stays that
+        of a few batches however many rows and classes there are).
+
+        A multi-view model (``config.views`` > 1) on a split with ``location_id`` predicts one place per
+        group of rows, grouped as training grouped them (:class:`~geohf.data.transforms.ViewGroups`
+        without a seed: the first ``views`` views, fewer repeated and masked); the truth is each place's
+        first row. :meth:`place_groups` gives the groups, in the order of the predictions. ``streams``:
+        batches run at once (:func:`~geohf.inference.engine.default_streams` by default)."""
+        if len(dataset) == 0:
+            raise ValueError("the dataset split is empty: nothing to predict")
+        data = dataset.with_transform(example_transform(self.transform, [], None, image_column))
+        groups = self.place_groups(dataset)
+        if groups is not None:
+            self.check_single_views(True)
+            data = ViewGroups(data, groups, self.model.config.views, location_ids=dataset["location_id"])
+        truth = None
+        if {"latitude", "longitude"} <= set(dataset.column_names):
+            frame = dataset.select_columns(["latitude", "longitude"]).to_pandas()
+            truth = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
+            if groups is not None:
+                firsts = [g[0] for g in groups]
+                truth = truth[0][firsts], truth[1][firsts]
+        collate = GeoCollator(channels_last=False)
+
+        def step(indices: list[int]) -> GeoPredictions:
+            batch = collate([data[i] for i in indices])
+            predictions = self.predict_tensors(
+                batch["pixel_values"], embeddings, retrieval, answer, batch.get("view_mask")
+            )
+            return predictions if truth is None else predictions.with_truth(truth[0][indices], truth[1][indices])
+
+        streams = default_streams(self.device) if streams is None else streams
+        unit = "img" if groups is None else "place"
+        yield from run_batches(step, len(data), batch_size, streams, desc, progress, unit)
+
     def predict_dataset(
         self,
         dataset,
@@ -399,33 +447,18 @@ class GeoPredictor:
         retrieval: bool = True,
         answer: str | None = None,
     ) -> GeoPredictions:
-        """Predictions for every row of a ``datasets.Dataset``, with its ``latitude``/``longitude`` as truth.
-
-        A multi-view model (``config.views`` > 1) on a split with ``location_id`` predicts one place per
-        group of rows, grouped as training grouped them (:class:`~geohf.data.transforms.ViewGroups`
-        without a seed: the first ``views`` views, fewer repeated and masked); the truth is each place's
-        first row. :meth:`place_groups` gives the groups, in the order of the predictions."""
-        if len(dataset) == 0:
-            raise ValueError("the dataset split is empty: nothing to predict")
-        data = dataset.with_transform(example_transform(self.transform, [], None, image_column))
-        groups = self.place_groups(dataset)
-        if groups is not None:
-            self.check_single_views(True)
-            data = ViewGroups(data, groups, self.model.config.views, location_ids=dataset["location_id"])
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, collate_fn=GeoCollator(channels_last=False), num_workers=0
+        """Predictions for every row of a ``datasets.Dataset`` gathered in memory (probabilities and, when
+        asked, embeddings included): :meth:`iter_dataset`'s batches concatenated. For large splits, consume
+        :meth:`iter_dataset` batch by batch instead."""
+        return GeoPredictions.concat(
+            list(self.iter_dataset(dataset, image_column, batch_size, desc, embeddings, retrieval, answer))
         )
-        parts = [
-            self.predict_tensors(batch["pixel_values"], embeddings, retrieval, answer, batch.get("view_mask"))
-            for batch in tqdm(loader, desc=desc, unit="batch", leave=False)
-        ]
-        predictions = GeoPredictions.concat(parts)
-        if {"latitude", "longitude"} <= set(dataset.column_names):
-            truth = dataset.select_columns(["latitude", "longitude"]).to_pandas()
-            if groups is not None:
-                truth = truth.iloc[[g[0] for g in groups]]
-            predictions = predictions.with_truth(truth["latitude"], truth["longitude"])
-        return predictions
+
+    def prediction_count(self, dataset) -> int:
+        """How many predictions :meth:`iter_dataset` makes for ``dataset``: one per place (see
+        :meth:`place_groups`) or one per row."""
+        groups = self.place_groups(dataset)
+        return len(dataset) if groups is None else len(groups)
 
     def place_groups(self, dataset) -> list[list[int]] | None:
         """The split's row indices per place when this model predicts places (``config.views`` > 1 and a

@@ -441,8 +441,17 @@ def build_index(
     places = dataset if groups is None else dataset.select([g[0] for g in groups])
     cells = gallery_cells(predictor, places)
     kind = resolve_search(search, len(places))
-    predictions = predictor.predict_dataset(dataset, batch_size=batch_size, desc="indexing", embeddings=True)
-    embeddings = normalise(torch.from_numpy(predictions.embeddings)).to(torch.float16)
+    # streamed: each batch's normalised embeddings go into one float16 array (probabilities are never kept)
+    embeddings = latitude = longitude = None
+    start = 0
+    for batch in predictor.iter_dataset(dataset, batch_size=batch_size, desc="indexing", embeddings=True):
+        if embeddings is None:
+            embeddings = torch.empty((len(places), batch.embeddings.shape[1]), dtype=torch.float16)
+            latitude, longitude = np.empty(len(places)), np.empty(len(places))
+        rows = slice(start, start + len(batch))
+        embeddings[rows] = normalise(torch.from_numpy(batch.embeddings)).to(torch.float16)
+        latitude[rows], longitude[rows] = batch.true_latitude, batch.true_longitude
+        start += len(batch)
     model = predictor.model
     spec = model.config.head()
     info = IndexInfo(
@@ -457,6 +466,4 @@ def build_index(
         split=split,
     )
     ann = AnnIndex.build(kind, embeddings.numpy(), threads) if kind in BACKENDS else None
-    return GeoIndex(
-        embeddings, predictions.true_latitude.copy(), predictions.true_longitude.copy(), cells, info, ann=ann
-    )
+    return GeoIndex(embeddings, latitude, longitude, cells, info, ann=ann)

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from ..errors import counted
 from ..geo.sphere import haversine_km
+from .engine import chunks, default_streams, in_streams
 from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
 from .predictor import GeoPredictor
-from .streams import chunks, default_streams, in_streams
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -171,9 +171,9 @@ def iter_predictions(
     """Predictions in input order, one batch at a time.
 
     Items whose images could not be read (all of their views) yield nothing; every unreadable image
-    goes to ``on_error``. ``streams`` (default :func:`~geohf.inference.streams.default_streams`): batches
+    goes to ``on_error``. ``streams`` (default :func:`~geohf.inference.engine.default_streams`): batches
     decoded and predicted at once, each in its own thread with its share of torch's threads
-    (:mod:`geohf.inference.streams`). ``num_workers``: decode in that many DataLoader processes instead,
+    (:mod:`geohf.inference.engine`). ``num_workers``: decode in that many DataLoader processes instead,
     one batch in flight.
     """
     streams = default_streams(predictor.device) if streams is None else max(1, streams)
@@ -442,7 +442,7 @@ class PredictOptions:
 
     batch_size: int = 32
     num_workers: int = 0
-    streams: int | None = None  # batches at once (geohf.inference.streams); None: the device's default
+    streams: int | None = None  # batches at once (geohf.inference.engine); None: the device's default
     output: str | None = None
     format: str | None = None
     write_exif: str | None = None

@@ -22,10 +22,6 @@ class GeoHead(nn.Module):
     contrastive = False
     """Whether the loss is :meth:`contrastive_loss` on the embeddings and true coordinates, not on the logits."""
 
-    traceable = True
-    """Whether the inference forward depends on nothing but its tensors and the model's config, so that a
-    traced graph of it stays right (see ``GeoModelForImageGeolocation.inference_state``)."""
-
     def __init__(self, spec: HeadSpec, embed_dim: int, out_features: int | None, dropout: float = 0.0):
         super().__init__()
         self.name = spec.name
@@ -303,7 +299,6 @@ class GeoClipHead(ClassificationHead):
 
     linear = False
     contrastive = True
-    traceable = False  # the forward checks its gallery cache against the encoder's weights, in Python
 
     def __init__(self, spec: HeadSpec, embed_dim: int, dropout: float = 0.0):
         super().__init__(spec, embed_dim, dropout)

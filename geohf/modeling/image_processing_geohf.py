@@ -152,7 +152,7 @@ class GeoImageProcessor(BaseImageProcessor):
         self.image_mean = list(image_mean or [0.485, 0.456, 0.406])
         self.image_std = list(image_std or [0.229, 0.224, 0.225])
         self._reference = None
-        self._scale = self._shift = None
+        self._planes: tuple[torch.Tensor, torch.Tensor] | None = None  # (scale, shift), replaced whole
 
     @classmethod
     def from_config(cls, config) -> GeoImageProcessor:
@@ -303,15 +303,19 @@ class GeoImageProcessor(BaseImageProcessor):
         """uint8 (..., 3, S, S) → ``(x / 255 - mean) / std`` in ``dtype`` (float32), channels_last.
 
         On the NHWC view, against per-pixel (S, S, 3) scale and shift planes: a broadcast over the
-        innermost size-3 channel dimension is not vectorised and runs several times slower."""
+        innermost size-3 channel dimension is not vectorised and runs several times slower. The planes are
+        cached as one tuple, replaced whole: threads normalising at once (two prediction streams) read either
+        the old pair or the new one, never half of each."""
         nhwc = pixels.movedim(-3, -1)
         plane = tuple(nhwc.shape[-3:])
-        if self._scale is None or tuple(self._scale.shape) != plane:
+        planes = self._planes
+        if planes is None or tuple(planes[0].shape) != plane:
             std, mean = torch.tensor(self.image_std, dtype=torch.float64), torch.tensor(self.image_mean).double()
-            self._scale = (1.0 / (255.0 * std)).float().expand(plane).contiguous()
-            self._shift = (-mean / std).float().expand(plane).contiguous()
+            scale = (1.0 / (255.0 * std)).float().expand(plane).contiguous()
+            planes = self._planes = (scale, (-mean / std).float().expand(plane).contiguous())
+        scale, shift = planes
         out = nhwc.float() if nhwc.is_contiguous() else nhwc.contiguous().float()
-        torch.addcmul(self._shift, out, self._scale, out=out)  # one pass (mul_ then add_ took twice as long)
+        torch.addcmul(shift, out, scale, out=out)  # one pass (mul_ then add_ took twice as long)
         out = out.movedim(-1, -3)
         return out if dtype in (None, torch.float32) else out.to(dtype)
 
@@ -353,7 +357,7 @@ class GeoImageProcessor(BaseImageProcessor):
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        for key in ("_reference", "_scale", "_shift"):
+        for key in ("_reference", "_planes"):
             out.pop(key, None)
         # no image_processor_type: AutoImageProcessor then resolves the class from the model config —
         # geohf's registered class when geohf is imported, config.json's auto_map for remote-code users

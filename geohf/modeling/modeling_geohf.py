@@ -199,9 +199,6 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
     places (``config.views`` > 1, see :class:`~geohf.data.transforms.ViewGroups`) learns either.
     """
 
-    _state_changes = 0
-    """``train()`` / ``eval()`` calls and head buffer refills so far (see :meth:`inference_state`)."""
-
     def __init__(self, config: GeoConfig):
         super().__init__(config)
         if not config.heads:
@@ -253,19 +250,8 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         """(trainable, total) parameters of the whole model (heads included)."""
         return parameter_counts(self)
 
-    def inference_state(self) -> tuple | None:
-        """What the inference forward reads besides its tensors: the config's primary head and coordinate
-        rule, and a count of ``train()`` / ``eval()`` calls and head buffer refills (freezing, LoRA and class
-        weights go through them). A traced graph of the forward (``geohf.inference.graph``) holds while this
-        is unchanged; ``None`` where a head keeps Python state of its own (GeoCLIP's gallery cache)."""
-        if not all(head.traceable for head in self.heads.values()):
-            return None
-        c = self.config
-        return (self._state_changes, c.primary_head, c.coordinate_method, c.coordinate_top_k, c.coordinate_radius_km)
-
     def train(self, mode: bool = True):
         super().train(mode)
-        self._state_changes += 1
         if getattr(self, "_backbone_frozen", False):
             self.geo.eval()
         elif mode:  # partial fine-tuning: normalisation layers whose parameters are all frozen keep their statistics
@@ -287,7 +273,6 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         module = self.heads[head]
         module._class_weights = list(weights)
         module.init_buffers()
-        self._state_changes += 1
 
     def coordinate_head(self) -> GeoHead | None:
         """The head that provides ``outputs.coordinates``: the primary head if it can, else the first that can."""

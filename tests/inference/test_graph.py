@@ -109,14 +109,51 @@ def test_a_changed_model_is_not_served_an_old_graph():
         for _ in range(graph.EAGER_BATCHES + 2):
             forward(model, x, True)
         assert current(model).module is not None
-        model.eval()
-        forward(model, x, True)
+        norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        norm.train()  # one module's mode (the model itself still in eval mode): batch statistics now
+        got = forward(model, x, True)
+        assert torch.equal(got.coordinates, eager(model, x, True).coordinates)
         assert current(model).module is None and current(model).calls == 1
+        model.eval()
     forward(model, x, True)  # gradients on: the eager forward, not counted
     model.train()
     with torch.inference_mode():
         forward(model, x, True)  # training mode: the same
     assert current(model).calls == 1
+
+
+def _traced(model, x):
+    with torch.inference_mode():
+        for _ in range(graph.EAGER_BATCHES + 2):
+            forward(model, x, False)
+    assert current(model).module is not None
+
+
+@pytest.mark.parametrize("change", ["assign", "submodule", "dtype"])
+def test_replaced_weights_are_never_served_a_stale_graph(change):
+    """Weights replaced without the model knowing (``load_state_dict(..., assign=True)``, a swapped head
+    module, a dtype round trip): the next forward is the eager forward of the new weights, never the graph
+    of the old ones."""
+    model, x = small_model(), torch.randn(4, 3, 32, 32)
+    _traced(model, x)
+    with torch.no_grad():
+        if change == "assign":
+            state = {k: v.clone() + (0.5 if k.endswith("fc.weight") else 0.0) for k, v in model.state_dict().items()}
+            model.load_state_dict(state, assign=True)
+        elif change == "submodule":
+            name, head = next(iter(model.heads.items()))
+            fresh = torch.nn.Linear(head.fc.in_features, head.fc.out_features)
+            fresh.weight.copy_(head.fc.weight * 2)
+            fresh.bias.copy_(head.fc.bias)
+            head.fc = fresh
+        else:
+            model.to(torch.float64).to(torch.float32)  # new tensors of the same values
+    with torch.inference_mode():
+        got = forward(model, x, False)
+        want = eager(model, x, False)
+    for a, b in zip(leaves(got), leaves(want)):
+        assert torch.equal(a, b)
+    assert current(model).module is None  # dropped with the old tensors: traced again later
 
 
 def test_predictions_with_the_graph_are_those_without(tiny_model_dir, tmp_path, monkeypatch):

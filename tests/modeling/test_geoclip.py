@@ -270,7 +270,7 @@ def test_a_geoclip_model_keeps_the_eager_forward(tiny_dataset):
     from geohf.inference.predictor import forward
 
     m = _model(tiny_dataset).eval()
-    assert m.inference_state() is None
+    assert graph.model_state(m) is None
     with torch.inference_mode():
         for _ in range(graph.EAGER_BATCHES + 2):
             forward(m, torch.randn(2, 3, 32, 32), False)

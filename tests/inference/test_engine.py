@@ -1,4 +1,4 @@
-"""Batches a few at a time (``geohf.inference.streams``), and the pipeline that runs on them."""
+"""Batches a few at a time (``geohf.inference.engine``), and the pipeline that runs on them."""
 
 import threading
 import time
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from geohf.images import ImageLoadError
-from geohf.inference.streams import in_streams
+from geohf.inference.engine import in_streams
 
 
 def test_in_streams_keeps_order_errors_and_thread_counts(threads_kept):

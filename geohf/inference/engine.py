@@ -1,11 +1,14 @@
-"""Batches predicted a few at a time on a CPU, so one batch's Python work hides behind another's forward.
+"""The one batch loop of geohf's inference: index chunks → a step per chunk → results in order, streamed.
 
-``geohf predict`` and ``pipeline("image-geolocation")`` spend most of a batch in the model's forward,
-which keeps every core busy, and the rest (decoding, resizing, turning logits into answers and
-records) in Python on one core. Run one batch after the other and the other cores idle during that
-rest; run two at once, each in its own thread with half of torch's intra-op threads, and one batch's
-Python runs while the other's forward has the cores. A forward split over fewer threads also waits
-less at OpenMP's barriers. Measured side by side in ``benchmarks/throughput.py`` (docs/benchmarks.md).
+Every prediction command runs through :func:`run_batches`: ``GeoPredictor.iter_dataset`` (``geohf
+evaluate``, ``--benchmark``, ``tune_coordinate_rule``, ``geohf index build``), ``geohf predict``'s files and
+dataset rows (:func:`geohf.inference.stream.iter_predictions`) and the pipeline's batches. A step decodes,
+preprocesses, runs the forward and makes the batch's :class:`~geohf.inference.predictions.GeoPredictions`;
+consumers take them batch by batch, so nothing of size N x classes is ever gathered.
+
+On a CPU two steps run at once (:func:`default_streams`), each in its own thread with half of torch's
+intra-op threads: one batch's Python (decoding, resizing, answers, records) runs while the other's forward
+has the cores, and a forward split over fewer threads waits less at OpenMP's barriers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,3 +78,28 @@ def in_streams(fn: Callable[[T], R], chunks: Iterable[T], streams: int) -> Itera
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_batches(
+    step: Callable[[list[int]], R],
+    n: int,
+    batch_size: int,
+    streams: int = 1,
+    desc: str | None = None,
+    progress: bool = True,
+    unit: str = "img",
+    size: Callable[[R], int] | None = None,
+) -> Iterator[R]:
+    """``step(indices)`` for consecutive chunks of ``range(n)`` of ``batch_size``, results in order, ``streams``
+    steps at once (:func:`in_streams`), with a progress bar of ``n`` (``size(result)``: what a result counts
+    for; the chunk's length by default). The bar is left out for a single batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results = in_streams(step, chunks(range(n), batch_size), max(1, streams))
+    with tqdm(total=n, desc=desc, unit=unit, disable=not progress or n <= batch_size, leave=False) as bar:
+        done = 0
+        for result in results:
+            yield result
+            counted = size(result) if size is not None else min(batch_size, n - done)
+            done += counted
+            bar.update(counted)
