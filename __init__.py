@@ -4,6 +4,9 @@ Python imports this file as ``geohf`` only when it runs from the folder that hol
 the clone's folder is named ``geohf``: then the real package would be shadowed and, with it,
 everything ``import geohf`` sets up (transformers would ask to trust remote code instead of
 using geohf's registered classes). Say so in one line, with the fix, rather than half-work.
+
+pytest collects this folder as a plain folder (tests/conftest.py): as a package it imported this file with the
+folder above the clone first on ``sys.path``, where it shadowed the package in every process spawned later.
 """
 
 if __name__ == "geohf":

@@ -56,9 +56,9 @@ for mod, name in ((pipeline, "read_layout"), (pipeline, "validate_coordinates"),
                   (build, "fit_partitions"), (build, "write_dataset_folder")):
     setattr(mod, name, staged(name, getattr(mod, name)))
 quality = filters._quality_task
-def counted_quality(args):
+def counted_quality(*args):
     state["checked"] += 1
-    return quality(args)
+    return quality(*args)
 filters._quality_task = counted_quality
 write = folder.ShardWriter.write
 def counted_write(self, row):

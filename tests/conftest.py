@@ -15,6 +15,24 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PY
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _CloneRootIsAFolder:
+    """Collect the clone's root as a folder, not a package.
+
+    The root holds an ``__init__.py`` (the guard for ``import geohf`` run beside a clone named geohf), so pytest
+    would collect it as a package named after the clone's folder: it imports it with the folder above the clone
+    put first on ``sys.path``. In a clone named ``geohf`` that folder makes the guard shadow the package for
+    every process spawned later (the image check's workers died on its ImportError).
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        return pytest.Dir.from_parent(parent, path=path) if str(path.resolve()) == _ROOT else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_CloneRootIsAFolder(), "geohf-clone-root-is-a-folder")
+
+
 @pytest.fixture(scope="session")
 def admin1_path() -> str:
     """The boundary file the package uses by default: ``$GEOHF_BOUNDARIES`` or the shipped admin-1 file."""

@@ -7,8 +7,8 @@ Each step returns the rows it keeps and records every row it drops in the
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..geo.labelling import LABEL_COLUMNS, PointLabeller
 from ..images import ImageLoadError, decode_image
 from .skips import SkipLog
+from .workers import map_chunks
 
 
 # ------------------------------------------------------------------ coordinates
@@ -247,8 +248,10 @@ def image_quality(
     return channel_var, float(lap.var()) if lap.size else 0.0, width, height
 
 
-def _quality_task(args: tuple[str, int]):
-    path, side = args
+_CHUNK = 16  # images per task of the parallel check
+
+
+def _quality_task(path: str, side: int) -> tuple[float, float, int, int, str]:
     try:
         return (*image_quality(path, side), "")
     except ImageLoadError as err:
@@ -257,30 +260,45 @@ def _quality_task(args: tuple[str, int]):
         return math.nan, math.nan, 0, 0, f"{type(err).__name__}: {err}"
 
 
+def _quality_chunk(paths: list[str], side: int) -> list[tuple[float, float, int, int, str]]:
+    return [_quality_task(path, side) for path in paths]
+
+
 def filter_images(
     frame: pd.DataFrame, cfg: ImageFilter, log: SkipLog, num_proc: int = 1, apply: bool = True
 ) -> pd.DataFrame:
     """Decode every image once; drop undecodable ones always, dark/blank and blurry ones when ``apply``.
 
-    Adds ``width, height, channel_variance, laplacian_variance`` columns. Runs on
-    ``num_proc`` processes, streaming (one image in memory per process).
+    Adds ``width, height, channel_variance, laplacian_variance`` columns. Runs on ``num_proc``
+    processes, streaming (a few chunks of images in flight); a worker that dies is retried or
+    stops the build with a :class:`~geohf.errors.UserError` (:func:`~geohf.data.workers.map_chunks`).
     """
     n = len(frame)
-    tasks = ((p, cfg.stats_side) for p in frame["source_file"])
+    paths = frame["source_file"].tolist()
     # results go straight into arrays (24 bytes per image), not a list of tuples (~140 bytes each)
     columns = [np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int64), np.zeros(n, np.int64)]
     errors: dict[int, str] = {}
-    pool = mp.get_context("spawn").Pool(num_proc) if num_proc > 1 else None
-    try:
-        results = pool.imap(_quality_task, tasks, chunksize=16) if pool else map(_quality_task, tasks)
-        for i, result in enumerate(tqdm(results, total=n, desc="checking images", unit="img", leave=False)):
+
+    def store(start: int, results: list[tuple[float, float, int, int, str]]) -> None:
+        for i, result in enumerate(results, start):
             for column, value in zip(columns, result[:4]):
                 column[i] = value
             if result[4]:
                 errors[i] = result[4]
-    finally:
-        if pool is not None:
-            pool.terminate()
+        bar.update(len(results))
+
+    with tqdm(total=n, desc="checking images", unit="img", leave=False) as bar:
+        if num_proc > 1:
+            chunks = [paths[i : i + _CHUNK] for i in range(0, n, _CHUNK)]
+            fix = (f"run again with a lower --num-proc (now {num_proc}) or --num-proc 1, or with more memory "
+                   "free")  # fmt: skip
+            for k, results in map_chunks(
+                partial(_quality_chunk, side=cfg.stats_side), chunks, num_proc, "checking images", fix
+            ):
+                store(k * _CHUNK, results)
+        else:
+            for i, path in enumerate(paths):
+                store(i, [_quality_task(path, cfg.stats_side)])
     names = ["channel_variance", "laplacian_variance", "width", "height"]
     stats = pd.DataFrame(dict(zip(names, columns)))
     keep = np.ones(n, bool)
