@@ -7,7 +7,7 @@ from .._lazy import lazy_getattr
 
 _LAZY = {
     "GeoTrainer": ".trainer",
-    "GeoTrainingArguments": ".trainer",
+    "GeoTrainingArguments": ".training_args",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)

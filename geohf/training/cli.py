@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None = None):
 
     from ..data.transforms import AugmentConfig
     from .train import DataArguments, ModelArguments, TrainingExtras
-    from .trainer import GeoTrainingArguments
+    from .training_args import GeoTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingExtras, GeoTrainingArguments))
     parser.prog = "geohf train"

@@ -306,9 +306,9 @@ def run_training(
     and push it to the Hub in one commit when ``--push_to_hub``: :func:`create_model` + :class:`GeoTrainer`."""
     extras = extras or TrainingExtras()
     if not isinstance(training_args, GeoTrainingArguments):
-        from .trainer import _geo_args
+        from .training_args import as_geo_training_args
 
-        training_args = _geo_args(training_args)
+        training_args = as_geo_training_args(training_args)
     # the Hub token is used once, for the final push, and never stored in training_args.json
     push, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
