@@ -28,10 +28,10 @@ from ..geo.sphere import haversine_km
 from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
+from .names import FORMATS
 from .predictor import GeoPredictor
 from .streams import chunks, default_streams, in_streams
 
-FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PREDICTION_COLUMNS = [
     "pred_latitude",
