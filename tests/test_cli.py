@@ -125,7 +125,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_the_command_and_the_geography_import_no_torch():
-    heavy = "{'torch', 'transformers', 'datasets', 'timm', 'pandas', 'geopandas'}"
+    heavy = "{'torch', 'transformers', 'datasets', 'timm', 'pandas', 'geopandas', 'numpy', 'huggingface_hub'}"
     proc = _python(
         f"import sys, geohf.cli; geohf.cli.build_parser(); loaded = {heavy} & set(sys.modules); "
         "assert not loaded, loaded; import geohf.geo; assert 'torch' not in sys.modules, 'geo'"
