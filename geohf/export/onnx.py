@@ -122,4 +122,3 @@ def export_onnx(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
