@@ -42,7 +42,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+def _split_debug(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], bool]:
     """``argv`` without geohf's ``--debug`` (only leading ones for a command that forwards its flags to another
     parser, as ``train`` does: its ``--debug`` is transformers')."""
     debug = os.environ.get("GEOHF_DEBUG", "").lower() not in ("", "0", "false", "no")
@@ -51,7 +51,7 @@ def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
         rest.pop(0)
         debug = True
     end = rest.index("--") if "--" in rest else len(rest)
-    command = _subcommands(build_parser()).get(rest[0]) if rest else None
+    command = _subcommands(parser).get(rest[0]) if rest else None
     forwards = command is not None and getattr(command.get_default("func"), "forward", None) is not None
     if not forwards and "--debug" in rest[:end]:
         rest = [a for a in rest[:end] if a != "--debug"] + rest[end:]
@@ -59,8 +59,7 @@ def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
     return rest, debug
 
 
-def _run(argv: list[str]) -> int:
-    parser = build_parser()
+def _run(argv: list[str], parser: argparse.ArgumentParser) -> int:
     args, unknown = parser.parse_known_args(argv)
     forward = args.func.forward
     if forward is None and unknown:
@@ -70,11 +69,11 @@ def _run(argv: list[str]) -> int:
     return args.func(args)
 
 
-def _command(argv: list[str]) -> str:
+def _command(argv: list[str], parser: argparse.ArgumentParser) -> str:
     """``geohf predict``, ``geohf dataset build``...: the command ``argv`` names, for messages."""
     words = [a for a in argv if not a.startswith("-")][:2]
     if words:
-        command = _subcommands(build_parser()).get(words[0])
+        command = _subcommands(parser).get(words[0])
         if command is None or not any(isinstance(a, argparse._SubParsersAction) for a in command._actions):
             words = words[:1]
     return " ".join(["geohf", *words])
@@ -100,9 +99,10 @@ def disk_full(err: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``geohf ARGV``; user errors are one ``error:`` line and exit code 2 (``--debug``: traceback)."""
-    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv), parser)
     try:
-        return _run(argv)
+        return _run(argv, parser)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug or (isinstance(err, ImportError) and extra is None):
             raise  # a broken install or a bug: the traceback is the useful report
         if extra is not None:
-            message = extra_message(_command(argv), *extra)
+            message = extra_message(_command(argv, parser), *extra)
         elif isinstance(err, FileNotFoundError) and err.filename is not None:
             message = f"{err.filename}: {err.strerror or 'no such file or directory'}"
         else:

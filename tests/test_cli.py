@@ -309,7 +309,7 @@ def test_debug_shows_the_traceback_and_ctrl_c_is_130(cli, monkeypatch):
         main(argv)
     monkeypatch.delenv("GEOHF_DEBUG")
 
-    def interrupted(argv):
+    def interrupted(argv, parser):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("geohf.cli._run", interrupted)
