@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it (some are being added; a missing one is an AttributeError)
 _LAZY = {

@@ -160,3 +160,8 @@ def go_offline() -> None:
 def counted(n: int, singular: str, plural: str | None = None) -> str:
     """``"1 copy"``, ``"2 copies"``: a count with its noun in the right number."""
     return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -125,7 +125,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_the_command_and_the_geography_import_no_torch():
-    heavy = "{'torch', 'transformers', 'datasets', 'timm', 'pandas', 'geopandas'}"
+    heavy = "{'torch', 'transformers', 'datasets', 'timm', 'pandas', 'geopandas', 'numpy', 'huggingface_hub'}"
     proc = _python(
         f"import sys, geohf.cli; geohf.cli.build_parser(); loaded = {heavy} & set(sys.modules); "
         "assert not loaded, loaded; import geohf.geo; assert 'torch' not in sys.modules, 'geo'"
@@ -309,7 +309,7 @@ def test_debug_shows_the_traceback_and_ctrl_c_is_130(cli, monkeypatch):
         main(argv)
     monkeypatch.delenv("GEOHF_DEBUG")
 
-    def interrupted(argv):
+    def interrupted(argv, parser):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("geohf.cli._run", interrupted)
@@ -368,6 +368,75 @@ def test_collect_parser_names_match_the_collectors():
     assert tuple(sorted(plan.SAMPLERS)) == names.SAMPLER_NAMES
     assert tuple(sorted(providers.PROVIDERS)) == names.PROVIDER_NAMES
     assert regions.SPEC_HELP is names.SPEC_HELP
+    with pytest.raises(ValueError, match="--source must be outdoor or default"):
+        providers.ViewOptions(source="indoor")
+    assert providers.ViewOptions(source=names.STREETVIEW_SOURCES[-1]).source == "default"
+
+
+def test_parser_choices_are_the_owners_names():
+    """The choices ``geohf``'s parser offers come from torch-free ``names`` modules the owners use."""
+    import pandas as pd
+
+    from geohf.data import layouts, names, sources, splits
+    from geohf.evaluation import benchmark
+    from geohf.evaluation import names as evaluation_names
+    from geohf.geo import boundaries
+    from geohf.geo import names as geo_names
+    from geohf.inference import names as inference_names
+    from geohf.inference import retrieval, stream
+
+    assert set(names.LAYOUT_NAMES) == {*layouts.LAYOUTS, "bluemarble"} and sources.SOURCES is names.SOURCES
+    assert splits.assign_splits.__defaults__[0] == names.SPLIT_BY[0]
+    with pytest.raises(UserError, match="--split-by must be 'location' or 'block'"):
+        splits.assign_splits(pd.DataFrame({"latitude": [0.0], "longitude": [0.0]}), by="country")
+    assert benchmark.BENCHMARKS is evaluation_names.BENCHMARKS
+    assert stream.FORMATS is inference_names.FORMATS and set(stream.SUFFIX_FORMATS.values()) == set(stream.FORMATS)
+    assert retrieval.SEARCHES is inference_names.SEARCHES and retrieval.BACKENDS is inference_names.BACKENDS
+    assert (boundaries.FULL_NAME, boundaries.LOWRES_NAME) == geo_names.BOUNDARY_NAMES
+
+
+def _leaf_parsers(parser, prefix=()):
+    """(words, parser) of every command that runs: ``("dataset", "build")``, ``("predict",)``..."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaf_parsers(sub, (*prefix, name))
+    if parser.get_default("func") is not None:
+        yield prefix, parser
+
+
+def test_every_command_parses_into_its_arguments_dataclass():
+    """Each command's dataclass has one field per flag (dest) of its parser, and the parser's defaults."""
+    from dataclasses import MISSING, fields
+
+    from geohf.cli import build_parser
+
+    commands = dict(_leaf_parsers(build_parser()))
+    assert {w[0] for w in commands} == {
+        "demo", "predict", "dataset", "evaluate", "index", "convert", "collect", "app", "export", "train"
+    }  # fmt: skip
+    for words, parser in commands.items():
+        command = parser.get_default("func")
+        dests = {a.dest for a in parser._actions if a.dest != "help"}
+        declared = {f.name: f for f in fields(command.arguments)}
+        assert dests | ({command.forward} if command.forward else set()) == set(declared), words
+        for action in parser._actions:
+            if action.dest in declared and not action.required and action.dest != "help":
+                f = declared[action.dest]
+                default = f.default_factory() if f.default is MISSING else f.default
+                assert default == action.default, (words, action.dest)
+
+
+def test_train_is_routed_by_the_parser_and_gets_every_flag_after_it(monkeypatch):
+    import geohf.commands.train as train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda argv: seen.append(argv))
+    flags = ["--dataset", "d", "--learning_rate", "-5e-5", "--debug", "underflow_overflow", "--help", "--config"]
+    assert main(["train", *flags]) == 0 and seen == [flags]
+    assert main(["--debug", "train"]) == 0 and seen[-1] == []
 
 
 def test_check_source_against_a_local_hub(hub, tmp_path):

@@ -5,6 +5,7 @@
 
 SAMPLER_NAMES = ("fishnet", "population", "uniform")
 PROVIDER_NAMES = ("mapillary", "streetview")
+STREETVIEW_SOURCES = ("outdoor", "default")
 CITY_COLUMNS = ["name", "latitude", "longitude", "radius_km"]
 SPEC_HELP = (
     "country codes (FR), admin-1 codes (US-CA), cities (city:Paris@48.8566,2.3522,15km or a CSV with columns "

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..geo.sphere import haversine_km
 from .http import AccessDenied, HttpClient, RequestFailed, Retry
+from .names import STREETVIEW_SOURCES
 
 IMAGES_DIR = "images"
 
@@ -53,8 +54,8 @@ class ViewOptions:
             raise ValueError(f"--headings must be between 1 and 36, got {self.headings}")
         if self.radius_m <= 0:
             raise ValueError(f"--radius must be positive, got {self.radius_m}")
-        if self.source not in ("outdoor", "default"):
-            raise ValueError(f"--source must be outdoor or default, got {self.source!r}")
+        if self.source not in STREETVIEW_SOURCES:
+            raise ValueError(f"--source must be {' or '.join(STREETVIEW_SOURCES)}, got {self.source!r}")
 
 
 @dataclass

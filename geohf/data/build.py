@@ -21,7 +21,7 @@ import pandas as pd
 from datasets import Features, Image, Value
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.labelling import LABEL_COLUMNS

@@ -42,10 +42,10 @@ from ..geo.labelling import PointLabeller
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
 from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import validate_coordinates
+from .names import SOURCES
 from .skips import SkipLog
 
 STAGE = "match"
-SOURCES = ("osv5m", "im2gps3k", "yfcc4k", "yfcc26k", "mp16", "table")
 BENCHMARK_CSVS = {
     "im2gps3k": ("im2gps3k_places365.csv",),
     "yfcc4k": ("yfcc4k_places365.csv",),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..geo.sphere import EARTH_RADIUS_KM, latlon_to_xyz
+from .names import SPLIT_BY
 from .skips import SkipLog
 
 SPLITS = ("train", "validation", "test")
@@ -112,7 +113,7 @@ def assign_splits(
     elif by == "block":
         groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
     else:
-        raise UserError(f"--split-by must be 'location' or 'block', got {by!r}")
+        raise UserError(f"--split-by must be {' or '.join(map(repr, SPLIT_BY))}, got {by!r}")
     out = frame.copy()
     split = hash_split_groups if hashed else split_groups
     out["split"] = split(groups.reset_index(drop=True), fractions, seed)

@@ -32,8 +32,8 @@ import pandas as pd
 from ..errors import UserError
 from ..geo.sphere import haversine_km
 from .metrics import DISTANCE_THRESHOLDS_KM, GEOSCORE_SCALE_KM
+from .names import BENCHMARKS
 
-BENCHMARKS = ("im2gps3k", "yfcc4k", "osv5m")
 # images each benchmark lists (what the papers' tables are computed on)
 LISTED_IMAGES = {"im2gps3k": 2997, "yfcc4k": 4536, "osv5m": 210122}
 OSV5M_LEVELS = ("country", "region", "sub-region", "city")

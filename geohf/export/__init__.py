@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._lazy import lazy_getattr
 
-_LAZY = {"OnnxExport": ".onnx", "export_onnx": ".onnx", "add_export_parser": ".cli"}
+_LAZY = {"OnnxExport": ".onnx", "export_onnx": ".onnx"}
 __all__ = sorted(_LAZY)
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -122,6 +122,3 @@ def export_onnx(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-from .cli import add_export_parser, export_command  # noqa: E402,F401  (where they lived)

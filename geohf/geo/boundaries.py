@@ -23,9 +23,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from .countries import NATURAL_EARTH_FIXES, alpha3_to_alpha2, country_name, is_country_code
+from .names import FULL_NAME, LOWRES_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,6 @@ COLUMNS = ["country_code", "country", "region_code", "region", "geometry"]
 
 SHIPPED_PATH = Path(__file__).resolve().parent / "data" / "admin1.parquet"
 SHIPPED_NAME = f"Natural Earth 10m admin-1 (geohf {__version__}, simplified)"
-FULL_NAME = "natural-earth-10m"
-"""``load_boundaries(FULL_NAME)`` / ``--boundaries natural-earth-10m``: the full-resolution download."""
-LOWRES_NAME = "lowres"
 
 
 def cache_dir() -> Path:

@@ -38,13 +38,12 @@ import torch
 from ..errors import UserError
 from ..files import TMP_SUFFIX, temp_path
 from ..geo.sphere import haversine_km
+from .names import BACKENDS, SEARCHES
 from .predictions import GeoPredictions
 
 INDEX_FOLDER = "index"
 GALLERY_FILE = "gallery.safetensors"
 INFO_FILE = "index.json"
-BACKENDS = ("faiss", "usearch")
-SEARCHES = ("exact", *BACKENDS, "auto")
 # galleries from this size up get an ANN index with ``--search auto`` (benchmarks/retrieval.py, 2 vCPU:
 # the exact matmul costs about a forward pass per image at 100k 1280-d embeddings, 18 ms batched and
 # ~0.2 s for a single query, against 0.2-0.6 ms for usearch's HNSW at recall@10 >= 0.99; HNSW's build,

@@ -29,9 +29,9 @@ from .engine import chunks, default_streams, in_streams
 from .exif import GpsFix, write_estimated_copy
 from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
+from .names import FORMATS
 from .predictor import GeoPredictor
 
-FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PREDICTION_COLUMNS = [
     "pred_latitude",

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from geohf.app import add_app_parser, append_result
+from geohf.app import append_result
 from geohf.app.figures import circle_latlon, click_to_latlon
 from geohf.app.game import Guess, score_guess
 from geohf.app.prediction import predict_views
+from geohf.commands.app import register_subcommand
 from geohf.evaluation.human import summarise_results
 from geohf.evaluation.metrics import geoscore
 from geohf.geo.sphere import haversine_km
@@ -75,7 +76,7 @@ def test_click_map_geometry():
 
 def test_parser_binds_locally_by_default():
     parser = argparse.ArgumentParser(prog="geohf")
-    add_app_parser(parser.add_subparsers())
+    register_subcommand(parser.add_subparsers())
     args = parser.parse_args(["app", "--model", "m"])
     assert args.host == "127.0.0.1" and args.max_file_size and args.dataset is None and callable(args.func)
 

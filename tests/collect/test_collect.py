@@ -20,12 +20,13 @@ import pandas as pd
 import pytest
 import shapely
 
+from geohf.cli import main
 from geohf.collect import CollectConfig, HttpClient, HttpConfig, QuotaExceeded, RequestFailed, ViewOptions, collect
-from geohf.collect.cli import add_collect_parser, main
 from geohf.collect.folder import METADATA_COLUMNS, OutputFolder
 from geohf.collect.plan import fishnet_points, load_plan, make_plan, plan_info, save_plan, uniform_points
 from geohf.collect.regions import Region, equal_area, parse_regions, split_spec
 from geohf.collect.state import CollectState
+from geohf.commands.collect import register_subcommand
 from geohf.geo.sphere import EARTH_RADIUS_KM, haversine_km
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -261,7 +262,7 @@ def test_population_sampler_without_weights_explains_why(tmp_path, capsys):
 
 def test_parser_wires_into_a_geohf_parser():
     parser = argparse.ArgumentParser(prog="geohf")
-    add_collect_parser(parser.add_subparsers(dest="command", required=True))
+    register_subcommand(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["collect", "run", "p.parquet", "--provider", "mapillary", "--output", "o", "--dry-run"])
     assert callable(args.func) and args.dry_run and args.headings == 3 and args.fov == 120 and args.size == "640x640"
 
@@ -529,7 +530,7 @@ def test_kill_mid_run_then_resume(em, paris_plan, reference, tmp_path, monkeypat
     out = tmp_path / "killed"
     em.delay = 0.02  # slow enough to be caught mid-run
     env = {**os.environ, "GOOGLE_MAPS_API_KEY": GOOGLE_SECRET, "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "geohf.collect.cli", *run_args(paris_plan, out, em)]
+    cmd = [sys.executable, "-m", "geohf", *run_args(paris_plan, out, em)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180

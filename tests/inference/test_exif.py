@@ -11,15 +11,15 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from geohf import images as images_module
+from geohf.commands.predict import register_subcommand
 from geohf.geo.sphere import haversine_km
-from geohf.inference.cli import add_predict_parser
 from geohf.inference.exif import ESTIMATE_MARK, read_gps, write_estimated_copy
 from geohf.inference.images import ImageLoadError, load_image
 
 
 def geohf(*argv) -> int:
     parser = argparse.ArgumentParser(prog="geohf")
-    add_predict_parser(parser.add_subparsers())
+    register_subcommand(parser.add_subparsers())
     args = parser.parse_args([str(a) for a in argv])
     return args.func(args)
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 
+from geohf.commands.predict import register_subcommand
 from geohf.errors import UserError
-from geohf.inference.cli import add_predict_parser
 from geohf.inference.maps import MapPoint, cell_polygons, prediction_map, save_map
 from geohf.inference.predictor import GeoPredictor
 
 
 def geohf(*argv) -> int:
     parser = argparse.ArgumentParser(prog="geohf")
-    add_predict_parser(parser.add_subparsers())
+    register_subcommand(parser.add_subparsers())
     args = parser.parse_args([str(a) for a in argv])
     return args.func(args)
 

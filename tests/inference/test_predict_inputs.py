@@ -14,8 +14,8 @@ import torch
 from datasets import load_dataset
 from PIL import Image
 
+from geohf.commands.predict import register_subcommand
 from geohf.geo.sphere import haversine_km
-from geohf.inference.cli import add_predict_parser
 from geohf.inference.inputs import Inputs, collect_inputs, group_by_csv, group_by_pattern
 from geohf.inference.predictor import GeoPredictor
 from geohf.inference.stream import PREDICTION_COLUMNS, JsonlWriter, PredictOptions, run_prediction
@@ -25,7 +25,7 @@ PREDICTION_KEYS = {*PREDICTION_COLUMNS, "top_k"}
 
 def geohf(*argv) -> int:
     parser = argparse.ArgumentParser(prog="geohf")
-    add_predict_parser(parser.add_subparsers())
+    register_subcommand(parser.add_subparsers())
     args = parser.parse_args([str(a) for a in argv])
     return args.func(args)
 

@@ -79,7 +79,7 @@ def main(cfg: dict) -> None:
         }
         with open(os.path.join(out, "result.json"), "w") as f:
             json.dump(record, f)
-    trainer.accelerator.end_training()  # as geohf train ends (geohf.training.cli.main)
+    trainer.accelerator.end_training()  # as geohf train ends (geohf.commands.train.train)
 
 
 if __name__ == "__main__":

@@ -179,14 +179,14 @@ def test_geohf_train_leaves_the_process_group(tiny_dataset, tmp_path, train_argv
     import torch.distributed as dist
     from multiproc_run import TINY_VIT  # this folder is on sys.path (pytest's rootdir-relative import)
 
-    from geohf.training.cli import main
+    from geohf.commands.train import train
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         run = tmp_path / "run"
         backbone = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": json.dumps(TINY_VIT), "pretrained": "none"}
-        main(train_argv(tiny_dataset, run, **backbone, max_steps=1, disable_tqdm=None))
+        train(train_argv(tiny_dataset, run, **backbone, max_steps=1, disable_tqdm=None))
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():

@@ -1,18 +1,53 @@
-"""``geohf collect plan`` and ``geohf collect run``.
+"""``geohf collect plan | run``: sample locations in regions, collect their street-level images.
 
-Wired into ``geohf`` by :func:`add_collect_parser`; also runnable alone as
-``python -m geohf.collect.cli collect ...``.
+The collectors (pandas, geopandas, requests) are imported inside the commands: ``geohf --help`` stays quick.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
-from ..cli import BOUNDARIES_HELP
-from .names import PROVIDER_NAMES, SAMPLER_NAMES, SPEC_HELP
+from ..collect.names import PROVIDER_NAMES, SAMPLER_NAMES, SPEC_HELP, STREETVIEW_SOURCES
+from .command import set_command
+from .flags import add_boundaries
 
-# the collectors (pandas, geopandas, requests) are imported inside the commands: `geohf --help` stays quick
+
+@dataclass
+class PlanArguments:
+    regions: list[str]
+    per_region: int
+    output: str
+    sampler: str = "uniform"
+    seed: int = 0
+    boundaries: str | None = None
+    weight_column: str = "population"
+
+
+@dataclass
+class RunArguments:
+    plan: str
+    provider: str
+    output: str
+    headings: int = 3
+    fov: float = 120.0
+    size: str = "640x640"
+    pitch: float = 0.0
+    radius: float = 50.0
+    source: str = "outdoor"
+    seed: int = 0
+    max_requests: int | None = None
+    dry_run: bool = False
+    price_per_image: float | None = None
+    rate: float = 10.0
+    workers: int = 4
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 10.0
+    max_consecutive_failures: int = 20
+    base_url: str | None = None
+    key: str | None = None
+    no_progress: bool = False
 
 
 def _error(message: str) -> int:
@@ -20,10 +55,10 @@ def _error(message: str) -> int:
     return 2
 
 
-def plan_command(args: argparse.Namespace) -> int:
+def plan_command(args: PlanArguments) -> int:
     """Sample the plan and write it to Parquet."""
-    from .plan import make_plan, save_plan
-    from .regions import parse_regions
+    from ..collect.plan import make_plan, save_plan
+    from ..collect.regions import parse_regions
 
     try:
         regions = parse_regions(args.regions, args.boundaries, args.weight_column)
@@ -36,11 +71,11 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace):
-    """The run configuration (:class:`~geohf.collect.run.CollectConfig`) of parsed ``collect run`` arguments."""
-    from .http import HttpConfig
-    from .providers import ViewOptions
-    from .run import CollectConfig
+def config_from_args(args: RunArguments):
+    """The run configuration (:class:`~geohf.collect.run.CollectConfig`) of ``collect run`` arguments."""
+    from ..collect.http import HttpConfig
+    from ..collect.providers import ViewOptions
+    from ..collect.run import CollectConfig
 
     view = ViewOptions(args.headings, args.fov, args.size, args.pitch, args.radius, args.source)
     http = HttpConfig(args.rate, args.retries, args.backoff, timeout=args.timeout, max_requests=args.max_requests)
@@ -57,11 +92,11 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: RunArguments) -> int:
     """Collect a plan (or, with ``--dry-run``, print what it would request and cost)."""
-    from .plan import load_plan
-    from .providers import MissingKeyError, resolve_key
-    from .run import collect, estimate
+    from ..collect.plan import load_plan
+    from ..collect.providers import MissingKeyError, resolve_key
+    from ..collect.run import collect, estimate
 
     try:
         plan = load_plan(args.plan)
@@ -80,8 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def add_collect_parser(subparsers) -> None:
-    """Add ``collect plan`` and ``collect run`` to an argparse subparsers object."""
+def register_subcommand(subparsers) -> None:
     collect_parser = subparsers.add_parser("collect", help="collect street-level images (Street View, Mapillary)")
     sub = collect_parser.add_subparsers(dest="collect_command", required=True)
 
@@ -97,9 +131,9 @@ def add_collect_parser(subparsers) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="plan file (.parquet)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--boundaries", default=None, help=BOUNDARIES_HELP)
+    add_boundaries(p)
     p.add_argument("--weight-column", dest="weight_column", default="population", help="for --sampler population")
-    p.set_defaults(func=plan_command)
+    set_command(p, PlanArguments, plan_command)
 
     r = sub.add_parser("run", help="collect the images of a plan into an imagefolder (resumable)")
     r.add_argument("plan", help="plan file from `geohf collect plan`")
@@ -110,7 +144,7 @@ def add_collect_parser(subparsers) -> None:
     r.add_argument("--size", default="640x640", help="Street View image size WxH (default 640x640)")
     r.add_argument("--pitch", type=float, default=0.0)
     r.add_argument("--radius", type=float, default=50.0, help="search radius around each point, metres (default 50)")
-    r.add_argument("--source", choices=["outdoor", "default"], default="outdoor", help="Street View imagery source")
+    r.add_argument("--source", choices=STREETVIEW_SOURCES, default="outdoor", help="Street View imagery source")
     r.add_argument("--seed", type=int, default=0, help="seeds the random start heading of each location")
     r.add_argument("--max-requests", dest="max_requests", type=int, default=None, help="send at most N requests")
     r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print requests and cost, send nothing")
@@ -128,15 +162,4 @@ def add_collect_parser(subparsers) -> None:
         help="API key; prefer GOOGLE_MAPS_API_KEY / MAPILLARY_ACCESS_TOKEN (not in shell history)",
     )
     r.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
-    r.set_defaults(func=run_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="geohf")
-    add_collect_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    set_command(r, RunArguments, run_command)

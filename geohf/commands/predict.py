@@ -1,13 +1,17 @@
-"""``geohf predict``: wired into ``geohf`` by :func:`add_predict_parser`."""
+"""``geohf predict``: where images were taken, as JSON lines, CSV or Parquet; maps; EXIF copies."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 
 from ..errors import UserError, check_source, counted
+from ..inference.names import FORMATS
 from ..malloc import BATCH, set_malloc
+from .command import set_command
+from .flags import add_batch_size, add_bf16, add_image_column, add_retrieval, add_revision, add_top_k, add_tta
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -15,6 +19,35 @@ EPILOG = """examples:
   geohf predict --model M views/ --group-pattern '(?P<location>[^/]+)_[NESW]\\.jpg$'
   geohf predict --model M photo.jpg --write-exif estimated/ --map photo.html
 """
+
+
+@dataclass
+class PredictArguments:
+    model: str
+    inputs: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    split: str = "test"
+    image_column: str = "image"
+    revision: str | None = None
+    group_pattern: str | None = None
+    group_csv: str | None = None
+    output: str | None = None
+    format: str | None = None
+    top_k: int = 5
+    mass: float = 0.5
+    map: str | None = None
+    map_offline: bool = False
+    write_exif: str | None = None
+    batch_size: int = 32
+    workers: int | None = None
+    streams: int | None = None
+    bf16: bool | None = None
+    channels_last: bool = True
+    device: str | None = None
+    retrieval: bool = True
+    recursive: bool = True
+    quiet: bool = False
+    tta: str | None = None
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
@@ -30,18 +63,18 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def _inputs(args: argparse.Namespace):
-    from .inputs import collect_inputs, dataset_inputs, group_by_csv, group_by_pattern
+def _inputs(args: PredictArguments, dataset: str | None):
+    from ..inference.inputs import collect_inputs, dataset_inputs, group_by_csv, group_by_pattern
 
-    if args.dataset:
-        return dataset_inputs(args.dataset, args.split, args.image_column, args.revision)
+    if dataset:
+        return dataset_inputs(dataset, args.split, args.image_column, args.revision)
     if args.group_csv:
         return group_by_csv(args.group_csv)
     inputs = collect_inputs(args.inputs, recursive=args.recursive)
     return group_by_pattern(inputs, args.group_pattern) if args.group_pattern else inputs
 
 
-def _check(args: argparse.Namespace) -> str | None:
+def _check(args: PredictArguments) -> str | None:
     """A usage error, or ``None``."""
     sources = sum(map(bool, (args.inputs, args.dataset, args.group_csv)))
     if sources == 0:
@@ -55,7 +88,7 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def predict_command(args: argparse.Namespace) -> int:
+def predict_command(args: PredictArguments) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
     set_malloc(BATCH)
     problem = _check(args)
@@ -63,18 +96,17 @@ def predict_command(args: argparse.Namespace) -> int:
         return _error(problem)
     try:
         model = check_source(args.model, "model")
-        if args.dataset:
-            args.dataset = check_source(args.dataset, "dataset", args.revision)
+        dataset = check_source(args.dataset, "dataset", args.revision) if args.dataset else None
     except UserError as err:
         return _error(str(err))
-    from .maps import cell_polygons
-    from .predictor import GeoPredictor
-    from .stream import PredictOptions, output_format, print_error, run_prediction
+    from ..inference.maps import cell_polygons
+    from ..inference.predictor import GeoPredictor
+    from ..inference.stream import PredictOptions, output_format, print_error, run_prediction
 
     if output_format(args.output, args.format) == "parquet" and args.output is None:
         return _error("Parquet cannot go to stdout; pass --output FILE.parquet")
     try:
-        inputs = _inputs(args)
+        inputs = _inputs(args, dataset)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     from ..modeling.image_processing_geohf import parse_tta
@@ -126,26 +158,7 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_retrieval(p) -> None:
-    p.add_argument(
-        "--retrieval", action=argparse.BooleanOptionalAction, default=True,
-        help="refine coordinates with the model folder's retrieval index when it has one (geohf index build; "
-        "default: yes)",
-    )  # fmt: skip
-
-
-def add_tta(p) -> None:
-    p.add_argument(
-        "--tta",
-        default=None,
-        help="test-time augmentation: flip (also the mirrored image), crops (also three crops along the long "
-        "side), or flip,crops; the views' class log-probabilities are averaged (each view costs a forward; "
-        "docs/benchmarks.md measures it)",
-    )
-
-
-def add_predict_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``predict`` to a ``geohf`` subparsers object."""
+def register_subcommand(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
         help="predict where images were taken (JSON lines, CSV or Parquet; maps; EXIF copies)",
@@ -158,13 +171,8 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_argument_group("dataset input")
     src.add_argument("--dataset", help="a datasets folder or Hub repo id instead of files")
     src.add_argument("--split", default="test", help="dataset split (default: test)")
-    src.add_argument(
-        "--image-column", "--image_column", dest="image_column", default="image", help="dataset image column"
-    )
-    src.add_argument(
-        "--revision", "--dataset-revision", "--dataset_revision", dest="revision", default=None,
-        help="dataset revision on the Hub (branch, tag or commit)",
-    )  # fmt: skip
+    add_image_column(src)
+    add_revision(src)
     views = p.add_argument_group("multi-view (several images of one place → one prediction)")
     group = views.add_mutually_exclusive_group()
     group.add_argument(
@@ -177,10 +185,8 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     )
     out = p.add_argument_group("outputs")
     out.add_argument("-o", "--output", default=None, help="write records here (default: JSON lines on stdout)")
-    out.add_argument(
-        "--format", choices=["jsonl", "csv", "parquet"], default=None, help="default: from --output's suffix"
-    )
-    out.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes per record (default: 5)")
+    out.add_argument("--format", choices=FORMATS, default=None, help="default: from --output's suffix")
+    add_top_k(out, "classes per record (default: 5)")
     out.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
     out.add_argument(
         "--map",
@@ -204,7 +210,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         help="write copies of the images into DIR with the predicted location in EXIF, marked as an estimate",
     )
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32, help="(default: 32)")
+    add_batch_size(run)
     run.add_argument("--workers", type=int, default=None, help="decoding processes (default: 0 for small inputs)")
     run.add_argument(
         "--streams",
@@ -213,9 +219,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         help="batches predicted at once, each in a thread with its share of the cores, without --workers "
         "(default: 2 on a CPU, 1 on a GPU)",
     )
-    run.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it is fast)"
-    )
+    add_bf16(run)
     run.add_argument(
         "--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True, help="NHWC layout"
     )
@@ -226,5 +230,5 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tta(run)
-    p.set_defaults(func=predict_command)
+    set_command(p, PredictArguments, predict_command)
     return p

@@ -1,25 +1,33 @@
-"""Command line of ``scripts/train.py`` and ``geohf train``: HfArgumentParser over the argument dataclasses.
+"""``geohf train`` (and ``scripts/train.py``): fine-tune a model; the flags are HfArgumentParser's.
 
-transformers and the dataclasses are imported inside the functions, so ``geohf`` builds its
-parser without them; ``geohf train --help`` builds the full parser (TrainingArguments: seconds).
+``geohf``'s parser routes ``train`` here and forwards every flag after it to an HfArgumentParser over
+the argument dataclasses (model, data, augmentation, extras, TrainingArguments), built only when the
+command runs: ``geohf --help`` imports no transformers, ``geohf train --help`` builds the full parser.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, check_source
+from .command import set_command
 
 
-def parse_args(argv: list[str] | None = None):
+@dataclass
+class TrainArguments:
+    flags: list[str] = field(default_factory=list)
+    """The HfArgumentParser flags (``--help`` included), or ``--config FILE.yaml|json``."""
+
+
+def parse_args(argv: list[str]):
     """(model, data, augment, extras, training) arguments from flags, or from one ``.json`` / ``.yaml`` file."""
     from transformers import HfArgumentParser
 
     from ..data.transforms import AugmentConfig
-    from .train import DataArguments, ModelArguments, TrainingExtras
-    from .training_args import GeoTrainingArguments
+    from ..training.train import DataArguments, ModelArguments, TrainingExtras
+    from ..training.training_args import GeoTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, AugmentConfig, TrainingExtras, GeoTrainingArguments))
     parser.prog = "geohf train"
@@ -28,7 +36,6 @@ def parse_args(argv: list[str] | None = None):
         raise UserError(f"geohf train: {message} (see geohf train --help)")
 
     parser.error = error  # one line from geohf's main instead of usage + SystemExit
-    argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 2 and argv[0] == "--config":
         path = Path(argv[1])
         if not path.is_file():
@@ -58,17 +65,16 @@ def require_extras(training_args, extras) -> None:
             raise UserError(extra_message("geohf train", module, "tracking"))
 
 
-def main(argv: list[str] | None = None):
-    model_args, data_args, augment, extras, training_args = parse_args(argv)
+def train(argv: list[str]):
+    """Parse ``argv``, train, print the metrics (rank 0); the :class:`~geohf.training.train.TrainResult`."""
+    model_args, data_args, augment, extras, training_args = parse_args(list(argv))
     require_extras(training_args, extras)
     data_args.dataset = check_source(data_args.dataset, "dataset", data_args.dataset_revision)
     if model_args.model_name_or_path:
         model_args.model_name_or_path = check_source(
             model_args.model_name_or_path, "model", flag="--model_name_or_path"
         )
-    import geohf  # noqa: F401  (registers the Auto classes once transformers' are imported)
-
-    from .train import run_training
+    from ..training.train import run_training
 
     result = run_training(model_args, data_args, augment, training_args, extras)
     if result.trainer.is_world_process_zero():
@@ -77,3 +83,16 @@ def main(argv: list[str] | None = None):
     # ("terminate called without an active exception", seen in 2-rank --streaming runs) and fail the launch
     result.trainer.accelerator.end_training()
     return result
+
+
+def train_command(args: TrainArguments) -> int:
+    train(args.flags)
+    return 0
+
+
+def register_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="fine-tune a model (same flags as scripts/train.py; --help for all)", add_help=False
+    )
+    p.set_defaults(flags=[])
+    set_command(p, TrainArguments, train_command, forward="flags")

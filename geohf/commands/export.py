@@ -1,15 +1,28 @@
-"""``geohf export``: wired into ``geohf`` by :func:`add_export_parser` (torch, onnx imported only to export)."""
+"""``geohf export``: a model as ONNX (torch and onnx are imported only to export); needs geohf[export]."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, check_source
+from ..export.names import FORMATS
+from .command import set_command
 
 
-def export_command(args: argparse.Namespace) -> int:
+@dataclass
+class ExportArguments:
+    model: str
+    output_pos: str | None = None
+    output: str | None = None
+    format: str = "onnx"
+    opset: int = 18
+    mass: float = 0.5
+    atol: float = 1e-3
+
+
+def export_command(args: ExportArguments) -> int:
     """Export and report the difference to PyTorch; 1 if it exceeds ``--atol``."""
     output = args.output or args.output_pos
     if not output:
@@ -24,7 +37,7 @@ def export_command(args: argparse.Namespace) -> int:
     if Path(output).exists() and any(Path(output).iterdir()):
         raise UserError(f"--output {output}: exists and is not empty; choose a new folder")
 
-    from .onnx import export_onnx
+    from ..export.onnx import export_onnx
 
     try:
         result = export_onnx(model, output, opset=args.opset, mass=args.mass)
@@ -38,8 +51,7 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``export`` to a ``geohf`` subparsers object."""
+def register_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a model to ONNX (primary head logits, coordinates, confidence radius); needs geohf[export]",
@@ -49,9 +61,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("output_pos", nargs="?", metavar="OUTPUT", help="output folder (new or empty)")
     p.add_argument("-o", "--output", default=None, help="output folder (same as OUTPUT)")
     p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--mass", type=float, default=0.5, help="probability mass of radius_km (default: 0.5)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted |onnx - torch| on logits and coordinates")
-    p.set_defaults(func=export_command)
-    return p
+    set_command(p, ExportArguments, export_command)

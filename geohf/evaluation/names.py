@@ -1,0 +1,3 @@
+"""The benchmarks ``geohf evaluate --benchmark`` scores by, without importing pandas (:mod:`.benchmark` runs them)."""
+
+BENCHMARKS = ("im2gps3k", "yfcc4k", "osv5m")

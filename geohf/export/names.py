@@ -1,0 +1,3 @@
+"""The formats ``geohf export`` writes, without importing torch or onnx."""
+
+FORMATS = ("onnx",)
