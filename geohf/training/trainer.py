@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 
+from ..data.label_space import label_column_values
 from ..data.transforms import (
     AugmentConfig,
     GeoCollator,
@@ -25,7 +26,6 @@ from ..errors import UserError
 from ..evaluation.metrics import distance_metrics, hierarchy_metrics, topk_accuracy
 from ..modeling import GeoImageProcessor
 from ..modeling.configuration_geohf import HeadSpec
-from ..modeling.factory import label_column_values
 
 
 class BalancedSampler(torch.utils.data.Sampler):

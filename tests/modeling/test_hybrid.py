@@ -72,7 +72,8 @@ def test_hybrid_model_trains_saves_and_predicts(tiny_dataset, tmp_path, training
     from datasets import load_dataset
 
     from geohf.inference.predictor import GeoPredictor
-    from geohf.modeling import GeoModelForImageGeolocation, create_model
+    from geohf import create_model
+    from geohf.modeling import GeoModelForImageGeolocation
     from geohf.training import GeoTrainer
 
     ds = load_dataset(str(tiny_dataset))

@@ -278,4 +278,4 @@ def test_continuing_from_a_model_keeps_its_cells(tiny_model_dir, tiny_dataset, t
     )
     names = sorted(p.name for p in (tiny_model_dir / "cells").iterdir())
     assert names and sorted(p.name for p in (out / "cells").iterdir()) == names
-    assert GeoPredictor(str(out)).partition is not None
+    assert GeoPredictor(str(out)).model.cell_partitions  # from_pretrained reads cells/ back
