@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from geohf.errors import UserError
 from geohf import create_model
+from geohf.errors import UserError
 from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation, HeadSpec
 from geohf.modeling.heads import GeoClipHead
 from geohf.modeling.location_encoder import geoclip_files

@@ -15,7 +15,7 @@ from geohf.modeling.heads import HEADS, ClassificationHead, GeoHead, HeadData, b
 
 
 def test_the_torch_free_names_are_the_registry():
-    assert HEAD_KINDS == {name: cls.spec_type for name, cls in HEADS.items()}
+    assert {name: cls.spec_type for name, cls in HEADS.items()} == HEAD_KINDS
     assert set(HEAD_NAMES) == set(HEADS) and set(HEAD_TYPES) == {cls.spec_type for cls in HEADS.values()}
     for name, cls in HEADS.items():
         assert issubclass(cls, GeoHead) and cls.kind == name and head_kind(name) is cls
