@@ -54,9 +54,9 @@ def make_tiles(folder: Path, n: int, tile_px: int = 64, seed: int = 0) -> list[s
 def make_model(folder: Path, image_size: int = 96, points: int = 20_000, seed: int = 0) -> str:
     """The demo's architecture (ImageNet backbone weights) with a haversine head over quadtree cells
     fitted on ``points`` random coordinates (the partition saved with the model, as training saves it)."""
+    from geohf.data.label_space import label_space
     from geohf.geo.cells import fit_cells
-    from geohf.modeling import build_model
-    from geohf.modeling.factory import cell_head_spec, make_config
+    from geohf.modeling import create_model
 
     if (folder / "config.json").is_file():
         return str(folder)
@@ -64,10 +64,8 @@ def make_model(folder: Path, image_size: int = 96, points: int = 20_000, seed: i
     lat = np.rad2deg(np.arcsin(rng.uniform(-0.9, 0.95, points)))
     lon = rng.uniform(-180, 180, points)
     partition = fit_cells("quadtree", lat, lon, max_samples=100)
-    spec = cell_head_spec("haversine", partition, "quadtree", tau_km=75.0, from_column=False)
-    config = make_config("tf_efficientnet_lite0", [spec], image_size=image_size, crop_pct=1.0)
-    model = build_model(config, pretrained="offline")
-    model.cell_partitions["quadtree"] = partition
+    space = label_space(heads=["haversine"], cells=partition, tau_km=75.0, cells_from_column=False)
+    model = create_model(label_space=space, pretrained="offline", image_size=image_size, crop_pct=1.0)
     model.save_pretrained(folder)
     return str(folder)
 

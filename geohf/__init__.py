@@ -28,7 +28,7 @@ _LAZY = {
     "GeoModelForImageGeolocation": "geohf.modeling",
     "GeoModelOutput": "geohf.modeling",
     "build_model": "geohf.modeling",
-    "create_model": "geohf.modeling",
+    "create_model": "geohf.create",
     "HeadSpec": "geohf.modeling",
     "ImageGeolocationPipeline": "geohf.inference.pipeline",
     "GeoTrainer": "geohf.training",
@@ -47,6 +47,7 @@ __all__ = sorted(_LAZY) + ["__version__", "register"]
 _NOT_PUBLIC = {"TYPE_CHECKING", "annotations"}
 
 if TYPE_CHECKING:
+    from .create import create_model  # noqa: F401
     from .evaluation import Evaluation, evaluate  # noqa: F401
     from .geo.boundaries import load_boundaries  # noqa: F401
     from .geo.labelling import PointLabeller  # noqa: F401
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
         GeoModelOutput,
         HeadSpec,
         build_model,
-        create_model,
     )
     from .training import GeoTrainer, GeoTrainingArguments  # noqa: F401
 

@@ -11,7 +11,7 @@ So ``geohf/__init__.py`` calls :func:`install`, which
 * puts a finder on ``sys.meta_path`` that watches ``transformers.*`` and ``geohf.*`` modules being
   executed. When one finishes, no watched module is still half-executed (so nothing is imported
   from a partially initialised module), and transformers' Auto modules
-  (``configuration_auto``, ``modeling_auto``, ``image_processing_auto``) or ``geohf.modeling`` are
+  (``configuration_auto``, ``modeling_auto``, ``image_processing_auto``) or geohf's model classes are
   loaded, the Auto classes are registered; once ``transformers.pipelines`` is loaded, the pipeline
   too. Those imports load torch already, so registering adds only geohf's own modules. The finder
   removes itself once both are done.
@@ -30,7 +30,8 @@ AUTO_TRIGGERS = (
     "transformers.models.auto.configuration_auto",
     "transformers.models.auto.modeling_auto",
     "transformers.models.auto.image_processing_auto",
-    "geohf.modeling",
+    "geohf.modeling.configuration_geohf",
+    "geohf.modeling.modeling_geohf",
 )
 PIPELINE_TRIGGERS = ("transformers.pipelines", "geohf.inference.pipeline")
 

@@ -187,8 +187,8 @@ def rewrite_card_after_tuning(model_dir, config, trainer, dataset: str) -> None:
 
 def _steps_for_budget(dataset: str, cfg: DemoConfig, seconds: float) -> int:
     """Training steps that fit in ``seconds``, from a throughput probe of the real model."""
-    from .modeling import create_model
-    from .modeling.factory import load_partition
+    from .create import create_model
+    from .data.label_space import load_partition
 
     part = load_partition(dataset, "quadtree")
     model = create_model(heads=["haversine"], cells=part, pretrained=None, image_size=cfg.image_size, tau_km=cfg.tau_km)

@@ -49,9 +49,7 @@ LAYERS = {
 }
 
 # (file, imported module) pairs allowed against the rules, each with the issue that removes it
-KNOWN_EXCEPTIONS = {
-    ("modeling/factory.py", "geohf.data.build"),  # issue 27: removed with the head registry
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

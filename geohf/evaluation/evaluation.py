@@ -145,8 +145,9 @@ def true_classes(latitude, longitude, labels: pd.DataFrame, predictor: GeoPredic
     """The primary head's true class per row: the model's own cells for coordinates (from the
     partition saved with it), else the dataset's label column; -1 where unknown."""
     spec = predictor.model.config.head()
-    if spec.is_geocell and predictor.partition is not None:
-        return predictor.partition.assign(np.asarray(latitude), np.asarray(longitude))
+    partition = predictor.model.cell_partitions.get(spec.partition)
+    if spec.is_geocell and partition is not None:
+        return partition.assign(np.asarray(latitude), np.asarray(longitude))
     if spec.label_column in labels:
         encode = label_encoder(spec)
         return np.array([encode(v) if isinstance(v, str) else int(v) for v in labels[spec.label_column]])

@@ -94,7 +94,7 @@ def cell_polygons(predictor: GeoPredictor):
     ``None`` when the model has no ``cells/<name>.parquet`` beside its weights or when
     that partition's cells are not the model's classes.
     """
-    partition = predictor.partition
+    partition = predictor.model.cell_partitions.get(predictor.model.config.head().partition)
     if partition is None:
         return None
     if partition.names != list(predictor.cells.names):

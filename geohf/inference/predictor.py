@@ -23,7 +23,6 @@ from ..data.transforms import GeoCollator, ViewGroups, example_transform, locati
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
-from ..modeling.factory import load_model_partition
 from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
 from .engine import default_streams, run_batches
@@ -319,15 +318,6 @@ class GeoPredictor:
         """Raw predictions (``answer="cell"``) answered as this predictor answers, refined by its index
         first when ``refine``."""
         return answer_predictions(self.model, raw, self.answer, self.index.refine if refine else None)
-
-    @property
-    def partition(self):
-        """The primary head's cell polygons (``cells/<name>.parquet`` beside the weights), or ``None``."""
-        if not hasattr(self, "_partition"):
-            self._partition = self.model.cell_partitions.get(
-                self.model.config.head().partition
-            ) or load_model_partition(self.source, self.model.config.head())
-        return self._partition
 
     @torch.inference_mode()
     def predict_tensors(

@@ -411,9 +411,10 @@ def gallery_cells(predictor, dataset) -> np.ndarray:
     spec = predictor.model.config.head()
     if not spec.is_classifier:
         raise UserError("retrieval refinement needs a classification (geocell) head; this model only regresses")
-    if spec.is_geocell and predictor.partition is not None:
+    partition = predictor.model.cell_partitions.get(spec.partition)
+    if spec.is_geocell and partition is not None:
         coords = dataset.select_columns(["latitude", "longitude"]).to_pandas()
-        return np.asarray(predictor.partition.assign(coords["latitude"].to_numpy(), coords["longitude"].to_numpy()))
+        return np.asarray(partition.assign(coords["latitude"].to_numpy(), coords["longitude"].to_numpy()))
     column = spec.label_column
     if column not in dataset.column_names:
         raise UserError(f"the dataset has no {column!r} column and the model no cell partition: cannot assign cells")

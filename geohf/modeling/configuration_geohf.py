@@ -7,7 +7,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-HEAD_TYPES = ("classification", "haversine", "hybrid", "regression", "geoclip")
+from .head_names import HEAD_TYPES
+
 GALLERIES = ("geoclip", "train", "both")
 GALLERY_FILE = "file"  # a converted model's gallery read from a LAT, LON CSV (``geohf convert geoclip --gallery``)
 DEFAULT_QUEUE_SIZE = 4096

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..geo.gazetteer import Gazetteer
 from .backbones import is_transformers_name
 from .configuration_geohf import DEFAULT_QUEUE_SIZE, GALLERY_FILE, HeadSpec
-from .factory import gallery_cells, make_config, require_geoclip_files
-from .heads import GeoClipHead
+from .factory import make_config
+from .heads import GeoClipHead, gallery_cells
 from .image_processing_geohf import GeoImageProcessor
-from .location_encoder import read_gallery
+from .location_encoder import read_gallery, require_geoclip_files
 from .modeling_geohf import GeoModelForImageGeolocation, build_model
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Conversion:
 
 def geoclip_gallery_spec(gallery: str, points: torch.Tensor) -> tuple[HeadSpec, int]:
     """The ``geoclip`` head over ``points`` ((N, 2) degrees); ``gallery`` names where they came from."""
-    cells, dropped = gallery_cells(points[:, 0].double().numpy(), points[:, 1].double().numpy())
+    cells, dropped = gallery_cells(points[:, 0].double().numpy(), points[:, 1].double().numpy(), Gazetteer())
     spec = HeadSpec(
         name="geoclip",
         type="geoclip",

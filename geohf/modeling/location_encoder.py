@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 # Equal Earth (Šavrič, Patterson, Jenny 2018) polynomial coefficients, and GeoCLIP's scale factor
 EQUAL_EARTH_A1, EQUAL_EARTH_A2, EQUAL_EARTH_A3, EQUAL_EARTH_A4 = 1.340264, -0.081106, 0.000893, 0.003796
 EQUAL_EARTH_SF = 66.50336
@@ -30,6 +32,7 @@ RFF_FREQUENCIES = 256
 HIDDEN = 1024
 GPS_EMBED_DIM = 512
 GEOCLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature, as GeoCLIP starts
+GEOCLIP_INSTALL = "pip install --no-deps geoclip==1.3.0"
 
 
 def equal_earth(latlon: torch.Tensor) -> torch.Tensor:
@@ -167,6 +170,14 @@ def geoclip_files() -> GeoClipFiles | None:
         gallery=root / "gps_gallery" / "coordinates_100K.csv",
     )
     return files if all(os.path.isfile(p) for p in vars(files).values()) else None
+
+
+def require_geoclip_files(why: str) -> GeoClipFiles:
+    """The installed ``geoclip`` wheel's released files, or a :class:`UserError` saying how to get them."""
+    files = geoclip_files()
+    if files is None:
+        raise UserError(f"{why} come from the geoclip package, which is not installed: {GEOCLIP_INSTALL}")
+    return files
 
 
 def read_gallery(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:

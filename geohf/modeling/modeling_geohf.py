@@ -25,7 +25,7 @@ from .finetuning import (
     unfreeze_last_n_blocks,
 )
 from .fusion import AttentionPool, check_view_mask, masked_mean
-from .heads import GeoHead, RegressionHead, build_head
+from .heads import GeoHead, build_head
 from .remote_code import MODEL_AUTO_MAP, write_remote_code
 
 
@@ -211,6 +211,20 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         self.cell_partitions: dict = {}  # name → CellPartition (polygons), saved to cells/<name>.parquet
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As transformers', plus the cell partitions saved beside the weights (``cells/<name>.parquet`` of a
+        folder or Hub repo) in :attr:`cell_partitions`; a partition not published with the model is left out
+        (maps then draw the cells' centroids)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub = {k: kwargs[k] for k in CELL_FILE_KWARGS if k in kwargs}
+        for spec in model.config.head_specs:
+            if spec.is_geocell and spec.partition not in model.cell_partitions:
+                partition = load_cell_partition(pretrained_model_name_or_path, spec.partition, **hub)
+                if partition is not None:
+                    model.cell_partitions[spec.partition] = partition
+        return model
+
     @property
     def backbone(self) -> nn.Module:
         return self.geo.backbone
@@ -324,14 +338,9 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
         if targets or coordinates is not None:
             losses = []
             for name, head in self.heads.items():
-                target = targets.get(name)
-                needs = coordinates if isinstance(head, RegressionHead) or head.contrastive else target
-                if needs is None:
-                    continue
-                if head.contrastive:
-                    losses.append(head.weight * head.contrastive_loss(head_inputs, coordinates))
-                else:
-                    losses.append(head.weight * head.loss(logits_per_head[name], target, coordinates))
+                head_loss = head.head_loss(logits_per_head[name], head_inputs, targets.get(name), coordinates)
+                if head_loss is not None:
+                    losses.append(head.weight * head_loss)
             loss = torch.stack(losses).sum() if losses else None
 
         coord_head = self.coordinate_head()
@@ -351,6 +360,28 @@ class GeoModelForImageGeolocation(GeoPreTrainedModel):
             logits_per_head=logits_per_head if len(self.heads) > 1 else None,
             embeddings=embeddings if output_embeddings else None,
         )
+
+
+CELL_FILE_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+"""``from_pretrained`` arguments that also locate the model's ``cells/`` files."""
+
+
+def load_cell_partition(source, name: str, **kwargs):
+    """The cell partition ``cells/<name>.parquet`` of a model folder or Hub repo, or ``None`` without one."""
+    from transformers.utils import cached_file
+
+    try:  # absolute: the model code saved beside the weights runs without geohf, and then without polygons
+        from geohf.geo.cells import CellPartition
+    except ImportError:
+        return None
+    path = cached_file(
+        source,
+        f"cells/{name}.parquet",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **kwargs,
+    )
+    return None if path is None else CellPartition.load(path)
 
 
 def build_model(config: GeoConfig, pretrained: str | None = "offline") -> GeoModelForImageGeolocation:

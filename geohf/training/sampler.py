@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.label_space import label_column_values
 from ..data.transforms import label_encoder
 from ..modeling.configuration_geohf import HeadSpec
-from ..modeling.factory import label_column_values
 
 
 class BalancedSampler(torch.utils.data.Sampler):

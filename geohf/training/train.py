@@ -15,11 +15,14 @@ from pathlib import Path
 from datasets import load_dataset
 from transformers import TrainingArguments, set_seed
 
+from ..create import create_model
 from ..data.folder import load_geo_dataset
+from ..data.label_space import load_partition
 from ..data.transforms import AugmentConfig
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
-from ..modeling.factory import CELL_HEADS, HEAD_CHOICES, create_model, load_model_partition
+from ..modeling.head_names import HEAD_NAMES
+from ..modeling.heads import HEADS
 from .trainer import GeoTrainer, GeoTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class ModelArguments:
     )
     heads: str = field(
         default="haversine",
-        metadata={"help": f"comma-separated heads, first classifier is primary: {', '.join(HEAD_CHOICES)}"},
+        metadata={"help": f"comma-separated heads, first classifier is primary: {', '.join(HEAD_NAMES)}"},
     )
     cells: str = field(
         default="quadtree",
@@ -195,24 +198,18 @@ def prepare_datasets(data_args: DataArguments, training_args: TrainingArguments)
 
 
 def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, train, label_rows: int):
-    """The model to train: a fresh one from the flags (:func:`~geohf.modeling.create_model`), or a saved one."""
+    """The model to train: a fresh one from the flags (:func:`geohf.create_model`), or a saved one."""
     if model_args.model_name_or_path:
-        model = GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)
-        for spec in model.config.head_specs:  # the cell polygons travel on with the weights
-            partition = load_model_partition(model_args.model_name_or_path, spec)
-            if partition is not None:
-                model.cell_partitions.setdefault(spec.partition, partition)
+        model = GeoModelForImageGeolocation.from_pretrained(model_args.model_name_or_path)  # with its cells/
         if model_args.views != 1:
             model.config.views = model_args.views
         return model
     source = data_args.dataset
     cells = model_args.cells
     kinds = [k.strip() for k in model_args.heads.split(",") if k.strip()]
-    needs_cells = any(k in CELL_HEADS for k in kinds)
+    needs_cells = any(HEADS[k].needs_cells for k in kinds if k in HEADS)
     partition = None
     if needs_cells and ":" not in cells:
-        from ..modeling.factory import load_partition
-
         partition = load_partition(source, cells, data_args.dataset_revision)
     return create_model(
         model_args.backbone,

@@ -173,7 +173,7 @@ def test_bad_input_is_one_line(cli, converted, clip_dir, gallery_csv, tmp_path, 
     bad.write_text("LAT,LON\n10,20\n95,20\n")
     wrong = cli("convert", "geoclip", tmp_path / "b", "--clip", clip_dir, "--gallery", bad)
     assert wrong.code == 2 and "row 3" in wrong.err
-    monkeypatch.setattr("geohf.modeling.factory.geoclip_files", lambda: None)
+    monkeypatch.setattr("geohf.modeling.location_encoder.geoclip_files", lambda: None)
     missing = cli("convert", "geoclip", tmp_path / "c", "--clip", clip_dir, "--gallery", gallery_csv)
     assert missing.code == 2 and "pip install --no-deps geoclip" in missing.err
     assert not any(tmp_path.glob(".*partial*")) and sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from geohf import create_model
 from geohf.errors import UserError
-from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation, HeadSpec, create_model
+from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation, HeadSpec
 from geohf.modeling.heads import GeoClipHead
 from geohf.modeling.location_encoder import geoclip_files
 
@@ -221,9 +222,7 @@ def test_save_reload_and_pipeline(model, tmp_path, monkeypatch):
 
 
 def test_without_the_geoclip_files(tiny_dataset, monkeypatch):
-    import geohf.modeling.factory as factory
-
-    monkeypatch.setattr(factory, "geoclip_files", lambda: None)
+    monkeypatch.setattr("geohf.modeling.location_encoder.geoclip_files", lambda: None)
     with pytest.raises(UserError, match=r"pip install --no-deps geoclip==1\.3\.0"):
         _model(tiny_dataset)
     with pytest.raises(UserError, match=r"gallery=geoclip .*pip install --no-deps geoclip==1\.3\.0"):
@@ -233,9 +232,9 @@ def test_without_the_geoclip_files(tiny_dataset, monkeypatch):
 
 
 def test_geoclip_gallery_and_spec_checks(tiny_dataset, train):
-    from geohf.modeling.factory import geoclip_head_spec
+    from geohf.data.label_space import label_space
 
-    spec = geoclip_head_spec(train, "both", queue_size=8)
+    spec = label_space(train, ["geoclip"], gallery="both", queue_size=8).heads[0]
     # GeoCLIP's 100K points repeat 5,877 of them; the training points are elsewhere
     n_train = len({(round(a, 6), round(b, 6)) for a, b in zip(train["latitude"], train["longitude"])})
     assert len(spec.labels) == 94_123 + n_train

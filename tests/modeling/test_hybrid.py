@@ -71,8 +71,9 @@ def test_hierarchy_levels_group_cells_and_add_a_loss():
 def test_hybrid_model_trains_saves_and_predicts(tiny_dataset, tmp_path, training_args):
     from datasets import load_dataset
 
+    from geohf import create_model
     from geohf.inference.predictor import GeoPredictor
-    from geohf.modeling import GeoModelForImageGeolocation, create_model
+    from geohf.modeling import GeoModelForImageGeolocation
     from geohf.training import GeoTrainer
 
     ds = load_dataset(str(tiny_dataset))

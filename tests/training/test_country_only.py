@@ -42,8 +42,8 @@ def game_dataset(tmp_path_factory, labeller):
 def test_heads_ignore_what_a_row_does_not_have(game_dataset):
     from datasets import load_dataset
 
+    from geohf import create_model
     from geohf.data.transforms import GeoCollator, example_transform
-    from geohf.modeling.factory import create_model
 
     train = load_dataset(str(game_dataset))["train"]
     model = create_model(heads=["haversine", "country", "regression"], dataset=train, pretrained=None,

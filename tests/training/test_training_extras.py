@@ -244,7 +244,7 @@ geo = pipeline("image-geolocation", model="org/geo-model", revision="main")
 clf = pipeline("image-classification", model="org/geo-model", revision="main")
 r = geo(ds[0]["image"])
 print(json.dumps({"rows": len(ds), "country": r["pred_country_code"], "label": clf(ds[0]["image"])[0]["label"],
-                  "type": type(model).__name__}))
+                  "type": type(model).__name__, "cells": sorted(model.cell_partitions)}))
 """
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -256,6 +256,7 @@ print(json.dumps({"rows": len(ds), "country": r["pred_country_code"], "label": c
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == 20 and out["type"] == "GeoModelForImageGeolocation" and out["country"] and out["label"]
+    assert out["cells"] == sorted(p.stem for p in (tiny_model_dir / "cells").iterdir())  # the partition, from the Hub
 
 
 def test_best_metric_direction_with_and_without_the_eval_prefix():
@@ -278,4 +279,4 @@ def test_continuing_from_a_model_keeps_its_cells(tiny_model_dir, tiny_dataset, t
     )
     names = sorted(p.name for p in (tiny_model_dir / "cells").iterdir())
     assert names and sorted(p.name for p in (out / "cells").iterdir()) == names
-    assert GeoPredictor(str(out)).partition is not None
+    assert GeoPredictor(str(out)).model.cell_partitions  # from_pretrained reads cells/ back
