@@ -32,6 +32,8 @@ LAYERS = {
     "modeling": 3,
     "collect": 3,
     "inference": 4,
+    # geohf.create_model: a model over the label space read from a dataset (data + modeling in one call)
+    "create": 4,
     "evaluation": 5,
     # what runs on top of a model: training, the app, exports
     "training": 6,
