@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.import_config import ImportConfig
 from ..data.names import LAYOUT_NAMES, SOURCES, SPLIT_BY
 from ..errors import UserError, one_line
 from .command import set_command
@@ -50,27 +51,6 @@ class BuildArguments:
 class MergeArguments:
     output: str
     shards: list[str]
-    overwrite: bool = False
-
-
-@dataclass
-class ImportArguments:
-    source: str
-    input: str
-    output: str
-    split: list[str] | None = None
-    table: str | None = None
-    images: str | None = None
-    image_column: str | None = None
-    latitude_column: str | None = None
-    longitude_column: str | None = None
-    split_column: str | None = None
-    country_column: str | None = None
-    default_split: str | None = None
-    cells: list[str] = field(default_factory=list)
-    boundaries: str | None = None
-    revision: str | None = None
-    repo_id: str | None = None
     overwrite: bool = False
 
 
@@ -165,32 +145,14 @@ def merge_command(args: MergeArguments) -> int:
     return 0
 
 
-def import_command(args: ImportArguments) -> int:
+def import_command(args: ImportConfig) -> int:
     check_boundaries(args.boundaries)
     check_new_output(args.output, args.overwrite)
     if args.source != "osv5m" and not Path(args.input).expanduser().exists():
         raise UserError(f"{args.input}: no such folder or file (the {args.source} images)")
-    from ..data.sources import ImportConfig, import_source
+    from ..data.sources import import_source
 
-    cfg = ImportConfig(
-        source=args.source,
-        input=args.input,
-        output=args.output,
-        splits=args.split,
-        table=args.table,
-        images=args.images,
-        image_column=args.image_column,
-        latitude_column=args.latitude_column,
-        longitude_column=args.longitude_column,
-        split_column=args.split_column,
-        country_column=args.country_column,
-        default_split=args.default_split,
-        cells=args.cells,
-        boundaries=args.boundaries,
-        revision=args.revision,
-        overwrite=args.overwrite,
-        repo_id=args.repo_id,
-    )
+    cfg = args
     result = import_source(cfg)
     report = result.report
     print(
@@ -333,7 +295,9 @@ def _add_import(ds_sub) -> None:
         "input", help="the source's folder (osv5m: also a Hub repo id, e.g. osv5m/osv5m or osv5m/osv5m-wds)"
     )
     add_output(imp, required=True, help="dataset folder to write")
-    imp.add_argument("--split", nargs="+", default=None, help="osv5m: splits to import (train test val; default: all)")
+    imp.add_argument(
+        "--split", dest="splits", nargs="+", default=None, help="osv5m: splits to import (train test val; default: all)"
+    )
     imp.add_argument("--table", default=None, help="the metadata table (default: the source's own file name)")
     imp.add_argument("--images", default=None, help="image folder or shard (default: the input folder)")
     imp.add_argument("--image-column", dest="image_column", default=None, help="table: the image-name column")
@@ -352,7 +316,7 @@ def _add_import(ds_sub) -> None:
     add_revision(imp)
     imp.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
     imp.add_argument("--overwrite", action="store_true")
-    set_command(imp, ImportArguments, import_command)
+    set_command(imp, ImportConfig, import_command)
 
 
 def _add_push(ds_sub) -> None:

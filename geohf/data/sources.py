@@ -42,6 +42,7 @@ from ..geo.labelling import PointLabeller
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
 from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import validate_coordinates
+from .import_config import ImportConfig
 from .names import SOURCES
 from .skips import SkipLog
 
@@ -123,29 +124,6 @@ CARDS = {
         "description": "Images with a table of file names and coordinates, imported with `geohf dataset import table`.",
     },
 }
-
-
-@dataclass
-class ImportConfig:
-    """Everything ``geohf dataset import`` takes."""
-
-    source: str
-    input: str
-    output: str
-    splits: list[str] | None = None
-    table: str | None = None
-    images: str | None = None
-    image_column: str | None = None
-    latitude_column: str | None = None
-    longitude_column: str | None = None
-    split_column: str | None = None
-    country_column: str | None = None
-    default_split: str | None = None
-    cells: list[str] = field(default_factory=list)
-    boundaries: str | None = None
-    revision: str | None = None
-    overwrite: bool = False
-    repo_id: str | None = None
 
 
 @dataclass

@@ -427,22 +427,11 @@ class GeoPredictor:
         unit = "img" if groups is None else "place"
         yield from run_batches(step, len(data), batch_size, streams, desc, progress, unit)
 
-    def predict_dataset(
-        self,
-        dataset,
-        image_column: str = "image",
-        batch_size: int = 64,
-        desc: str = "predicting",
-        embeddings: bool = False,
-        retrieval: bool = True,
-        answer: str | None = None,
-    ) -> GeoPredictions:
+    def predict_dataset(self, dataset, **kwargs) -> GeoPredictions:
         """Predictions for every row of a ``datasets.Dataset`` gathered in memory (probabilities and, when
-        asked, embeddings included): :meth:`iter_dataset`'s batches concatenated. For large splits, consume
-        :meth:`iter_dataset` batch by batch instead."""
-        return GeoPredictions.concat(
-            list(self.iter_dataset(dataset, image_column, batch_size, desc, embeddings, retrieval, answer))
-        )
+        asked, embeddings included): :meth:`iter_dataset`'s batches (its keyword arguments) concatenated. For
+        large splits, consume :meth:`iter_dataset` batch by batch instead."""
+        return GeoPredictions.concat(list(self.iter_dataset(dataset, **kwargs)))
 
     def prediction_count(self, dataset) -> int:
         """How many predictions :meth:`iter_dataset` makes for ``dataset``: one per place (see
