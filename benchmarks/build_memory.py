@@ -28,9 +28,9 @@ CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
 import psutil
-import geohf.data.pipeline as pipeline, geohf.data.build as build, geohf.data.filters as filters
+import geohf.data.stages as pipeline, geohf.data.build as build, geohf.data.filters as filters
 from geohf.data import folder
-from geohf.data.pipeline import BuildConfig, build_dataset
+from geohf.data.stages import BuildConfig, build_dataset
 
 cfg_dict, samples_path = json.loads(sys.argv[1]), sys.argv[2]
 state = {"stage": "start", "checked": 0, "written": 0}

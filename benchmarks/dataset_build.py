@@ -34,7 +34,7 @@ GOAL_IMAGES_PER_S = 150.0  # lost-and-found, 320x180 PNG + JSON, every filter, -
 
 BUILD = """
 import json, resource, sys, time
-from geohf.data.pipeline import BuildConfig, build_dataset
+from geohf.data.stages import BuildConfig, build_dataset
 cfg = BuildConfig(**json.loads(sys.argv[1]))
 def cpu():  # this process and its finished workers (--num-proc)
     who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)

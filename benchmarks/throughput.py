@@ -331,7 +331,7 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
 
 def stage_owners() -> dict[str, tuple[object, str]]:
     """The stages of ``geohf predict``'s path: where each one's function is looked up when it is called."""
-    from geohf.inference import images as inference_images
+    from geohf.inference import photos as inference_images
     from geohf.inference import predictor as predictor_module
     from geohf.inference import stream as stream_module
     from geohf.inference.predictions import GeoPredictions

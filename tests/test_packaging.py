@@ -1,8 +1,12 @@
 """The wheel holds every subpackage: ``pyproject.toml`` lists packages one by one (the card templates live
 outside ``geohf/``), so a new subpackage that is not listed would be missing from a non-editable install."""
 
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).parents[1]
 

@@ -20,8 +20,8 @@ from ..evaluation.human import summarise_rows
 from ..evaluation.metrics import geoscore
 from ..geo.countries import all_country_codes, country_name
 from ..geo.sphere import haversine_km
-from ..inference.images import load_image
 from ..inference.inputs import DatasetItems, load_split
+from ..inference.photos import load_image
 from ..inference.predictor import GeoPredictor
 from .prediction import PlacePrediction, predict_views
 from .results import append_result

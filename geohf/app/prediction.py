@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..inference.images import LoadedImage, load_image
 from ..inference.inputs import ImageRef, PredictItem
+from ..inference.photos import LoadedImage, load_image
 from ..inference.predictions import CellTable
 from ..inference.predictor import GeoPredictor
 from ..inference.stream import make_record
@@ -66,6 +66,6 @@ def predict_views(predictor: GeoPredictor, loaded: list[LoadedImage], names: lis
 def predict_place(predictor: GeoPredictor, sources: list[str], k: int = 5) -> PlacePrediction:
     """Predict one place from image files or URLs (EXIF orientation and GPS read on the way).
 
-    Raises :class:`~geohf.inference.images.ImageLoadError` for an unreadable file.
+    Raises :class:`~geohf.inference.photos.ImageLoadError` for an unreadable file.
     """
     return predict_views(predictor, [load_image(s) for s in sources], [str(s) for s in sources], k)

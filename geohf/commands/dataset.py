@@ -89,7 +89,7 @@ def build_command(args: BuildArguments) -> int:
     from ..data.balance import BalanceSpec
     from ..data.build import CellSpec
     from ..data.filters import ImageFilter
-    from ..data.pipeline import BuildConfig, build_dataset
+    from ..data.stages import BuildConfig, build_dataset
     from ..geo.cells import CELL_FITTERS
 
     specs = [("--cells", c, CellSpec.parse) for c in args.cells] + [("--balance", args.balance, BalanceSpec.parse)]

@@ -36,7 +36,7 @@ from transformers import Pipeline
 
 from ..images import to_rgb_array
 from .engine import chunks, default_streams, in_streams
-from .images import load_pixels
+from .photos import load_pixels
 from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
 

@@ -465,7 +465,7 @@ def predict(
         predictor = GeoPredictor(model, top_k=top_k, bf16=bf16, retrieval=retrieval, tta=tta)
     if hasattr(inputs, "column_names"):
         return predictor.predict_dataset(inputs, batch_size=batch_size, retrieval=retrieval, **kwargs)
-    from .images import load_image
+    from .photos import load_image
 
     items = [load_image(x).image if isinstance(x, (str, os.PathLike)) else x for x in inputs]
     parts = [predictor.predict_images(items[i : i + batch_size], retrieval) for i in range(0, len(items), batch_size)]

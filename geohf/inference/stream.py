@@ -27,9 +27,9 @@ from ..errors import counted
 from ..geo.sphere import haversine_km
 from .engine import chunks, default_streams, in_streams
 from .exif import GpsFix, write_estimated_copy
-from .images import ImageLoadError, load_pixels
 from .inputs import ImageRef, Inputs, PredictItem
 from .names import FORMATS
+from .photos import ImageLoadError, load_pixels
 from .predictor import GeoPredictor
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}

@@ -17,7 +17,7 @@ from geohf.commands.app import register_subcommand
 from geohf.evaluation.human import summarise_results
 from geohf.evaluation.metrics import geoscore
 from geohf.geo.sphere import haversine_km
-from geohf.inference.images import LoadedImage
+from geohf.inference.photos import LoadedImage
 
 TABLE_KEYS = {"country_accuracy", "mean_km", "median_km", "within_25km", "within_750km", "geoscore"}
 

@@ -10,7 +10,7 @@ from PIL import Image
 from geohf.data.filters import ImageFilter, filter_images, image_quality
 from geohf.data.skips import SkipLog
 from geohf.images import ImageLoadError
-from geohf.inference.images import load_image
+from geohf.inference.photos import load_image
 
 
 def _noise(size=(96, 64), seed=0) -> Image.Image:

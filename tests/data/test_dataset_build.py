@@ -15,10 +15,10 @@ from geohf.cli import main
 from geohf.data.balance import BalanceSpec, balance, map_to_reference
 from geohf.data.filters import drop_duplicate_locations, image_quality
 from geohf.data.layouts import read_layout
-from geohf.data.pipeline import BuildConfig, build_dataset
 from geohf.data.samples import land_points, make_grid_folders, make_imagefolder, make_lost_and_found
 from geohf.data.skips import SkipLog
 from geohf.data.splits import assign_splits
+from geohf.data.stages import BuildConfig, build_dataset
 from geohf.geo.cells import CellPartition
 from geohf.geo.sphere import pairwise_haversine_km
 from geohf.hub.publish import files_to_upload, push_folder

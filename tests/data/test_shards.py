@@ -11,10 +11,10 @@ from datasets import load_dataset
 from PIL import Image
 
 from geohf.cli import main
-from geohf.data.pipeline import BuildConfig, build_dataset
 from geohf.data.samples import land_points, make_lost_and_found
 from geohf.data.shards import Shard, merge_shards, shard_of
 from geohf.data.splits import hash_split_groups
+from geohf.data.stages import BuildConfig, build_dataset
 from geohf.errors import UserError
 
 CELLS = ["quadtree:max_samples=20,min_samples=3"]

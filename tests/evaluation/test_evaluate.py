@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from geohf.cli import main
-from geohf.data.pipeline import BuildConfig, build_dataset
 from geohf.data.samples import land_points, make_grid_folders
+from geohf.data.stages import BuildConfig, build_dataset
 from geohf.geo.cells import CellPartition
 
 

@@ -14,7 +14,7 @@ from geohf import images as images_module
 from geohf.commands.predict import register_subcommand
 from geohf.geo.sphere import haversine_km
 from geohf.inference.exif import ESTIMATE_MARK, read_gps, write_estimated_copy
-from geohf.inference.images import ImageLoadError, load_image
+from geohf.inference.photos import ImageLoadError, load_image
 
 
 def geohf(*argv) -> int:
