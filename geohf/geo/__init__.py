@@ -9,18 +9,13 @@ from .._lazy import lazy_getattr
 
 _LAZY = {
     "country_name": ".countries",
-    **{
-        name: ".sphere"
-        for name in (
-            "EARTH_RADIUS_KM",
-            "geometric_median",
-            "haversine_km",
-            "latlon_to_xyz",
-            "pairwise_haversine_km",
-            "spherical_mean",
-            "xyz_to_latlon",
-        )
-    },
+    "EARTH_RADIUS_KM": ".sphere",
+    "geometric_median": ".sphere",
+    "haversine_km": ".sphere",
+    "latlon_to_xyz": ".sphere",
+    "pairwise_haversine_km": ".sphere",
+    "spherical_mean": ".sphere",
+    "xyz_to_latlon": ".sphere",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)
