@@ -11,7 +11,7 @@ from datasets import load_dataset
 
 from geohf.cli import main
 from geohf.errors import UserError, looks_local
-from geohf.inference.stream import PREDICTION_COLUMNS
+from geohf.inference.writers import PREDICTION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -383,14 +383,14 @@ def test_parser_choices_are_the_owners_names():
     from geohf.geo import boundaries
     from geohf.geo import names as geo_names
     from geohf.inference import names as inference_names
-    from geohf.inference import retrieval, stream
+    from geohf.inference import retrieval, writers
 
     assert set(names.LAYOUT_NAMES) == {*layouts.LAYOUTS, "bluemarble"} and sources.SOURCES is names.SOURCES
     assert splits.assign_splits.__defaults__[0] == names.SPLIT_BY[0]
     with pytest.raises(UserError, match="--split-by must be 'location' or 'block'"):
         splits.assign_splits(pd.DataFrame({"latitude": [0.0], "longitude": [0.0]}), by="country")
     assert benchmark.BENCHMARKS is evaluation_names.BENCHMARKS
-    assert stream.FORMATS is inference_names.FORMATS and set(stream.SUFFIX_FORMATS.values()) == set(stream.FORMATS)
+    assert writers.FORMATS is inference_names.FORMATS and set(writers.SUFFIX_FORMATS.values()) == set(writers.FORMATS)
     assert retrieval.SEARCHES is inference_names.SEARCHES and retrieval.BACKENDS is inference_names.BACKENDS
     assert (boundaries.FULL_NAME, boundaries.LOWRES_NAME) == geo_names.BOUNDARY_NAMES
 

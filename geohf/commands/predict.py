@@ -101,7 +101,8 @@ def predict_command(args: PredictArguments) -> int:
         return _error(str(err))
     from ..inference.maps import cell_polygons
     from ..inference.predictor import GeoPredictor
-    from ..inference.stream import PredictOptions, output_format, print_error, run_prediction
+    from ..inference.stream import PredictOptions, print_error, run_prediction
+    from ..inference.writers import output_format
 
     if output_format(args.output, args.format) == "parquet" and args.output is None:
         return _error("Parquet cannot go to stdout; pass --output FILE.parquet")

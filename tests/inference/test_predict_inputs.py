@@ -18,7 +18,8 @@ from geohf.commands.predict import register_subcommand
 from geohf.geo.sphere import haversine_km
 from geohf.inference.inputs import Inputs, collect_inputs, group_by_csv, group_by_pattern
 from geohf.inference.predictor import GeoPredictor
-from geohf.inference.stream import PREDICTION_COLUMNS, JsonlWriter, PredictOptions, run_prediction
+from geohf.inference.stream import PredictOptions, run_prediction
+from geohf.inference.writers import PREDICTION_COLUMNS, JsonlWriter
 
 PREDICTION_KEYS = {*PREDICTION_COLUMNS, "top_k"}
 
