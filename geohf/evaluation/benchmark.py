@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..geo.sphere import haversine_km
+from ..inference.predictions import PredictionsBuffer
 from .metrics import DISTANCE_THRESHOLDS_KM, GEOSCORE_SCALE_KM
 from .names import BENCHMARKS
 
@@ -233,11 +234,11 @@ def evaluate_benchmark(
         labeller = PointLabeller()
     predictor = as_predictor(model, bf16)
     truth = split.select_columns([c for c in TRUTH_COLUMNS if c in split.column_names]).to_pandas()
-    coordinates = [  # streamed: only the predicted coordinates are kept per row
-        (batch.pred_latitude, batch.pred_longitude)
-        for batch in predictor.iter_dataset(split, batch_size=batch_size, desc=f"evaluating {benchmark}")
-    ]
-    pred_latitude, pred_longitude = (np.concatenate(c) for c in zip(*coordinates))
+    kept = PredictionsBuffer(predictor.prediction_count(split))  # streamed: a few values per row, allocated once
+    for batch in predictor.iter_dataset(split, batch_size=batch_size, desc=f"evaluating {benchmark}"):
+        kept.add(batch)
+    predictions = kept.result()
+    pred_latitude, pred_longitude = predictions.pred_latitude, predictions.pred_longitude
     metrics = benchmark_metrics(truth, pred_latitude, pred_longitude, labeller)
     listed = source_rows(dataset_dir) or LISTED_IMAGES.get(benchmark)
     located = truth["latitude"].notna() & truth["longitude"].notna()

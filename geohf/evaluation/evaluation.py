@@ -332,6 +332,7 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
     weight = head.fc.weight if getattr(head, "fc", None) is not None else next(head.parameters())
     areas = AdminAreas.default()
     keys = [(method, k, radius, answer) for method, k, radius in rules for answer in answers]
+    position = {key: i for i, key in enumerate(keys)}
     # streamed: per batch, every rule's error per row (a few floats a row, never N x classes)
     errors, start = np.empty((len(keys), predictor.prediction_count(dataset))), 0
     batches = predictor.iter_dataset(
@@ -352,7 +353,7 @@ def tune_coordinate_rule(model, dataset, rules=COORDINATE_RULES, answers=("point
             for answer in answers:
                 pred = coherent(moved, answer, k, areas)
                 err = haversine_km(raw.true_latitude, raw.true_longitude, pred.pred_latitude, pred.pred_longitude)
-                errors[keys.index((method, k, radius, answer)), rows] = err
+                errors[position[(method, k, radius, answer)], rows] = err
     scores = {key: float(np.median(errors[i])) for i, key in enumerate(keys)}
     best = min(scores, key=scores.get)
     config = model.config

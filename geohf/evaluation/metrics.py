@@ -50,11 +50,17 @@ def geoscore(errors_km) -> float:
 
 
 def topk_hits(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, np.ndarray]:
-    """Per row, whether the label is among the ``k`` best scores (N,) bool, for each ``k`` <= C: rows are
-    independent, so batches of rows give the same hits as the whole split."""
+    """Per row, whether the label is among the ``k`` best scores (N,) bool, for each ``k`` <= C: fewer than
+    ``k`` classes score strictly higher than the label (a tie counts in its favour). One comparison per
+    class, no sort; rows are independent, so batches of rows give the same hits as the whole split."""
     scores, labels = np.asarray(scores), np.asarray(labels)
-    order = np.argsort(-scores, axis=1)
-    return {k: (order[:, :k] == labels[:, None]).any(1) for k in ks if k <= scores.shape[1]}
+    ks = [k for k in ks if k <= scores.shape[1]]
+    if not ks:
+        return {}
+    known = labels >= 0  # a label the scores do not have (-1) is never a hit
+    label_score = scores[np.arange(len(labels)), np.where(known, labels, 0)]
+    rank = (scores > label_score[:, None]).sum(1)  # classes ranked above the label
+    return {k: (rank < k) & known for k in ks}
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, float]:

@@ -88,11 +88,9 @@ def run_batches(
     desc: str | None = None,
     progress: bool = True,
     unit: str = "img",
-    size: Callable[[R], int] | None = None,
 ) -> Iterator[R]:
     """``step(indices)`` for consecutive chunks of ``range(n)`` of ``batch_size``, results in order, ``streams``
-    steps at once (:func:`in_streams`), with a progress bar of ``n`` (``size(result)``: what a result counts
-    for; the chunk's length by default). The bar is left out for a single batch."""
+    steps at once (:func:`in_streams`), with a progress bar of ``n`` (left out for a single batch)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     results = in_streams(step, chunks(range(n), batch_size), max(1, streams))
@@ -100,6 +98,6 @@ def run_batches(
         done = 0
         for result in results:
             yield result
-            counted = size(result) if size is not None else min(batch_size, n - done)
+            counted = min(batch_size, n - done)
             done += counted
             bar.update(counted)

@@ -9,6 +9,7 @@ from geohf.evaluation.metrics import (
     geoscore,
     per_class_precision_recall,
     topk_accuracy,
+    topk_hits,
 )
 
 
@@ -40,6 +41,8 @@ def test_topk_and_balanced_accuracy():
     labels = np.array([1, 1, 0, 0])
     acc = topk_accuracy(scores, labels, ks=(1, 2, 3, 5))
     assert acc == {"top1_accuracy": 50.0, "top2_accuracy": 75.0, "top3_accuracy": 100.0}
+    tied = topk_hits(np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2]]), np.array([0, 1]), ks=(1,))
+    assert tied[1].tolist() == [True, True]  # a tie with the best counts in the label's favour
     pred = scores.argmax(1)  # [1, 0, 2, 0]
     assert balanced_accuracy(pred, labels) == pytest.approx(50.0)  # class 0: 1/2, class 1: 1/2
     pr = per_class_precision_recall(pred, labels)
