@@ -328,3 +328,14 @@ def threads_kept():
         assert torch.get_num_threads() == threads and seen == [threads]
 
     return check
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test run: 2 CPUs, no dashboard (actors in tests take fractional CPUs, else
+    they starve the read and write tasks on a 2-core machine)."""
+    from geohf.engines import connect_ray
+
+    ray = connect_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()

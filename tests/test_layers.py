@@ -22,6 +22,7 @@ LAYERS = {
     "files": 0,
     "images": 0,
     "malloc": 0,
+    "engines": 0,
     # pure geography; the Hub cards and uploads (data writes dataset cards, training model cards)
     "geo": 1,
     "hub": 1,

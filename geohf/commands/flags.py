@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..engines import ENGINES
 from ..errors import UserError
 from ..geo.names import BOUNDARIES_HELP, BOUNDARY_NAMES
 
@@ -61,6 +62,18 @@ def add_tta(p) -> None:
         "side), or flip,crops; the views' class log-probabilities are averaged (each view costs a forward; "
         "docs/benchmarks.md measures it)",
     )
+
+
+def add_engine(p) -> None:
+    p.add_argument(
+        "--engine", choices=ENGINES, default="local",
+        help="where the batch work runs: this process (local, the default) or a Ray cluster "
+        "(ray: pip install 'geohf[ray]')",
+    )  # fmt: skip
+    p.add_argument(
+        "--address", default=None,
+        help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, else a local Ray)",
+    )  # fmt: skip
 
 
 def check_boundaries(source: str | None) -> None:
