@@ -20,7 +20,7 @@ class GeoclipArguments:
 def geoclip_command(args: GeoclipArguments) -> int:
     if Path(args.output).expanduser().exists() and not args.overwrite:
         raise UserError(f"{args.output}: already exists; pass --overwrite to replace it")
-    from ..modeling.convert import convert_geoclip
+    from ..modeling.converters.geoclip import convert_geoclip
 
     print(convert_geoclip(args.output, clip=args.clip, gallery=args.gallery, overwrite=args.overwrite).summary())
     return 0

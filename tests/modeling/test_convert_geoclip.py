@@ -180,7 +180,7 @@ def test_bad_input_is_one_line(cli, converted, clip_dir, gallery_csv, tmp_path, 
 
 
 def test_overwrite_replaces_the_folder_whole(clip_dir, gallery_csv, tmp_path):
-    from geohf.modeling.convert import convert_geoclip
+    from geohf.modeling.converters.geoclip import convert_geoclip
 
     out = tmp_path / "model"
     out.mkdir()

@@ -30,7 +30,7 @@ def test_the_torch_free_names_are_the_registry():
 
 def test_modeling_does_not_import_data():
     script = (
-        "import sys, geohf.modeling.factory, geohf.modeling.convert, geohf.modeling.heads; "
+        "import sys, geohf.modeling.factory, geohf.modeling.converters.geoclip, geohf.modeling.heads; "
         "loaded = [m for m in sys.modules if m.startswith('geohf.data')]; assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..geo.gazetteer import Gazetteer
-from .backbones import is_transformers_name
-from .configuration_geohf import DEFAULT_QUEUE_SIZE, GALLERY_FILE, HeadSpec
-from .factory import make_config
-from .heads import GeoClipHead, gallery_cells
-from .image_processing_geohf import GeoImageProcessor
-from .location_encoder import read_gallery, require_geoclip_files
-from .modeling_geohf import GeoModelForImageGeolocation, build_model
+from ...errors import UserError
+from ...geo.gazetteer import Gazetteer
+from ..backbones import is_transformers_name
+from ..configuration_geohf import DEFAULT_QUEUE_SIZE, GALLERY_FILE, HeadSpec
+from ..factory import make_config
+from ..heads import GeoClipHead, gallery_cells
+from ..image_processing_geohf import GeoImageProcessor
+from ..location_encoder import read_gallery, require_geoclip_files
+from ..modeling_geohf import GeoModelForImageGeolocation, build_model
 
 logger = logging.getLogger(__name__)
 GEOCLIP_CLIP = "openai/clip-vit-large-patch14"
