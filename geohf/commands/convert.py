@@ -1,4 +1,4 @@
-"""``geohf convert geoclip``: published geolocation models as geohf model folders."""
+"""``geohf convert geoclip | osv5m | streetclip``: published geolocation models as geohf model folders."""
 
 from __future__ import annotations
 
@@ -26,6 +26,46 @@ def geoclip_command(args: GeoclipArguments) -> int:
     return 0
 
 
+@dataclass
+class Osv5mArguments:
+    output: str
+    source: str = "osv5m/baseline"
+    quadtree: str | None = None
+    clip: str | None = None
+    overwrite: bool = False
+
+
+def osv5m_command(args: Osv5mArguments) -> int:
+    from ..modeling.converters.osv5m import convert_osv5m
+
+    result = convert_osv5m(args.output, args.source, args.quadtree, args.clip, overwrite=args.overwrite)
+    print(result.summary())
+    return 0
+
+
+def register_osv5m(conv_sub) -> None:
+    co = conv_sub.add_parser(
+        "osv5m",
+        help="the OSV-5M baseline (Astruc et al., CVPR 2024; osv5m/baseline): CLIP ViT-L/14 DataComp + MLP + "
+        "hybrid head over 11,399 quadtree cells",
+        description="Write the OSV-5M baseline as a geohf model folder: its config.json and pytorch_model.bin "
+        "(read with weights_only=True) and its quadtree CSV (the cells' points and boxes, not in the weights).",
+    )
+    co.add_argument("output", metavar="OUTPUT", help="model folder to write")
+    co.add_argument("--source", default="osv5m/baseline", help="the release: Hub id (default) or local folder")
+    co.add_argument(
+        "--quadtree", default=None,
+        help="OSV-5M's quadtree_10_1000.csv (default: the one beside the weights)",
+    )  # fmt: skip
+    co.add_argument(
+        "--clip", default=None,
+        help="the CLIP checkpoint whose config builds the tower (default: the backbone path of its config, "
+        "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K)",
+    )  # fmt: skip
+    co.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
+    set_command(co, Osv5mArguments, osv5m_command)
+
+
 def register_subcommand(subparsers) -> None:
     conv = subparsers.add_parser("convert", help="published geolocation models as geohf model folders")
     conv_sub = conv.add_subparsers(dest="convert_command", required=True)
@@ -50,3 +90,4 @@ def register_subcommand(subparsers) -> None:
     )  # fmt: skip
     cg.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cg, GeoclipArguments, geoclip_command)
+    register_osv5m(conv_sub)

@@ -14,6 +14,7 @@ GALLERY_FILE = "file"  # a converted model's gallery read from a LAT, LON CSV (`
 DEFAULT_QUEUE_SIZE = 4096
 COORDINATE_METHODS = ("argmax", "weighted")
 FUSIONS = ("mean", "attention")
+MLP_HEAD_TYPES = ("classification", "haversine", "hybrid")  # the heads scored by the base linear layer
 HYBRID_EXTENT = ("latitude", "longitude", "lat_min", "lat_max", "lon_min", "lon_max")
 ANSWERS = ("point", "hierarchical", "cell")
 RESIZE_MODES = ("crop", "pad", "stretch")
@@ -45,6 +46,9 @@ class HeadSpec:
         gallery: a geoclip head's gallery: ``geoclip`` (GeoCLIP's 100K points), ``train`` (the training
             coordinates), ``both``, or ``file`` (a CSV of points, ``geohf convert geoclip --gallery FILE``);
             queue_size: its FIFO queue of GPS negatives.
+        hidden_dims: an MLP between the embedding and the head's linear layer, OSV-5M's (``MLPCentroid``):
+            LayerNorm, then per width a Linear, GroupNorm of 4 groups and GELU (classification, haversine and
+            hybrid heads).
     """
 
     name: str
@@ -60,6 +64,7 @@ class HeadSpec:
     hierarchy_levels: int | None = None
     gallery: str | None = None
     queue_size: int | None = None
+    hidden_dims: list[int] | None = None
 
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
@@ -72,6 +77,12 @@ class HeadSpec:
                 raise ValueError(f"haversine head {self.name!r} needs its cell centroids in 'cells'")
         if self.type == "hybrid" and not all(k in (self.cells or {}) for k in HYBRID_EXTENT):
             raise ValueError(f"hybrid head {self.name!r} needs its cells' centroids and extents {HYBRID_EXTENT}")
+        if self.hidden_dims is not None:
+            if self.type not in MLP_HEAD_TYPES:
+                raise ValueError(f"head {self.name!r}: hidden_dims applies to {MLP_HEAD_TYPES} heads, not {self.type}")
+            if not self.hidden_dims or any(int(w) < 4 or int(w) % 4 for w in self.hidden_dims):
+                raise ValueError(f"head {self.name!r}: hidden_dims must be widths divisible by 4 (GroupNorm of 4)")
+            self.hidden_dims = [int(w) for w in self.hidden_dims]
         if self.type == "geoclip":
             self.gallery = "geoclip" if self.gallery is None else self.gallery
             if self.gallery not in (*GALLERIES, GALLERY_FILE):

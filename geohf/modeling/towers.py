@@ -6,7 +6,9 @@ becomes its ``vision_config``, and the weights of the full checkpoint map onto t
 tower is never built). The pooled embedding is the tower's own:
 
 * CLIP: the post-layernorm CLS token, projected by ``visual_projection`` with ``projection=True``
-  (the embedding CLIP matches with text, as PIGEON's StreetCLIP and GeoCLIP use);
+  (the embedding CLIP matches with text, as PIGEON's StreetCLIP and GeoCLIP use), L2-normalised with
+  ``normalize=True`` (the unit vector CLIP's zero-shot logits are cosines of); ``pooling="cls_prenorm"``: the
+  CLS token of the last hidden state, before ``post_layernorm`` (the features OSV-5M's baseline reads);
 * SigLIP / SigLIP2: the attention-pooling head (``pooler_output``);
 * DINOv2: the layer-normed CLS token, or ``pooling="cls+mean"`` CLS concatenated with the mean
   patch token (DINOv2's linear-probe embedding, twice as wide);
@@ -37,8 +39,9 @@ FAMILIES = {
     "dinov2_with_registers": "dinov2",
 }
 SUPPORTED = "CLIP, SigLIP, SigLIP2, DINOv2, or a transformers vision model (ViT, ConvNeXt, Swin...)"
-POOLINGS = ("cls", "cls+mean")
-TOWER_OPTIONS = {"hf_config", "projection", "pooling"}  # the backbone_kwargs a transformers tower takes
+POOLINGS = ("cls", "cls+mean", "cls_prenorm")
+_POOLING_FAMILY = {"cls+mean": "dinov2", "cls_prenorm": "clip"}  # the family each pooling but "cls" applies to
+TOWER_OPTIONS = {"hf_config", "projection", "pooling", "normalize"}  # the backbone_kwargs a transformers tower takes
 # the model class of each family's tower: (without projection, with projection)
 _CLASSES = {
     "clip": ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
@@ -182,21 +185,30 @@ class TransformersBackbone(nn.Module):
     Args:
         hf_config: the tower's config dict (:func:`vision_config_dict`), stored in the geohf config.
         projection: CLIP only: return ``visual_projection`` of the pooled CLS (CLIP's image embedding).
-        pooling: DINOv2 only: ``cls`` or ``cls+mean`` (CLS and mean patch token, concatenated).
+        pooling: ``cls``; DINOv2: ``cls+mean`` (CLS and mean patch token, concatenated); CLIP: ``cls_prenorm``
+            (the CLS token of ``last_hidden_state``, before ``post_layernorm``).
+        normalize: CLIP with ``projection`` only: the image embedding as a unit vector.
     """
 
-    def __init__(self, hf_config: dict, projection: bool = False, pooling: str = "cls"):
+    def __init__(self, hf_config: dict, projection: bool = False, pooling: str = "cls", normalize: bool = False):
         super().__init__()
         import transformers
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.for_model(**hf_config)
         self.family = family_of(config.model_type)
-        self.projection, self.pooling = bool(projection), pooling
+        self.projection, self.pooling, self.normalize = bool(projection), pooling, bool(normalize)
         if projection and self.family != "clip":
             raise UserError(f"backbone option projection applies to CLIP towers only, not {type(config).__name__}")
-        if pooling not in POOLINGS or (pooling != "cls" and self.family != "dinov2"):
-            raise UserError(f"backbone option pooling={pooling!r}: DINOv2 towers take one of {POOLINGS}, others 'cls'")
+        if normalize and not projection:
+            raise UserError("backbone option normalize applies to a CLIP tower with projection: true")
+        if pooling not in POOLINGS or (pooling != "cls" and self.family != _POOLING_FAMILY[pooling]):
+            raise UserError(
+                f"backbone option pooling={pooling!r}: DINOv2 towers take cls or cls+mean, CLIP towers cls or "
+                "cls_prenorm (without projection), others cls"
+            )
+        if pooling == "cls_prenorm" and projection:
+            raise UserError("backbone option pooling=cls_prenorm reads the tower's hidden state: not with projection")
         if self.family in _CLASSES:
             cls_name = _CLASSES[self.family][1 if projection else 0]
             self.model = getattr(transformers, cls_name)(config)
@@ -227,7 +239,9 @@ class TransformersBackbone(nn.Module):
             extra["interpolate_pos_encoding"] = True
         out = self.model(pixel_values=pixel_values, **extra)
         if self.projection:
-            return out.image_embeds
+            return nn.functional.normalize(out.image_embeds, dim=-1) if self.normalize else out.image_embeds
+        if self.pooling == "cls_prenorm":
+            return out.last_hidden_state[:, 0]
         if self.pooling == "cls+mean":
             hidden = out.last_hidden_state
             return torch.cat([hidden[:, 0], hidden[:, self.num_prefix_tokens :].mean(1)], dim=-1)

@@ -15,8 +15,6 @@ import dataclasses
 import importlib.metadata
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,9 @@ from ..backbones import is_transformers_name
 from ..configuration_geohf import DEFAULT_QUEUE_SIZE, GALLERY_FILE, HeadSpec
 from ..factory import make_config
 from ..heads import GeoClipHead, gallery_cells
-from ..image_processing_geohf import GeoImageProcessor
 from ..location_encoder import read_gallery, require_geoclip_files
 from ..modeling_geohf import GeoModelForImageGeolocation, build_model
+from .folder import check_output, write_model_folder
 
 logger = logging.getLogger(__name__)
 GEOCLIP_CLIP = "openai/clip-vit-large-patch14"
@@ -167,28 +165,7 @@ def convert_geoclip(
 
     The folder is written beside ``output`` under a hidden name and renamed into place once complete; with
     ``overwrite`` an existing ``output`` is replaced only then."""
-    output = Path(output).expanduser()
-    if output.exists() and not overwrite:
-        raise UserError(f"{output}: already exists; pass --overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: a file, not a model folder; choose another output")
+    output = check_output(output, overwrite)
     model, conversion = build_geoclip(clip, gallery)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    stage, old = output.parent / f".{output.name}.partial-{tag}", output.parent / f".{output.name}.old-{tag}"
-    try:
-        model.save_pretrained(stage)
-        GeoImageProcessor.from_config(model.config).save_pretrained(stage)
-        if output.exists():
-            os.replace(output, old)
-            try:
-                os.replace(stage, output)
-            except OSError:
-                os.replace(old, output)
-                raise
-        else:
-            os.replace(stage, output)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    write_model_folder(model, output)
     return dataclasses.replace(conversion, output=output)

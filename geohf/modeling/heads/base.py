@@ -74,9 +74,17 @@ class HeadData:
         return self.partition, self.partition_name
 
 
+def hidden_mlp(embed_dim: int, widths: list[int]) -> nn.Sequential:
+    """OSV-5M's MLP (``MLPCentroid``): LayerNorm, then per width Linear, GroupNorm(4 groups), GELU."""
+    layers: list[nn.Module] = [nn.LayerNorm(embed_dim)]
+    for d_in, d_out in zip([embed_dim, *widths[:-1]], widths):
+        layers += [nn.Linear(d_in, d_out), nn.GroupNorm(4, d_out), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
 class GeoHead(nn.Module):
     """A head on the pooled embedding, described by a :class:`HeadSpec`; a linear layer unless
-    ``out_features=None`` (a head that scores its classes otherwise)."""
+    ``out_features=None`` (a head that scores its classes otherwise), after an MLP when ``spec.hidden_dims``."""
 
     kind: ClassVar[str]
     """The registered name (``haversine``, ``country``...): what ``create_model(heads=[...])`` asks for."""
@@ -92,8 +100,9 @@ class GeoHead(nn.Module):
         self.name = spec.name
         self.weight = float(spec.weight)
         self.dropout = nn.Dropout(dropout)
+        self.mlp = hidden_mlp(embed_dim, spec.hidden_dims) if spec.hidden_dims else None
         if out_features is not None:
-            self.fc = nn.Linear(embed_dim, out_features)
+            self.fc = nn.Linear(spec.hidden_dims[-1] if spec.hidden_dims else embed_dim, out_features)
             self.fc.geohf_init = "head"
 
     @classmethod
@@ -116,7 +125,10 @@ class GeoHead(nn.Module):
         return []
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(embeddings))
+        x = self.dropout(embeddings)
+        if self.mlp is not None:  # GroupNorm reads dim 1 as channels: (B, V, D) views pass as (B·V, D)
+            x = self.mlp(x.flatten(0, -2)).unflatten(0, x.shape[:-1])
+        return self.fc(x)
 
     def loss(self, logits, labels, coordinates=None) -> torch.Tensor:
         raise NotImplementedError
