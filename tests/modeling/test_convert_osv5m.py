@@ -101,7 +101,10 @@ def hydra_config(clip_path: str, classes: int) -> dict:
     return {
         "model": {
             "_target_": "models.networks.network.ContrastiveHybridUnFrozenBackbone",
-            "backbone": {"instance": {"_target_": "models.networks.backbones.CLIP", "path": clip_path}, "output_dim": 32},
+            "backbone": {
+                "instance": {"_target_": "models.networks.backbones.CLIP", "path": clip_path},
+                "output_dim": 32,
+            },
             "mid": {
                 "activation": {"_target_": "torch.nn.GELU", **partial},
                 "norm": {"_target_": "torch.nn.GroupNorm", **partial},
