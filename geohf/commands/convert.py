@@ -66,6 +66,43 @@ def register_osv5m(conv_sub) -> None:
     set_command(co, Osv5mArguments, osv5m_command)
 
 
+@dataclass
+class StreetclipArguments:
+    output: str
+    clip: str = "geolocal/StreetCLIP"
+    template: list[str] | None = None
+    regions: bool = False
+    overwrite: bool = False
+
+
+def streetclip_command(args: StreetclipArguments) -> int:
+    from ..modeling.converters.streetclip import TEMPLATES, convert_streetclip
+
+    templates = args.template or TEMPLATES
+    print(convert_streetclip(args.output, args.clip, templates, args.regions, overwrite=args.overwrite).summary())
+    return 0
+
+
+def register_streetclip(conv_sub) -> None:
+    cs = conv_sub.add_parser(
+        "streetclip",
+        help="StreetCLIP (geolocal/StreetCLIP) as a zero-shot country (and region) classifier: its prompts embedded "
+        "once into a classification head",
+        description="Write StreetCLIP's zero-shot classifier as a geohf model folder: each country's (and with "
+        "--regions each admin-1 region's) prompt embeddings become the weights of a classification head on the "
+        "unit CLIP image embedding. Needs the Hub (or --clip LOCAL_FOLDER with the tokenizer).",
+    )
+    cs.add_argument("output", metavar="OUTPUT", help="model folder to write")
+    cs.add_argument("--clip", default="geolocal/StreetCLIP", help="CLIPModel with its tokenizer: Hub id or folder")
+    cs.add_argument(
+        "--template", action="append", default=None,
+        help="a prompt template with {} for the place (repeat for an ensemble; default: 'A Street View photo in {}.')",
+    )  # fmt: skip
+    cs.add_argument("--regions", action="store_true", help="also a region head (admin-1, '{region}, {country}')")
+    cs.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
+    set_command(cs, StreetclipArguments, streetclip_command)
+
+
 def register_subcommand(subparsers) -> None:
     conv = subparsers.add_parser("convert", help="published geolocation models as geohf model folders")
     conv_sub = conv.add_subparsers(dest="convert_command", required=True)
@@ -91,3 +128,4 @@ def register_subcommand(subparsers) -> None:
     cg.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cg, GeoclipArguments, geoclip_command)
     register_osv5m(conv_sub)
+    register_streetclip(conv_sub)
