@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, check_source, one_line
-from ..evaluation.names import BENCHMARKS
+from ..evaluation.names import BENCHMARKS, CONVENTION_NAMES
 from .command import set_command
 from .flags import add_batch_size, add_bf16, add_output, add_retrieval, add_revision, add_tta
 
@@ -22,6 +22,7 @@ class EvaluateArguments:
     batch_size: int = 32
     human: str | None = None
     benchmark: str | None = None
+    convention: str = "geohf"
     bf16: bool | None = None
     retrieval: bool = True
     tta: str | None = None
@@ -80,6 +81,7 @@ def _evaluate_benchmark(args: EvaluateArguments, predictor, ds, dataset: str) ->
         batch_size=args.batch_size,
         model_name=Path(args.model).name,
         dataset_dir=one_split_folder,
+        convention=args.convention,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,11 @@ def register_subcommand(subparsers) -> None:
         help="score by the papers' protocol (km thresholds, GeoScore, OSV-5M's reverse-geocoded country/region/"
         "sub-region/city accuracy and geohf's polygon accuracy) beside their published rows",
     )
+    ev.add_argument(
+        "--convention", choices=CONVENTION_NAMES, default="geohf",
+        help="--benchmark distances as a peer's evaluation code measures them: geohf (haversine, R 6371.0088 km, "
+        "d <= t), osv5m (OSV-5M and PLONK: haversine, R 6371 km, d < t), geoclip (WGS84 geodesic, d <= t)",
+    )  # fmt: skip
     add_bf16(ev)
     add_retrieval(ev)
     add_tta(ev)

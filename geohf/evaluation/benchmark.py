@@ -15,7 +15,12 @@ The numbers the papers report, computed the way they compute them:
   labelling) against the sample's polygon labels; samples at sea (no label) are left out.
 
 Rows with a country but no coordinates (country-only labels) count in the country accuracies
-only, and the number of such rows is reported.
+only, and the number of such rows is reported. Every figure is printed with its denominator.
+
+Where the peers' own evaluation code differs, its convention is named and selectable (``--convention``,
+:data:`CONVENTIONS`): the distance (a sphere's haversine, and which radius, or the WGS84 geodesic) and whether
+"within t km" is ``d <= t`` or ``d < t``. The published rows name the convention of the code that produced them
+where it is known.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..geo.sphere import haversine_km
+from ..geo.sphere import EARTH_RADIUS_KM, geodesic_km, haversine_km
 from ..inference.predictions import PredictionsBuffer
 from .metrics import DISTANCE_THRESHOLDS_KM, GEOSCORE_SCALE_KM
 from .names import BENCHMARKS
@@ -39,6 +44,50 @@ from .names import BENCHMARKS
 LISTED_IMAGES = {"im2gps3k": 2997, "yfcc4k": 4536, "osv5m": 210122}
 OSV5M_LEVELS = ("country", "region", "sub-region", "city")
 MISSING = {"", "nan", "NaN", "None"}
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a peer's evaluation code measures distances: ``haversine`` on a sphere of ``radius_km``, or the WGS84
+    ``geodesic``; ``strict``: "within t km" is ``d < t`` (else ``d <= t``); ``source``: the code it follows."""
+
+    name: str
+    distance: str
+    radius_km: float | None
+    strict: bool
+    source: str
+
+    def distances(self, lat1, lon1, lat2, lon2) -> np.ndarray:
+        if self.distance == "geodesic":
+            return geodesic_km(lat1, lon1, lat2, lon2)
+        return haversine_km(lat1, lon1, lat2, lon2) * (self.radius_km / EARTH_RADIUS_KM)
+
+    def within(self, d: np.ndarray, t: float) -> np.ndarray:
+        return d < t if self.strict else d <= t
+
+    def describe(self) -> str:
+        how = f"haversine on a {self.radius_km:,} km sphere" if self.distance == "haversine" else "WGS84 geodesic"
+        return f"{self.name}: {how}, within t km = d {'<' if self.strict else '<='} t ({self.source})"
+
+
+CONVENTIONS = {
+    "geohf": Convention("geohf", "haversine", EARTH_RADIUS_KM, False, "geohf: the IUGG mean Earth radius"),
+    "osv5m": Convention(
+        "osv5m", "haversine", 6371.0, True,
+        "OSV-5M and PLONK: metrics/utils.py haversine with R = 6371, metrics/distance_based.py counts d < t",
+    ),
+    "geoclip": Convention(
+        "geoclip", "geodesic", None, False, "GeoCLIP: geoclip/train/eval.py, geopy's geodesic (WGS84), gd <= dis"
+    ),
+}  # fmt: skip
+
+
+def columns(convention: Convention) -> list[tuple[str, str]]:
+    """The table's columns (metric key, header); the thresholds read ``<`` under a strict convention."""
+    sign = "<" if convention.strict else "≤"
+    within = [(f"within_{t}km", f"{sign}{t:,} km %") for t in DISTANCE_THRESHOLDS_KM]
+    return within + COLUMNS[len(within) :]
+
 
 COLUMNS = [
     *[(f"within_{t}km", f"≤{t:,} km %") for t in DISTANCE_THRESHOLDS_KM],
@@ -82,28 +131,32 @@ def _known(values) -> np.ndarray:
     return np.array([isinstance(v, str) and v not in MISSING for v in values], bool)
 
 
-def _accuracy(pred, true) -> float | None:
+def _accuracy(pred, true, out: dict, key: str) -> None:
+    """``out[key]``: % of ``pred == true`` over the rows whose ``true`` is known; ``out["n_" + key]``: how many."""
     true = np.asarray(true, dtype=object)
     keep = _known(true)
-    if not keep.any():
-        return None
-    return float(100.0 * (np.asarray(pred, dtype=object)[keep] == true[keep]).mean())
+    out[f"n_{key}"] = int(keep.sum())
+    out[key] = float(100.0 * (np.asarray(pred, dtype=object)[keep] == true[keep]).mean()) if keep.any() else None
 
 
-def benchmark_metrics(truth: pd.DataFrame, pred_lat, pred_lon, labeller=None) -> dict[str, float | None]:
-    """The papers' metrics for predictions against ``truth`` (one row per image).
+def benchmark_metrics(
+    truth: pd.DataFrame, pred_lat, pred_lon, labeller=None, convention: str | Convention = "geohf"
+) -> dict[str, float | None]:
+    """The papers' metrics for predictions against ``truth`` (one row per image), distances by ``convention``
+    (:data:`CONVENTIONS`); each figure's denominator as ``n_<key>`` (``n_distances``: the located rows).
 
     ``truth``: ``latitude, longitude`` (NaN for country-only rows), and where the set has them
     ``country_code, region_code`` (polygon labels) and ``unique_country, unique_region,
     unique_sub-region, unique_city`` (OSV-5M's labels).
     """
+    convention = CONVENTIONS[convention] if isinstance(convention, str) else convention
     pred_lat, pred_lon = np.asarray(pred_lat, dtype=np.float64), np.asarray(pred_lon, dtype=np.float64)
     lat, lon = truth["latitude"].to_numpy(np.float64), truth["longitude"].to_numpy(np.float64)
     located = np.isfinite(lat) & np.isfinite(lon)
-    d = haversine_km(lat[located], lon[located], pred_lat[located], pred_lon[located])
-    out: dict[str, float | None] = {}
+    d = convention.distances(lat[located], lon[located], pred_lat[located], pred_lon[located])
+    out: dict[str, float | None] = {"n_distances": int(d.size)}
     for t in DISTANCE_THRESHOLDS_KM:
-        out[f"within_{t}km"] = float(100.0 * (d <= t).mean()) if d.size else None
+        out[f"within_{t}km"] = float(100.0 * convention.within(d, t).mean()) if d.size else None
     out["median_km"] = float(np.median(d)) if d.size else None
     out["mean_km"] = float(d.mean()) if d.size else None
     out["geoscore"] = float((5000.0 * np.exp(-d / GEOSCORE_SCALE_KM)).mean()) if d.size else None
@@ -119,15 +172,15 @@ def benchmark_metrics(truth: pd.DataFrame, pred_lat, pred_lon, labeller=None) ->
         if "country_code" in truth:
             given["country"][~located] = truth["country_code"].to_numpy(dtype=object)[~located]
     for level in OSV5M_LEVELS:
-        out[f"osv5m_{level}_accuracy"] = _accuracy(predicted[level], given[level])
+        _accuracy(predicted[level], given[level], out, f"osv5m_{level}_accuracy")
     if labeller is not None and "country_code" in truth:
         labels, _ = labeller.label(pred_lat, pred_lon)
-        out["polygon_country_accuracy"] = _accuracy(labels["country_code"].to_numpy(dtype=object),
-                                                    truth["country_code"].to_numpy(dtype=object))  # fmt: skip
+        _accuracy(labels["country_code"].to_numpy(dtype=object), truth["country_code"].to_numpy(dtype=object), out,
+                  "polygon_country_accuracy")  # fmt: skip
         if "region_code" in truth:
             region = truth["region_code"].to_numpy(dtype=object).copy()
             region[~located] = None  # country-only rows have no region
-            out["polygon_region_accuracy"] = _accuracy(labels["region_code"].to_numpy(dtype=object), region)
+            _accuracy(labels["region_code"].to_numpy(dtype=object), region, out, "polygon_region_accuracy")
     return out
 
 
@@ -139,6 +192,7 @@ class PublishedRow:
     table: str
     checked: str
     metrics: dict[str, float]
+    convention: str | None = None  # the CONVENTIONS entry of the code that produced the numbers, where known
 
 
 def published_rows(benchmark: str) -> list[PublishedRow]:
@@ -160,20 +214,33 @@ class BenchmarkResult:
     metrics: dict[str, float | None]
     published: list[PublishedRow] = field(default_factory=list)
     source_rows: int | None = None
+    convention: str = "geohf"
 
     def table(self) -> str:
-        """A plain-text table: the model's row, then each published row (``-``: not reported)."""
+        """A plain-text table: the model's row, then each published row (``-``: not reported); then the
+        convention, each column's denominator and the citations."""
+        cols = columns(CONVENTIONS[self.convention])
         rows = [(self.model, self.metrics)] + [(p.method, p.metrics) for p in self.published]
-        head = ["method", *[label for _, label in COLUMNS]]
-        keep = [i for i, (key, _) in enumerate(COLUMNS) if any(m.get(key) is not None for _, m in rows)]
+        head = ["method", *[label for _, label in cols]]
+        keep = [i for i, (key, _) in enumerate(cols) if any(m.get(key) is not None for _, m in rows)]
         head = [head[0], *[head[i + 1] for i in keep]]
-        lines = [head] + [[name, *[_fmt(m.get(COLUMNS[i][0])) for i in keep]] for name, m in rows]
+        lines = [head] + [[name, *[_fmt(m.get(cols[i][0])) for i in keep]] for name, m in rows]
         widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
         text = [
             " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines
         ]
         text.insert(1, "-+-".join("-" * w for w in widths))
-        return "\n".join([self.summary(), *text, *self.citations()])
+        return "\n".join([self.summary(), *text, *self.footer(), *self.citations()])
+
+    def footer(self) -> list[str]:
+        """The convention the model's row was scored by, and over how many images each of its figures is."""
+        m = self.metrics
+        counts = [("distances and GeoScore", m.get("n_distances"))]
+        counts += [(f"{level} (OSV-5M)", m.get(f"n_osv5m_{level}_accuracy")) for level in OSV5M_LEVELS]
+        counts += [(f"{level} (polygons)", m.get(f"n_polygon_{level}_accuracy")) for level in ("country", "region")]
+        shown = "; ".join(f"{name} over {n:,}" for name, n in counts if n is not None)
+        lines = [f"convention {CONVENTIONS[self.convention].describe()}"]
+        return lines + [f"denominators: {shown} images"] if shown else lines
 
     def summary(self) -> str:
         listed = f" of {self.listed:,} listed" if self.listed else ""
@@ -182,7 +249,10 @@ class BenchmarkResult:
         return f"{self.benchmark}: {self.evaluated:,} images evaluated{listed}{missing}{only}"
 
     def citations(self) -> list[str]:
-        return [f"  {p.method}: {p.paper}, {p.table}" for p in self.published]
+        def their(p: PublishedRow) -> str:
+            return f" (scored by their code: convention {p.convention})" if p.convention else " (convention unknown)"
+
+        return [f"  {p.method}: {p.paper}, {p.table}{their(p)}" for p in self.published]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "published": [asdict(p) for p in self.published]}
@@ -214,15 +284,19 @@ def evaluate_benchmark(
     bf16: bool | None = None,
     model_name: str = "model",
     dataset_dir: str | Path | None = None,
+    convention: str = "geohf",
 ) -> tuple[BenchmarkResult, pd.DataFrame]:
-    """Score ``model`` on one split of an imported benchmark (``geohf dataset import``) by the papers' protocol.
+    """Score ``model`` on one split of an imported benchmark (``geohf dataset import``) by the papers' protocol,
+    distances by ``convention`` (:data:`CONVENTIONS`).
 
-    Returns the result and the per-image frame (truth, prediction, error km).
+    Returns the result and the per-image frame (truth, prediction, error km by the convention).
     """
     from .evaluation import as_predictor
 
     if benchmark not in BENCHMARKS:
         raise UserError(f"--benchmark {benchmark}: choose one of {', '.join(BENCHMARKS)}")
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention {convention}: choose one of {', '.join(CONVENTIONS)}")
     missing = [c for c in ("latitude", "longitude", "image") if c not in split.column_names]
     if missing:
         raise UserError(
@@ -239,7 +313,7 @@ def evaluate_benchmark(
         kept.add(batch)
     predictions = kept.result()
     pred_latitude, pred_longitude = predictions.pred_latitude, predictions.pred_longitude
-    metrics = benchmark_metrics(truth, pred_latitude, pred_longitude, labeller)
+    metrics = benchmark_metrics(truth, pred_latitude, pred_longitude, labeller, convention)
     listed = source_rows(dataset_dir) or LISTED_IMAGES.get(benchmark)
     located = truth["latitude"].notna() & truth["longitude"].notna()
     result = BenchmarkResult(
@@ -252,9 +326,10 @@ def evaluate_benchmark(
         metrics=metrics,
         published=published_rows(benchmark),
         source_rows=source_rows(dataset_dir),
+        convention=convention,
     )
     frame = truth.copy()
     frame["pred_latitude"], frame["pred_longitude"] = pred_latitude, pred_longitude
-    frame["error_km"] = haversine_km(truth["latitude"], truth["longitude"], frame["pred_latitude"],
-                                     frame["pred_longitude"])  # fmt: skip
+    frame["error_km"] = CONVENTIONS[convention].distances(truth["latitude"], truth["longitude"],
+                                                          frame["pred_latitude"], frame["pred_longitude"])  # fmt: skip
     return result, frame

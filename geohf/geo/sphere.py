@@ -39,6 +39,17 @@ def haversine_km(lat1, lon1, lat2, lon2):
     return 2 * EARTH_RADIUS_KM * xp.arcsin(xp.sqrt(a))
 
 
+def geodesic_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Distance in km along the WGS84 ellipsoid (Karney's geodesic, as geopy's ``geodesic``; numpy, via pyproj)."""
+    from pyproj import Geod
+
+    lat1, lon1, lat2, lon2 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lat1, lon1, lat2, lon2)))
+    if not lat1.size:
+        return np.zeros(lat1.shape)
+    _, _, metres = Geod(ellps="WGS84").inv(lon1.ravel(), lat1.ravel(), lon2.ravel(), lat2.ravel())
+    return np.asarray(metres, dtype=np.float64).reshape(lat1.shape) / 1000.0
+
+
 def pairwise_haversine_km(lat1, lon1, lat2, lon2):
     """(N, M) distance matrix between N points and M points, in km."""
     return haversine_km(lat1[:, None], lon1[:, None], lat2[None, :], lon2[None, :])

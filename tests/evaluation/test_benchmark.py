@@ -143,3 +143,45 @@ def test_evaluate_benchmark_cli(im2gps3k_folder, tiny_model_dir, tmp_path, cli):
     assert len(frame) == 8 and np.isfinite(frame["error_km"]).all()
     within = 100 * (frame["error_km"] <= 2500).mean()
     assert saved["metrics"]["within_2500km"] == pytest.approx(within)
+    text = (out / "benchmark.txt").read_text()
+    assert "convention geohf: haversine on a 6,371.0088 km sphere, within t km = d <= t" in text
+    assert "denominators: distances and GeoScore over 8; country (OSV-5M) over 8;" in text
+    assert "GeoCLIP: " in text and "(scored by their code: convention geoclip)" in text
+    strict = tmp_path / "ev-osv5m"
+    result = cli("evaluate", "--benchmark", "im2gps3k", "--model", tiny_model_dir, "--dataset", data, "-o", strict,
+                 "--batch-size", "4", "--convention", "osv5m")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "<2,500 km %" in result.out.splitlines()[1] and "d < t" in result.out
+    saved = json.loads((strict / "benchmark.json").read_text())
+    assert saved["convention"] == "osv5m"
+    km = pd.read_parquet(strict / "benchmark_predictions.parquet")["error_km"]
+    assert np.allclose(km, frame["error_km"] * 6371.0 / 6371.0088)  # the same predictions on OSV-5M's sphere
+
+
+def test_conventions_are_the_peers_own():
+    """geohf's haversine, OSV-5M's (R = 6371 km, d < t) and GeoCLIP's WGS84 geodesic (geopy's, d <= t)."""
+    from geohf.evaluation.benchmark import CONVENTIONS
+    from geohf.evaluation.names import CONVENTION_NAMES
+
+    assert tuple(CONVENTIONS) == CONVENTION_NAMES
+    truth = pd.DataFrame({"latitude": [PARIS[0], 0.0], "longitude": [PARIS[1], 0.0]})
+    pred_lat, pred_lon = [NEW_YORK[0], 0.0], [NEW_YORK[1], 24.99 / 111.19492664455873]  # row 2: 24.99 km away
+    geohf, osv, geoclip = (benchmark_metrics(truth, pred_lat, pred_lon, convention=c) for c in CONVENTION_NAMES)
+    assert geohf["within_25km"] == osv["within_25km"] == 50.0 and geohf["within_1km"] == osv["within_1km"] == 0.0
+    assert osv["mean_km"] == pytest.approx(geohf["mean_km"] * 6371.0 / 6371.0088)
+    # OSV-5M's metrics/utils.py haversine, re-derived: radians, 2 atan2(sqrt(a), sqrt(1 - a)) on R = 6371
+    p1, p2 = np.radians([PARIS, (0.0, 0.0)]), np.radians(np.stack([pred_lat, pred_lon], 1))
+    a = (
+        np.sin((p2[:, 0] - p1[:, 0]) / 2) ** 2
+        + np.cos(p2[:, 0]) * np.cos(p1[:, 0]) * np.sin((p2[:, 1] - p1[:, 1]) / 2) ** 2
+    )
+    assert osv["mean_km"] == pytest.approx((6371 * 2 * np.arctan2(np.sqrt(a), np.sqrt(1 - a))).mean(), rel=1e-12)
+    # Paris - New York along WGS84 (Karney's geodesic, as geopy's geodesic): 5,852.9 km; one degree of longitude on
+    # the equator: the semi-major axis 6378.137 km x pi / 180 = 111.3195 km
+    assert geoclip["mean_km"] == pytest.approx((5852.935 + 24.99 / 111.19492664455873 * 111.3195) / 2, abs=0.01)
+    assert geohf["n_distances"] == osv["n_distances"] == geoclip["n_distances"] == 2
+    exact = pd.DataFrame({"latitude": [0.0], "longitude": [0.0]})
+    on_edge = benchmark_metrics(exact, [0.0], [0.0], convention="osv5m")
+    assert on_edge["within_1km"] == 100.0  # 0 < 1
+    strict_edge = CONVENTIONS["osv5m"].within(np.array([25.0]), 25)
+    assert not strict_edge[0] and CONVENTIONS["geohf"].within(np.array([25.0]), 25)[0]
