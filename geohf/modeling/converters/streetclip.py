@@ -31,6 +31,7 @@ from ..modeling_geohf import GeoModelForImageGeolocation, build_model
 from .folder import check_output, write_model_folder
 
 STREETCLIP = "geolocal/StreetCLIP"
+STREETCLIP_LICENSE = "CC BY-NC 4.0, non-commercial (its model card)"
 TEMPLATES = ("A Street View photo in {}.",)  # StreetCLIP's prompt (arXiv:2302.00275; its model card)
 
 
@@ -48,6 +49,7 @@ class Conversion:
         return (
             f"wrote {self.output}: zero-shot {heads} on {self.clip}, {len(self.templates)} prompt template(s) "
             f"({' | '.join(self.templates)}); it predicts the best country's point (coordinate rule argmax)"
+            + (f"; StreetCLIP's weights are {STREETCLIP_LICENSE}" if self.clip == STREETCLIP else "")
         )
 
 
@@ -187,6 +189,7 @@ def build_streetclip(
             fc.bias.zero_()
     model.config.pretrained_source = (
         f"{clip} (CLIP image tower); zero-shot heads of its text embeddings of {len(templates)} prompt template(s)"
+        + (f"; {STREETCLIP_LICENSE}" if clip == STREETCLIP else "")
     )
     model.eval()
     counts = {c.name: len(c.codes) for c in classes}
