@@ -264,3 +264,31 @@ def test_the_checkpoint_without_head_buffers_still_converts(release, tmp_path):
     result = convert_osv5m(tmp_path / "out", str(folder))
     assert not result.checked_buffers and result.cells == 48
     assert "48 quadtree cells" in result.summary()
+
+
+def test_the_converted_baseline_runs_the_osv5m_benchmark(converted):
+    """The converted folder through ``evaluate_benchmark`` (what ``geohf evaluate --benchmark`` runs), by OSV-5M's
+    convention: its predictions scored beside the published OSV-5M row, with the denominators."""
+    import datasets
+    from PIL import Image
+
+    from geohf.evaluation.benchmark import evaluate_benchmark
+    from geohf.geo.sphere import haversine_km
+    from geohf.inference.predictor import GeoPredictor
+
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(6)]
+    split = datasets.Dataset.from_dict(
+        {"image": images, "latitude": [48.85, 35.68, -33.87, 40.71, 55.75, -22.91],
+         "longitude": [2.35, 139.69, 151.21, -74.01, 37.62, -43.17]},
+        features=datasets.Features({"image": datasets.Image(), "latitude": datasets.Value("float64"),
+                                    "longitude": datasets.Value("float64")}),
+    )  # fmt: skip
+    predictor = GeoPredictor(str(converted))
+    result, frame = evaluate_benchmark(predictor, split, "osv5m", batch_size=4, convention="osv5m")
+    assert result.evaluated == 6 and result.metrics["n_distances"] == 6
+    km = haversine_km(frame["latitude"], frame["longitude"], frame["pred_latitude"], frame["pred_longitude"])
+    assert np.allclose(frame["error_km"], km * 6371.0 / 6371.0088)
+    text = result.table()
+    assert "OSV-5M baseline" in text and "<25 km %" in text and "convention osv5m" in text
+    assert "denominators: distances and GeoScore over 6; country (OSV-5M) over 6" in text
