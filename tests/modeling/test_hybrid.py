@@ -101,3 +101,17 @@ def test_hybrid_model_trains_saves_and_predicts(tiny_dataset, tmp_path, training
 def test_hybrid_needs_its_cells_extent():
     with pytest.raises(ValueError, match="extents"):
         HeadSpec("cells", "hybrid", labels=["a"], cells={"name": ["a"], "latitude": [0.0], "longitude": [0.0]})
+
+
+def test_hidden_dims_put_osv5m_s_mlp_before_the_linear_layer():
+    head = hybrid(hidden_dims=[16, 8])
+    assert [type(m).__name__ for m in head.mlp] == ["LayerNorm", "Linear", "GroupNorm", "GELU", "Linear", "GroupNorm",
+                                                    "GELU"]  # fmt: skip
+    assert head.fc.in_features == 8 and head.fc.out_features == 9
+    x = torch.randn(2, 3, 8)  # views of a place: each view through the MLP alone, as a batch of one image each
+    assert torch.allclose(head(x)[:, 1], head(x[:, 1]), atol=1e-6)
+    for bad, message in (([6], "divisible by 4"), ([], "divisible by 4")):
+        with pytest.raises(ValueError, match=message):
+            HeadSpec("cells", "hybrid", labels=CELLS["name"], cells=CELLS, hidden_dims=bad)
+    with pytest.raises(ValueError, match="hidden_dims applies to"):
+        HeadSpec("coords", "regression", hidden_dims=[8])

@@ -206,6 +206,27 @@ def test_tower_options_are_checked(checkpoints):
     options = r"\['normalize', 'pooling', 'projection'\]"
     with pytest.raises(UserError, match=r"backbone_kwargs \['img_size'\] do not apply.*" + options):
         build_model(make_config(str(checkpoints / "clip"), heads(), backbone_kwargs={"img_size": 64}), None)
+    for kwargs, message in (
+        ({"pooling": "cls_prenorm"}, "pooling='cls_prenorm'"),  # a DINOv2 tower: CLIP's pooling
+        ({"normalize": True}, "normalize applies to a CLIP tower with projection"),
+    ):
+        with pytest.raises(UserError, match=message):
+            build_model(make_config(str(checkpoints / "dinov2"), heads(), backbone_kwargs=kwargs), None)
+    clip_kwargs = {"pooling": "cls_prenorm", "projection": True}
+    with pytest.raises(UserError, match="cls_prenorm reads the tower's hidden state"):
+        build_model(make_config(str(checkpoints / "clip"), heads(), backbone_kwargs=clip_kwargs), None)
+    model = build_model(
+        make_config(str(checkpoints / "clip"), heads(), backbone_kwargs={"pooling": "cls_prenorm"}), None
+    )
+    x = torch.randn(2, 3, *model.config.input_hw)
+    with torch.no_grad():
+        hidden = model.backbone.model(pixel_values=x).last_hidden_state[:, 0]
+        assert torch.equal(model.geo(x).embeddings, hidden)  # before post_layernorm (OSV-5M's features)
+    unit = build_model(
+        make_config(str(checkpoints / "clip"), heads(), backbone_kwargs={"projection": True, "normalize": True}), None
+    )
+    with torch.no_grad():
+        assert torch.allclose(unit.geo(x).embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
 @pytest.mark.parametrize(
