@@ -261,9 +261,14 @@ def test_the_checkpoint_without_head_buffers_still_converts(release, tmp_path):
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     state = {k: v for k, v in state.items() if "cell_" not in k and not k.startswith("model.")}  # aliases only
     torch.save(state, folder / "pytorch_model.bin")
+    config = json.loads((folder / "config.json").read_text())
+    del config["transform"]  # no test transform: the CLIP tower's own preprocessing
+    (folder / "config.json").write_text(json.dumps(config))
     result = convert_osv5m(tmp_path / "out", str(folder))
     assert not result.checked_buffers and result.cells == 48
     assert "48 quadtree cells" in result.summary()
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["image_size"] == 32 and saved["image_mean"] == [0.48145466, 0.4578275, 0.40821073]
 
 
 def test_the_converted_baseline_runs_the_osv5m_benchmark(converted):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from ..factory import make_config
 from ..heads import HybridHead
 from ..modeling_geohf import GeoModelForImageGeolocation, build_model
 from .folder import check_output, write_model_folder
+
+logger = logging.getLogger(__name__)
 
 OSV5M_HUB = "osv5m/baseline"
 QUADTREE_FILE = "quadtree_10_1000.csv"
@@ -154,8 +157,12 @@ def _release_folder(source: str) -> Path:
 
 
 def transform_preprocessing(transform: dict | None, where: Path) -> dict:
-    """geohf's preprocessing of OSV-5M's torchvision test transform (Resize, CenterCrop, ToTensor, Normalize)."""
-    steps = (transform or {}).get("transforms")
+    """geohf's preprocessing of OSV-5M's torchvision test transform (Resize, CenterCrop, ToTensor, Normalize);
+    a config without one keeps the CLIP tower's own (``{}``), which the converter logs."""
+    if transform is None:
+        logger.warning("%s: no 'transform'; the CLIP checkpoint's own preprocessing is used", where)
+        return {}
+    steps = transform.get("transforms")
     _need(isinstance(steps, list), f"{where}: 'transform' is not a torchvision Compose of steps")
     out = {"crop_pct": 1.0, "interpolation": "bilinear"}
     resize = crop = None
