@@ -33,6 +33,8 @@ def evaluate_command(args: EvaluateArguments) -> int:
     dataset = check_source(args.dataset, "dataset", args.revision)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.convention != "geohf" and not args.benchmark:
+        raise UserError(f"--convention {args.convention} applies to --benchmark scoring; add --benchmark")
     from ..data.folder import load_geo_dataset
     from ..evaluation.report import write_report
     from ..inference.predictor import GeoPredictor

@@ -156,6 +156,8 @@ def test_evaluate_benchmark_cli(im2gps3k_folder, tiny_model_dir, tmp_path, cli):
     assert saved["convention"] == "osv5m"
     km = pd.read_parquet(strict / "benchmark_predictions.parquet")["error_km"]
     assert np.allclose(km, frame["error_km"] * 6371.0 / 6371.0088)  # the same predictions on OSV-5M's sphere
+    alone = cli("evaluate", "--model", tiny_model_dir, "--dataset", data, "-o", tmp_path / "x", "--convention", "osv5m")
+    assert alone.code != 0 and "--convention osv5m applies to --benchmark scoring" in alone.err
 
 
 def test_conventions_are_the_peers_own():
