@@ -30,7 +30,7 @@ from ..errors import UserError, one_line
 from .archives import MemberRef
 from .filters import check_image
 from .folder import DATA_DIR, SplitInfo, _non_binary_columns
-from .plan import CELLS_DIR, PLAN_ROWS, REF_COLUMNS, Block, BuildPlan, ImageRead
+from .plan import CELLS_DIR, PLAN_ROWS, Block, BuildPlan, ImageRead
 from .skips import SkipLog
 
 BATCH_ROWS = 256
@@ -186,7 +186,9 @@ def _engine_results(
             yield write_block(index=i, block=blocks[i], loader=loader, **kwargs)
 
 
-def _ray_results(indices: list[int], blocks: list[Block], kwargs: dict, num_proc: int, address) -> Iterator[BlockResult]:
+def _ray_results(
+    indices: list[int], blocks: list[Block], kwargs: dict, num_proc: int, address
+) -> Iterator[BlockResult]:
     from ..engines import connect_ray
 
     ray = connect_ray(address, num_cpus=num_proc if num_proc > 1 else None)

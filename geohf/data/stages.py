@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from PIL import ExifTags, Image
 
 from ..errors import UserError

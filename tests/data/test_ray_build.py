@@ -127,7 +127,8 @@ def test_ray_build_of_the_robustness_corpus_equals_the_local_build(ray_local, tm
             w.writerow([name, 46.0 + i * 0.5, 2.0 + i * 0.5])
         w.writerow(["ok.png", 46.0, 2.0])  # listed twice
     common = ["dataset", "build", "--layout", "imagefolder", "--input", str(root), "--boundaries", admin1_path,
-              "--cells", "quadtree:max_samples=20,min_samples=2", "--no-filter", "--fractions", "0.6", "0.2", "0.2"]  # fmt: skip
+              "--cells", "quadtree:max_samples=20,min_samples=2", "--no-filter",
+              "--fractions", "0.6", "0.2", "0.2"]  # fmt: skip
     assert _run([*common, "--output", str(tmp_path / "local")]) == 0
     assert _run([*common, "--output", str(tmp_path / "ray"), "--engine", "ray"]) == 0
     assert_same_folder(tmp_path / "local", tmp_path / "ray")
@@ -165,3 +166,53 @@ def test_ray_build_runs_part_of_a_saved_plan(ray_local, lost_and_found, tmp_path
     assert _run(["dataset", "merge", str(tmp_path / "merged"), str(tmp_path / "p1"), str(tmp_path / "p2")]) == 0
     pd.testing.assert_frame_equal(_rows(tmp_path / "local"), _rows(tmp_path / "merged"))
     assert _skipped(tmp_path / "local") == _skipped(tmp_path / "merged")
+
+
+def test_a_ray_worker_killed_mid_build_gives_the_same_folder(ray_local, tmp_path, labeller, admin1_path):
+    """SIGKILL the process of a running block: Ray runs the block again and the folder is the local build's."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import numpy as np
+    import psutil
+
+    from geohf.data.stages import BuildConfig, build_dataset
+
+    root = tmp_path / "raw"
+    (root / "images").mkdir(parents=True)
+    points = land_points(24, labeller, seed=9)
+    rng = np.random.default_rng(0)
+    for i in range(len(points)):  # large enough that a block of 4 takes a while to check and shrink
+        Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
+    pd.DataFrame({"file_name": [f"images/{i}.jpg" for i in range(len(points))], "latitude": points["latitude"],
+                  "longitude": points["longitude"]}).to_csv(root / "metadata.csv", index=False)  # fmt: skip
+
+    def config(out, engine):
+        return BuildConfig(layout="imagefolder", input=str(root), output=str(tmp_path / out), boundaries=admin1_path,
+                           cells=CELLS, max_side=256, rows_per_file=4, engine=engine)  # fmt: skip
+
+    build_dataset(config("local", "local"))
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_one_block() -> None:
+        while not done.is_set() and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if proc.info["cmdline"] and proc.info["cmdline"][0].startswith("ray::write_block"):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_block, daemon=True)
+    killer.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(build_dataset, config("ray", "ray")).result(timeout=BOUND_S)
+    finally:
+        done.set()
+        killer.join(5)
+    assert killed, "no running block was found to kill"
+    assert_same_folder(tmp_path / "local", tmp_path / "ray")
