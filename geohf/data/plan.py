@@ -129,8 +129,10 @@ class BuildPlan:
     def fingerprint(self) -> str:
         """Hash of the rows and settings: two parts of one build agree on it, parts of two builds do not."""
         h = hashlib.sha256(json.dumps(self._meta(), sort_keys=True, default=str).encode())
-        h.update(pd.util.hash_pandas_object(self.rows.drop(columns=list(REF_COLUMNS), errors="ignore").astype(str),
-                                            index=False).to_numpy().tobytes())  # fmt: skip
+        for column in self.rows:  # one column at a time: no second copy of the table
+            if column not in REF_COLUMNS:
+                h.update(column.encode())
+                h.update(pd.util.hash_pandas_object(self.rows[column], index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
     def _meta(self) -> dict:
@@ -151,10 +153,11 @@ class BuildPlan:
         (folder / CELLS_DIR).mkdir(parents=True, exist_ok=True)
         for name, part in self.partitions.items():
             part.save(folder / CELLS_DIR / f"{name}.parquet")
-        table = pa.Table.from_pandas(self.rows, preserve_index=False)
-        with pq.ParquetWriter(folder / PLAN_ROWS, table.schema) as writer:
-            for b in self.blocks:
-                writer.write_table(table.slice(b.start, b.stop - b.start), row_group_size=max(b.stop - b.start, 1))
+        schema = pa.schema([(c, pa.array(self.rows[c], from_pandas=True).type) for c in self.rows])
+        with pq.ParquetWriter(folder / PLAN_ROWS, schema) as writer:
+            for b in self.blocks:  # a block at a time: no Arrow copy of the whole table
+                block = pa.Table.from_pandas(self.rows.iloc[b.start : b.stop], schema=schema, preserve_index=False)
+                writer.write_table(block, row_group_size=max(b.stop - b.start, 1))
         (folder / PLAN_JSON).write_text(json.dumps({**self._meta(), "plan_id": self.plan_id}, indent=1, default=str))
         return folder
 
