@@ -1,5 +1,6 @@
 """``geohf dataset build`` / ``import`` with ``--engine ray``: the same folder as the local engine (rows, splits,
-cells, skip list, card counts), on the robustness corpus and a lost-and-found set with bad files.
+cells, skip list, card counts), on the robustness corpus and a lost-and-found set with bad files; a worker killed
+mid-build (Ray, or a ``--num-proc`` process) changes nothing.
 
 Ray runs locally (the session's ``ray_local`` fixture: 2 CPUs); each build runs under a bound.
 """
@@ -168,18 +169,21 @@ def test_ray_build_runs_part_of_a_saved_plan(ray_local, lost_and_found, tmp_path
     assert _skipped(tmp_path / "local") == _skipped(tmp_path / "merged")
 
 
-def test_a_ray_worker_killed_mid_build_gives_the_same_folder(ray_local, tmp_path, labeller, admin1_path):
-    """SIGKILL the process of a running block: Ray runs the block again and the folder is the local build's."""
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_a_worker_killed_mid_build_gives_the_same_folder(engine, request, tmp_path, labeller, admin1_path):
+    """SIGKILL a worker once it has written a block: the blocks it had not finished run again (Ray's task retry;
+    the local engine's fresh pool) and the folder is the one-process build's."""
     import os
     import signal
     import threading
     import time
 
-    import numpy as np
     import psutil
 
     from geohf.data.stages import BuildConfig, build_dataset
 
+    if engine == "ray":
+        request.getfixturevalue("ray_local")
     root = tmp_path / "raw"
     (root / "images").mkdir(parents=True)
     points = land_points(24, labeller, seed=9)
@@ -189,30 +193,40 @@ def test_a_ray_worker_killed_mid_build_gives_the_same_folder(ray_local, tmp_path
     pd.DataFrame({"file_name": [f"images/{i}.jpg" for i in range(len(points))], "latitude": points["latitude"],
                   "longitude": points["longitude"]}).to_csv(root / "metadata.csv", index=False)  # fmt: skip
 
-    def config(out, engine):
+    def config(out, engine, num_proc=1):
         return BuildConfig(layout="imagefolder", input=str(root), output=str(tmp_path / out), boundaries=admin1_path,
-                           cells=CELLS, max_side=256, rows_per_file=4, engine=engine)  # fmt: skip
+                           cells=CELLS, max_side=256, rows_per_file=4, engine=engine, num_proc=num_proc)  # fmt: skip
 
-    build_dataset(config("local", "local"))
+    build_dataset(config("one", "local"))
     killed: list[int] = []
     done = threading.Event()
 
-    def kill_one_block() -> None:
-        while not done.is_set() and not killed:
+    def victim() -> int | None:
+        if engine == "ray":  # a Ray worker while it runs a block
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if proc.info["cmdline"] and proc.info["cmdline"][0].startswith("ray::write_block"):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    break
+                    return proc.info["pid"]
+            return None
+        if not list(tmp_path.glob(".many.partial-*/data/*.parquet")):  # a pool that finished nothing is not retried
+            return None
+        workers = [p for p in psutil.Process().children() if "multiprocessing" in " ".join(p.cmdline())]
+        return workers[0].pid if workers else None
+
+    def kill_one() -> None:
+        while not done.is_set() and not killed:
+            pid = victim()
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one_block, daemon=True)
+    killer = threading.Thread(target=kill_one, daemon=True)
     killer.start()
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(build_dataset, config("ray", "ray")).result(timeout=BOUND_S)
+            pool.submit(build_dataset, config("many", engine, num_proc=2)).result(timeout=BOUND_S)
     finally:
         done.set()
         killer.join(5)
-    assert killed, "no running block was found to kill"
-    assert_same_folder(tmp_path / "local", tmp_path / "ray")
+    assert killed, "no running worker was found to kill"
+    assert_same_folder(tmp_path / "one", tmp_path / "many")
