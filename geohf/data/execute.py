@@ -202,12 +202,13 @@ def _ray_results(
             for ref in done:
                 i = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
-                except ray.exceptions.RayError as err:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as err:  # an error in the block, or its worker died RAY_RETRIES times
                     raise UserError(
-                        f"writing images on Ray: block {blocks[i].file_name} failed after {RAY_RETRIES} retries "
-                        f"({one_line(err)[:300]}); fix the cause above and run again"
+                        f"writing images on Ray: block {blocks[i].file_name} failed ({one_line(err)[:300]}); fix the "
+                        "cause and run again"
                     ) from None
+                yield result
                 for j in _take(queue, 1):
                     pending[task.remote(index=j, block=blocks[j], **kwargs)] = j
     finally:
