@@ -1,13 +1,16 @@
 """Memory curve of a big ``geohf dataset build``: resident memory against images processed.
 
-    python benchmarks/build_memory.py --images 1000000 [--num-proc 1] [--cells quadtree]
+    python benchmarks/build_memory.py --images 1000000 [--num-proc 1] [--engine local|ray]
+                                      [--cells quadtree]
 
 Generates an ``imagefolder`` layout of N tiny images (32×32 JPEG noise, ~1.5 KB, which pass
 every filter) with a ``metadata.csv`` of land coordinates (10k random land points, jittered by
 ~1 km so no two coincide), then runs the build in a child process that samples its own
-resident memory plus that of its workers (psutil, every 0.25 s) together with the stage it is
-in and how many images it has checked and written. Writes ``memory.json`` (the samples, RSS at
-10%…100% of the images written, the peak per stage) and ``memory.png`` (the curve).
+resident memory (the driver's) and that of its largest worker (a ``--num-proc`` process or a Ray
+task's worker; psutil, every 0.25 s) together with the stage it is in and how many images it has
+checked and written (``--engine ray``: Ray is started before the clock, with ``--num-proc`` CPUs).
+Writes ``memory.json`` (the samples, RSS at 10%…100% of the images written, the peak per stage)
+and ``memory.png`` (the curve).
 """
 
 from __future__ import annotations
@@ -28,22 +31,27 @@ CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
 import psutil
-import geohf.data.stages as pipeline, geohf.data.build as build, geohf.data.filters as filters
-from geohf.data import folder
+import geohf.data.stages as pipeline, geohf.data.build as build, geohf.data.execute as execute
 from geohf.data.stages import BuildConfig, build_dataset
 
 cfg_dict, samples_path = json.loads(sys.argv[1]), sys.argv[2]
+if cfg_dict.get("engine") == "ray":  # started before the clock, as a cluster would be
+    import ray
+    ray.init(num_cpus=max(cfg_dict.get("num_proc", 1), 1), include_dashboard=False, log_to_driver=False)
 state = {"stage": "start", "checked": 0, "written": 0}
 me = psutil.Process()
 
-def rss() -> int:
-    total = me.memory_info().rss
+def rss() -> tuple[int, int]:
+    # (the driver's own RSS, the largest worker's: a --num-proc process or a Ray task's worker)
+    worker = 0
     for child in me.children(recursive=True):
         try:
-            total += child.memory_info().rss
+            name = " ".join(child.cmdline()[:1])
+            if name.startswith("ray::") or "multiprocessing" in " ".join(child.cmdline()):
+                worker = max(worker, child.memory_info().rss)
         except psutil.Error:
             pass
-    return total
+    return me.memory_info().rss, worker
 
 def staged(name, fn):
     def wrapper(*a, **k):
@@ -51,27 +59,25 @@ def staged(name, fn):
         return fn(*a, **k)
     return wrapper
 
-for mod, name in ((pipeline, "read_layout"), (pipeline, "validate_coordinates"), (pipeline, "filter_images"),
+for mod, name in ((pipeline, "read_layout"), (pipeline, "validate_coordinates"),
                   (pipeline, "drop_duplicate_locations"), (pipeline, "assign_splits"),
-                  (build, "fit_partitions"), (build, "write_dataset_folder")):
+                  (build, "fit_partitions"), (build, "run_blocks")):
     setattr(mod, name, staged(name, getattr(mod, name)))
-quality = filters._quality_task
-def counted_quality(*args):
-    state["checked"] += 1
-    return quality(*args)
-filters._quality_task = counted_quality
-write = folder.ShardWriter.write
-def counted_write(self, row):
-    state["written"] += 1
-    return write(self, row)
-folder.ShardWriter.write = counted_write
+results = execute._engine_results
+def counted_results(*args):
+    for result in results(*args):
+        state["written"] += result.rows
+        state["checked"] += result.rows + len(result.skips)
+        yield result
+execute._engine_results = counted_results
 
 samples, start, done = [], time.perf_counter(), threading.Event()
 def sample():  # every 0.25 s; the samples so far are saved every 10 s, so a run cut short still tells
     last = time.perf_counter()
     while not done.is_set():
         now = round(time.perf_counter() - start, 2)
-        samples.append([now, rss(), state["stage"], state["checked"], state["written"]])
+        driver, worker = rss()
+        samples.append([now, driver, state["stage"], state["checked"], state["written"], worker])
         if time.perf_counter() - last > 10:
             Path(samples_path + ".partial").write_text(json.dumps({"samples": samples}))
             last = time.perf_counter()
@@ -80,7 +86,8 @@ thread = threading.Thread(target=sample, daemon=True)
 thread.start()
 report = build_dataset(BuildConfig(**cfg_dict))
 done.set(); thread.join()
-samples.append([round(time.perf_counter() - start, 2), rss(), "done", state["checked"], state["written"]])
+driver, worker = rss()
+samples.append([round(time.perf_counter() - start, 2), driver, "done", state["checked"], state["written"], worker])
 Path(samples_path).write_text(json.dumps({"samples": samples, "splits": report.splits,
                                           "processing": report.processing, "partitions": report.partitions,
                                           "seconds": time.perf_counter() - start}))
@@ -145,6 +152,7 @@ def summarize(samples: list, n_images: int) -> dict:
         "images": n_images,
         "written": total,
         "peak_rss_mb": mb(rss.max()),
+        "peak_worker_rss_mb": mb(max(s[5] for s in samples)),
         "curve_written": curve,
         "peak_by_stage_mb": stages,
     }
@@ -163,7 +171,7 @@ def plot(samples: list, path: Path, title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
     a.plot(t, rss, lw=1)
     a.set_xlabel("seconds")
-    a.set_ylabel("RSS, build + workers (MB)")
+    a.set_ylabel("RSS of the driver (MB)")
     for stage in dict.fromkeys(s[2] for s in samples):
         first = next(s[0] for s in samples if s[2] == stage)
         a.axvline(first, color="grey", lw=0.5)
@@ -184,7 +192,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(ROOT / "runs" / "bench" / "build-memory"))
     parser.add_argument("--num-proc", dest="num_proc", type=int, default=1)
     parser.add_argument("--cells", nargs="+", default=["quadtree"])
-    parser.add_argument("--shard", default=None, help="K/N: build one shard only")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"])
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,10 +205,9 @@ def main(argv=None) -> dict:
         "overwrite": True,
         "num_proc": args.num_proc,
         "cells": args.cells,
+        "engine": args.engine,
     }
-    if args.shard:
-        cfg["shard"] = args.shard
-    tag = f"{args.images}-np{args.num_proc}" + (f"-shard{args.shard.replace('/', 'of')}" if args.shard else "")
+    tag = f"{args.images}-{args.engine}-np{args.num_proc}"
     samples_path = out / f"samples-{tag}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(samples_path)], env=env)

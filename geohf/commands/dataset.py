@@ -10,13 +10,13 @@ from ..data.import_config import ImportConfig
 from ..data.names import LAYOUT_NAMES, SOURCES, SPLIT_BY
 from ..errors import UserError, one_line
 from .command import set_command
-from .flags import add_boundaries, add_output, add_revision, check_boundaries, check_new_output
+from .flags import add_boundaries, add_engine, add_output, add_revision, check_boundaries, check_new_output
 
 
 @dataclass
 class BuildArguments:
-    layout: str
     output: str
+    layout: str | None = None
     input: str | None = None
     boundaries: str | None = None
     cells: list[str] = field(default_factory=lambda: ["semantic", "quadtree"])
@@ -33,6 +33,10 @@ class BuildArguments:
     max_side: int | None = None
     keep_exif: bool = False
     num_proc: int = 1
+    engine: str = "local"
+    address: str | None = None
+    plan_only: bool = False
+    plan: str | None = None
     shard: str | None = None
     seed: int = 0
     repo_id: str | None = None
@@ -68,6 +72,22 @@ def _print_skipped(processing: dict) -> None:
 
 
 def build_command(args: BuildArguments) -> int:
+    if args.shard:
+        from ..data.shards import Shard
+
+        Shard.parse(args.shard)
+    if args.plan:
+        return _build_part(args)
+    if args.shard:
+        raise UserError(
+            f"--shard {args.shard}: runs part K of a saved plan; make the plan once with --plan-only, then build each "
+            f"part with --plan PLAN --shard {args.shard}"
+        )
+    if not args.layout:
+        raise UserError("geohf dataset build: --layout is required (or --plan PLAN --shard K/N: a part of a plan)")
+    if args.layout == "bluemarble" and (args.engine != "local" or args.plan_only):
+        flag = "--plan-only" if args.plan_only else f"--engine {args.engine}"
+        raise UserError(f"{flag}: the bluemarble layout is built in one process (it is small); drop {flag}")
     if args.layout != "bluemarble":
         if not args.input:
             raise UserError(f"geohf dataset build: --layout {args.layout} needs --input FOLDER (the raw images)")
@@ -77,15 +97,6 @@ def build_command(args: BuildArguments) -> int:
     check_new_output(args.output, args.overwrite)
     if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
         raise UserError(f"--fractions {' '.join(map(str, args.fractions))}: need three shares >= 0 summing to 1")
-    if args.shard:
-        from ..data.shards import Shard
-
-        Shard.parse(args.shard)
-        if args.layout == "bluemarble":
-            raise UserError("--shard: the bluemarble layout is built on one machine (it is small); drop --shard")
-        if args.balance or args.buffer_km:
-            flag = "--balance" if args.balance else "--buffer-km"
-            raise UserError(f"--shard {args.shard}: {flag} needs every image's check result at once; drop --shard")
     from ..data.balance import BalanceSpec
     from ..data.build import CellSpec
     from ..data.filters import ImageFilter
@@ -120,7 +131,9 @@ def build_command(args: BuildArguments) -> int:
         keep_exif=args.keep_exif,
         seed=args.seed,
         num_proc=args.num_proc,
-        shard=args.shard,
+        engine=args.engine,
+        address=args.address,
+        plan_only=args.plan_only,
         overwrite=args.overwrite,
         repo_id=args.repo_id,
         tiles={"train": args.train, "validation": args.validation, "test": args.test},
@@ -131,7 +144,28 @@ def build_command(args: BuildArguments) -> int:
         view_offset_px=args.view_offset_px,
     )
     report = build_dataset(cfg)
+    if args.plan_only:
+        print(f"wrote the plan {args.output}: {report.processing.get('kept', 0)} images to write, cells "
+              f"{report.partitions}; build its parts with --plan {args.output} --shard K/N")  # fmt: skip
+        return 0
     print(f"wrote {args.output}: {report.splits}, cells {report.partitions}, {report.images_per_second:.0f} images/s")
+    _print_skipped(report.processing)
+    return 0
+
+
+def _build_part(args: BuildArguments) -> int:
+    """``--plan PLAN --shard K/N``: part K of a saved plan (the plan's settings; the other flags are not used)."""
+    if not args.shard:
+        raise UserError(f"--plan {args.plan}: give the part to build with --shard K/N (e.g. --shard 1/4)")
+    if not Path(args.plan).is_dir():
+        raise UserError(f"--plan {args.plan}: no such folder; make it with geohf dataset build ... --plan-only")
+    check_new_output(args.output, args.overwrite)
+    from ..data.stages import BuildConfig, build_dataset
+
+    cfg = BuildConfig(layout="plan", output=args.output, plan=args.plan, shard=args.shard, num_proc=args.num_proc,
+                      engine=args.engine, address=args.address, overwrite=args.overwrite)  # fmt: skip
+    report = build_dataset(cfg)
+    print(f"wrote part {args.shard} of {args.plan} to {args.output}: {report.splits}")
     _print_skipped(report.processing)
     return 0
 
@@ -178,7 +212,7 @@ def push_command(args: PushArguments) -> int:
 
 def _add_build(ds_sub) -> None:
     build = ds_sub.add_parser("build", help="build a labelled Hub-ready dataset folder from raw images")
-    build.add_argument("--layout", required=True, choices=LAYOUT_NAMES)
+    build.add_argument("--layout", choices=LAYOUT_NAMES, help="the raw layout (required, except with --plan)")
     build.add_argument("--input", help="raw folder (not for bluemarble)")
     add_output(build, required=True, help="dataset folder to write")
     add_boundaries(build)
@@ -237,11 +271,24 @@ def _add_build(ds_sub) -> None:
     build.add_argument(
         "--num-proc", dest="num_proc", type=int, default=1, help="processes checking (decoding) the images"
     )
+    add_engine(build)
+    build.add_argument(
+        "--plan-only",
+        dest="plan_only",
+        action="store_true",
+        help="write the build's plan (labels, duplicates, split, cells: no image read) to --output, for --plan",
+    )
+    build.add_argument(
+        "--plan",
+        default=None,
+        help="a plan written by --plan-only: build part --shard K/N of it (its settings; layout flags unused)",
+    )
     build.add_argument(
         "--shard",
         default=None,
         metavar="K/N",
-        help="build shard K of N (1-based) only, e.g. on machine K of N; join the N folders with geohf dataset merge",
+        help="with --plan: build part K of N (1-based) only, e.g. on machine K of N; join the N folders with "
+        "geohf dataset merge",
     )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
@@ -277,7 +324,7 @@ def _add_build(ds_sub) -> None:
 
 def _add_merge(ds_sub) -> None:
     merge = ds_sub.add_parser(
-        "merge", help="join the folders of every shard of a sharded build (--shard K/N) into one dataset folder"
+        "merge", help="join the folders of every part of a saved plan (--plan PLAN --shard K/N) into one dataset folder"
     )
     merge.add_argument("output", help="dataset folder to write")
     merge.add_argument("shards", nargs="+", help="the shard folders, one per K")
@@ -316,6 +363,7 @@ def _add_import(ds_sub) -> None:
     add_revision(imp)
     imp.add_argument("--repo-id", dest="repo_id", default=None, help="repo id shown in the card's examples")
     imp.add_argument("--overwrite", action="store_true")
+    add_engine(imp)
     set_command(imp, ImportConfig, import_command)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,14 @@ from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.labelling import LABEL_COLUMNS
 from ..hub.cards import render_dataset_card
-from ..plots import plot_locations
-from .folder import SplitInfo, write_dataset_folder
+from .execute import CardCounts, finish_folder, run_blocks
+from .folder import DATA_DIR, SplitInfo, atomic_directory
+from .plan import CELLS_DIR, BuildPlan, ImageRead
 from .skips import SkipLog
 
-CELLS_DIR = "cells"
 BUILD_REPORT = "build_report.json"
 SKIPPED_CSV = "skipped.csv"
-SHARD_FILE = "shard.json"
+WORK_DIR = ".plan"
 
 COLUMN_MEANINGS = {
     "image": "the image (PNG/JPEG bytes embedded in the Parquet shard)",
@@ -144,21 +145,75 @@ def fit_partitions(
     return out
 
 
-def _rows(
-    frame: pd.DataFrame, split: str, load_image: Callable[[pd.Series], dict], columns: list[str]
-) -> Iterator[dict]:
-    """The rows of one split, encoded for writing; the split's sub-table is taken only when its turn
-    comes (taking all three up front held a second copy of the whole table for the whole write)."""
-    frame = frame[frame["split"] == split]
-    for _, row in tqdm(frame.iterrows(), total=len(frame), desc=f"writing {split}", unit="img", leave=False):
-        out = {c: row[c] for c in columns}
-        out["image"] = load_image(row)
-        yield out
+def plan_labelled_dataset(
+    frame: pd.DataFrame,
+    read: ImageRead,
+    cell_specs: list[CellSpec],
+    card: dict[str, Any],
+    processing: dict[str, int] | None = None,
+    labelling: dict[str, Any] | None = None,
+    skips: SkipLog | None = None,
+    boundaries=None,
+    extra_features: dict[str, Any] | None = None,
+    allow_no_train: bool = False,
+    rows_per_shard: int = 5000,
+) -> BuildPlan:
+    """Fit the cells on ``frame``, assign them and cut the rows into blocks: the plan of a dataset folder.
+
+    Args:
+        frame: one row per image with ``split``, ``latitude``, ``longitude``, the label
+            columns, any optional columns (``location_id``...) and where its image is (``_path``, or
+            ``_ref_path, _ref_offset, _ref_size, _ref_method``: see :class:`~geohf.data.plan.ImageRead`).
+        card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
+        skips: inputs left out so far; written to ``skipped.csv`` with the images the check leaves out.
+        boundaries: boundary table for the partitions that need one (semantic, fishnet).
+        extra_features: features of a source's own columns to keep (``{"IMG_ID": Value("string")}``).
+        allow_no_train: fit the partitions on all rows when there is no training split.
+
+    Rows without coordinates (country-only labels) get cell -1 in every partition.
+    """
+    partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
+    frame = frame.copy()
+    located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
+    for name, part in partitions.items():
+        cells = np.full(len(frame), -1, dtype=np.int64)
+        if located.any():
+            cells[located] = part.assign(frame["latitude"].to_numpy()[located], frame["longitude"].to_numpy()[located])
+        frame[f"cell_{name}"] = cells
+    features = features_for(frame, partitions, extra_features)
+    return BuildPlan.make(
+        frame, features, partitions, read, card, dict(processing or {}), dict(labelling or {}), skips or SkipLog(),
+        rows_per_shard,
+    )  # fmt: skip
+
+
+def write_plan(
+    plan: BuildPlan,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    engine: str = "local",
+    num_proc: int = 1,
+    address: str | None = None,
+    loader: Callable[[dict], dict] | None = None,
+    start: float | None = None,
+) -> BuildReport:
+    """Execute ``plan`` on ``engine`` into the dataset folder ``output_dir``, written under a temporary name and
+    renamed when complete (see :func:`~geohf.data.execute.run_blocks`; ``loader``: images made in this process)."""
+    start = time.perf_counter() if start is None else start
+    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
+        work = tmp / WORK_DIR
+        plan.save(work)
+        plan.rows = plan.rows.iloc[:0]  # the engines read the rows block by block from the saved plan
+        results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader)
+        shutil.rmtree(work)
+        report = finish_folder(tmp, plan, results, output_dir, time.perf_counter() - start)
+    report.pop("images_per_second")
+    return BuildReport(**report)
 
 
 def write_labelled_dataset(
     frame: pd.DataFrame,
-    load_image: Callable[[pd.Series], dict],
+    read: ImageRead | Callable[[dict], dict],
     output_dir: str | Path,
     cell_specs: list[CellSpec],
     card: dict[str, Any],
@@ -170,95 +225,26 @@ def write_labelled_dataset(
     boundaries=None,
     extra_features: dict[str, Any] | None = None,
     allow_no_train: bool = False,
-    partitions: dict[str, CellPartition] | None = None,
-    shard: dict[str, Any] | None = None,
+    engine: str = "local",
+    num_proc: int = 1,
+    address: str | None = None,
 ) -> BuildReport:
-    """Fit cells, assign them, and write the dataset folder with card, map and partitions.
+    """:func:`plan_labelled_dataset`, then :func:`write_plan`: the dataset folder with card, map and partitions.
 
-    Args:
-        frame: one row per image with ``split``, ``latitude``, ``longitude``, the label
-            columns and any optional columns (``location_id``...).
-        load_image: row → ``{"bytes": ..., "path": ...}``.
-        card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
-        skips: inputs left out earlier; written to ``skipped.csv`` (only when there are any).
-        boundaries: boundary table for the partitions that need one (semantic, fishnet).
-        extra_features: features of a source's own columns to keep (``{"IMG_ID": Value("string")}``).
-        allow_no_train: fit the partitions on all rows when there is no training split.
-        partitions: already fitted partitions (a sharded build fits them on every shard's rows);
-            ``cell_specs`` is then unused.
-        shard: one shard of a sharded build (``{"index", "count", "tag", "build_id", ...}``): its
-            Parquet files carry ``tag`` in their names and ``shard.json`` records it with the card
-            fields, for ``geohf dataset merge``.
-
-    Rows without coordinates (country-only labels) get cell -1 in every partition.
+    ``read``: how the rows' images are read (:class:`~geohf.data.plan.ImageRead`), or row →
+    ``{"bytes": ..., "path": ...}`` for images made in this process (local engine only).
     """
     start = time.perf_counter()
-    if partitions is None:
-        partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
-    frame = frame.copy()
-    located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
-    for name, part in partitions.items():
-        cells = np.full(len(frame), -1, dtype=np.int64)
-        if located.any():
-            cells[located] = part.assign(frame["latitude"].to_numpy()[located], frame["longitude"].to_numpy()[located])
-        frame[f"cell_{name}"] = cells
-    features = features_for(frame, partitions, extra_features)
-    columns = [c for c in features if c != "image"]
-    split_names = [s for s in ("train", "validation", "test") if (frame["split"] == s).any()]
-    splits = {s: _rows(frame, s, load_image, columns) for s in split_names}
-    processing = dict(processing or {})
-    has_skips = skips is not None and bool(skips.entries or skips.fixes)
-
-    def side_files(root: Path) -> None:
-        if has_skips:
-            skips.write_csv(root / SKIPPED_CSV)
-        (root / CELLS_DIR).mkdir()
-        for name, part in partitions.items():
-            part.save(root / CELLS_DIR / f"{name}.parquet")
-        shown = frame[located]
-        plot_locations(
-            shown["latitude"], shown["longitude"], shown["split"], root / "map.png", title="samples by split"
-        )
-
-    def make_card(root: Path, infos: dict[str, SplitInfo]) -> str:
-        report = BuildReport(
-            output_dir=str(output_dir),
-            splits={s: i.num_examples for s, i in infos.items()},
-            processing=processing,
-            labelling=labelling or {},
-            partitions={n: len(p) for n, p in partitions.items()},
-            seconds=time.perf_counter() - start,
-        )
-        (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
-        card_fields = {**card, "skipped_file": SKIPPED_CSV if has_skips else ""}
-        if shard is not None and shard["count"] > 1:
-            card_fields["shard"] = f"{shard['index']}/{shard['count']}"
-            card_fields["split_note"] = (
-                card_fields.get("split_note", "") + f" This folder is shard {shard['index']}/{shard['count']} of a "
-                "sharded build and its counts are this shard's: `geohf dataset merge` joins the shards' folders into "
-                "one, or copy every shard's `data/*.parquet` into one folder, where this card's `configs` glob loads "
-                "them all (the card gives no per-split sizes to check against, so that works)."
-            ).strip()
-        if shard is not None:
-            meta = {
-                **shard,
-                "card": card,
-                "processing": processing,
-                "labelling": labelling or {},
-                "splits": {s: {"num_examples": i.num_examples, "num_bytes": i.num_bytes} for s, i in infos.items()},
-            }
-            (root / SHARD_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        return dataset_card_text(frame, features, infos, partitions, processing, card_fields, labelling or {})
-
-    tag = shard["tag"] if shard else ""
-    write_dataset_folder(output_dir, splits, features, make_card, side_files, rows_per_shard, overwrite, tag)
-    report = json.loads((Path(output_dir) / BUILD_REPORT).read_text())
-    report.pop("images_per_second")
-    return BuildReport(**report)
+    loader = None if isinstance(read, ImageRead) else read
+    plan = plan_labelled_dataset(
+        frame, read if loader is None else ImageRead("made"), cell_specs, card, processing, labelling, skips,
+        boundaries, extra_features, allow_no_train, rows_per_shard,
+    )  # fmt: skip
+    return write_plan(plan, output_dir, overwrite, engine, num_proc, address, loader, start)
 
 
 def dataset_card_text(
-    frame: pd.DataFrame,
+    counts: CardCounts,
     features: Features,
     infos: dict[str, SplitInfo],
     partitions: dict[str, CellPartition],
@@ -269,7 +255,7 @@ def dataset_card_text(
     """README.md of a dataset folder."""
     from .folder import yaml_metadata
 
-    n = len(frame)
+    n = counts.rows
     bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
     size = next((name for limit, name in bounds if n < limit), "1M<n<10M")
     card_data = {
@@ -282,10 +268,6 @@ def dataset_card_text(
     }
     if card.get("shard"):  # one shard of several: sizes a folder joining every shard's files would not match
         card_data["dataset_info"].pop("splits")
-    counts = frame.groupby(["country_code", "country"]).size().rename("total")
-    train = frame[frame["split"] == "train"].groupby(["country_code", "country"]).size().rename("train")
-    top = pd.concat([counts, train], axis=1).fillna(0).astype(int).sort_values("total", ascending=False)
-    top_rows = [{"country_code": cc, "country": c, **row} for (cc, c), row in top.head(20).iterrows()]
     return render_dataset_card(
         card_data,
         pretty_name=card["pretty_name"],
@@ -298,9 +280,9 @@ def dataset_card_text(
         repo_id=card.get("repo_id", "<org>/<name>"),
         split_counts={s: i.num_examples for s, i in infos.items()},
         split_note=card.get("split_note", ""),
-        top_countries=top_rows,
-        n_countries=int(frame["country_code"].nunique()),
-        n_regions=int(frame["region_code"].nunique()),
+        top_countries=counts.top(20),
+        n_countries=counts.n_countries,
+        n_regions=counts.n_regions,
         columns=[
             {"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c, card.get("column_meanings"))}
             for c, f in features.items()

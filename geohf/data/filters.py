@@ -223,7 +223,7 @@ def _max_channel_variance(pixels: np.ndarray) -> float:
 
 
 def image_quality(
-    data: bytes | str | Path, stats_side: int = 256, draft: int | None = None
+    data: bytes | str | Path, stats_side: int = 256, draft: int | None = None, name: str | None = None
 ) -> tuple[float, float, int, int]:
     """``(max channel variance, Laplacian variance, width, height)`` of the upright image, decoded by
     :func:`geohf.images.decode_image` as prediction decodes it; raises on undecodable data.
@@ -233,9 +233,9 @@ def image_quality(
     (much faster on camera-size photos). Off by default: it does change the statistics — on
     2560×1440 JPEGs a 1/2-scale decode (``draft=2``) raised the Laplacian variance by 7–17%,
     enough to let images just under the blur threshold pass. ``width, height`` are those of the
-    full image either way.
+    full image either way. ``name``: what errors call ``data`` given as bytes.
     """
-    name = "<bytes>" if isinstance(data, bytes) else data
+    name = name or ("<bytes>" if isinstance(data, bytes) else data)
     hint = (draft * stats_side, draft * stats_side) if draft else None
     decoded = decode_image(name, data if isinstance(data, bytes) else None, draft=hint)
     im = decoded.image
@@ -251,13 +251,39 @@ def image_quality(
 _CHUNK = 16  # images per task of the parallel check
 
 
-def _quality_task(path: str, side: int) -> tuple[float, float, int, int, str]:
+def _quality_task(path: str, side: int, data: bytes | None = None) -> tuple[float, float, int, int, str]:
+    """``(channel variance, Laplacian variance, width, height, error)`` of the file ``path`` (or its ``data``)."""
     try:
-        return (*image_quality(path, side), "")
+        return (*image_quality(path if data is None else data, side, name=path), "")
     except ImageLoadError as err:
         return math.nan, math.nan, 0, 0, err.reason
     except Exception as err:  # noqa: BLE001 - any decoder failure means "undecodable"
         return math.nan, math.nan, 0, 0, f"{type(err).__name__}: {err}"
+
+
+def skip_reason(
+    quality: tuple[float, float, int, int, str], cfg: ImageFilter, apply: bool = True
+) -> tuple[str, str] | None:
+    """Why an image whose check gave ``quality`` is left out: ``(kind, reason)`` (kind: ``undecodable``,
+    ``dark`` or ``blurry``), or None when it is kept; dark / blurry images only when ``apply``."""
+    channel, laplacian, _, _, error = quality
+    if error:
+        return "undecodable", f"undecodable image: {error}; re-download or delete it"
+    if apply and channel < cfg.min_channel_variance:
+        return "dark", f"dark or blank: max channel variance {channel:.1f} < {cfg.min_channel_variance:g}"
+    if apply and laplacian < cfg.min_laplacian_variance:
+        return "blurry", f"blurry: Laplacian variance {laplacian:.1f} < {cfg.min_laplacian_variance:g}"
+    return None
+
+
+def check_image(path: str, cfg: ImageFilter, apply: bool = True) -> tuple[bytes | None, str | None]:
+    """Read the file ``path`` once and check it: ``(its bytes, None)`` when kept, ``(None, reason)`` when not."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = None  # the decoder names what is wrong (no such file, a folder...)
+    verdict = skip_reason(_quality_task(path, cfg.stats_side, data), cfg, apply)
+    return (None, verdict[1]) if verdict else (data, None)
 
 
 def _quality_chunk(paths: list[str], side: int) -> list[tuple[float, float, int, int, str]]:
@@ -303,16 +329,11 @@ def filter_images(
     stats = pd.DataFrame(dict(zip(names, columns)))
     keep = np.ones(n, bool)
     items = frame["source_file"].to_numpy()
-    for i, err in sorted(errors.items()):
-        log.skip("images", items[i], f"undecodable image: {err}; re-download or delete it")
-        keep[i] = False
-    if apply:
-        dark = keep & (stats["channel_variance"].to_numpy() < cfg.min_channel_variance)
-        for item, v in zip(frame["source_file"][dark], stats["channel_variance"][dark]):
-            log.skip("images", item, f"dark or blank: max channel variance {v:.1f} < {cfg.min_channel_variance:g}")
-        blur = keep & ~dark & (stats["laplacian_variance"].to_numpy() < cfg.min_laplacian_variance)
-        for item, v in zip(frame["source_file"][blur], stats["laplacian_variance"][blur]):
-            log.skip("images", item, f"blurry: Laplacian variance {v:.1f} < {cfg.min_laplacian_variance:g}")
-        keep &= ~dark & ~blur
+    verdicts = [skip_reason((*row, errors.get(i, "")), cfg, apply) for i, row in enumerate(zip(*columns))]
+    for kind in ("undecodable", "dark", "blurry"):  # the skip log lists them by kind, as it always has
+        for i, verdict in enumerate(verdicts):
+            if verdict is not None and verdict[0] == kind:
+                log.skip("images", items[i], verdict[1])
+                keep[i] = False
     out = pd.concat([frame.reset_index(drop=True), stats], axis=1)
     return out[keep].reset_index(drop=True)

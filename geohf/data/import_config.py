@@ -27,3 +27,5 @@ class ImportConfig:
     revision: str | None = None
     overwrite: bool = False
     repo_id: str | None = None
+    engine: str = "local"
+    address: str | None = None

@@ -44,6 +44,7 @@ from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import validate_coordinates
 from .import_config import ImportConfig
 from .names import SOURCES
+from .plan import ImageRead
 from .skips import SkipLog
 
 STAGE = "match"
@@ -491,8 +492,12 @@ def import_source(cfg: ImportConfig) -> ImportResult:
         extra["file_country"] = Value("string")
         frame["file_country"] = _strings(frame["file_country"].map(lambda v: v if isinstance(v, str) and v else None))
         meanings["file_country"] = "the country the table gives (a name or code, as written)"
-    images = frame.pop("_image").tolist()
-    frame["_ref"] = images
+    refs = frame.pop("_image").tolist()
+    frame["_ref_path"] = [r.path for r in refs]
+    frame["_ref_offset"] = np.array([r.offset for r in refs], dtype=np.int64)
+    frame["_ref_size"] = np.array([r.size for r in refs], dtype=np.int64)
+    frame["_ref_method"] = np.array([r.method for r in refs], dtype=np.int64)
+    del refs
     without_image = sum(1 for e in log.entries if "row without an image" in e[2])
     without_row = sum(1 for e in log.entries if e[2].startswith("image without a row"))
     processing = {"rows in the source": found.rows_in_source, "images found": found.images_found}
@@ -524,7 +529,7 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     }
     report = write_labelled_dataset(
         frame,
-        lambda row: {"bytes": row["_ref"].read(), "path": row["source_file"]},
+        ImageRead("member"),
         cfg.output,
         [CellSpec.parse(c) for c in cfg.cells],
         card,
@@ -535,6 +540,8 @@ def import_source(cfg: ImportConfig) -> ImportResult:
         boundaries=labeller.boundaries,
         extra_features=extra,
         allow_no_train=True,
+        engine=cfg.engine,
+        address=cfg.address,
     )
     report.seconds = time.perf_counter() - start
     return ImportResult(report, found.rows_in_source, found.images_found, without_image, without_row, found.shards)

@@ -1,18 +1,19 @@
 """Raw layout → labelled, clean, split dataset folder: the ``geohf dataset build`` pipeline.
 
-read → validate coordinates and label → check images (decode, dark/blank, blur) →
-drop duplicate locations → rebalance countries → split (by location or spatial block) →
-fit geocells on the training split → write Parquet shards, card, map, partitions and
-``skipped.csv``. Each stage shows a progress bar and counts what it drops.
+The plan (:mod:`geohf.data.plan`, made once, on the metadata only): read → validate coordinates and
+label → drop duplicate locations → rebalance countries → split (by location or spatial block) → fit
+geocells on the training split. Then an engine executes it (:mod:`geohf.data.execute`): each image read
+once, checked (decode, dark/blank, blur), shrunk where asked and written to its Parquet file; then the
+card, map, partitions and ``skipped.csv``. Each stage shows a progress bar and counts what it drops.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from PIL import ExifTags, Image
 
 from ..errors import UserError
@@ -20,9 +21,11 @@ from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
 from ..images import decode_image, heif_available
 from .balance import BalanceSpec, balance
-from .build import BuildReport, CellSpec, write_labelled_dataset
-from .filters import ImageFilter, drop_duplicate_locations, filter_images, label_disagreements, validate_coordinates
+from .build import BuildReport, CellSpec, plan_labelled_dataset, write_plan
+from .filters import ImageFilter, drop_duplicate_locations, label_disagreements, validate_coordinates
+from .folder import DATA_DIR, atomic_directory
 from .layouts import read_layout
+from .plan import BuildPlan, ImageRead
 from .skips import SkipLog
 from .splits import assign_splits
 
@@ -65,7 +68,12 @@ class BuildConfig:
     keep_exif: bool = False
     seed: int = 0
     num_proc: int = 1
+    engine: str = "local"
+    address: str | None = None
+    plan_only: bool = False
+    plan: str | None = None
     shard: str | None = None
+    rows_per_file: int = 5000
     overwrite: bool = False
     repo_id: str | None = None
     card: dict = field(default_factory=dict)
@@ -104,21 +112,13 @@ def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: b
     return buf.getvalue()
 
 
-def file_loader(max_side: int | None, keep_exif: bool = False):
-    """Row → embedded image: the file's own bytes (optionally shrunk)."""
-
-    def load(row) -> dict:
-        data = Path(row["_path"]).read_bytes()
-        if max_side:
-            data = shrink_image(data, max_side, row["source_file"], keep_exif)
-        return {"bytes": data, "path": row["source_file"]}
-
-    return load
-
-
 def build_dataset(cfg: BuildConfig) -> BuildReport:
-    """Build a dataset folder from a raw layout (or the Blue Marble tiles)."""
-    specs = [CellSpec.parse(c) for c in cfg.cells]
+    """Build a dataset folder from a raw layout (or the Blue Marble tiles): :func:`plan_build`, then the plan
+    written on ``cfg.engine``; ``cfg.plan_only``: the plan saved in ``cfg.output`` instead; ``cfg.plan`` and
+    ``cfg.shard``: part K of N of a saved plan written to ``cfg.output`` (:func:`build_part`)."""
+    start = time.perf_counter()
+    if cfg.plan:
+        return build_part(cfg)
     if cfg.layout == "bluemarble":
         from .bluemarble import TileSpec, build_bluemarble
 
@@ -134,8 +134,21 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
             view_offset_px=offset,
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
+    plan = plan_build(cfg)
+    if cfg.plan_only:
+        with atomic_directory(cfg.output, overwrite=cfg.overwrite) as tmp:
+            plan.save(tmp)
+        return BuildReport(str(cfg.output), {b.split: 0 for b in plan.blocks}, plan.processing, plan.labelling,
+                           {n: len(p) for n, p in plan.partitions.items()}, time.perf_counter() - start)  # fmt: skip
+    return write_plan(plan, cfg.output, cfg.overwrite, cfg.engine, cfg.num_proc, cfg.address, start=start)
+
+
+def plan_build(cfg: BuildConfig) -> BuildPlan:
+    """The plan of a build (every engine's): read the layout's metadata (not the pixels), check the coordinates
+    and label them, drop duplicate locations, rebalance, split, fit the geocells on the training rows."""
     if cfg.input is None:
         raise UserError(f"--input is required for layout {cfg.layout!r}")
+    specs = [CellSpec.parse(c) for c in cfg.cells]
     root = Path(cfg.input).resolve()
     log = SkipLog()
     labeller = PointLabeller(cfg.boundaries)
@@ -143,19 +156,12 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     found = len(raw) + len(log)
     frame = validate_coordinates(raw, labeller, log, cfg.fix_swapped)
     del raw
-    partitions, shard_meta = None, None
-    if cfg.shard:
-        frame, log, found, partitions, shard_meta, (n_disagree, examples) = _shard_rows(
-            cfg, frame, log, root, specs, labeller.boundaries
-        )
-    else:
-        n_disagree, examples = label_disagreements(frame)
-        frame = filter_images(frame, cfg.image_filter, log, cfg.num_proc, apply=cfg.filter)
-        if cfg.dedupe:
-            frame = drop_duplicate_locations(frame, log)
-        if cfg.balance:
-            frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
-        frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
+    n_disagree, examples = label_disagreements(frame)
+    if cfg.dedupe:
+        frame = drop_duplicate_locations(frame, log)
+    if cfg.balance:
+        frame = balance(frame, BalanceSpec.parse(cfg.balance), cfg.seed, log)
+    frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
     frame["_path"] = frame["source_file"]
@@ -167,10 +173,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     processing.update({f"skipped, {k}": v for k, v in log.counts().items()})
     processing.update({f"fixed, {k}": v for k, v in log.fix_counts().items()})
     processing["kept"] = len(frame)
-    labelling = {
-        "inside_polygon": int((frame["label_match"] == "inside").sum()),
-        "nearest_polygon": int((frame["label_match"] == "nearest").sum()),
-    }
+    labelling: dict = {"inside_polygon": 0, "nearest_polygon": 0}  # counted on the rows written
     if "file_country_code" in frame:
         labelling.update(
             {
@@ -186,70 +189,37 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
         "command": build_command(cfg),
         "images_note": images_note(cfg.max_side, cfg.keep_exif),
         "split_note": f"Split by {cfg.split_by}"
-        + (" hash" if cfg.shard else "")
         + f" (seed {cfg.seed}, fractions {list(cfg.fractions)})"
         + (f", validation/test images within {cfg.buffer_km:g} km of training dropped" if cfg.buffer_km else "")
         + ".",
         **cfg.card,
     }
-    return write_labelled_dataset(
-        frame,
-        file_loader(cfg.max_side, cfg.keep_exif),
-        cfg.output,
-        specs,
-        card,
-        processing,
-        labelling,
-        cfg.overwrite,
-        skips=log,
-        boundaries=labeller.boundaries,
-        partitions=partitions,
-        shard=shard_meta,
-    )
+    read = ImageRead("file", check=cfg.image_filter, apply_filter=cfg.filter, max_side=cfg.max_side,
+                     keep_exif=cfg.keep_exif)  # fmt: skip
+    return plan_labelled_dataset(frame, read, specs, card, processing, labelling, skips=log,
+                                 boundaries=labeller.boundaries, rows_per_shard=cfg.rows_per_file)  # fmt: skip
 
 
-def _shard_rows(cfg: BuildConfig, frame, log: SkipLog, root: Path, specs: list[CellSpec], boundaries):
-    """The rows, skips and counts of one shard of a sharded build (see :mod:`geohf.data.shards`).
+def build_part(cfg: BuildConfig) -> BuildReport:
+    """Part K of N (``cfg.shard``) of the plan saved in ``cfg.plan``: the files ``i`` of each split with
+    ``i % N == K - 1`` (so part 1 holds a file of every split), written to the folder ``cfg.output`` under their
+    final names, for :func:`~geohf.data.shards.merge_shards`."""
+    from .execute import finish_folder, run_blocks, save_part
+    from .shards import Shard
 
-    Every shard runs the steps that need all rows on the whole table (duplicates, the hash split,
-    fitting the geocells on every training row: before the image check, whose outcome on the
-    other machines a shard cannot know), then checks the images of its own rows only. Each skip
-    is counted in the shard its item's relative path hashes to, so the shards' counts add up.
-    """
-    from .build import fit_partitions
-    from .shards import Shard, build_id
-
+    start = time.perf_counter()
+    if not cfg.shard:
+        raise UserError(f"--plan {cfg.plan}: give the part to build with --shard K/N")
     shard = Shard.parse(cfg.shard)
-    if cfg.balance or cfg.buffer_km:
-        flag = "--balance" if cfg.balance else "--buffer-km"
-        raise UserError(f"--shard {cfg.shard}: {flag} needs every image's check result at once; build without --shard")
-    rel = pd.Series([_relative(p, root) for p in frame["source_file"]], index=frame.index)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output", "shard", "num_proc", "overwrite")}
-    settings.update(boundaries=boundaries_name(cfg.boundaries), count=shard.count)
-    meta = {
-        "index": shard.index,
-        "count": shard.count,
-        "tag": shard.tag,
-        "build_id": build_id(settings, rel, frame["latitude"].to_numpy(), frame["longitude"].to_numpy()),
-    }
-    mine = shard.holds(rel)
-    n_read = int(mine.sum())  # rows with usable coordinates, before duplicates are dropped
-    disagreements = label_disagreements(frame[mine])
-    if cfg.dedupe:
-        frame = drop_duplicate_locations(frame, log)
-    keyed = frame.assign(source_file=[_relative(p, root) for p in frame["source_file"]])
-    frame["split"] = assign_splits(keyed, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, hashed=True)[
-        "split"
-    ].to_numpy()
-    partitions = fit_partitions(frame, specs, boundaries)
-    mine = shard.holds(keyed["source_file"])
-    own = SkipLog()
-    own.entries = [e for e, m in zip(log.entries, shard.holds([_relative(e[1], root) for e in log.entries])) if m]
-    own.fixes = [e for e, m in zip(log.fixes, shard.holds([_relative(e[1], root) for e in log.fixes])) if m]
-    found = n_read + sum(1 for e in own.entries if e[0] != "duplicates")
-    frame = frame[mine].reset_index(drop=True)
-    frame = filter_images(frame, cfg.image_filter, own, cfg.num_proc, apply=cfg.filter)
-    return frame, own, found, partitions, meta, disagreements
+    plan = BuildPlan.load(cfg.plan, rows=False)
+    mine = [b for b, block in enumerate(plan.blocks) if block.index % shard.count == shard.index - 1]
+    with atomic_directory(cfg.output, overwrite=cfg.overwrite) as tmp:
+        results = run_blocks(cfg.plan, plan, mine, tmp / DATA_DIR, cfg.engine, cfg.num_proc, cfg.address)
+        report = finish_folder(tmp, plan, results, cfg.output, time.perf_counter() - start,
+                               part=(shard.index, shard.count))  # fmt: skip
+        save_part(tmp, Path(cfg.plan), plan, (shard.index, shard.count), results)
+    report.pop("images_per_second")
+    return BuildReport(**report)
 
 
 def build_command(cfg: BuildConfig) -> str:
@@ -287,8 +257,6 @@ def build_command(cfg: BuildConfig) -> str:
         words.append(f"--max-side {cfg.max_side}" + (" --keep-exif" if cfg.keep_exif else ""))
     if cfg.seed != default.seed:
         words.append(f"--seed {cfg.seed}")
-    if cfg.shard:
-        words.append(f"--shard {cfg.shard}")
     return " ".join(words)
 
 

@@ -1,8 +1,9 @@
-"""``geohf dataset build --shard K/N`` and ``geohf dataset merge``: disjoint shards that join into the
-dataset one machine builds."""
+"""``geohf dataset build --plan-only``, ``--plan PLAN --shard K/N`` and ``geohf dataset merge``: disjoint parts of
+one saved plan that join into the dataset one machine builds."""
 
 import json
 import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -34,15 +35,18 @@ def raw(tmp_path_factory, labeller):
     return root
 
 
-def _build(raw, out, admin1_path, shard=None, **kw):
+def _build(raw, out, admin1_path, shard=None, plan=None, **kw):
     cfg = BuildConfig(layout="lost-and-found", input=str(raw), output=str(out), boundaries=admin1_path,
-                      cells=CELLS, shard=shard, **kw)  # fmt: skip
+                      cells=CELLS, shard=shard, plan=plan and str(plan), **kw)  # fmt: skip
     return build_dataset(cfg)
 
 
 def _rows(folder) -> pd.DataFrame:
-    ds = load_dataset(str(folder))
-    frames = [ds[s].remove_columns("image").to_pandas().assign(split=s) for s in ds]
+    # a cache of its own: the datasets cache keys a local folder by its name and card, not its files, so parts
+    # named alike by earlier runs would be read from it
+    with tempfile.TemporaryDirectory() as cache:
+        ds = load_dataset(str(folder), cache_dir=cache)
+        frames = [ds[s].remove_columns("image").to_pandas().assign(split=s) for s in ds]
     return pd.concat(frames).sort_values("source_file").reset_index(drop=True)
 
 
@@ -50,17 +54,20 @@ def _rows(folder) -> pd.DataFrame:
 def one_and_three(raw, tmp_path_factory, admin1_path):
     tmp = tmp_path_factory.mktemp("built")
     whole = tmp / "whole"
-    _build(raw, whole, admin1_path, shard="1/1")
+    _build(raw, whole, admin1_path, rows_per_file=6)
+    plan = tmp / "plan"
+    _build(raw, plan, admin1_path, plan_only=True, rows_per_file=6)
     parts = [tmp / f"part{k}" for k in (1, 2, 3)]
-    for k, part in enumerate(parts, 1):  # shard 2 checks its images on two processes: the same rows
-        _build(raw, part, admin1_path, shard=f"{k}/3", num_proc=2 if k == 2 else 1)
+    for k, part in enumerate(parts, 1):  # part 2 writes its images on two processes: the same rows
+        _build(raw, part, admin1_path, shard=f"{k}/3", plan=plan, num_proc=2 if k == 2 else 1)
     return whole, parts
 
 
 def test_three_shards_merge_into_the_one_shard_build(one_and_three, tmp_path):
     whole, parts = one_and_three
     names = [sorted(p.name for p in (part / "data").glob("*.parquet")) for part in parts]
-    assert not set(names[0]) & set(names[1]) and all("-shard0000" in n for n in names[0])  # no collisions
+    assert not set(names[0]) & set(names[1]) and all("-of-" in n for n in names[0])  # no collisions, final names
+    assert sorted(n for part in names for n in part) == sorted(p.name for p in (whole / "data").glob("*.parquet"))
     shard_rows = [_rows(part) for part in parts]
     assert all(len(r) for r in shard_rows)
     assert not set(shard_rows[0]["source_file"]) & set(shard_rows[1]["source_file"])  # disjoint
@@ -77,7 +84,8 @@ def test_three_shards_merge_into_the_one_shard_build(one_and_three, tmp_path):
     assert sorted(skipped["item"]) == sorted(pd.read_csv(whole / "skipped.csv")["item"])
     assert len(skipped) == 3
     card = (merged / "README.md").read_text()
-    assert "num_examples: " in card and "--shard K/3" in card and not (merged / "shard.json").exists()
+    assert "num_examples: " in card and "--shard K/3" in card and not (merged / "part.json").exists()
+    assert not (merged / "plan").exists() and not (parts[0] / ".plan").exists()
     # the card of any shard already globs every shard's files copied into one folder
     joined = tmp_path / "joined"
     shutil.copytree(parts[0], joined)
@@ -93,13 +101,25 @@ def test_merge_refuses_other_builds_missing_and_repeated_shards(one_and_three, r
         merge_shards(tmp_path / "m1", [parts[0], parts[2]])
     with pytest.raises(UserError, match="given twice"):
         merge_shards(tmp_path / "m2", [parts[0], parts[0], parts[1], parts[2]])
-    other = tmp_path / "other2"
-    _build(raw, other, admin1_path, shard="2/3", seed=5)  # another seed: another split
+    other_plan, other = tmp_path / "other_plan", tmp_path / "other2"
+    _build(raw, other_plan, admin1_path, plan_only=True, seed=5)  # another seed: another split
+    _build(raw, other, admin1_path, shard="2/3", plan=other_plan)
     with pytest.raises(UserError, match="shards of different builds"):
         merge_shards(tmp_path / "m3", [parts[0], other, parts[2]])
     with pytest.raises(UserError, match="not a shard"):
         merge_shards(tmp_path / "m4", [parts[0], tmp_path])
     assert not any(p.name.startswith(("m1", "m2", "m3", "m4", ".m")) for p in tmp_path.iterdir())
+
+
+def test_shard_without_a_plan_and_plan_without_a_shard_give_one_line(raw, tmp_path, capsys):
+    assert main(["dataset", "build", "--layout", "lost-and-found", "--input", str(raw),
+                 "--output", str(tmp_path / "o"), "--shard", "1/2"]) != 0  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--plan-only" in err and "--shard 1/2" in err
+    assert main(["dataset", "build", "--plan", str(tmp_path), "--output", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--shard K/N" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("bad", ["3/2", "0/2", "2", "a/b", "1/0"])

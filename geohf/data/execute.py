@@ -1,0 +1,373 @@
+"""Executing a :class:`~geohf.data.plan.BuildPlan`: its blocks on this process, local worker processes or Ray.
+
+:func:`write_block` is the one per-image path of every engine: it reads each image of a block once (check,
+shrink, encode) and writes the block's Parquet file under a temporary name, renamed when complete (a retried
+or repeated block writes the same file). It returns what the card needs (:class:`BlockResult`: the skips and
+small counts), never the rows. :func:`run_blocks` runs blocks on an engine; :func:`finish_folder` makes the
+card, ``skipped.csv``, the map and the report from the written files' Parquet metadata and the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features
+from tqdm.auto import tqdm
+
+from ..errors import UserError, one_line
+from .archives import MemberRef
+from .filters import check_image
+from .folder import DATA_DIR, SplitInfo, _non_binary_columns
+from .plan import CELLS_DIR, PLAN_ROWS, Block, BuildPlan, ImageRead
+from .skips import SkipLog
+
+BATCH_ROWS = 256
+LABEL_MATCH_COUNTS = {"inside_polygon": "inside", "nearest_polygon": "nearest", "at_sea_unlabelled": "none",
+                      "country_only": "country-only"}  # fmt: skip
+IMAGE_SKIP_KINDS = ("undecodable", "dark", "blurry")
+RAY_RETRIES = 3
+PART_FILE = "part.json"
+PART_PLAN = "plan"
+
+
+@dataclass
+class BlockResult:
+    """What writing one block gave: the rows it left out and the counts the card needs (by country, label match)."""
+
+    block: int
+    rows: int = 0
+    skips: list[tuple[str, str, str]] = field(default_factory=list)
+    countries: dict[str, list[int]] = field(default_factory=dict)  # "code\tname" -> [rows, training rows]
+    regions: list[str] = field(default_factory=list)
+    label_match: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BlockResult:
+        return cls(**{**d, "skips": [tuple(s) for s in d["skips"]]})
+
+
+def _image(row: dict, read: ImageRead) -> tuple[bytes | None, str | None]:
+    """The bytes to store for ``row`` (checked and shrunk as ``read`` says), or the reason it is left out."""
+    if read.kind == "member":
+        ref = MemberRef(row["_ref_path"], int(row["_ref_offset"]), int(row["_ref_size"]), int(row["_ref_method"]))
+        return ref.read(), None
+    if read.check is not None:
+        data, reason = check_image(row["_path"], read.check, read.apply_filter)
+        if data is None:
+            return None, reason
+    else:
+        data = Path(row["_path"]).read_bytes()
+    if read.max_side:
+        from .stages import shrink_image
+
+        data = shrink_image(data, read.max_side, row["source_file"], read.keep_exif)
+    return data, None
+
+
+def write_block(
+    plan_dir: str,
+    index: int,
+    block: Block,
+    features: Features,
+    read: ImageRead,
+    data_dir: str,
+    loader: Callable[[dict], dict] | None = None,
+) -> BlockResult:
+    """Write block ``index`` of the plan saved in ``plan_dir`` to ``data_dir/<block.file_name>`` (see the module).
+
+    ``loader``: row → ``{"bytes", "path"}`` instead of ``read`` (images made in this process: Blue Marble tiles).
+    """
+    rows = pq.ParquetFile(Path(plan_dir) / PLAN_ROWS).read_row_group(index).to_pylist()
+    columns = [c for c in features if c != "image"]
+    schema = features.arrow_schema
+    small = _non_binary_columns(schema)
+    path = Path(data_dir) / block.file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    result = BlockResult(index)
+    countries: Counter = Counter()
+    train: Counter = Counter()
+    regions: set[str] = set()
+    matches: Counter = Counter()
+    buffer: list[dict] = []
+    try:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=small, write_statistics=small) as writer:
+            for row in rows:
+                if loader is not None:
+                    image = loader(row)
+                else:
+                    data, reason = _image(row, read)
+                    if data is None:
+                        result.skips.append(("images", row["source_file"], reason))
+                        continue
+                    image = {"bytes": data, "path": row["source_file"]}
+                buffer.append({**{c: row[c] for c in columns}, "image": image})
+                result.rows += 1
+                key = f"{row.get('country_code')}\t{row.get('country')}"
+                countries[key] += 1
+                train[key] += row["split"] == "train"
+                regions.add(str(row.get("region_code")))
+                matches[str(row.get("label_match"))] += 1
+                if len(buffer) >= BATCH_ROWS:
+                    writer.write_batch(pa.RecordBatch.from_pylist(buffer, schema=schema))
+                    buffer = []
+            if buffer:
+                writer.write_batch(pa.RecordBatch.from_pylist(buffer, schema=schema))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result.countries = {k: [n, train[k]] for k, n in countries.items()}
+    result.regions = sorted(regions)
+    result.label_match = dict(matches)
+    return result
+
+
+def _write_blocks(indices: list[int], **kwargs) -> list[BlockResult]:
+    """Several blocks, one after the other (a unit of work on a local worker process)."""
+    blocks = kwargs.pop("blocks")
+    return [write_block(index=i, block=blocks[i], **kwargs) for i in indices]
+
+
+def run_blocks(
+    plan_dir: str | Path,
+    plan: BuildPlan,
+    indices: Sequence[int],
+    data_dir: str | Path,
+    engine: str = "local",
+    num_proc: int = 1,
+    address: str | None = None,
+    loader: Callable[[dict], dict] | None = None,
+) -> list[BlockResult]:
+    """Write the blocks ``indices`` of ``plan`` (saved in ``plan_dir``) on ``engine``; results in block order.
+
+    ``local``: this process, or ``num_proc`` worker processes (a worker that dies is retried, see
+    :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its worker
+    dies, a bounded number in flight (``address``: the cluster; default ``$RAY_ADDRESS``, else a local Ray).
+    """
+    kwargs = dict(plan_dir=str(plan_dir), features=plan.features, read=plan.read, data_dir=str(data_dir))
+    results: list[BlockResult] = []
+    rows = {i: plan.blocks[i].stop - plan.blocks[i].start for i in indices}
+    with tqdm(total=sum(rows.values()), desc="writing images", unit="img", leave=False) as bar:
+        for result in _engine_results(list(indices), plan.blocks, kwargs, engine, num_proc, address, loader):
+            results.append(result)
+            bar.update(rows[result.block])
+    return sorted(results, key=lambda r: r.block)
+
+
+def _engine_results(
+    indices: list[int], blocks: list[Block], kwargs: dict, engine: str, num_proc: int, address, loader
+) -> Iterator[BlockResult]:
+    if engine == "ray":
+        if loader is not None:
+            raise UserError("--engine ray: this layout makes its images in this process; build it with --engine local")
+        yield from _ray_results(indices, blocks, kwargs, num_proc, address)
+    elif num_proc > 1 and loader is None:
+        from .workers import map_chunks
+
+        fix = f"run again with a lower --num-proc (now {num_proc}) or --num-proc 1, or with more memory free"
+        chunks = [[i] for i in indices]
+        for _, done in map_chunks(partial(_write_blocks, blocks=blocks, **kwargs), chunks, num_proc,
+                                  "writing images", fix):  # fmt: skip
+            yield from done
+    else:
+        for i in indices:
+            yield write_block(index=i, block=blocks[i], loader=loader, **kwargs)
+
+
+def _ray_results(
+    indices: list[int], blocks: list[Block], kwargs: dict, num_proc: int, address
+) -> Iterator[BlockResult]:
+    from ..engines import connect_ray
+
+    ray = connect_ray(address, num_cpus=num_proc if num_proc > 1 else None)
+    task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(write_block)
+    limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    queue = iter(indices)
+    pending = {task.remote(index=i, block=blocks[i], **kwargs): i for i in _take(queue, limit)}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as err:  # an error in the block, or its worker died RAY_RETRIES times
+                    raise UserError(
+                        f"writing images on Ray: block {blocks[i].file_name} failed ({one_line(err)[:300]}); fix the "
+                        "cause and run again"
+                    ) from None
+                yield result
+                for j in _take(queue, 1):
+                    pending[task.remote(index=j, block=blocks[j], **kwargs)] = j
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+def _take(it: Iterator[int], n: int) -> list[int]:
+    return [x for _, x in zip(range(n), it)]
+
+
+# ------------------------------------------------------------------ the folder around the files
+def split_infos(root: Path, plan: BuildPlan, indices: Sequence[int], drop_empty: bool = True) -> dict[str, SplitInfo]:
+    """Rows and bytes of each split, read from the Parquet metadata of the blocks ``indices`` written in ``root``;
+    a split whose files hold no row is removed when ``drop_empty``."""
+    infos: dict[str, SplitInfo] = {}
+    for i in indices:
+        block = plan.blocks[i]
+        meta = pq.read_metadata(root / DATA_DIR / block.file_name)
+        info = infos.setdefault(block.split, SplitInfo(block.split))
+        info.num_examples += meta.num_rows
+        info.num_bytes += sum(meta.row_group(k).total_byte_size for k in range(meta.num_row_groups))
+        info.shards.append(block.file_name)
+    for split, info in list(infos.items()):
+        if drop_empty and not info.num_examples:
+            for name in info.shards:
+                (root / DATA_DIR / name).unlink()
+            del infos[split]
+    return infos
+
+
+@dataclass
+class CardCounts:
+    """The counts of a dataset's rows its card shows, summed over the blocks' results."""
+
+    rows: int
+    countries: dict[tuple[str, str], list[int]]
+    n_regions: int
+
+    @classmethod
+    def of(cls, results: Sequence[BlockResult]) -> CardCounts:
+        countries: dict[tuple[str, str], list[int]] = {}
+        regions: set[str] = set()
+        for r in results:
+            for key, (n, t) in r.countries.items():
+                code, name = key.split("\t")
+                total = countries.setdefault((code, name), [0, 0])
+                total[0] += n
+                total[1] += t
+            regions.update(r.regions)
+        return cls(sum(r.rows for r in results), countries, len(regions))
+
+    def top(self, n: int = 20) -> list[dict[str, Any]]:
+        ranked = sorted(self.countries.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [{"country_code": cc, "country": c, "total": t, "train": tr} for (cc, c), (t, tr) in ranked[:n]]
+
+    @property
+    def n_countries(self) -> int:
+        return len({cc for cc, _ in self.countries})
+
+
+def image_skips(results: Sequence[BlockResult]) -> list[tuple[str, str, str]]:
+    """The images the blocks left out, by kind (undecodable, dark, blurry) and then in plan order."""
+    entries = [e for r in results for e in r.skips]
+    kind = {k: i for i, k in enumerate(("undecodable image", "dark or blank", "blurry"))}
+    return sorted(entries, key=lambda e: kind.get(e[2].split(":")[0], len(kind)))
+
+
+def finish_folder(
+    root: Path,
+    plan: BuildPlan,
+    results: Sequence[BlockResult],
+    output_dir: str | Path,
+    seconds: float,
+    part: tuple[int, int] | None = None,
+) -> dict:
+    """Card, ``skipped.csv``, cells, map and ``build_report.json`` of the folder ``root`` whose data files hold
+    the blocks of ``results``; ``part``: ``(K, N)`` when it holds part K of N of the plan. Returns the report."""
+    from ..plots import plot_locations
+    from .build import BUILD_REPORT, SKIPPED_CSV, BuildReport, dataset_card_text
+
+    for stale in (root / DATA_DIR).glob(".*.tmp"):  # left by a killed worker whose block ran again
+        stale.unlink()
+    infos = split_infos(root, plan, [r.block for r in results], drop_empty=part is None)
+    counts = CardCounts.of(results)
+    if not counts.rows and part is None:
+        raise UserError(f"every input was skipped ({len(plan.skips) + len(image_skips(results))}); see the reasons "
+                        "above — nothing to write")  # fmt: skip
+    log = SkipLog(entries=list(plan.skips.entries), fixes=list(plan.skips.fixes))
+    for stage, item, reason in image_skips(results):
+        log.skip(stage, item, reason)
+    processing = dict(plan.processing)
+    kept = processing.pop("kept", None)
+    found = Counter(f"{stage}: {reason.split(':')[0]}" for stage, _, reason in image_skips(results))
+    for key in sorted(found):
+        processing[f"skipped, {key}"] = processing.get(f"skipped, {key}", 0) + found[key]
+    if kept is not None:
+        processing["kept"] = counts.rows
+    labelling = dict(plan.labelling)
+    matches = Counter()
+    for r in results:
+        matches.update(r.label_match)
+    for key, match in LABEL_MATCH_COUNTS.items():
+        if key in labelling:
+            labelling[key] = matches.get(match, 0)
+    has_skips = bool(log.entries or log.fixes)
+    if has_skips:
+        log.write_csv(root / SKIPPED_CSV)
+    (root / CELLS_DIR).mkdir(exist_ok=True)
+    for name, partition in plan.partitions.items():
+        partition.save(root / CELLS_DIR / f"{name}.parquet")
+    report = BuildReport(
+        output_dir=str(output_dir),
+        splits={s: i.num_examples for s, i in infos.items()},
+        processing=processing,
+        labelling=labelling,
+        partitions={n: len(p) for n, p in plan.partitions.items()},
+        seconds=seconds,
+    )
+    (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
+    if not infos:
+        return report.to_dict()
+    _map(root, infos, plot_locations)
+    card = {**plan.card, "skipped_file": SKIPPED_CSV if has_skips else ""}
+    if part is not None and part[1] > 1:
+        card["shard"] = f"{part[0]}/{part[1]}"
+        card["split_note"] = (
+            card.get("split_note", "") + f" This folder is part {part[0]}/{part[1]} of a build run in parts and its "
+            "counts are this part's: `geohf dataset merge` joins the parts' folders into one, or copy every part's "
+            "`data/*.parquet` into the folder of part 1 (which holds a file of every split), where its card's "
+            "`configs` glob loads them all (the card gives no per-split sizes to check against, so that works)."
+        ).strip()
+    text = dataset_card_text(counts, plan.features, infos, plan.partitions, processing, card, labelling)
+    (root / "README.md").write_text(text, encoding="utf-8")
+    return report.to_dict()
+
+
+def _map(root: Path, infos: dict[str, SplitInfo], plot) -> None:
+    """``map.png``: every row with coordinates by split, read column by column from the written files."""
+    lat, lon, split = [], [], []
+    for name, info in infos.items():
+        for file in info.shards:
+            table = pq.read_table(root / DATA_DIR / file, columns=["latitude", "longitude"])
+            a = table["latitude"].to_numpy(zero_copy_only=False).astype(np.float64)
+            b = table["longitude"].to_numpy(zero_copy_only=False).astype(np.float64)
+            ok = np.isfinite(a) & np.isfinite(b)
+            lat.append(a[ok])
+            lon.append(b[ok])
+            split.append(np.full(int(ok.sum()), name, dtype=object))
+    plot(np.concatenate(lat), np.concatenate(lon), np.concatenate(split), root / "map.png", title="samples by split")
+
+
+def save_part(root: Path, plan_dir: Path, plan: BuildPlan, part: tuple[int, int], results: Sequence[BlockResult]):
+    """What a merge needs of a part's folder ``root``: ``part.json`` (which part of which plan, and its blocks'
+    results) and the plan's ``plan.json`` and ``cells/`` (not its rows) in ``plan/``."""
+    from .plan import PLAN_JSON
+
+    (root / PART_PLAN).mkdir()
+    shutil.copyfile(plan_dir / PLAN_JSON, root / PART_PLAN / PLAN_JSON)
+    shutil.copytree(plan_dir / CELLS_DIR, root / PART_PLAN / CELLS_DIR)
+    meta = {"plan_id": plan.plan_id, "index": part[0], "count": part[1], "results": [asdict(r) for r in results]}
+    (root / PART_FILE).write_text(json.dumps(meta))

@@ -1,0 +1,199 @@
+"""A build plan: every decision of a dataset build made once on a slim table, then executed by any engine.
+
+The plan holds one row per image to write (its output columns: coordinates, labels, split, geocells,
+the source's columns, and where its bytes are), in the order they are written, cut into blocks: block
+``b`` of split ``s`` becomes ``data/<s>-<b>-of-<n>.parquet``. Executing a block reads each of its images
+once (check, shrink, encode) and writes its file; the images the check rejects come back as skips. Blocks
+are independent and writing one again gives the same file, so an engine may retry, reorder or spread them
+over machines (:mod:`geohf.data.execute`).
+
+Saved as ``plan.parquet`` (one row group per block) + ``plan.json`` + ``cells/`` in a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features
+
+from ..errors import UserError
+from ..geo.cells import CellPartition
+from .filters import ImageFilter
+from .skips import SkipLog
+
+PLAN_JSON = "plan.json"
+PLAN_ROWS = "plan.parquet"
+CELLS_DIR = "cells"
+SPLIT_ORDER = ("train", "validation", "test")
+FILES_MULTIPLE = 8
+"""A split of more than one file gets a multiple of this many, so ``split_dataset_by_node`` splits it by file
+on 1, 2, 4 or 8 nodes."""
+REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method")
+
+
+@dataclass
+class ImageRead:
+    """How a block gets each row's image: ``file`` (``_path``, the file's bytes) or ``member`` (``_ref_*``: a
+    member of a zip / tar shard); ``check``: decode and measure it first (undecodable images are always skipped,
+    dark / blurry ones when ``apply_filter``); ``max_side``: shrink longer images (:func:`~.stages.shrink_image`)."""
+
+    kind: str = "file"
+    check: ImageFilter | None = None
+    apply_filter: bool = True
+    max_side: int | None = None
+    keep_exif: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageRead:
+        check = ImageFilter(**d["check"]) if d.get("check") else None
+        return cls(**{**d, "check": check})
+
+
+@dataclass
+class Block:
+    """Rows ``start:stop`` of the plan: file ``index`` of ``count`` of ``split``."""
+
+    split: str
+    index: int
+    count: int
+    start: int
+    stop: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}.parquet"
+
+
+@dataclass
+class BuildPlan:
+    """Everything decided before the images are read (see the module docstring).
+
+    ``rows``: one row per image in write order; ``processing`` / ``labelling``: the counts so far (the image
+    check adds its skips); ``skips``: the inputs left out so far.
+    """
+
+    rows: pd.DataFrame
+    features: Features
+    partitions: dict[str, CellPartition]
+    read: ImageRead
+    card: dict[str, Any]
+    processing: dict[str, int] = field(default_factory=dict)
+    labelling: dict[str, Any] = field(default_factory=dict)
+    skips: SkipLog = field(default_factory=SkipLog)
+    blocks: list[Block] = field(default_factory=list)
+    plan_id: str = ""
+
+    @classmethod
+    def make(
+        cls,
+        rows: pd.DataFrame,
+        features: Features,
+        partitions: dict[str, CellPartition],
+        read: ImageRead,
+        card: dict[str, Any],
+        processing: dict[str, int],
+        labelling: dict[str, Any],
+        skips: SkipLog,
+        rows_per_file: int = 5000,
+    ) -> BuildPlan:
+        """Order the rows by split (train, validation, test; each split in the given order) and cut the blocks."""
+        keep = [c for c in features if c != "image"] + ["split", "label_match"] + [c for c in rows if c.startswith("_")]
+        rows = rows[[c for c in dict.fromkeys(keep) if c in rows]]
+        order = pd.Categorical(rows["split"], categories=list(SPLIT_ORDER))
+        rows = rows.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+        blocks: list[Block] = []
+        start = 0
+        for split in SPLIT_ORDER:
+            n = int((rows["split"] == split).sum())
+            if not n:
+                continue
+            count = file_count(n, rows_per_file)
+            bounds = [start + (n * k) // count for k in range(count + 1)]
+            blocks += [Block(split, k, count, bounds[k], bounds[k + 1]) for k in range(count)]
+            start += n
+        plan = cls(rows, features, partitions, read, card, processing, labelling, skips, blocks)
+        plan.plan_id = plan.fingerprint()
+        return plan
+
+    def fingerprint(self) -> str:
+        """Hash of the rows and settings: two parts of one build agree on it, parts of two builds do not."""
+        h = hashlib.sha256(json.dumps(self._meta(), sort_keys=True, default=str).encode())
+        for column in self.rows:  # one column at a time: no second copy of the table
+            if column not in REF_COLUMNS:
+                h.update(column.encode())
+                h.update(pd.util.hash_pandas_object(self.rows[column], index=False).to_numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def _meta(self) -> dict:
+        return {
+            "features": self.features.to_dict(),
+            "read": self.read.to_dict(),
+            "card": self.card,
+            "processing": self.processing,
+            "labelling": self.labelling,
+            "skips": {"entries": self.skips.entries, "fixes": self.skips.fixes},
+            "blocks": [asdict(b) for b in self.blocks],
+            "partitions": sorted(self.partitions),
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """``plan.parquet`` (a row group per block), ``plan.json`` and ``cells/`` in ``folder``."""
+        folder = Path(folder)
+        (folder / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+        for name, part in self.partitions.items():
+            part.save(folder / CELLS_DIR / f"{name}.parquet")
+        schema = pa.schema([(c, pa.array(self.rows[c], from_pandas=True).type) for c in self.rows])
+        with pq.ParquetWriter(folder / PLAN_ROWS, schema) as writer:
+            for b in self.blocks:  # a block at a time: no Arrow copy of the whole table
+                block = pa.Table.from_pandas(self.rows.iloc[b.start : b.stop], schema=schema, preserve_index=False)
+                writer.write_table(block, row_group_size=max(b.stop - b.start, 1))
+        (folder / PLAN_JSON).write_text(json.dumps({**self._meta(), "plan_id": self.plan_id}, indent=1, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, rows: bool = True) -> BuildPlan:
+        """The plan saved in ``folder``; ``rows=False`` leaves the row table empty (the engines read it by block)."""
+        folder = Path(folder)
+        if not (folder / PLAN_JSON).is_file():
+            raise UserError(f"--plan {folder}: no {PLAN_JSON}; make the plan with geohf dataset build ... --plan-only")
+        meta = json.loads((folder / PLAN_JSON).read_text())
+        skips = SkipLog()
+        skips.entries = [tuple(e) for e in meta["skips"]["entries"]]
+        skips.fixes = [tuple(e) for e in meta["skips"]["fixes"]]
+        partitions = {name: CellPartition.load(folder / CELLS_DIR / f"{name}.parquet") for name in meta["partitions"]}
+        table = pd.read_parquet(folder / PLAN_ROWS) if rows else pd.DataFrame()
+        return cls(
+            table,
+            Features.from_dict(meta["features"]),
+            partitions,
+            ImageRead.from_dict(meta["read"]),
+            meta["card"],
+            meta["processing"],
+            meta["labelling"],
+            skips,
+            [Block(**b) for b in meta["blocks"]],
+            meta["plan_id"],
+        )
+
+
+def file_count(n: int, rows_per_file: int) -> int:
+    """Files for ``n`` rows: one when they fit in one, else a multiple of :data:`FILES_MULTIPLE`."""
+    count = math.ceil(n / rows_per_file)
+    rounded = math.ceil(count / FILES_MULTIPLE) * FILES_MULTIPLE
+    return count if count <= 1 or rounded > n else rounded
+
+
+def read_block(folder: str | Path, block: int) -> pd.DataFrame:
+    """The rows of one block of a saved plan (one row group: reading it costs the block, not the plan)."""
+    return pq.ParquetFile(Path(folder) / PLAN_ROWS).read_row_group(block).to_pandas()
