@@ -176,7 +176,7 @@ def _train_ivf(vectors: GalleryVectors, threads: int = 0):
     quantiser.this.disown()
     index.train(vectors.sample(64 * lists))
     vectors.release()
-    index.nprobe = min(lists, max(16, lists // 32))
+    index.nprobe = min(lists, max(32, lists // 16))
     return index
 
 
@@ -197,7 +197,8 @@ def _fill_ivf(trained, shard: np.ndarray, first: int):
 def write_ivf(trained, vectors: GalleryVectors, path: Path) -> None:
     """Fill ``trained`` with ``vectors`` shard by shard into ``path``, in faiss's own format for an IVF index
     (what ``faiss.write_index`` writes for the whole index in memory, byte for byte), holding one shard's codes
-    at a time: each shard's lists go to a part file, then the lists are written one by one from the parts.
+    at a time: each shard's codes go to a part file, then each part is read back and its lists written at
+    their places in ``path``.
 
     faiss writes an IVF index as its header (with ``ntotal``), its quantisers, then the inverted lists:
     ``ilar``, ``nlist``, ``code_size``, ``full`` (or ``sprs``: index and size of the non-empty lists only, when
@@ -209,34 +210,41 @@ def write_ivf(trained, vectors: GalleryVectors, path: Path) -> None:
     tail = b"ilar" + struct.pack("<QQ", nlist, code_size) + b"sprs" + struct.pack("<Q", 0)
     if trained.ntotal != 0 or not empty.endswith(tail) or struct.unpack_from("<q", empty, 8)[0] != 0:
         raise RuntimeError("unexpected faiss index layout: build with --search usearch or exact")
-    parts = []
+    parts, sizes = [], np.zeros((len(vectors.shards), nlist), dtype=np.int64)
     try:
         for s, (shard, first) in enumerate(zip(vectors.shards, vectors.starts)):
-            part_path = path.with_name(f".{path.name}.{s:05d}.part")
-            faiss.write_index(_fill_ivf(trained, shard, int(first)), str(part_path))
-            parts.append(part_path)
+            part = _fill_ivf(trained, shard, int(first))
+            sizes[s] = [part.invlists.list_size(i) for i in range(nlist)]
+            parts.append(path.with_name(f".{path.name}.{s:05d}.part"))
+            faiss.write_index(part, str(parts[-1]))
+            del part
             vectors.release()
-        indexes = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in parts]  # they own their lists
-        lists = [ix.invlists for ix in indexes]
-        sizes = np.array([[il.list_size(i) for i in range(nlist)] for il in lists], dtype=np.uint64).reshape(-1, nlist)
         per_list = sizes.sum(0)
+        if (per_list > 0).sum() > nlist // 2:
+            listing = b"full" + struct.pack("<Q", nlist) + per_list.astype("<u8").tobytes()
+        else:
+            full = np.nonzero(per_list)[0]
+            pairs = np.stack([full, per_list[full]], 1).astype("<u8")
+            listing = b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes()
+        head = empty[:8] + struct.pack("<q", int(per_list.sum())) + empty[16 : len(empty) - len(tail)]
+        head += b"ilar" + struct.pack("<QQ", nlist, code_size) + listing
+        # list i's codes, then its ids, from byte ``block[i]``; a shard's rows of the list after the earlier shards'
+        block = len(head) + np.concatenate([[0], np.cumsum(per_list * (code_size + 8))[:-1]])
+        before = np.cumsum(sizes, 0) - sizes  # (shards, lists): rows of the list in earlier shards
         with open(path, "wb") as f:
-            f.write(empty[:8] + struct.pack("<q", int(per_list.sum())) + empty[16 : len(empty) - len(tail)])
-            f.write(b"ilar" + struct.pack("<QQ", nlist, code_size))
-            if (per_list > 0).sum() > nlist // 2:
-                f.write(b"full" + struct.pack("<Q", nlist) + per_list.astype("<u8").tobytes())
-            else:
-                full = np.nonzero(per_list)[0]
-                pairs = np.stack([full, per_list[full]], 1).astype("<u8")
-                f.write(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
-            for i in np.nonzero(per_list)[0]:
-                for il, n in zip(lists, sizes[:, i]):
-                    if n:
-                        f.write(faiss.rev_swig_ptr(il.get_codes(int(i)), int(n) * code_size).tobytes())
-                for il, n in zip(lists, sizes[:, i]):
-                    if n:
-                        f.write(faiss.rev_swig_ptr(il.get_ids(int(i)), int(n)).tobytes())
-            f.flush()
+            f.write(head)
+            f.truncate(int(block[-1] + per_list[-1] * (code_size + 8)))
+            for s, part_path in enumerate(parts):
+                part = faiss.read_index(str(part_path))
+                for i in np.nonzero(sizes[s])[0]:
+                    n = int(sizes[s, i])
+                    codes = faiss.rev_swig_ptr(part.invlists.get_codes(int(i)), n * code_size)
+                    ids = faiss.rev_swig_ptr(part.invlists.get_ids(int(i)), n)
+                    os.pwrite(f.fileno(), codes.tobytes(), int(block[i] + before[s, i] * code_size))
+                    ids_at = block[i] + per_list[i] * code_size + before[s, i] * 8
+                    os.pwrite(f.fileno(), ids.astype("<i8").tobytes(), int(ids_at))
+                del part
+                part_path.unlink()
             os.fsync(f.fileno())
     finally:
         for p in parts:
