@@ -267,10 +267,10 @@ def test_the_writer_takes_batches_from_any_engine(tmp_path):
         for s in range(0, 1_050, 333):
             writer.add(GalleryBatch(x[s : s + 333], lat[s : s + 333], lon[s : s + 333], cell[s : s + 333]))
         assert writer.close() == [f"gallery-0000{i}.safetensors" for i in range(3)] and writer.rows == 1_050
-    with pytest.raises(ValueError, match="16-d embeddings in a 8-d gallery"):
-        with GalleryWriter(tmp_path / "h", shard_rows=500) as broken:
-            broken.add(GalleryBatch(x, lat, lon, cell))
-            broken.add(GalleryBatch(np.zeros((2, 16)), lat[:2], lon[:2], cell[:2]))
+    wrong = pytest.raises(ValueError, match="16-d embeddings in a 8-d gallery")
+    with wrong, GalleryWriter(tmp_path / "h", shard_rows=500) as broken:
+        broken.add(GalleryBatch(x, lat, lon, cell))
+        broken.add(GalleryBatch(np.zeros((2, 16)), lat[:2], lon[:2], cell[:2]))
     assert not (tmp_path / "h").exists()
     with pytest.raises(UserError, match="nothing to index"):
         write_index(iter([]), info(8, "auto"), tmp_path / "empty")
