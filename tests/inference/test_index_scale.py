@@ -242,9 +242,11 @@ def test_an_index_written_before_shards_still_loads(tmp_path):
             ivf.nprobe = 16
             faiss.write_index(ivf, str(folder / "ann.faiss"))
         index = GeoIndex.load(folder)
-        assert len(index) == 2_000 and np.array_equal(index.latitude, lat) and index.info.gallery_files() == [
-            "gallery.safetensors"
-        ]
+        assert (
+            len(index) == 2_000
+            and np.array_equal(index.latitude, lat)
+            and index.info.gallery_files() == ["gallery.safetensors"]
+        )
         assert np.array_equal(index.search(queries, 5)[1], truth), search
         assert find_index(folder.parent) == folder
     (folder / "gallery.safetensors").write_bytes(b"\x10\x00")
