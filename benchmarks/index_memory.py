@@ -76,7 +76,7 @@ def child(args) -> None:
                 yield GalleryBatch(x, lat, lon, np.asarray(partition.assign(lat, lon), dtype=np.int64))
 
         info = IndexInfo("synthetic", args.dim, "0" * 16, "haversine", len(partition), 0, args.search)
-        index = write_index(rows(), info, folder, threads=2)
+        index = write_index(rows(), info, folder, threads=args.threads)
         index.save(folder)
     else:  # the code before shards (another checkout): build_index's loop, then AnnIndex.build and save
         import torch
@@ -92,7 +92,7 @@ def child(args) -> None:
         cells = np.asarray(partition.assign(lat_all, lon_all))  # gallery_cells: every row's cell at once
         kind = resolve_search(args.search, args.n)
         info = IndexInfo("synthetic", args.dim, "0" * 16, "haversine", len(partition), args.n, kind)
-        ann = AnnIndex.build(kind, embeddings.numpy(), 2) if kind != "exact" else None
+        ann = AnnIndex.build(kind, embeddings.numpy(), args.threads) if kind != "exact" else None
         GeoIndex(embeddings, lat_all, lon_all, cells, info, ann=ann).save(folder)
     import resource
 
@@ -198,6 +198,7 @@ def main() -> None:
     p.add_argument("--main", default=None, help="also run the builds with the code of this checkout")
     p.add_argument("--main-rows", type=int, nargs="*", default=None, help="rows for --main (default: --rows)")
     p.add_argument("--cli-rows", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="faiss threads (1: steadiest on a shared machine)")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--output", default="runs/bench/index_memory")
     p.add_argument("--child", choices=["new", "main"], help=argparse.SUPPRESS)
@@ -205,7 +206,7 @@ def main() -> None:
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--cells", help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.child:
         return child(args)
     out = Path(args.output).resolve()
@@ -221,7 +222,8 @@ def main() -> None:
         folder.mkdir()
         env = {**os.environ, "PYTHONPATH": repo}
         argv = [sys.executable, str(HERE / "index_memory.py"), "--child", code, "--n", str(n), "--folder", str(folder),
-                "--cells", str(cells), "--dim", str(args.dim), "--search", args.search]  # fmt: skip
+                "--cells", str(cells), "--dim", str(args.dim), "--search", args.search,
+                "--threads", str(args.threads)]  # fmt: skip
         row = {"code": code, "rows": n, "dim": args.dim, "classes": args.classes, **run(argv, env, cwd=repo)}
         row["disk_mib"] = disk_mib(folder / "index")
         if code == "new" and not args.no_quality:

@@ -235,21 +235,28 @@ class GalleryVectors:
             out[where[order]] = self.shards[s][local[order]]
         return out.reshape(*np.shape(index), self.dim)
 
-    def release(self) -> None:
-        """Drop the pages read so far from this process's memory (the file's pages stay cached by the
-        system): a build that reads every shard once keeps its resident memory flat."""
+    def release(self, shard: int | None = None) -> None:
+        """Drop the pages of one shard (or all) from this process's memory (the system keeps them cached):
+        a build that reads every shard once keeps its resident memory flat."""
         import mmap
 
-        for shard in self.shards:
-            mapping = getattr(shard, "_mmap", None)
+        for s in range(len(self.shards)) if shard is None else [shard]:
+            mapping = getattr(self.shards[s], "_mmap", None)
             if mapping is not None and hasattr(mapping, "madvise"):
                 mapping.madvise(mmap.MADV_DONTNEED)
 
     def sample(self, count: int, seed: int = 0) -> np.ndarray:
-        """``count`` distinct rows chosen at random (seeded), float32, in row order."""
+        """``count`` distinct rows chosen at random (seeded), float32, in row order; read shard by shard,
+        each released after (a random row maps the pages around it too)."""
         n = len(self)
         picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, count), replace=False))
-        return self.rows(picked)
+        out = np.empty((len(picked), self.dim), np.float32)
+        bounds = np.searchsorted(picked, self.starts)
+        for s, shard in enumerate(self.shards):
+            rows = slice(bounds[s], bounds[s + 1])
+            out[rows] = shard[picked[rows] - self.starts[s]]
+            self.release(s)
+        return out
 
 
 def open_vectors(folder: Path, shards: list[str]) -> GalleryVectors:

@@ -2,15 +2,18 @@
 looks like the query, inside the geocells the head finds most likely.
 
 A :class:`GeoIndex` is the *gallery*: the model's normalised embedding of every training image, its
-coordinates and its cell (the primary head's class). ``geohf index build`` writes it into the model
-folder (``index/gallery.safetensors`` + ``index/index.json``, and ``index/ann.<backend>`` for an ANN
-index); :class:`~geohf.inference.predictor.GeoPredictor` then loads it with the model and refines.
+coordinates and its cell (the primary head's class). ``geohf index build`` streams it into the model
+folder as the batches arrive (``index/gallery-NNNNN.safetensors`` float16 shards, see :mod:`.gallery`,
+``index/index.json``, and ``index/ann.<backend>`` for an ANN index built from the shards);
+:class:`~geohf.inference.predictor.GeoPredictor` then loads it with the model (the embeddings and a faiss
+index memory-mapped) and refines.
 
 Refinement (:meth:`GeoIndex.refine`), per query:
 
 1. the ``top_k`` cells of the head's probabilities ``p_c``;
 2. the ``neighbours`` nearest gallery images by cosine similarity (exact matmul for small galleries,
-   an ANN index for large ones, see :func:`resolve_search`); those in the top cells are the candidates;
+   an ANN index for large ones, its candidates ranked by their exact similarity, see :func:`resolve_search`);
+   those in the top cells are the candidates;
 3. each top cell scores ``p_c · exp(s_c / temperature)`` where ``s_c`` is the similarity of its best
    candidate (PIGEON: cell probability times a temperature softmax over the cells' best matches);
 4. the guess moves to the best candidate of the best cell, unless that is more than ``max_shift_km``
@@ -218,7 +221,7 @@ def write_ivf(trained, vectors: GalleryVectors, path: Path) -> None:
             parts.append(path.with_name(f".{path.name}.{s:05d}.part"))
             faiss.write_index(part, str(parts[-1]))
             del part
-            vectors.release()
+            vectors.release(s)
         per_list = sizes.sum(0)
         if (per_list > 0).sum() > nlist // 2:
             listing = b"full" + struct.pack("<Q", nlist) + per_list.astype("<u8").tobytes()
@@ -284,7 +287,7 @@ class AnnIndex:
             for first, rows in vectors.chunks():
                 keys = np.arange(first, first + len(rows), dtype=np.uint64)
                 index.add(keys, np.ascontiguousarray(rows, dtype=np.float16), threads=threads, log=False)
-                vectors.release()
+            vectors.release()
             ann = cls(backend, index)
             if path is not None:
                 ann.save(path)
