@@ -110,10 +110,10 @@ class GalleryWriter:
         elif batch.embeddings.shape[1] != self.dim:
             raise ValueError(f"a batch of {batch.embeddings.shape[1]}-d embeddings in a {self.dim}-d gallery")
         values = {
-            "embeddings": normalise_rows(batch.embeddings) if self.normalise else batch.embeddings,
-            "latitude": batch.latitude,
-            "longitude": batch.longitude,
-            "cell": batch.cell,
+            "embeddings": normalise_rows(batch.embeddings) if self.normalise else np.asarray(batch.embeddings),
+            "latitude": np.asarray(batch.latitude),
+            "longitude": np.asarray(batch.longitude),
+            "cell": np.asarray(batch.cell),
         }
         done = 0
         while done < n:
