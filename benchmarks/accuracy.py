@@ -294,7 +294,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
 def refine_with_retrieval(predictor, ds, out: Path) -> None:
     """Index the training split into the model folder (``geohf index build``) and tune the refinement
     on validation (never test); the predictor then refines with it."""
-    index = build_index(predictor, ds["train"], "auto", split="train")
+    index = build_index(predictor, ds["train"], "auto", split="train", folder=out)
     predictor.index = index
     tune_retrieval(predictor, ds["validation"], index)
     index.save(out)

@@ -35,6 +35,7 @@ EXTRAS = {
     "pillow_heif": "heif",
     "reverse_geocoder": "benchmarks",
     "usearch": "retrieval",
+    "faiss": "retrieval",
     "peft": "peft",
 }
 

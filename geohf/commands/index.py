@@ -72,8 +72,9 @@ def index_build_command(args: IndexBuildArguments) -> int:
         raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
 
     index = build_index(
-        predictor, ds[args.split], args.search, args.batch_size, dataset_name=args.dataset, split=args.split
-    )
+        predictor, ds[args.split], args.search, args.batch_size, dataset_name=args.dataset, split=args.split,
+        folder=model,
+    )  # fmt: skip
     index.params.max_shift_km = args.max_shift_km
     params = "default parameters"
     if args.tune_split in ds:
@@ -118,8 +119,8 @@ def register_subcommand(subparsers) -> None:
     add_batch_size(ib, 64)
     ib.add_argument(
         "--search", default="auto",
-        help="exact (matmul), faiss (IVF), usearch (HNSW) or auto: exact below 50,000 entries, else usearch "
-        "(default: auto; benchmarks/retrieval.py)",
+        help="exact (matmul), faiss (IVF, memory-mapped), usearch (HNSW, in memory) or auto: exact below 50,000 "
+        "entries, else faiss (default: auto; docs/scaling.md)",
     )  # fmt: skip
     add_bf16(ib)
     set_command(ib, IndexBuildArguments, index_build_command)

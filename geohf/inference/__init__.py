@@ -11,6 +11,9 @@ _LAZY = {
     "GeoIndex": ".retrieval",
     "RetrievalParams": ".retrieval",
     "build_index": ".retrieval",
+    "write_index": ".retrieval",
+    "GalleryBatch": ".gallery",
+    "GalleryWriter": ".gallery",
     "GeoPredictor": ".predictor",
     "predict": ".predictor",
 }

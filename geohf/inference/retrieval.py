@@ -2,15 +2,18 @@
 looks like the query, inside the geocells the head finds most likely.
 
 A :class:`GeoIndex` is the *gallery*: the model's normalised embedding of every training image, its
-coordinates and its cell (the primary head's class). ``geohf index build`` writes it into the model
-folder (``index/gallery.safetensors`` + ``index/index.json``, and ``index/ann.<backend>`` for an ANN
-index); :class:`~geohf.inference.predictor.GeoPredictor` then loads it with the model and refines.
+coordinates and its cell (the primary head's class). ``geohf index build`` streams it into the model
+folder as the batches arrive (``index/gallery-NNNNN.safetensors`` float16 shards, see :mod:`.gallery`,
+``index/index.json``, and ``index/ann.<backend>`` for an ANN index built from the shards);
+:class:`~geohf.inference.predictor.GeoPredictor` then loads it with the model (the embeddings and a faiss
+index memory-mapped) and refines.
 
 Refinement (:meth:`GeoIndex.refine`), per query:
 
 1. the ``top_k`` cells of the head's probabilities ``p_c``;
 2. the ``neighbours`` nearest gallery images by cosine similarity (exact matmul for small galleries,
-   an ANN index for large ones, see :func:`resolve_search`); those in the top cells are the candidates;
+   an ANN index for large ones, its candidates ranked by their exact similarity, see :func:`resolve_search`);
+   those in the top cells are the candidates;
 3. each top cell scores ``p_c · exp(s_c / temperature)`` where ``s_c`` is the similarity of its best
    candidate (PIGEON: cell probability times a temperature softmax over the cells' best matches);
 4. the guess moves to the best candidate of the best cell, unless that is more than ``max_shift_km``
@@ -29,6 +32,9 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,18 +44,28 @@ import torch
 from ..errors import UserError
 from ..files import TMP_SUFFIX, temp_path
 from ..geo.sphere import haversine_km
+from .gallery import (
+    LEGACY_GALLERY,
+    SHARD_ROWS,
+    GalleryBatch,
+    GalleryVectors,
+    GalleryWriter,
+    disk_full,
+    memmap,
+    open_vectors,
+    read_header,
+)
 from .names import BACKENDS, SEARCHES
 from .predictions import GeoPredictions
 
 INDEX_FOLDER = "index"
-GALLERY_FILE = "gallery.safetensors"
+GALLERY_FILE = LEGACY_GALLERY
 INFO_FILE = "index.json"
-# galleries from this size up get an ANN index with ``--search auto`` (benchmarks/retrieval.py, 2 vCPU:
-# the exact matmul costs about a forward pass per image at 100k 1280-d embeddings, 18 ms batched and
-# ~0.2 s for a single query, against 0.2-0.6 ms for usearch's HNSW at recall@10 >= 0.99; HNSW's build,
-# once per model, takes a minute or two at this size)
+# galleries from this size up get an ANN index with ``--search auto`` (benchmarks/retrieval.py and
+# benchmarks/index_memory.py): faiss IVF-PQ, built shard by shard in flat memory, memory-mapped, its
+# candidates ranked again with the float16 gallery; usearch's HNSW is in memory and holds a second copy
 AUTO_ANN_FROM = 50_000
-AUTO_BACKEND = "usearch"
+AUTO_BACKEND = "faiss"
 
 
 @dataclass
@@ -76,6 +92,20 @@ class IndexInfo:
     dtype: str = "float16"
     dataset: str | None = None
     split: str | None = None
+    shards: list[str] = field(default_factory=list)
+    """The gallery's shard files in row order (none: the one ``gallery.safetensors`` of an older index)."""
+    ann_files: list[str] = field(default_factory=list)
+    """The ANN index's files (none: ``ann.<search>`` of an older index, when it has one)."""
+
+    def gallery_files(self) -> list[str]:
+        return list(self.shards) or [LEGACY_GALLERY]
+
+    def ann_paths(self) -> list[str]:
+        return list(self.ann_files) or ([ANN_FILE.format(self.search)] if self.search in BACKENDS else [])
+
+    def files(self) -> list[str]:
+        """Every file of the index but ``index.json``."""
+        return self.gallery_files() + self.ann_paths()
 
 
 def model_fingerprint(model) -> str:
@@ -96,53 +126,177 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
-def exact_search(gallery: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 65_536):
+def exact_search(gallery: torch.Tensor | GalleryVectors, queries: torch.Tensor, k: int, chunk: int = 65_536):
     """``(similarities, indices)``, each (Q, k): the ``k`` gallery rows with the largest inner product
-    (cosine for normalised rows), a float32 matmul over chunks of the (float16) gallery."""
+    (cosine for normalised rows), a float32 matmul over chunks of the (float16) gallery, in memory or
+    memory-mapped."""
     queries = queries.float()
     k = min(k, gallery.shape[0])
     best_s = torch.full((queries.shape[0], 0), -torch.inf)
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.int64)
-    for start in range(0, gallery.shape[0], chunk):
-        s = queries @ gallery[start : start + chunk].float().T
+    if isinstance(gallery, GalleryVectors):
+        parts = ((start, torch.from_numpy(np.asarray(rows, np.float32))) for start, rows in gallery.chunks(chunk))
+    else:
+        parts = ((start, gallery[start : start + chunk]) for start in range(0, gallery.shape[0], chunk))
+    for start, rows in parts:
+        s = queries @ rows.float().T
         s, i = s.topk(min(k, s.shape[1]), dim=1)
         best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, order)
     return best_s, best_i
 
 
+IVF_LISTS_MAX = 1024
+"""At most this many inverted lists (k-means cells) in a faiss index: its training and filling cost grow with them."""
+PQ_FROM = 10_000
+"""faiss indexes of this many rows or more keep product-quantised codes (one byte per 8 dimensions: 64 bytes a
+row at 512-d); smaller ones 8-bit scalar codes (one byte per dimension)."""
+RERANK = 4
+"""A faiss search finds ``RERANK * k`` candidates by their codes; the gallery's float16 embeddings rank them."""
+ANN_FILE = "ann.{}"
+
+
+def ivf_lists(n: int) -> int:
+    return int(max(1, min(IVF_LISTS_MAX, 4 * np.sqrt(n), n // 39)))
+
+
+def _train_ivf(vectors: GalleryVectors, threads: int = 0):
+    """An empty faiss IVF index over ``vectors`` (inner product), trained on a seeded sample of them: IVF-PQ
+    (``dim / 8`` bytes a row) from :data:`PQ_FROM` rows, else IVF-SQ8 (``dim`` bytes a row)."""
+    faiss = _import("faiss", "faiss-cpu")
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    n, dim = vectors.shape
+    lists = ivf_lists(n)
+    quantiser = faiss.IndexFlatIP(dim)
+    if n >= PQ_FROM and dim % 8 == 0:
+        index = faiss.IndexIVFPQ(quantiser, dim, lists, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFScalarQuantizer(
+            quantiser, dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    index.own_fields = True
+    quantiser.this.disown()
+    index.train(vectors.sample(64 * lists))
+    vectors.release()
+    index.nprobe = min(lists, max(32, lists // 16))
+    return index
+
+
+def _add_rows(index, shard: np.ndarray, first: int) -> None:
+    """Add one shard's rows to a faiss index, their ids their gallery row numbers."""
+    for start in range(0, len(shard), 16_384):
+        rows = np.asarray(shard[start : start + 16_384], dtype=np.float32)
+        index.add_with_ids(rows, np.arange(first + start, first + start + len(rows), dtype=np.int64))
+
+
+def _fill_ivf(trained, shard: np.ndarray, first: int):
+    """A copy of ``trained`` holding one shard's rows."""
+    part = _import("faiss", "faiss-cpu").clone_index(trained)
+    _add_rows(part, shard, first)
+    return part
+
+
+def write_ivf(trained, vectors: GalleryVectors, path: Path) -> None:
+    """Fill ``trained`` with ``vectors`` shard by shard into ``path``, in faiss's own format for an IVF index
+    (what ``faiss.write_index`` writes for the whole index in memory, byte for byte), holding one shard's codes
+    at a time: each shard's codes go to a part file, then each part is read back and its lists written at
+    their places in ``path``.
+
+    faiss writes an IVF index as its header (with ``ntotal``), its quantisers, then the inverted lists:
+    ``ilar``, ``nlist``, ``code_size``, ``full`` (or ``sprs``: index and size of the non-empty lists only, when
+    at most half are non-empty), the sizes (a count, then the values), and per non-empty list its codes then
+    its ids (int64)."""
+    faiss = _import("faiss", "faiss-cpu")
+    empty = faiss.serialize_index(trained).tobytes()
+    nlist, code_size = trained.nlist, trained.code_size
+    tail = b"ilar" + struct.pack("<QQ", nlist, code_size) + b"sprs" + struct.pack("<Q", 0)
+    if trained.ntotal != 0 or not empty.endswith(tail) or struct.unpack_from("<q", empty, 8)[0] != 0:
+        raise RuntimeError("unexpected faiss index layout: build with --search usearch or exact")
+    parts, sizes = [], np.zeros((len(vectors.shards), nlist), dtype=np.int64)
+    try:
+        for s, (shard, first) in enumerate(zip(vectors.shards, vectors.starts)):
+            part = _fill_ivf(trained, shard, int(first))
+            sizes[s] = [part.invlists.list_size(i) for i in range(nlist)]
+            parts.append(path.with_name(f".{path.name}.{s:05d}.part"))
+            faiss.write_index(part, str(parts[-1]))
+            del part
+            vectors.release(s)
+        per_list = sizes.sum(0)
+        if (per_list > 0).sum() > nlist // 2:
+            listing = b"full" + struct.pack("<Q", nlist) + per_list.astype("<u8").tobytes()
+        else:
+            full = np.nonzero(per_list)[0]
+            pairs = np.stack([full, per_list[full]], 1).astype("<u8")
+            listing = b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes()
+        head = empty[:8] + struct.pack("<q", int(per_list.sum())) + empty[16 : len(empty) - len(tail)]
+        head += b"ilar" + struct.pack("<QQ", nlist, code_size) + listing
+        # list i's codes, then its ids, from byte ``block[i]``; a shard's rows of the list after the earlier shards'
+        block = len(head) + np.concatenate([[0], np.cumsum(per_list * (code_size + 8))[:-1]])
+        before = np.cumsum(sizes, 0) - sizes  # (shards, lists): rows of the list in earlier shards
+        with open(path, "wb") as f:
+            f.write(head)
+            f.truncate(int(block[-1] + per_list[-1] * (code_size + 8)))
+            for s, part_path in enumerate(parts):
+                part = faiss.read_index(str(part_path))
+                for i in np.nonzero(sizes[s])[0]:
+                    n = int(sizes[s, i])
+                    codes = faiss.rev_swig_ptr(part.invlists.get_codes(int(i)), n * code_size)
+                    ids = faiss.rev_swig_ptr(part.invlists.get_ids(int(i)), n)
+                    os.pwrite(f.fileno(), codes.tobytes(), int(block[i] + before[s, i] * code_size))
+                    ids_at = block[i] + per_list[i] * code_size + before[s, i] * 8
+                    os.pwrite(f.fileno(), ids.astype("<i8").tobytes(), int(ids_at))
+                del part
+                part_path.unlink()
+            os.fsync(f.fileno())
+    finally:
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+
 @dataclass
 class AnnIndex:
     """An approximate index over normalised embeddings (inner product): faiss-cpu's IVF (inverted lists over
-    k-means cells, float16 vectors, ``nprobe`` = a tenth of the lists) or usearch's HNSW graph (float16)."""
+    k-means cells holding compressed codes, see :func:`_train_ivf`; its candidates are ranked again with the
+    gallery's embeddings) or usearch's HNSW graph (float16). ``files``: the files it was read from (a faiss
+    index is memory-mapped from them)."""
 
     backend: str
     index: object
+    files: tuple[Path, ...] = ()
 
     @classmethod
-    def build(cls, backend: str, embeddings: np.ndarray, threads: int = 0) -> AnnIndex:
-        n, dim = embeddings.shape
-        if backend == "faiss":  # IVF: a k-means coarse quantiser, float16 vectors in the lists
-            faiss = _import("faiss", "faiss-cpu")
-            if threads:
-                faiss.omp_set_num_threads(threads)
-            lists = int(max(1, min(1024, 4 * np.sqrt(n), n // 39)))
-            index = faiss.IndexIVFScalarQuantizer(
-                faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-            )
-            rng = np.random.default_rng(0)
-            sample = np.sort(rng.choice(n, size=min(n, 64 * lists), replace=False))
-            index.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
-            for start in range(0, n, 50_000):
-                index.add(np.ascontiguousarray(embeddings[start : start + 50_000], dtype=np.float32))
-            index.nprobe = min(lists, max(16, lists // 10))
+    def build(
+        cls, backend: str, embeddings: np.ndarray | GalleryVectors, threads: int = 0, path: Path | None = None
+    ) -> AnnIndex:
+        """Build over ``embeddings`` (an array or the gallery's shards); with ``path``, a faiss index is written
+        there shard by shard (flat memory) and memory-mapped from it."""
+        vectors = embeddings if isinstance(embeddings, GalleryVectors) else GalleryVectors([np.asarray(embeddings)])
+        n, dim = vectors.shape
+        if backend == "faiss":
+            index = _train_ivf(vectors, threads)
+            if path is not None:
+                write_ivf(index, vectors, path)
+                return cls.load(backend, path)
+            for shard, first in zip(vectors.shards, vectors.starts):
+                _add_rows(index, shard, int(first))
             return cls(backend, index)
         if backend == "usearch":
             usearch = _import("usearch.index", "usearch")
             index = usearch.Index(ndim=dim, metric="ip", dtype="f16", connectivity=16, expansion_add=64)
-            index.add(np.arange(n, dtype=np.uint64), np.asarray(embeddings), threads=threads, log=False)
-            return cls(backend, index)
+            for first, rows in vectors.chunks():
+                keys = np.arange(first, first + len(rows), dtype=np.uint64)
+                index.add(keys, np.ascontiguousarray(rows, dtype=np.float16), threads=threads, log=False)
+            vectors.release()
+            ann = cls(backend, index)
+            if path is not None:
+                ann.save(path)
+            return ann
         raise UserError(f"--search {backend}: unknown; choose from {', '.join(SEARCHES)}")
+
+    def candidates(self, k: int) -> int:
+        """How many rows a search for ``k`` neighbours asks this index for (to be ranked again exactly)."""
+        return RERANK * k if self.backend == "faiss" else k
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(similarities, indices)`` (Q, k); -1 where fewer than ``k`` were found."""
@@ -158,16 +312,24 @@ class AnnIndex:
         return sims, keys
 
     def save(self, path: Path) -> None:
-        if self.backend == "faiss":
+        """Write it to ``path``: the files it was read from are copied, an index built in memory written."""
+        if self.files:
+            if self.files[0].resolve() != Path(path).resolve():
+                shutil.copyfile(self.files[0], path)
+        elif self.backend == "faiss":
             _import("faiss", "faiss-cpu").write_index(self.index, str(path))
         else:
             self.index.save(str(path))
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
     @classmethod
     def load(cls, backend: str, path: Path) -> AnnIndex:
+        """A faiss index memory-mapped (its inverted lists stay on disk), a usearch index read."""
         if backend == "faiss":
-            return cls(backend, _import("faiss", "faiss-cpu").read_index(str(path)))
-        return cls(backend, _import("usearch.index", "usearch").Index.restore(str(path)))
+            faiss = _import("faiss", "faiss-cpu")
+            return cls(backend, faiss.read_index(str(path), faiss.IO_FLAG_MMAP), (Path(path),))
+        return cls(backend, _import("usearch.index", "usearch").Index.restore(str(path)), (Path(path),))
 
 
 def _import(module: str, package: str):
@@ -176,7 +338,7 @@ def _import(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        how = 'pip install "geohf[retrieval]"' if package == "usearch" else f"pip install {package}"
+        how = 'pip install "geohf[retrieval]"'
         raise UserError(
             f"this ANN index needs {package}, which is not installed: {how} (or build with --search exact)"
         ) from None
@@ -196,11 +358,13 @@ class GeoIndex:
     """The gallery of one model: normalised embeddings (N, D), coordinates, cell per row, and how to refine.
 
     Attributes:
-        embeddings: (N, D) float16, L2-normalised (``None`` when loaded with an ANN index, which holds
-            its own copy: ``load(folder, embeddings=True)`` reads them too).
+        embeddings: (N, D) float16, L2-normalised, in memory (``None`` when loaded with an ANN index or
+            memory-mapped: ``load(folder, embeddings=True)`` reads them).
         latitude, longitude: (N,) degrees; cell: (N,) the primary head's class of each row.
         info: what it was built with (:class:`IndexInfo`); params: :class:`RetrievalParams`.
         ann: the ANN index when ``info.search`` is an ANN backend.
+        vectors: the embeddings memory-mapped from the gallery's shards (searched when ``embeddings`` is
+            ``None``, and ranking an ANN index's candidates).
     """
 
     embeddings: torch.Tensor | None
@@ -210,6 +374,9 @@ class GeoIndex:
     info: IndexInfo
     params: RetrievalParams = field(default_factory=RetrievalParams)
     ann: AnnIndex | None = None
+    vectors: GalleryVectors | None = None
+    staged: Path | None = field(default=None, compare=False, repr=False)
+    """The temporary folder holding this index's files as :func:`build_index` wrote them, until :meth:`save`."""
 
     def __len__(self) -> int:
         return int(self.latitude.shape[0])
@@ -220,13 +387,33 @@ class GeoIndex:
         queries = normalise(torch.as_tensor(np.asarray(queries)))
         k = min(k, len(self))
         if self.ann is not None:
-            return self.ann.search(queries.numpy(), k)
-        if self.embeddings is None:
+            sims, found = self.ann.search(queries.numpy(), min(self.ann.candidates(k), len(self)))
+            if self.embeddings is None and self.vectors is None:
+                return sims[:, :k], found[:, :k]
+            return self._rank(queries.numpy(), found, k)
+        if self.embeddings is None and self.vectors is None:
             raise ValueError("this index was loaded without its embeddings: load it with embeddings=True")
+        if self.embeddings is None:  # memory-mapped: float16 chunks
+            s, i = exact_search(self.vectors, queries, k)
+            return s.numpy(), i.numpy()
         if getattr(self, "_float32", None) is None:  # a small gallery: float32 once, not per search
             self._float32 = self.embeddings.float()
         s, i = exact_search(self._float32, queries, k)
         return s.numpy(), i.numpy()
+
+    def _rank(self, queries: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of an ANN index's candidates by their exact similarity to the queries."""
+        valid = found >= 0
+        rows = np.where(valid, found, 0)
+        if self.embeddings is not None:
+            vectors = self.embeddings[torch.from_numpy(rows)].float().numpy()
+        else:
+            vectors = self.vectors.rows(rows)
+        sims = np.where(valid, np.einsum("qd,qcd->qc", queries, vectors), -np.inf).astype(np.float32)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        sims, found = np.take_along_axis(sims, order, 1), np.take_along_axis(found, order, 1)
+        found[~np.isfinite(sims)] = -1
+        return sims, found
 
     # ------------------------------------------------------------------ refinement
     def choose(
@@ -288,40 +475,59 @@ class GeoIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, model_dir: str | os.PathLike) -> Path:
         """Write ``<model_dir>/index/`` atomically (a temporary folder, then renames): a killed build
-        leaves the previous index or none, never a part of one."""
-        from safetensors.torch import save_file
-
-        if self.embeddings is None:
-            raise ValueError("this index was loaded without its embeddings: load it with embeddings=True to save it")
+        leaves the previous index or none, never a part of one. An index :func:`build_index` staged in
+        ``model_dir`` is renamed in; any other is written shard by shard."""
         target = Path(model_dir) / INDEX_FOLDER
-        remove_stale(Path(model_dir))
-        tmp = temp_path(target)
-        tmp.mkdir(parents=True)
+        staged, self.staged = self.staged, None
+        if staged is not None and staged.parent == target.parent and staged.is_dir():
+            tmp = staged
+        else:
+            if self.embeddings is None and self.vectors is None:
+                raise ValueError(
+                    "this index was loaded without its embeddings: load it with embeddings=True to save it"
+                )
+            remove_stale(Path(model_dir))
+            tmp = temp_path(target)
         try:
-            tensors = {
-                "embeddings": self.embeddings.to(torch.float16).contiguous(),
-                "latitude": torch.from_numpy(np.ascontiguousarray(self.latitude, dtype=np.float64)),
-                "longitude": torch.from_numpy(np.ascontiguousarray(self.longitude, dtype=np.float64)),
-                "cell": torch.from_numpy(np.ascontiguousarray(self.cell, dtype=np.int64)),
-            }
-            save_file(tensors, str(tmp / GALLERY_FILE))
-            if self.ann is not None:
-                self.ann.save(tmp / f"ann.{self.ann.backend}")
+            if tmp is not staged:
+                self._write(tmp)
             text = json.dumps({"info": asdict(self.info), "params": asdict(self.params)}, indent=1)
             (tmp / INFO_FILE).write_text(text + "\n", encoding="utf-8")
-            for f in tmp.iterdir():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
+            with open(tmp / INFO_FILE, "rb") as handle:
+                os.fsync(handle.fileno())
             old = temp_path(target) if target.exists() else None
             if old is not None:
                 os.replace(target, old)
             os.replace(tmp, target)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            if disk_full(err):
+                raise UserError(f"{tmp}: no space left on the device; free space and save the index again") from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _write(self, folder: Path) -> None:
+        """This index's files into ``folder`` (created): its rows as shards, its ANN index."""
+        with GalleryWriter(folder, normalise=False) as writer:
+            n = len(self)
+            for start in range(0, n, SHARD_ROWS):
+                rows = slice(start, min(n, start + SHARD_ROWS))
+                if self.embeddings is not None:
+                    vectors = self.embeddings[rows].float().numpy()
+                else:
+                    vectors = self.vectors.rows(np.arange(rows.start, rows.stop))
+                writer.add(GalleryBatch(vectors, self.latitude[rows], self.longitude[rows], self.cell[rows]))
+            shards = writer.close()
+            ann_files = []
+            if self.ann is not None:
+                name = ANN_FILE.format(self.ann.backend)
+                self.ann.save(folder / name)
+                ann_files = [name]
+            self.info = replace(self.info, size=n, shards=shards, ann_files=ann_files)
 
     def save_params(self, model_dir: str | os.PathLike) -> None:
         """Rewrite only ``index/index.json`` (after tuning), atomically."""
@@ -332,10 +538,9 @@ class GeoIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, embeddings: bool | None = None) -> GeoIndex:
-        """From an ``index/`` folder (see :func:`find_index` for a model folder or Hub repo); the embeddings
-        are read for exact search (``embeddings=None``) or when asked, not beside an ANN index."""
-        from safetensors import SafetensorError, safe_open
-
+        """From an ``index/`` folder (see :func:`find_index` for a model folder or Hub repo). The embeddings
+        are read into memory for exact search (``embeddings=None``) or when asked (``True``); otherwise
+        (beside an ANN index, or ``embeddings=False``) they are memory-mapped from the gallery's shards."""
         folder = Path(folder)
         info_path = folder / INFO_FILE
         try:
@@ -346,27 +551,37 @@ class GeoIndex:
         except (ValueError, KeyError, TypeError) as err:
             raise UserError(f"{info_path}: not a geohf index ({_one_line(err)}); build it again") from None
         read = info.search not in BACKENDS if embeddings is None else embeddings
-        try:
-            with safe_open(str(folder / GALLERY_FILE), framework="pt") as f:
-                shape = list(f.get_slice("embeddings").get_shape())
-                cell, lat, lon = (f.get_tensor(k).numpy() for k in ("cell", "latitude", "longitude"))
-                vectors = f.get_tensor("embeddings") if read else None
-        except (FileNotFoundError, SafetensorError, KeyError, OSError) as err:
-            raise UserError(f"{folder / GALLERY_FILE}: unreadable ({_one_line(err)}); build the index again") from None
-        if len(shape) != 2 or not (len(lat) == len(lon) == len(cell) == shape[0]):
-            raise UserError(f"{folder / GALLERY_FILE}: arrays of different lengths; build the index again")
-        if shape[1] != info.embed_dim:
-            raise UserError(
-                f"{folder / GALLERY_FILE}: {shape[1]}-d embeddings but {info_path.name} says "
-                f"{info.embed_dim}; build the index again"
-            )
+        shards, columns = [], {"latitude": [], "longitude": [], "cell": []}
+        for name in info.gallery_files():
+            path = folder / name
+            try:
+                entries = read_header(path)
+                shape = entries["embeddings"].shape
+                for key in columns:
+                    columns[key].append(np.array(memmap(path, entries[key])))
+                shards.append(memmap(path, entries["embeddings"]))
+            except FileNotFoundError:
+                raise UserError(f"{path}: missing ({info_path.name} lists it); build the index again") from None
+            except (ValueError, KeyError, TypeError, OSError) as err:
+                raise UserError(f"{path}: unreadable ({_one_line(err)}); build the index again") from None
+            if len(shape) != 2 or not all(len(c[-1]) == shape[0] for c in columns.values()):
+                raise UserError(f"{path}: arrays of different lengths; build the index again")
+            if shape[1] != info.embed_dim:
+                raise UserError(
+                    f"{path}: {shape[1]}-d embeddings but {info_path.name} says {info.embed_dim}; build the index again"
+                )
+        lat, lon, cell = (np.concatenate(columns[k]) for k in ("latitude", "longitude", "cell"))
+        if info.shards and len(lat) != info.size:
+            raise UserError(f"{folder}: {len(lat):,} rows but {info_path.name} says {info.size:,}; build it again")
+        vectors = GalleryVectors(shards)
+        tensor = torch.from_numpy(np.concatenate(shards)) if read else None
         ann = None
         if info.search in BACKENDS:
-            path = folder / f"ann.{info.search}"
+            path = folder / info.ann_paths()[0]
             if not path.is_file():
                 raise UserError(f"{path}: missing ({info_path.name} says --search {info.search}); build it again")
             ann = AnnIndex.load(info.search, path)
-        return cls(vectors, lat, lon, cell, info, params, ann)
+        return cls(tensor, lat, lon, cell, info, params, ann, None if read else vectors)
 
 
 def _one_line(err: BaseException) -> str:
@@ -396,16 +611,19 @@ def find_index(source: str | os.PathLike | None, revision: str | None = None) ->
         info = Path(hf_hub_download(str(source), f"{INDEX_FOLDER}/{INFO_FILE}", revision=revision))
     except absent:  # no index published with the model (or not a repo id): predictions are not refined
         return None
-    meta = json.loads(info.read_text(encoding="utf-8"))
-    names = [GALLERY_FILE] + ([f"ann.{meta['info']['search']}"] if meta["info"]["search"] in BACKENDS else [])
+    try:
+        names = IndexInfo(**json.loads(info.read_text(encoding="utf-8"))["info"]).files()
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{source}: its {INDEX_FOLDER}/{INFO_FILE} is not a geohf index ({_one_line(err)})") from None
     for name in names:
         hf_hub_download(str(source), f"{INDEX_FOLDER}/{name}", revision=revision)
     return info.parent
 
 
-def gallery_cells(predictor, dataset) -> np.ndarray:
-    """The primary head's class of every row: the model's own cells for coordinates (its partition),
-    else the dataset's ``cell_<partition>`` / label column."""
+def cell_assigner(predictor, dataset=None) -> Callable[[np.ndarray, np.ndarray, slice], np.ndarray]:
+    """``cells(latitude, longitude, rows)``: the primary head's class of gallery rows ``rows`` at those
+    coordinates: the model's own cells for coordinates (its partition), else ``dataset``'s
+    ``cell_<partition>`` / label column at those rows."""
     from ..data.transforms import label_encoder
 
     spec = predictor.model.config.head()
@@ -413,13 +631,87 @@ def gallery_cells(predictor, dataset) -> np.ndarray:
         raise UserError("retrieval refinement needs a classification (geocell) head; this model only regresses")
     partition = predictor.model.cell_partitions.get(spec.partition)
     if spec.is_geocell and partition is not None:
-        coords = dataset.select_columns(["latitude", "longitude"]).to_pandas()
-        return np.asarray(partition.assign(coords["latitude"].to_numpy(), coords["longitude"].to_numpy()))
+        return lambda latitude, longitude, rows: np.asarray(partition.assign(latitude, longitude), dtype=np.int64)
     column = spec.label_column
-    if column not in dataset.column_names:
+    if dataset is None or column not in dataset.column_names:
         raise UserError(f"the dataset has no {column!r} column and the model no cell partition: cannot assign cells")
-    encode = label_encoder(spec)
-    return np.array([encode(v) for v in dataset[column]], dtype=np.int64)
+    encode, labels = label_encoder(spec), dataset.select_columns([column])
+
+    def cells(latitude, longitude, rows: slice) -> np.ndarray:
+        return np.array([encode(v) for v in labels[rows][column]], dtype=np.int64)
+
+    return cells
+
+
+def gallery_cells(predictor, dataset) -> np.ndarray:
+    """The primary head's class of every row of ``dataset`` (see :func:`cell_assigner`)."""
+    coords = dataset.select_columns(["latitude", "longitude"]).to_pandas()
+    lat, lon = coords["latitude"].to_numpy(), coords["longitude"].to_numpy()
+    return cell_assigner(predictor, dataset)(lat, lon, slice(0, len(dataset)))
+
+
+def index_info(model, search: str = "auto", dataset_name: str | None = None, split: str | None = None) -> IndexInfo:
+    """What an index of ``model``'s embeddings records (its size and files are filled in by :func:`write_index`)."""
+    spec = model.config.head()
+    return IndexInfo(
+        backbone=model.config.backbone,
+        embed_dim=int(model.config.embed_dim or 0),
+        fingerprint=model_fingerprint(model),
+        head=spec.name,
+        num_classes=len(spec.labels),
+        size=0,
+        search=search,
+        dataset=dataset_name,
+        split=split,
+    )
+
+
+def write_index(
+    batches: Iterable[GalleryBatch],
+    info: IndexInfo,
+    folder: str | os.PathLike | None = None,
+    threads: int = 0,
+    shard_rows: int = SHARD_ROWS,
+) -> GeoIndex:
+    """Stream ``batches`` (from any engine) into a staged index: float16 shards as the rows arrive, then the
+    ANN index ``info.search`` asks for (``auto``: see :func:`resolve_search`) built from the shards. The
+    files go to a temporary folder beside ``<folder>/index`` (or a temporary directory), which
+    :meth:`GeoIndex.save` renames in; an exception, a full disk or a kill leaves no loadable index.
+    Memory: one shard, whatever the number of rows (and, for faiss, a training sample and one shard's codes)."""
+    if folder is not None:
+        remove_stale(Path(folder))
+        staging = temp_path(Path(folder) / INDEX_FOLDER)
+    else:
+        import tempfile
+
+        staging = Path(tempfile.mkdtemp(prefix="geohf-index-")) / INDEX_FOLDER
+    try:
+        with GalleryWriter(staging, shard_rows) as writer:
+            for batch in batches:
+                writer.add(batch)
+            shards = writer.close()
+            kind = resolve_search(info.search, writer.rows)
+            info = replace(info, size=writer.rows, embed_dim=writer.dim, search=kind, shards=shards, ann_files=[])
+            if kind in BACKENDS:
+                vectors = open_vectors(staging, shards)
+                name = ANN_FILE.format(kind)
+                AnnIndex.build(kind, vectors, threads, path=staging / name)
+                info.ann_files = [name]
+            text = json.dumps({"info": asdict(info), "params": asdict(RetrievalParams())}, indent=1)
+            (staging / INFO_FILE).write_text(text + "\n", encoding="utf-8")
+            index = GeoIndex.load(staging, embeddings=kind not in BACKENDS and writer.rows < AUTO_ANN_FROM)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if disk_full(err):
+            raise UserError(f"{staging}: no space left on the device; free space and build the index again") from None
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if folder is None:  # a temporary directory: removed with the index (save() copies it into a model folder)
+        weakref.finalize(index, shutil.rmtree, staging.parent, True)
+    index.staged = staging
+    return index
 
 
 def build_index(
@@ -430,8 +722,11 @@ def build_index(
     dataset_name: str | None = None,
     split: str | None = None,
     threads: int = 0,
+    folder: str | os.PathLike | None = None,
 ) -> GeoIndex:
-    """Embed ``dataset`` (a split with ``latitude``/``longitude``) with the predictor's model: a :class:`GeoIndex`."""
+    """Embed ``dataset`` (a split with ``latitude``/``longitude``) with the predictor's model: a
+    :class:`GeoIndex`, streamed to disk by :func:`write_index` (staged beside ``<folder>/index`` when given;
+    :meth:`GeoIndex.save` puts it in place)."""
     if len(dataset) == 0:
         raise UserError(f"the {split or 'dataset'!r} split is empty: nothing to index")
     missing = {"latitude", "longitude"} - set(dataset.column_names)
@@ -439,31 +734,15 @@ def build_index(
         raise UserError(f"the {split!r} split has no {' and '.join(sorted(missing))} column: cannot index it")
     groups = predictor.place_groups(dataset)  # a multi-view model indexes places (their fused embeddings)
     places = dataset if groups is None else dataset.select([g[0] for g in groups])
-    cells = gallery_cells(predictor, places)
-    kind = resolve_search(search, len(places))
-    # streamed: each batch's normalised embeddings go into one float16 array (probabilities are never kept)
-    embeddings = latitude = longitude = None
-    start = 0
-    for batch in predictor.iter_dataset(dataset, batch_size=batch_size, desc="indexing", embeddings=True):
-        if embeddings is None:
-            embeddings = torch.empty((len(places), batch.embeddings.shape[1]), dtype=torch.float16)
-            latitude, longitude = np.empty(len(places)), np.empty(len(places))
-        rows = slice(start, start + len(batch))
-        embeddings[rows] = normalise(torch.from_numpy(batch.embeddings)).to(torch.float16)
-        latitude[rows], longitude[rows] = batch.true_latitude, batch.true_longitude
-        start += len(batch)
-    model = predictor.model
-    spec = model.config.head()
-    info = IndexInfo(
-        backbone=model.config.backbone,
-        embed_dim=int(embeddings.shape[1]),
-        fingerprint=model_fingerprint(model),
-        head=spec.name,
-        num_classes=len(spec.labels),
-        size=len(places),
-        search=kind,
-        dataset=dataset_name,
-        split=split,
-    )
-    ann = AnnIndex.build(kind, embeddings.numpy(), threads) if kind in BACKENDS else None
-    return GeoIndex(embeddings, latitude, longitude, cells, info, ann=ann)
+    cells = cell_assigner(predictor, places)
+
+    def batches() -> Iterator[GalleryBatch]:
+        start = 0
+        for batch in predictor.iter_dataset(dataset, batch_size=batch_size, desc="indexing", embeddings=True):
+            rows = slice(start, start + len(batch))
+            start = rows.stop
+            lat, lon = batch.true_latitude, batch.true_longitude
+            yield GalleryBatch(batch.embeddings, lat, lon, cells(lat, lon, rows))
+
+    info = index_info(predictor.model, search, dataset_name, split)
+    return write_index(batches(), info, folder, threads)

@@ -40,7 +40,7 @@ def validation(tiny_dataset):
 
 def test_build_writes_the_index_and_predictions_are_refined(indexed, validation, cli, tiny_dataset):
     files = sorted(p.name for p in (indexed / "index").iterdir())
-    assert files == ["gallery.safetensors", "index.json"]  # 160 rows: exact search, no ANN file
+    assert files == ["gallery-00000.safetensors", "index.json"]  # 160 rows: exact search, no ANN file
     meta = json.loads((indexed / "index" / "index.json").read_text())
     assert meta["info"]["size"] == 160 and meta["info"]["embed_dim"] == 1280 and meta["info"]["search"] == "exact"
     assert meta["info"]["backbone"] == "tf_efficientnet_lite0" and meta["info"]["split"] == "train"
@@ -249,5 +249,5 @@ def test_the_index_is_published_with_the_model_and_a_killed_builds_staging_is_no
     stale = model / ".index.0123abcd.tmp"  # what a killed build leaves
     shutil.copytree(model / "index", stale)
     files = files_to_upload(model)
-    assert {"index/gallery.safetensors", "index/index.json"} <= set(files)
+    assert {"index/gallery-00000.safetensors", "index/index.json"} <= set(files)
     assert not [f for f in files if ".tmp" in f]

@@ -47,7 +47,7 @@ def test_kill_9_during_index_build_leaves_no_half_index(tiny_model_dir, tiny_dat
     shutil.copytree(tiny_model_dir, model)
     fresh = index_build(tmp_path, model, tiny_dataset, "commit")
     killed_fresh = fresh.returncode == -9
-    staged = [p for p in model.glob(".index.*") if (p / "gallery.safetensors").is_file()]
+    staged = [p for p in model.glob(".index.*") if (p / "gallery-00000.safetensors").is_file()]
     nothing = not (model / "index").exists() and len(staged) == 1  # everything staged, nothing in place
     rerun = index_build(tmp_path, model, tiny_dataset)
     complete = rerun.returncode == 0 and len(GeoIndex.load(model / "index")) == 160
