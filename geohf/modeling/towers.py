@@ -10,6 +10,8 @@ tower is never built). The pooled embedding is the tower's own:
 * SigLIP / SigLIP2: the attention-pooling head (``pooler_output``);
 * DINOv2: the layer-normed CLS token, or ``pooling="cls+mean"`` CLS concatenated with the mean
   patch token (DINOv2's linear-probe embedding, twice as wide);
+* any tower with ``pooling="token"``: the first token of the last hidden state, before any pooling layer (a
+  CLIP tower's CLS before its post-layernorm: PLONK's StreetCLIP embedding);
 * other vision models (ViT, ConvNeXt...): ``pooler_output``, else the CLS token / spatial mean.
 """
 
@@ -37,7 +39,7 @@ FAMILIES = {
     "dinov2_with_registers": "dinov2",
 }
 SUPPORTED = "CLIP, SigLIP, SigLIP2, DINOv2, or a transformers vision model (ViT, ConvNeXt, Swin...)"
-POOLINGS = ("cls", "cls+mean")
+POOLINGS = ("cls", "cls+mean", "token")
 TOWER_OPTIONS = {"hf_config", "projection", "pooling"}  # the backbone_kwargs a transformers tower takes
 # the model class of each family's tower: (without projection, with projection)
 _CLASSES = {
@@ -182,7 +184,8 @@ class TransformersBackbone(nn.Module):
     Args:
         hf_config: the tower's config dict (:func:`vision_config_dict`), stored in the geohf config.
         projection: CLIP only: return ``visual_projection`` of the pooled CLS (CLIP's image embedding).
-        pooling: DINOv2 only: ``cls`` or ``cls+mean`` (CLS and mean patch token, concatenated).
+        pooling: ``cls`` (the tower's pooled output), ``cls+mean`` (DINOv2 only: CLS and mean patch token,
+            concatenated) or ``token`` (the last hidden state's first token, no projection).
     """
 
     def __init__(self, hf_config: dict, projection: bool = False, pooling: str = "cls"):
@@ -195,8 +198,15 @@ class TransformersBackbone(nn.Module):
         self.projection, self.pooling = bool(projection), pooling
         if projection and self.family != "clip":
             raise UserError(f"backbone option projection applies to CLIP towers only, not {type(config).__name__}")
-        if pooling not in POOLINGS or (pooling != "cls" and self.family != "dinov2"):
-            raise UserError(f"backbone option pooling={pooling!r}: DINOv2 towers take one of {POOLINGS}, others 'cls'")
+        if (
+            pooling not in POOLINGS
+            or (pooling == "cls+mean" and self.family != "dinov2")
+            or (projection and pooling != "cls")
+        ):
+            raise UserError(
+                f"backbone option pooling={pooling!r}: one of {POOLINGS} ('cls+mean' for DINOv2 towers only, 'cls' "
+                "with projection)"
+            )
         if self.family in _CLASSES:
             cls_name = _CLASSES[self.family][1 if projection else 0]
             self.model = getattr(transformers, cls_name)(config)
@@ -228,6 +238,8 @@ class TransformersBackbone(nn.Module):
         out = self.model(pixel_values=pixel_values, **extra)
         if self.projection:
             return out.image_embeds
+        if self.pooling == "token":
+            return out.last_hidden_state[:, 0]
         if self.pooling == "cls+mean":
             hidden = out.last_hidden_state
             return torch.cat([hidden[:, 0], hidden[:, self.num_prefix_tokens :].mean(1)], dim=-1)

@@ -1,0 +1,219 @@
+"""The flow head (PLONK) against PLONK's own code (``diff-plonk``, the oracle), and ``geohf convert plonk``.
+
+Tiny random PLONK networks go through PLONK's classes and samplers and through geohf's, from the same noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("plonk.models.networks.mlp", reason="PLONK's code: pip install --no-deps diff-plonk==0.4 einops")
+from plonk.models.losses import RiemannianFlowMatchingLoss  # noqa: E402
+from plonk.models.networks.mlp import GeoAdaLNMLP  # noqa: E402
+from plonk.models.preconditioning import DDPMPrecond  # noqa: E402
+from plonk.models.samplers.riemannian_flow_sampler import riemannian_flow_sampler  # noqa: E402
+from plonk.models.schedulers import SigmoidScheduler  # noqa: E402
+from plonk.pipe import PlonkPipeline  # noqa: E402
+from plonk.utils.manifolds import Sphere, geodesic  # noqa: E402
+
+from geohf.geo.sphere import latlon_to_xyz, xyz_to_latlon  # noqa: E402
+from geohf.modeling.configuration_geohf import HeadSpec  # noqa: E402
+from geohf.modeling.converters.plonk import flow_state_dict  # noqa: E402
+from geohf.modeling.heads import build_head  # noqa: E402
+from geohf.modeling.heads.flow import SigmoidSchedule, geodesic_point_and_velocity  # noqa: E402
+
+SIZES = {"input_dim": 3, "dim": 32, "depth": 2, "expansion": 2, "cond_dim": 16}
+
+
+def plonk_network(seed: int = 0) -> GeoAdaLNMLP:
+    """A tiny PLONK network; its blocks' output layers (zero at PLONK's init) random, its time input small (a
+    smooth field, so that the likelihood ODE takes few steps)."""
+    torch.manual_seed(seed)
+    net = GeoAdaLNMLP(**SIZES)
+    for block in net.blocks:
+        torch.nn.init.normal_(block.mlp[-1].weight, std=0.1)
+        torch.nn.init.normal_(block.mlp[-1].bias, std=0.1)
+    torch.nn.init.normal_(net.time_embedder.map_time[0].weight, std=0.005)
+    return net.eval()
+
+
+def flow_head(net: GeoAdaLNMLP, **settings):
+    sizes = {k: v for k, v in SIZES.items() if k != "cond_dim"}
+    spec = HeadSpec(name="flow", type="flow", flow={**sizes, **settings})
+    head = build_head(spec, SIZES["cond_dim"]).eval()
+    head.network.load_state_dict(flow_state_dict(net.state_dict(), head.network, "test"), strict=True)
+    return head
+
+
+def oracle_pipeline(net: GeoAdaLNMLP) -> PlonkPipeline:
+    """PLONK's pipeline on ``net`` (its __init__ downloads a network and an image tower: set up by hand)."""
+    pipe = object.__new__(PlonkPipeline)
+    pipe.network, pipe.preconditioning, pipe.manifold = net, DDPMPrecond(), Sphere()
+    pipe.scheduler, pipe.device, pipe.input_dim = SigmoidScheduler(-7, 3, 1.0), torch.device("cpu"), 3
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def net():
+    return plonk_network()
+
+
+def test_schedule_equals_plonks():
+    t = torch.linspace(0, 1, 101)
+    ours, theirs = SigmoidSchedule(-7, 3, 1.0), SigmoidScheduler(-7, 3, 1.0)
+    assert torch.allclose(ours(t), theirs(t), rtol=0, atol=1e-7)
+    assert torch.allclose(ours.derivative(t), theirs.derivative(t), rtol=1e-6, atol=1e-7)
+
+
+def test_network_equals_plonks(net):
+    head = flow_head(net)
+    torch.manual_seed(1)
+    x, cond = torch.nn.functional.normalize(torch.randn(7, 3), dim=-1), torch.randn(7, 16)
+    for gamma in (1e-9, 0.3, 1.0):
+        g = torch.tensor(gamma)
+        theirs = net({"y": x, "gamma": g.expand(7), "emb": cond})
+        assert torch.equal(head.network(x, g.reshape(1), cond), theirs)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_samples_equal_plonks_sampler(net, guidance):
+    head = flow_head(net, steps=60)
+    torch.manual_seed(2)
+    noise, cond = torch.nn.functional.normalize(torch.randn(9, 3), dim=-1), torch.randn(9, 16)
+    with torch.no_grad():
+        theirs = riemannian_flow_sampler(
+            net,
+            {"y": noise.clone(), "emb": cond},
+            conditioning_keys="emb",
+            scheduler=SigmoidScheduler(-7, 3, 1.0),
+            num_steps=60,
+            cfg_rate=guidance,
+        )
+    ours = head.sample(cond, noise, steps=60, guidance=guidance)
+    assert (ours - theirs).abs().max() <= 1e-5  # measured: 0.0
+
+
+def test_log_density_equals_plonks_likelihood(net):
+    head = flow_head(net, atol=1e-8, rtol=1e-8)
+    torch.manual_seed(3)
+    cond = torch.randn(3, 16)
+    points = head.sample(cond, torch.nn.functional.normalize(torch.randn(3, 3), dim=-1), steps=40, guidance=0.0)
+    lat, lon = xyz_to_latlon(points.double())
+    coords = torch.stack([lat, lon], -1).numpy()
+    theirs = oracle_pipeline(net).compute_likelihood(
+        emb=cond, coordinates=coords, atol=1e-8, rtol=1e-8, normalize_logp=False
+    )
+    ours = head.log_density(cond, latlon_to_xyz(torch.as_tensor(coords[:, 0]), torch.as_tensor(coords[:, 1])).float())
+    assert (ours - theirs).abs().max() <= 1e-5  # measured: 8e-7 (both solvers at 1e-8)
+    nll = head.nll(cond, coords[:, 0], coords[:, 1])
+    assert torch.allclose(nll, -ours, atol=1e-5)
+
+
+def test_likelihood_grid(net):
+    """The grid holds log_density at its points (rows latitudes, columns longitudes), per steradian: PLONK's
+    estimator takes the divergence of the field in R^3, not on the sphere, so exp of it integrates over the sphere
+    to about 1, not exactly (0.87 for this network; 1 / 4 pi or 4 pi off would mean other units)."""
+    head = flow_head(net)
+    cond = torch.randn(16)
+    lats, lons, logp = head.likelihood_grid(cond, resolution_deg=30.0)
+    assert logp.shape == (7, 13) and np.isfinite(logp).all()
+    i, j = 2, 5
+    point = latlon_to_xyz(torch.tensor([lats[i]]), torch.tensor([lons[j]])).float()
+    # a batch shares its adaptive steps: alone, the point takes others, within the ODE's tolerance (measured 1e-4)
+    assert float(head.log_density(cond[None], point)[0]) == pytest.approx(float(logp[i, j]), abs=1e-3)
+    _, _, fine = head.likelihood_grid(cond, resolution_deg=10.0)
+    step = math.radians(10.0)
+    rows = np.exp(fine[:, :-1]).sum(1) * step * np.cos(np.radians(np.arange(-90, 91, 10)))
+    assert 0.7 < float(np.trapezoid(rows, dx=step)) < 1.3
+
+
+def test_geodesic_and_loss_equal_plonks():
+    torch.manual_seed(4)
+    x0 = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    x1 = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    gamma = torch.rand(6)
+    from torch.func import jvp, vmap
+
+    def cond_u(a, b, t):
+        return jvp(geodesic(Sphere(), a, b), (t,), (torch.ones_like(t),))
+
+    theirs_x, theirs_u = vmap(cond_u)(x0, x1, gamma[:, None])
+    ours_x, ours_u = geodesic_point_and_velocity(x0, x1, gamma)
+    assert torch.allclose(ours_x, theirs_x.reshape(6, 3), atol=1e-5)
+    assert torch.allclose(ours_u, theirs_u.reshape(6, 3), atol=1e-5)
+
+
+def test_flow_loss_equals_plonks(net, monkeypatch):
+    """The same draws (t, x0, no condition dropped) give PLONK's Riemannian flow-matching loss."""
+    head = flow_head(net, cond_drop=0.0)
+    torch.manual_seed(5)
+    cond = torch.randn(8, 16)
+    lat, lon = torch.rand(8) * 160 - 80, torch.rand(8) * 360 - 180
+    coords = torch.stack([lat, lon], -1)
+    ours = head.flow_loss(cond, coords, generator=torch.Generator().manual_seed(6))
+    # our draws, in our order: t (rand), x0 (randn); PLONK draws t from the generator and x0 from the global RNG
+    g = torch.Generator().manual_seed(6)
+    t = torch.rand(8, generator=g)
+    x0 = torch.nn.functional.normalize(torch.randn(8, 3, generator=g), dim=-1)
+    monkeypatch.setattr(Sphere, "random_base", lambda self, *a, **k: x0)
+    loss = RiemannianFlowMatchingLoss(SigmoidScheduler(-7, 3, 1.0), cond_drop_rate=0.0, conditioning_key="emb")
+    batch = {"x_0": latlon_to_xyz(lat.double(), lon.double()).float(), "emb": cond.clone()}
+    theirs = loss(DDPMPrecond(), net, batch, generator=torch.Generator().manual_seed(6))
+    assert t.shape == (8,)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_point_radius_and_seeded_noise(net):
+    head = flow_head(net, steps=20, samples=8)
+    torch.manual_seed(7)
+    cond = torch.randn(4, 16)
+    with torch.inference_mode():
+        out = head(cond)
+        again = head(cond[[2, 0]])  # an image's samples follow it into any batch
+    assert out.shape == (4, 8, 4) and torch.isnan(out[..., 3]).all()
+    assert torch.allclose(again[..., :3], out[[2, 0], :, :3], rtol=0, atol=1e-6)
+    coords = head.coordinates(out)
+    lat, lon = xyz_to_latlon(out[:, 0, :3])
+    assert torch.allclose(coords, torch.stack([lat, lon], -1))
+    radius = head.confidence_radius(out, coords, 0.5)
+    assert radius.shape == (4,) and (radius > 0).all()
+    # views: samples pooled, a padded view's left out
+    fused = head.fuse(out.reshape(2, 2, 8, 4), torch.tensor([[True, False], [True, True]]))
+    assert fused.shape == (2, 16, 4) and torch.isnan(fused[0, 8:]).all() and torch.isfinite(fused[1, :, :3]).all()
+    likeliest = flow_head(net, steps=20, samples=4, point="likeliest")
+    with torch.inference_mode():
+        out = likeliest(cond[:2])
+    assert torch.isfinite(out[..., 3]).all()
+    best = out[..., 3].argmax(1)
+    lat, lon = xyz_to_latlon(out[torch.arange(2), best, :3])
+    assert torch.allclose(likeliest.coordinates(out), torch.stack([lat, lon], -1))
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="point"):
+        build_head(HeadSpec(name="flow", type="flow", flow={"point": "mean"}), 16)
+    with pytest.raises(ValueError, match="not known"):
+        build_head(HeadSpec(name="flow", type="flow", flow={"steps": 10, "temperature": 1}), 16)
+    with pytest.raises(ValueError, match="conditions"):
+        build_head(HeadSpec(name="flow", type="flow", flow={"cond_dim": 8}), 16)
+
+
+def save_plonk_folder(net: GeoAdaLNMLP, folder):
+    """``net`` as PLONK publishes it on the Hub (PyTorchModelHubMixin: config.json + model.safetensors)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(SIZES))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_json_round_trip_of_settings():
+    spec = HeadSpec(name="flow", type="flow", flow={"samples": 3})
+    again = HeadSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again.flow == {"samples": 3} and not again.is_classifier and again.has_coordinates
