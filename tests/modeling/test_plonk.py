@@ -217,3 +217,106 @@ def test_json_round_trip_of_settings():
     spec = HeadSpec(name="flow", type="flow", flow={"samples": 3})
     again = HeadSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again.flow == {"samples": 3} and not again.is_classifier and again.has_coordinates
+
+
+VISION = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+VISION |= {"patch_size": 16, "image_size": 32}
+TEXT = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+TEXT |= {"vocab_size": 99, "bos_token_id": 0, "eos_token_id": 2}
+
+
+@pytest.fixture(scope="module")
+def street_clip(tmp_path_factory):
+    """A tiny random full CLIPModel standing for StreetCLIP (its CLS token is 16-d, PLONK's cond_dim here)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    root = tmp_path_factory.mktemp("plonk-tower") / "streetclip"
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=8)).save_pretrained(root)
+    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def converted(net, street_clip, tmp_path_factory):
+    from geohf.cli import main
+
+    root = tmp_path_factory.mktemp("plonk")
+    plonk = save_plonk_folder(net, root / "PLONK_tiny")
+    out = root / "model"
+    argv = ["convert", "plonk", str(out), str(plonk), "--tower", str(street_clip), "--samples", "4", "--steps", "30"]
+    assert main(argv) == 0
+    return out
+
+
+def test_converted_model_samples_plonks_points(converted, net, street_clip, tmp_path):
+    """The folder's tower gives PLONK's StreetCLIP embedding (the CLS token before the post-layernorm), and
+    predict's points are PLONK's sampler's from the same noise."""
+    from PIL import Image
+    from transformers import CLIPVisionModel, pipeline
+
+    from geohf.inference.predictor import GeoPredictor
+    from geohf.modeling import GeoModelForImageGeolocation
+
+    config = json.loads((converted / "config.json").read_text())
+    assert config["backbone_kwargs"]["pooling"] == "token" and config["heads"][0]["type"] == "flow"
+    model = GeoModelForImageGeolocation.from_pretrained(converted).eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+    predictor = GeoPredictor(model, bf16=False, channels_last=False)
+    pixels = predictor.pixel_values([Image.open(p) for p in paths])
+    tower = CLIPVisionModel.from_pretrained(street_clip).eval()
+    with torch.no_grad():
+        emb = tower(pixel_values=pixels).last_hidden_state[:, 0]  # PLONK's StreetClipFeatureExtractor
+        ours = model.geo(pixels).embeddings
+    assert torch.allclose(ours, emb, atol=1e-5)
+    head = model.heads["flow"]
+    noise = head.noise(ours, 4).flatten(0, 1)  # each image's 4 samples, as the head batches them
+    with torch.no_grad():
+        theirs = riemannian_flow_sampler(
+            net,
+            {"y": noise.clone(), "emb": ours.repeat_interleave(4, dim=0)},
+            conditioning_keys="emb",
+            scheduler=SigmoidScheduler(-7, 3, 1.0),
+            num_steps=30,
+            cfg_rate=2.0,
+        )
+    lat, lon = xyz_to_latlon(theirs.reshape(3, 4, 3)[:, 0].double())  # the point: each image's first sample
+    predictions = predictor.predict_images([Image.open(p) for p in paths])
+    raw = predictor.predict_tensors(pixels, answer="cell")
+    measured = max(np.abs(raw.pred_latitude - lat.numpy()).max(), np.abs(raw.pred_longitude - lon.numpy()).max())
+    print(f"max |geohf - PLONK| point: {measured:.1e} degrees")
+    assert measured < 1e-4  # degrees
+    assert np.isfinite(predictions.radius_km).all() and (predictions.radius_km > 0).all()
+    records = predictions.records()
+    assert all(r["pred_country_code"] or r["pred_country_code"] == "" for r in records)
+    geo = pipeline("image-geolocation", model=str(converted))
+    result = geo(str(paths[0]))
+    assert result["pred_latitude"] == pytest.approx(records[0]["pred_latitude"], abs=1e-3)
+
+
+def test_predict_command_runs_the_converted_folder(converted, tmp_path, cli):
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(image)
+    out = tmp_path / "pred.jsonl"
+    result = cli("predict", "--model", converted, image, "--output", out)
+    assert result.code == 0, result.err
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert -90 <= record["pred_latitude"] <= 90 and record["radius_km"] > 0
+
+
+def test_convert_refuses_what_is_not_plonk(net, street_clip, tmp_path, cli):
+    bad = save_plonk_folder(net, tmp_path / "bad")
+    (bad / "config.json").write_text(json.dumps({"dim": 32}))
+    result = cli("convert", "plonk", tmp_path / "out", bad, "--tower", street_clip)
+    assert result.code != 0 and "config.json" in result.err and "cond_dim" in result.err
+    assert not (tmp_path / "out").exists()
+    wrong = save_plonk_folder(net, tmp_path / "wrong")
+    (wrong / "config.json").write_text(json.dumps({**SIZES, "cond_dim": 8}))
+    result = cli("convert", "plonk", tmp_path / "out", wrong, "--tower", street_clip)
+    assert result.code != 0 and "8-d" in result.err

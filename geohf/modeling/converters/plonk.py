@@ -35,7 +35,7 @@ PLONK_CONFIG_KEYS = ("cond_dim", "depth", "dim", "expansion", "input_dim")
 TOWERS = {"osv5m": "geolocal/StreetCLIP", "yfcc": "facebook/dinov2-with-registers-large"}
 DINOV2_SIDE = 336  # PLONK's DINOv2 preprocessing: a centre square resized to 336 px, bicubic
 
-# PLONK's GeoAdaLNMLP parameter names → FlowNetwork's (the frequencies of its time embedding are computed)
+# PLONK's GeoAdaLNMLP parameter names → FlowNetwork's (its time frequencies, checked, are ``time_freqs``)
 _RENAMES = (
     (r"^time_embedder\.map_time\.", "time_mlp."),
     (r"^cond_mapper\.", "cond_proj."),
@@ -84,12 +84,13 @@ def read_plonk_config(folder: Path) -> dict[str, int]:
 
 def flow_state_dict(state: dict[str, torch.Tensor], network: torch.nn.Module, where: str) -> dict[str, torch.Tensor]:
     """PLONK's ``GeoAdaLNMLP`` state dict as :class:`~geohf.modeling.heads.flow.FlowNetwork`'s; its stored time
-    frequencies must equal the ones geohf computes."""
+    frequencies must equal the positional ones geohf builds."""
     out = {}
     for key, value in state.items():
         if key == _TIME_FREQS:
             if not torch.allclose(value.float().cpu(), network.time_freqs.float().cpu(), rtol=1e-6, atol=0.0):
                 raise UserError(f"{where}: its time embedding's frequencies are not PLONK's positional ones")
+            out["time_freqs"] = value
             continue
         new = key
         for pattern, repl in _RENAMES:

@@ -39,8 +39,8 @@ class FlowSettings:
         samples: samples drawn per image (the radius is their ``mass`` quantile around the point).
         point: ``sample`` (the first sample) or ``likeliest`` (the sample of highest likelihood, by ODE).
         cond_drop: share of training rows whose condition is dropped (zeroed), for guidance.
-        seed: the sampler's seed; each image's noise comes from it and the image's embedding, so an image
-            gets the same samples in any batch.
+        seed: the sampler's seed; each image's noise comes from it and the image's embedding
+            (:func:`embedding_seeds`), so an image gets the same samples in any batch.
         atol, rtol: tolerances of the likelihood ODE.
     """
 
@@ -145,7 +145,7 @@ class FlowNetwork(nn.Module):
         super().__init__()
         channels = dim // 4
         exponents = torch.arange(channels // 2, dtype=torch.float32) * 2 / channels
-        self.register_buffer("time_freqs", 1e-4**exponents, persistent=False)
+        self.register_buffer("time_freqs", 1e-4**exponents)  # saved: a meta-device load has no init to refill it
         self.time_mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, dim))
         self.cond_proj = nn.Linear(cond_dim, dim)
         self.input_proj = nn.Linear(input_dim, dim)
@@ -223,11 +223,14 @@ def dormand_prince(f, y: torch.Tensor, t0: float, t1: float, atol: float, rtol: 
 
 
 def embedding_seeds(embeddings: torch.Tensor, seed: int) -> list[int]:
-    """One seed per row: ``seed`` mixed with a hash of the row's float32 bytes (an image's noise follows it)."""
-    rows = embeddings.detach().float().cpu().numpy()
+    """One seed per row: ``seed`` mixed with a hash of the signs of the row's centred values, so that an image's
+    noise follows it into any batch, and through float rounding of its embedding (another preprocessing path,
+    another kernel) unless a value that rounding flips lies within it of the row's mean."""
+    rows = embeddings.detach().float()
+    signs = (rows > rows.mean(-1, keepdim=True)).cpu().numpy()
     out = []
-    for row in rows:
-        digest = hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8, key=str(seed).encode())
+    for row in np.packbits(signs, axis=-1):
+        digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=str(seed).encode())
         out.append(int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1))
     return out
 
@@ -271,12 +274,6 @@ class FlowHead(GeoHead):
     @property
     def has_coordinates(self) -> bool:
         return True
-
-    @torch.no_grad()
-    def init_buffers(self) -> None:
-        channels = self.settings.dim // 4
-        exponents = torch.arange(channels // 2, dtype=torch.float32) * 2 / channels
-        self.network.time_freqs = (1e-4**exponents).to(self.network.output_proj.weight.device)
 
     # --- the velocity field and the sampler
 
