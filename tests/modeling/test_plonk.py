@@ -165,6 +165,7 @@ def test_flow_loss_equals_plonks(net, monkeypatch):
     batch = {"x_0": latlon_to_xyz(lat.double(), lon.double()).float(), "emb": cond.clone()}
     theirs = loss(DDPMPrecond(), net, batch, generator=torch.Generator().manual_seed(6))
     assert t.shape == (8,)
+    print(f"flow loss: geohf {float(ours):.7f}, PLONK {float(theirs):.7f}")
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
 
 
