@@ -305,10 +305,13 @@ def test_predict_command_runs_the_converted_folder(converted, tmp_path, cli):
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(image)
     out = tmp_path / "pred.jsonl"
-    result = cli("predict", "--model", converted, image, "--output", out)
+    html = tmp_path / "map.html"
+    result = cli("predict", "--model", converted, image, "--output", out, "--map", html, "--map-offline")
     assert result.code == 0, result.err
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert -90 <= record["pred_latitude"] <= 90 and record["radius_km"] > 0
+    page = html.read_text()
+    assert "log-density" in page and page.count("L.rectangle") > 10  # the likelihood grid, shaded
 
 
 def test_convert_refuses_what_is_not_plonk(net, street_clip, tmp_path, cli):
