@@ -326,7 +326,7 @@ def test_convert_refuses_what_is_not_plonk(net, street_clip, tmp_path, cli):
     assert result.code != 0 and "8-d" in result.err
 
 
-def test_flow_model_trains_with_geotrainer_saves_and_predicts(tiny_dataset, tmp_path, training_args):
+def test_flow_model_trains_with_geotrainer_saves_and_predicts(tiny_dataset, tmp_path, training_args, cli):
     """A flow head on a frozen timm backbone trains with GeoTrainer (its loss read from the embeddings); the saved
     folder samples the same points as the model in memory."""
     from datasets import load_dataset
@@ -354,6 +354,8 @@ def test_flow_model_trains_with_geotrainer_saves_and_predicts(tiny_dataset, tmp_
     assert torch.allclose(a[..., :3], b[..., :3], atol=1e-5)
     out = again(pixel_values=x)
     assert out.coordinates.shape == (2, 2) and torch.isfinite(out.coordinates).all()
+    result = cli("evaluate", "--model", tmp_path / "model", "--dataset", tiny_dataset, "--output", tmp_path / "ev")
+    assert result.code == 0, result.err
 
 
 def test_flow_loss_falls_on_frozen_embeddings(net):
