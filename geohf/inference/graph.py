@@ -39,9 +39,10 @@ from torch.utils import _pytree as pytree
 EAGER_BATCHES = 16
 """Eager forwards of one kind of input before its graph is traced."""
 
-EAGER_ONLY = frozenset({"GeoClipHead"})
+EAGER_ONLY = frozenset({"GeoClipHead", "FlowHead"})
 """Module classes whose forward reads Python state a trace would freeze (GeoCLIP's head checks its gallery
-cache against the location encoder's weights): a model holding one always runs eagerly."""
+cache against the location encoder's weights; a flow head seeds its noise from the embeddings' bytes and
+integrates its likelihood ODE with adaptive steps): a model holding one always runs eagerly."""
 
 
 def model_state(model: torch.nn.Module) -> tuple | None:

@@ -153,6 +153,63 @@ def _add_cell_probabilities(
         scale.add_to(fmap)
 
 
+@dataclass
+class LikelihoodGrid:
+    """A flow head's log-density (per steradian) of one image on a lat/lon grid: ``log_density[i, j]`` at
+    ``latitudes[i], longitudes[j]``, every ``resolution_deg`` degrees."""
+
+    latitudes: np.ndarray
+    longitudes: np.ndarray
+    log_density: np.ndarray
+    resolution_deg: float
+
+
+def flow_likelihood(predictor: GeoPredictor, image, resolution_deg: float = 10.0) -> LikelihoodGrid | None:
+    """The likelihood grid of ``image`` (a PIL image or array) under the model's primary head when it is a
+    flow head (:meth:`~geohf.modeling.heads.flow.FlowHead.likelihood_grid`), else ``None``."""
+    import torch
+
+    head = predictor.model.heads[predictor.model.config.primary_head]
+    if not hasattr(head, "likelihood_grid"):
+        return None
+    pixels = predictor.processor.pixel_values([image]).to(predictor.device)
+    with torch.inference_mode():
+        embedding = predictor.model.geo(pixels).embeddings[0]
+    lats, lons, logp = head.likelihood_grid(embedding, resolution_deg)
+    return LikelihoodGrid(lats, lons, logp, resolution_deg)
+
+
+def _add_likelihood(fmap, grid: LikelihoodGrid, min_share: float = 1e-3, legend: bool = True) -> None:
+    """Grid cells shaded by the density around their point (those above ``min_share`` of the highest)."""
+    import branca.colormap
+    import folium
+
+    density = np.exp(grid.log_density - np.nanmax(grid.log_density))  # relative to the highest
+    scale = branca.colormap.LinearColormap(["#fee5d9", CELLS], vmin=0.0, vmax=1.0, caption="relative likelihood")
+    half = grid.resolution_deg / 2
+    layer = folium.FeatureGroup(name="likelihood")
+    for i, lat in enumerate(grid.latitudes):
+        for j, lon in enumerate(
+            grid.longitudes[:-1] if grid.longitudes[-1] - grid.longitudes[0] >= 360 else grid.longitudes
+        ):
+            share = float(density[i, j])
+            if not share >= min_share:
+                continue
+            bounds = [[max(lat - half, -90.0), lon - half], [min(lat + half, 90.0), lon + half]]
+            folium.Rectangle(
+                bounds,
+                color=None,
+                weight=0,
+                fill=True,
+                fill_color=scale(share),
+                fill_opacity=0.1 + 0.6 * share,
+                tooltip=f"{lat:.0f}, {lon:.0f}: log-density {grid.log_density[i, j]:.2f} per sr",
+            ).add_to(layer)
+    layer.add_to(fmap)
+    if legend:
+        scale.add_to(fmap)
+
+
 def prediction_map(
     points: list[MapPoint],
     cells: CellTable | None = None,
@@ -160,12 +217,14 @@ def prediction_map(
     polygons=None,
     tiles: str = "OpenStreetMap",
     offline: bool = False,
+    likelihood: LikelihoodGrid | None = None,
 ):
     """A folium map of predictions: points, 50% confidence circles, ground truth and error lines.
 
     With ``cells`` and ``probs`` (one image's primary-head probabilities) the cells are
     drawn too: ``polygons`` (a GeoDataFrame in class order) shaded by probability, or
-    circles at the centroids when it is ``None``. ``offline``: no CDN scripts and no tiles (see the module).
+    circles at the centroids when it is ``None``. ``likelihood``: a flow head's grid for one image, shaded.
+    ``offline``: no CDN scripts and no tiles (see the module).
     """
     import folium
 
@@ -174,6 +233,8 @@ def prediction_map(
         _make_offline(fmap)
     if cells is not None and probs is not None:
         _add_cell_probabilities(fmap, cells, probs, polygons, legend=not offline)
+    if likelihood is not None:
+        _add_likelihood(fmap, likelihood, legend=not offline)
     radius = folium.FeatureGroup(name="confidence radius (50%)")
     predicted = folium.FeatureGroup(name="predictions")
     truth = folium.FeatureGroup(name="ground truth")

@@ -361,7 +361,14 @@ def run_prediction(
         points = [p for p in points if p is not None]
         cells = predictor.cells if single is not None else None
         polygons = options.map_polygons if single is not None else None
-        fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline)
+        likelihood = None
+        if single is not None and single.size == 0:  # a point head: a flow head draws its likelihood grid
+            from .maps import flow_likelihood
+            from .photos import load_image
+
+            ref = inputs.items[0].images[0]
+            likelihood = flow_likelihood(predictor, load_image(ref.name, ref.data).image)
+        fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline, likelihood=likelihood)
         run.map = str(save_map(fmap, options.map))
     return run
 

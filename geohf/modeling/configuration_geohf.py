@@ -20,6 +20,7 @@ ANSWERS = ("point", "hierarchical", "cell")
 RESIZE_MODES = ("crop", "pad", "stretch")
 TIMM_CROP_MODES = {"crop": "center", "pad": "border", "stretch": "squash"}
 CELL_COLUMN_PREFIX = "cell_"
+POINT_TYPES = ("regression", "flow")  # head types that predict points, not classes
 
 
 @dataclass
@@ -30,8 +31,9 @@ class HeadSpec:
         name: the head's name (its key in ``logits_per_head`` and ``labels_<name>`` targets).
         type: ``classification`` (cross-entropy), ``haversine`` (cells with haversine-smoothed
             targets), ``hybrid`` (cells plus a per-cell offset, OSV-5M), ``regression`` (coordinates
-            on the sphere) or ``geoclip`` (GeoCLIP: image embeddings matched against a GPS gallery embedded
-            by a location encoder; its classes are the gallery points, ``cells`` their coordinates and labels).
+            on the sphere), ``geoclip`` (GeoCLIP: image embeddings matched against a GPS gallery embedded
+            by a location encoder; its classes are the gallery points, ``cells`` their coordinates and labels)
+            or ``flow`` (PLONK: a generative flow on the sphere conditioned on the embedding).
         label_column: the dataset column of its targets (``None``: coordinates only).
         labels: class names (none for regression).
         partition: the geocell partition the classes are (``quadtree``...), ``None`` for a
@@ -49,6 +51,7 @@ class HeadSpec:
         hidden_dims: an MLP between the embedding and the head's linear layer, OSV-5M's (``MLPCentroid``):
             LayerNorm, then per width a Linear, GroupNorm of 4 groups and GELU (classification, haversine and
             hybrid heads).
+        flow: a flow head's network and sampler (:class:`~geohf.modeling.heads.flow.FlowSettings` as a dict).
     """
 
     name: str
@@ -65,11 +68,12 @@ class HeadSpec:
     gallery: str | None = None
     queue_size: int | None = None
     hidden_dims: list[int] | None = None
+    flow: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
             raise ValueError(f"head {self.name!r} has type {self.type!r}; use one of {HEAD_TYPES}")
-        if self.type != "regression" and not self.labels:
+        if self.type not in POINT_TYPES and not self.labels:
             raise ValueError(f"head {self.name!r} needs its class names in 'labels'")
         if self.type == "haversine":
             self.tau_km = 75.0 if self.tau_km is None else float(self.tau_km)
@@ -109,8 +113,8 @@ class HeadSpec:
 
     @property
     def is_classifier(self) -> bool:
-        """Whether the head outputs class logits (everything but regression)."""
-        return self.type != "regression"
+        """Whether the head outputs class logits (everything but the point heads: regression, flow)."""
+        return self.type not in POINT_TYPES
 
     @property
     def is_geocell(self) -> bool:
@@ -119,8 +123,8 @@ class HeadSpec:
 
     @property
     def has_coordinates(self) -> bool:
-        """Whether the head predicts coordinates: regression, or classes with centroids."""
-        return self.type == "regression" or bool(self.cells and self.cells.get("latitude"))
+        """Whether the head predicts coordinates: regression or flow, or classes with centroids."""
+        return self.type in POINT_TYPES or bool(self.cells and self.cells.get("latitude"))
 
 
 class GeoConfig(PreTrainedConfig):

@@ -15,6 +15,7 @@ HEAD_KINDS = {
     "country": "classification",
     "region": "classification",
     "geoclip": "geoclip",
+    "flow": "flow",
 }
 HEAD_NAMES = tuple(HEAD_KINDS)
 HEAD_TYPES = tuple(dict.fromkeys(sorted(HEAD_KINDS.values(), key=lambda t: t != "classification")))

@@ -8,7 +8,8 @@ tower is never built). The pooled embedding is the tower's own:
 * CLIP: the post-layernorm CLS token, projected by ``visual_projection`` with ``projection=True``
   (the embedding CLIP matches with text, as PIGEON's StreetCLIP and GeoCLIP use), L2-normalised with
   ``normalize=True`` (the unit vector CLIP's zero-shot logits are cosines of); ``pooling="cls_prenorm"``: the
-  CLS token of the last hidden state, before ``post_layernorm`` (the features OSV-5M's baseline reads);
+  CLS token of the last hidden state, before ``post_layernorm`` (the features OSV-5M's baseline and PLONK's
+  StreetCLIP embedding read);
 * SigLIP / SigLIP2: the attention-pooling head (``pooler_output``);
 * DINOv2: the layer-normed CLS token, or ``pooling="cls+mean"`` CLS concatenated with the mean
   patch token (DINOv2's linear-probe embedding, twice as wide);

@@ -46,9 +46,10 @@ def test_every_kind_builds_its_module_and_loss(tiny_dataset):
     for spec in space.heads:
         head = build_head(spec, embed_dim=8)
         assert type(head) is head_type(spec.type) and head.has_coordinates
-        out = head(torch.randn(2, 8))
-        labels = None if spec.type == "regression" else torch.tensor([0, 1])
-        loss = head.head_loss(out, None, labels, coordinates)
+        embeddings = torch.randn(2, 8)
+        out = head(embeddings)
+        labels = None if spec.type in ("regression", "flow") else torch.tensor([0, 1])
+        loss = head.head_loss(out, embeddings, labels, coordinates)  # a flow head's loss reads the embeddings
         assert loss.ndim == 0 and torch.isfinite(loss), spec.name
     assert build_head(space.heads[0], 8).head_loss(out, None, None, coordinates) is None  # no labels: no loss
     regression = head_kind("regression").spec_from_data(HeadData())
