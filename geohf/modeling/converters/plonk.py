@@ -109,7 +109,8 @@ def flow_state_dict(state: dict[str, torch.Tensor], network: torch.nn.Module, wh
 
 def _tower_config(tower: str, spec: HeadSpec):
     """The geohf config of the tower PLONK's network was trained on: a CLIP tower's CLS token before its
-    post-layernorm (``cls_prenorm``, as OSV-5M reads it), a DINOv2 tower's layer-normed CLS token on a 336 px centre square."""
+    post-layernorm (``cls_prenorm``, as OSV-5M reads it), a DINOv2 tower's layer-normed CLS token on a 336 px
+    centre square."""
     name = str(Path(tower).expanduser()) if Path(tower).expanduser().is_dir() else tower
     probe = make_config(name, [spec])
     family = probe.backbone_kwargs["hf_config"].get("model_type", "")
