@@ -73,6 +73,8 @@ def evaluate_command(args: EvaluateArguments) -> int:
 
 def _evaluate_ray(args: EvaluateArguments) -> int:
     """``--engine ray``: the metrics table (geohf.evaluation.ray) printed and written to ``metrics.json``."""
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1")
     import json
 
     if args.benchmark or args.human:

@@ -175,6 +175,8 @@ def predict_command(args: PredictArguments) -> int:
 
 def _predict_ray(args: PredictArguments) -> int:
     """``--engine ray``: the dataset split's records into the Parquet folder ``--output`` (geohf.inference.ray)."""
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1")
     local_only = {
         "image files": args.inputs,
         "--group-csv": args.group_csv,

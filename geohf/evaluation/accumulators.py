@@ -29,6 +29,7 @@ class MetricsAccumulator:
     ranked: int
     top_ks: tuple[int, ...] = (1, 5)
     errors_km: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
     known: int = 0
     hits: Counter = field(default_factory=Counter)
     country: Counter = field(default_factory=Counter)
@@ -49,6 +50,7 @@ class MetricsAccumulator:
         probabilities, as :func:`~geohf.evaluation.evaluate` counts them), the named and true country and region
         ('' unknown)."""
         self.errors_km.append(np.asarray(error_km, dtype=np.float64))
+        self.rows += len(true_class)
         known = np.asarray(true_class) >= 0
         self.known += int(known.sum())
         for k, hit in hits.items():
@@ -61,7 +63,8 @@ class MetricsAccumulator:
         first, second = (self, other) if self.first_row <= other.first_row else (other, self)
         return MetricsAccumulator(
             first.first_row, self.classes, self.ranked, self.top_ks, first.errors_km + second.errors_km,
-            self.known + other.known, self.hits + other.hits, self.country + other.country, self.region + other.region,
+            self.rows + other.rows, self.known + other.known, self.hits + other.hits, self.country + other.country,
+            self.region + other.region,
         )  # fmt: skip
 
     def metrics(self) -> dict[str, float]:

@@ -139,9 +139,16 @@ def evaluate_ray(
                     states.setdefault(name, []).append(acc)
         failed = read_errors(errors)
     if failed:
-        row, reason = failed[0]
-        raise UserError(f"{split}/{row}: {reason} ({len(failed)} unreadable images in the {split!r} split)")
-    rows = {"model": merge_all(states["model"]).metrics()}
+        name, reason = failed[0]
+        raise UserError(f"{name}: {reason} ({len(failed)} unreadable images in the {split!r} split)")
+    merged = merge_all(states["model"]) if "model" in states else None
+    scored_rows = 0 if merged is None else merged.rows
+    if scored_rows != sizes[split]:  # decode errors written on another node's disk: never a partial score
+        raise UserError(
+            f"{sizes[split] - scored_rows} of the {sizes[split]} images of the {split!r} split were not scored "
+            "(unreadable: run geohf predict --engine ray on the split to name them)"
+        )
+    rows = {"model": merged.metrics()}
     if retrieval and find_index(model) is not None:
         rows["model without retrieval"] = merge_all(states["model without retrieval"]).metrics()
     labels = read_labels(source, split, [*LABEL_COLUMNS, spec.label_column])

@@ -12,6 +12,7 @@ _LAZY = {
     "RetrievalParams": ".retrieval",
     "build_index": ".retrieval",
     "GeoPredictor": ".predictor",
+    "GeoPredictorUDF": ".ray",
     "predict": ".predictor",
 }
 __all__ = sorted(_LAZY)

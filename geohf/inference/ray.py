@@ -139,7 +139,7 @@ def decode_images(
         try:
             loaded = load_pixels(ref.name, ref.data)
         except ImageLoadError as err:
-            failed.append({"row": int(row), "error": str(err)})
+            failed.append({"row": int(row), "name": err.path, "reason": err.reason})
             continue
         ok.append(i)
         pixels.append(loaded.pixels)
@@ -171,8 +171,8 @@ def decode_images(
     return out
 
 
-def read_errors(folder: str) -> list[tuple[int, str]]:
-    """``(row, error)`` of every unreadable image the decode tasks wrote to ``folder``, by row, each once."""
+def read_errors(folder: str) -> list[tuple[str, str]]:
+    """``(name, reason)`` of every unreadable image the decode tasks wrote to ``folder``, by row, each once."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(folder)
@@ -181,8 +181,8 @@ def read_errors(folder: str) -> list[tuple[int, str]]:
         with fs.open(path, "r") as f:
             for line in f:
                 entry = json.loads(line)
-                found[entry["row"]] = entry["error"]
-    return sorted(found.items())
+                found[entry["row"]] = (entry["name"], entry["reason"])
+    return [found[row] for row in sorted(found)]
 
 
 # ---------------------------------------------------------------- the model actors
@@ -327,7 +327,11 @@ def decoded_split(ray, model: str, source: str, split: str, image_column: str, k
     config = GeoConfig.from_pretrained(model)
     processor = GeoImageProcessor.from_config(config)
     tta = parse_tta(options.predictor.get("tta"))
-    rows = read_split(ray, source, split, [image_column, "latitude", "longitude", *keep], options.decode_cpus)
+    # the read tasks ask for other resources than the decode tasks, so Ray keeps them a stage of their own (a task
+    # per row group); fused, the decode's batch size would bundle row groups into one task and the whole split
+    # would reach a single actor
+    columns = [image_column, "latitude", "longitude", *keep]
+    rows = read_split(ray, source, split, columns, options.decode_cpus / 2)
     kwargs = {
         "processor": processor, "tta": tta, "image_column": image_column, "prefix": f"{split}/", "errors": errors,
         "keep": keep,
@@ -430,7 +434,7 @@ def predict_split_ray(
         )  # fmt: skip
         records.write_parquet(staging, filesystem=_arrow_fs(fs))
         predicted = sum(_parquet_rows(fs, p) for p in fs.glob(f"{staging}/*.parquet"))
-        failed = [(f"{split}/{row}", reason) for row, reason in read_errors(errors)]
+        failed = read_errors(errors)
         if fs.exists(target):
             fs.rmdir(target)  # empty (checked above)
         if _is_local(fs):
@@ -442,6 +446,9 @@ def predict_split_ray(
             if fs.exists(leftover):
                 fs.rm(leftover, recursive=True)
     images = split_size(*split_files(source, split))
+    unnamed = images - predicted - len(failed)
+    if unnamed:  # decode errors written where this machine cannot read them: counted, never dropped silently
+        failed.append((f"{split}/?", f"{unnamed} more images could not be read (their errors are not on this machine)"))
     return RayRun(str(output), predicted, images, failed)
 
 
@@ -493,8 +500,16 @@ def iter_ray_embeddings(
             decoded, GeoPredictorUDF, fn_constructor_kwargs={**args, **options.predictor}, batch_format="numpy",
             **actor_args(ray, options),
         )  # fmt: skip
-        yield from embedded.iter_batches(batch_size=options.batch_size, batch_format="numpy")
+        done = 0
+        for batch in embedded.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
+            done += len(batch["row"])
+            yield batch
         failed = read_errors(errors)
         if failed:
-            row, reason = failed[0]
-            raise UserError(f"{split}/{row}: {reason} ({len(failed)} unreadable images; an index needs every row)")
+            name, reason = failed[0]
+            raise UserError(f"{name}: {reason} ({len(failed)} unreadable images; an index needs every row)")
+        total = split_size(*split_files(source, split))
+        if done != total:  # decode errors written on another node's disk
+            raise UserError(
+                f"{total - done} of the {total} images of the {split!r} split were not embedded (unreadable)"
+            )
