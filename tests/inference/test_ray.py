@@ -197,3 +197,18 @@ def test_missing_ray_is_one_line(tiny_model_dir, tiny_dataset, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --engine ray needs Ray: pip install 'geohf[ray]'"
+
+
+def test_ray_refuses_what_runs_locally(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    """Files, maps and EXIF copies, --benchmark and --human stay with --engine local: one line each, before Ray."""
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["predict", *model, "a.jpg", "--engine", "ray", "--output", str(tmp_path / "o")]) == 2
+    assert "--engine ray predicts a dataset split (--dataset)" in capsys.readouterr().err
+    argv = ["predict", *model, "--dataset", str(tiny_dataset), "--engine", "ray"]
+    assert main(argv) == 2
+    assert "pass --output FOLDER" in capsys.readouterr().err
+    assert main([*argv, "--output", str(tmp_path / "o"), "--actors", "0"]) == 2
+    assert "--actors must be at least 1" in capsys.readouterr().err
+    argv = ["evaluate", *model, "--dataset", str(tiny_dataset), "--output", str(tmp_path), "--engine", "ray"]
+    assert main([*argv, "--benchmark", "im2gps3k"]) == 2
+    assert "--benchmark and --human run with --engine local" in capsys.readouterr().err
