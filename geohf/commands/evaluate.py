@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UserError, check_source, one_line
 from ..evaluation.names import BENCHMARKS, CONVENTION_NAMES
 from .command import set_command
-from .flags import add_batch_size, add_bf16, add_output, add_retrieval, add_revision, add_tta
+from .flags import add_batch_size, add_bf16, add_engine, add_output, add_retrieval, add_revision, add_tta
 
 
 @dataclass
@@ -26,15 +26,20 @@ class EvaluateArguments:
     bf16: bool | None = None
     retrieval: bool = True
     tta: str | None = None
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
 
 
 def evaluate_command(args: EvaluateArguments) -> int:
-    model = check_source(args.model, "model")
-    dataset = check_source(args.dataset, "dataset", args.revision)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.convention != "geohf" and not args.benchmark:
         raise UserError(f"--convention {args.convention} applies to --benchmark scoring; add --benchmark")
+    if args.engine == "ray":
+        return _evaluate_ray(args)
+    model = check_source(args.model, "model")
+    dataset = check_source(args.dataset, "dataset", args.revision)
     from ..data.folder import load_geo_dataset
     from ..evaluation.report import write_report
     from ..inference.predictor import GeoPredictor
@@ -66,6 +71,33 @@ def evaluate_command(args: EvaluateArguments) -> int:
     print(
         f"wrote {args.output}: metrics.json, report.md, predictions.parquet, " + ", ".join(metrics["pictures"].values())
     )
+    return 0
+
+
+def _evaluate_ray(args: EvaluateArguments) -> int:
+    """``--engine ray``: the metrics table (geohf.evaluation.ray) printed and written to ``metrics.json``."""
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1")
+    import json
+
+    if args.benchmark or args.human:
+        raise UserError("--engine ray scores the metrics table; --benchmark and --human run with --engine local")
+    from ..evaluation.ray import evaluate_ray
+    from ..files import atomic_write
+    from ..inference.ray import RayPredictOptions, ray_source
+
+    model = check_source(args.model, "model")
+    dataset = ray_source(args.dataset, args.revision)
+    if "://" not in dataset:
+        dataset = check_source(dataset, "dataset")
+    predictor = {"bf16": args.bf16, "tta": args.tta}
+    options = RayPredictOptions(args.batch_size, args.actors, address=args.address, predictor=predictor)
+    result = evaluate_ray(model, dataset, args.split, retrieval=args.retrieval, options=options)
+    print(result.table())
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", json.dumps(result.to_dict(), indent=2, default=float).encode())
+    print(f"wrote {args.output}: metrics.json")
     return 0
 
 
@@ -125,4 +157,9 @@ def register_subcommand(subparsers) -> None:
     add_bf16(ev)
     add_retrieval(ev)
     add_tta(ev)
+    add_engine(ev)
+    ev.add_argument(
+        "--actors", type=int, default=None,
+        help="--engine ray: model actors (default: one per GPU of the cluster, else 1)",
+    )  # fmt: skip
     set_command(ev, EvaluateArguments, evaluate_command)

@@ -11,7 +11,16 @@ from ..errors import UserError, check_source, counted
 from ..inference.names import FORMATS
 from ..malloc import BATCH, set_malloc
 from .command import set_command
-from .flags import add_batch_size, add_bf16, add_image_column, add_retrieval, add_revision, add_top_k, add_tta
+from .flags import (
+    add_batch_size,
+    add_bf16,
+    add_engine,
+    add_image_column,
+    add_retrieval,
+    add_revision,
+    add_top_k,
+    add_tta,
+)
 
 EPILOG = """examples:
   geohf predict --model runs/demo/model photo.jpg holiday/ "shots/**/*.png" https://example.org/a.jpg
@@ -48,6 +57,9 @@ class PredictArguments:
     recursive: bool = True
     quiet: bool = False
     tta: str | None = None
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
@@ -94,6 +106,8 @@ def predict_command(args: PredictArguments) -> int:
     problem = _check(args)
     if problem:
         return _error(problem)
+    if args.engine == "ray":
+        return _predict_ray(args)
     try:
         model = check_source(args.model, "model")
         dataset = check_source(args.dataset, "dataset", args.revision) if args.dataset else None
@@ -153,6 +167,43 @@ def predict_command(args: PredictArguments) -> int:
         print(f"wrote {copies} with the estimated location to {args.write_exif}", file=sys.stderr)
     if run.map:
         print(f"wrote the map to {run.map}", file=sys.stderr)
+    if run.errors:
+        print(f"{len(run.errors)} of {counted(run.images, 'image')} could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predict_ray(args: PredictArguments) -> int:
+    """``--engine ray``: the dataset split's records into the Parquet folder ``--output`` (geohf.inference.ray)."""
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1")
+    local_only = {
+        "image files": args.inputs,
+        "--group-csv": args.group_csv,
+        "--map": args.map,
+        "--write-exif": args.write_exif,
+    }
+    used = [name for name, value in local_only.items() if value]
+    if not args.dataset or used:
+        what = ", ".join(used) or "no --dataset"
+        return _error(
+            f"--engine ray predicts a dataset split (--dataset) into a Parquet folder; {what}: use --engine local"
+        )
+    if args.output is None or args.format not in (None, "parquet"):
+        return _error("--engine ray writes Parquet: pass --output FOLDER (records as Parquet files)")
+    from ..inference.ray import RayPredictOptions, predict_split_ray, ray_source
+
+    dataset = ray_source(args.dataset, args.revision)
+    if "://" not in dataset:
+        dataset = check_source(dataset, "dataset")
+    model = check_source(args.model, "model")
+    predictor = {"top_k": args.top_k, "bf16": args.bf16, "device": args.device, "mass": args.mass}
+    predictor |= {"retrieval": args.retrieval, "tta": args.tta}
+    options = RayPredictOptions(args.batch_size, args.actors, address=args.address, predictor=predictor)
+    run = predict_split_ray(model, dataset, args.output, args.split, args.image_column, options)
+    for name, reason in run.errors:
+        print(f"error: {name}: {reason}", file=sys.stderr)
+    print(f"wrote {counted(run.predicted, 'prediction')} to {args.output}", file=sys.stderr)
     if run.errors:
         print(f"{len(run.errors)} of {counted(run.images, 'image')} could not be read", file=sys.stderr)
         return 1
@@ -231,5 +282,10 @@ def register_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tta(run)
+    add_engine(run)
+    run.add_argument(
+        "--actors", type=int, default=None,
+        help="--engine ray: model actors (default: one per GPU of the cluster, else 1)",
+    )  # fmt: skip
     set_command(p, PredictArguments, predict_command)
     return p

@@ -171,8 +171,15 @@ def _split(dataset, split: str):
     return dataset, None, {split: len(dataset)}
 
 
+LABEL_COLUMNS = ("latitude", "longitude", "country_code", "region_code")
+
+
 def _label_frame(split, spec) -> pd.DataFrame:
-    wanted = ["latitude", "longitude", "country_code", "region_code", spec.label_column]
+    """The split's truth columns (:data:`LABEL_COLUMNS` and the primary head's label column); ``split`` a
+    ``datasets.Dataset`` or a DataFrame of its columns."""
+    wanted = [*LABEL_COLUMNS, spec.label_column]
+    if isinstance(split, pd.DataFrame):
+        return split[[c for c in dict.fromkeys(wanted) if c and c in split.columns]].copy()
     columns = [c for c in dict.fromkeys(wanted) if c and c in split.column_names]
     return split.select_columns(columns).to_pandas()
 
@@ -287,20 +294,31 @@ def evaluate(
         for k, hit in hits.items():
             if k <= len(cells.names) and predictions.top_index.shape[1]:
                 result.rows["model"][f"cell_top{k}_accuracy"] = float(100.0 * hit[known].mean())
-    if spec.is_geocell:
-        n = len(scored)
-        if train is not None:
-            train_labels = _label_frame(train, spec)
-            train_labels["true_class"] = true_classes(
-                train_labels["latitude"], train_labels["longitude"], train_labels, predictor
-            )
-            median = median_baseline(train_labels, n, cells)
-            frequency = frequency_baseline(train_labels, n, cells, "true_class", seed)
-        else:
-            median, frequency = cell_count_baselines(cells, spec.cells["count"], n, seed)
-        result.rows["geometric median"] = median.metrics(scored, cells, "true_class")
-        result.rows["random cell by frequency"] = frequency.metrics(scored, cells, "true_class")
+    result.rows.update(baseline_rows(predictor, scored, train, seed))
     return result
+
+
+def baseline_rows(predictor: GeoPredictor, scored: pd.DataFrame, train=None, seed: int = 0) -> dict[str, dict]:
+    """The naive baselines' metrics on the split's truth ``scored`` (``latitude``, ``longitude``, ``country_code``,
+    ``region_code``, ``true_class``), fitted on ``train`` (a split) or, without it, the model's cells and their
+    training counts; none for a head that is not a geocell head."""
+    spec, cells = predictor.model.config.head(), predictor.cells
+    if not spec.is_geocell:
+        return {}
+    n = len(scored)
+    if train is not None:
+        train_labels = _label_frame(train, spec)
+        train_labels["true_class"] = true_classes(
+            train_labels["latitude"], train_labels["longitude"], train_labels, predictor
+        )
+        median = median_baseline(train_labels, n, cells)
+        frequency = frequency_baseline(train_labels, n, cells, "true_class", seed)
+    else:
+        median, frequency = cell_count_baselines(cells, spec.cells["count"], n, seed)
+    return {
+        "geometric median": median.metrics(scored, cells, "true_class"),
+        "random cell by frequency": frequency.metrics(scored, cells, "true_class"),
+    }
 
 
 COORDINATE_RULES = [("argmax", 1, None)] + [

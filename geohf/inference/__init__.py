@@ -15,6 +15,7 @@ _LAZY = {
     "GalleryBatch": ".gallery",
     "GalleryWriter": ".gallery",
     "GeoPredictor": ".predictor",
+    "GeoPredictorUDF": ".ray",
     "predict": ".predictor",
 }
 __all__ = sorted(_LAZY)

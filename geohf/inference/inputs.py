@@ -260,20 +260,24 @@ class DatasetItems(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         row = self.dataset[int(index)]
-        value, name = row[self.image_column], f"{self.prefix}{index}"
-        if isinstance(value, dict):
-            ref = (
-                ImageRef(name, value["bytes"]) if value.get("bytes") is not None else ImageRef(value.get("path") or "")
-            )
-        else:
-            ref = ImageRef(str(value) if value is not None else "")
-        if not ref.name:
-            ref = ImageRef(name, b"")  # an empty row: decoding reports it under the row's name
-        truth = None
-        if self.truth is not None:
-            lat, lon = row[self.truth[0]], row[self.truth[1]]
-            truth = (float(lat), float(lon)) if lat is not None and lon is not None else None
+        ref = row_image_ref(row[self.image_column], f"{self.prefix}{index}")
+        truth = row_truth(row[self.truth[0]], row[self.truth[1]]) if self.truth is not None else None
         return PredictItem([ref], truth=truth)
+
+
+def row_image_ref(value, name: str) -> ImageRef:
+    """A dataset row's image value (an ``Image`` feature's ``{"bytes", "path"}``, or a path / URL string) as an
+    :class:`ImageRef`; an empty value is named ``name`` (the row) so that decoding reports it under that name."""
+    if isinstance(value, dict):
+        ref = ImageRef(name, value["bytes"]) if value.get("bytes") is not None else ImageRef(value.get("path") or "")
+    else:
+        ref = ImageRef(str(value) if value is not None else "")
+    return ref if ref.name else ImageRef(name, b"")
+
+
+def row_truth(latitude, longitude) -> tuple[float, float] | None:
+    """A row's ground truth: both coordinates, or ``None``."""
+    return (float(latitude), float(longitude)) if latitude is not None and longitude is not None else None
 
 
 def dataset_inputs(name: str, split: str = "test", image_column: str = "image", revision: str | None = None) -> Inputs:
