@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UserError, check_source, one_line
 from ..inference.names import SEARCHES
 from .command import set_command
-from .flags import add_batch_size, add_bf16, add_revision
+from .flags import add_batch_size, add_bf16, add_engine, add_revision
 
 
 @dataclass
@@ -23,6 +23,8 @@ class IndexBuildArguments:
     batch_size: int = 64
     search: str = "auto"
     bf16: bool | None = None
+    engine: str = "local"
+    address: str | None = None
 
 
 def _load_dataset(args: IndexBuildArguments, dataset: str):
@@ -71,10 +73,19 @@ def index_build_command(args: IndexBuildArguments) -> int:
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model ({one_line(err)})") from err
 
-    index = build_index(
-        predictor, ds[args.split], args.search, args.batch_size, dataset_name=args.dataset, split=args.split,
-        folder=model,
-    )  # fmt: skip
+    if args.engine == "ray":  # the embeddings computed on Ray, streamed into the same writer
+        from ..inference.ray import RayPredictOptions, iter_ray_gallery
+        from ..inference.retrieval import index_info, write_index
+
+        options = RayPredictOptions(args.batch_size, address=args.address, predictor={"bf16": args.bf16, "retrieval": False})
+        batches = iter_ray_gallery(model, dataset, args.split, options=options)
+        info = index_info(predictor.model, args.search, args.dataset, args.split)
+        index = write_index(batches, info, folder=model)
+    else:
+        index = build_index(
+            predictor, ds[args.split], args.search, args.batch_size, dataset_name=args.dataset, split=args.split,
+            folder=model,
+        )  # fmt: skip
     index.params.max_shift_km = args.max_shift_km
     params = "default parameters"
     if args.tune_split in ds:
@@ -123,4 +134,5 @@ def register_subcommand(subparsers) -> None:
         "entries, else faiss (default: auto; docs/scaling.md)",
     )  # fmt: skip
     add_bf16(ib)
+    add_engine(ib)
     set_command(ib, IndexBuildArguments, index_build_command)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..engines import connect_ray
 from ..errors import UserError
+from .gallery import GalleryBatch
 from .inputs import ImageRef, PredictItem, row_image_ref, row_truth
 from .writers import output_columns, parquet_schema
 
@@ -513,3 +514,11 @@ def iter_ray_embeddings(
             raise UserError(
                 f"{total - done} of the {total} images of the {split!r} split were not embedded (unreadable)"
             )
+
+
+def iter_ray_gallery(
+    model: str, source: str, split: str = "train", image_column: str = "image", options: RayPredictOptions | None = None
+) -> Iterator[GalleryBatch]:
+    """:func:`iter_ray_embeddings` as the index writer's batches (:func:`geohf.inference.retrieval.write_index`)."""
+    for batch in iter_ray_embeddings(model, source, split, image_column, options):
+        yield GalleryBatch(batch["embedding"], batch["latitude"], batch["longitude"], batch["label"])

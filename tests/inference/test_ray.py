@@ -212,3 +212,27 @@ def test_ray_refuses_what_runs_locally(tiny_model_dir, tiny_dataset, tmp_path, c
     argv = ["evaluate", *model, "--dataset", str(tiny_dataset), "--output", str(tmp_path), "--engine", "ray"]
     assert main([*argv, "--benchmark", "im2gps3k"]) == 2
     assert "--benchmark and --human run with --engine local" in capsys.readouterr().err
+
+
+def test_index_build_on_ray_equals_local(ray_local, tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    """``geohf index build --engine ray``: the embeddings computed on Ray and streamed into the same writer give
+    the local build's gallery (float16 embeddings within 1e-3, coordinates and cells equal)."""
+    import shutil
+
+    from geohf.inference.retrieval import GeoIndex
+
+    galleries = {}
+    for engine in ("local", "ray"):
+        model = tmp_path / engine
+        shutil.copytree(tiny_model_dir, model)
+        shutil.rmtree(model / "index", ignore_errors=True)
+        argv = ["index", "build", "--model", str(model), "--dataset", str(tiny_dataset), "--split", "test"]
+        argv += ["--tune-split", "none", "--search", "exact", "--no-bf16", "--batch-size", "4", "--engine", engine]
+        assert bounded(main, argv) == 0, capsys.readouterr().err
+        galleries[engine] = GeoIndex.load(model / "index", embeddings=True)
+    local, ray_index = galleries["local"], galleries["ray"]
+    assert len(ray_index) == len(local) == 20
+    np.testing.assert_allclose(ray_index.embeddings.float().numpy(), local.embeddings.float().numpy(), atol=1e-3)
+    np.testing.assert_array_equal(ray_index.latitude, local.latitude)
+    np.testing.assert_array_equal(ray_index.cell, local.cell)
+    assert ray_index.info.search == local.info.search == "exact"
