@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,60 @@ IMAGE_CASES = {
     "photo.heic": "pillow-heif",
     "Straße 東京 🗺.png": "ok",
 }
+
+
+# ------------------------------------------------------------------ hostile archives
+@dataclass(frozen=True)
+class RawMember:
+    """A zip member written as given: ``data`` already compressed with ``method`` (8: raw deflate)."""
+
+    name: str
+    data: bytes
+    size: int  # the uncompressed size the headers declare
+    crc: int
+    method: int = 8
+    flags: int = 0
+
+
+def deflated_zeros(size: int, block: int = 1 << 26) -> RawMember:
+    """A raw deflate stream of ``size`` zero bytes in a few kB per 64 MiB (a zip bomb's member), made without
+    deflating ``size`` bytes: one fully flushed block repeated, then the final empty block."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    whole, rest = divmod(size, block)
+    parts, crc = [], 0
+    if whole:
+        segment = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+        parts.append(segment * whole)
+        chunk = b"\0" * block
+        for _ in range(whole):
+            crc = zlib.crc32(chunk, crc)
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts.append(tail.compress(b"\0" * rest) + tail.flush())
+    crc = zlib.crc32(b"\0" * rest, crc)
+    return RawMember("", b"".join(parts), size, crc)
+
+
+def raw_member(name: str, payload: bytes, method: int = 8, declared: int | None = None) -> RawMember:
+    """``payload`` deflated (method 8) or stored (0) under ``name``; ``declared`` overrides the size headers give."""
+    if method == 8:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        data = comp.compress(payload) + comp.flush()
+    else:
+        data = payload
+    return RawMember(name, data, len(payload) if declared is None else declared, zlib.crc32(payload), method)
+
+
+def write_raw_zip(path: Path, members: list[RawMember], central_directory: bool = True) -> Path:
+    """A zip written header by header (zipfile cannot store pre-compressed data or lie about sizes)."""
+    local, central = bytearray(), bytearray()
+    for m in members:
+        name = m.name.encode("utf-8")
+        flags = m.flags | 0x800
+        offset = len(local)
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, m.method, 0, 0x21, m.crc, len(m.data),
+                             m.size, len(name), 0) + name + m.data  # fmt: skip
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, m.method, 0, 0x21, m.crc, len(m.data),
+                               m.size, len(name), 0, 0, 0, 0, 0, offset) + name  # fmt: skip
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(local), 0)
+    path.write_bytes(bytes(local) + (bytes(central) + end if central_directory else b""))
+    return path
