@@ -118,6 +118,26 @@ def max_image_bytes() -> int:
     return int(pixels) * 4 + (1 << 20)
 
 
+def too_big(size: int, cap: int) -> str:
+    """Why an input of ``size`` bytes is refused under a ``cap`` of :func:`max_image_bytes`."""
+    return (
+        f"{size:,} bytes, over the {cap:,}-byte limit for one image (PIL's pixel limit at 4 bytes a pixel); "
+        "not an image geohf reads"
+    )
+
+
+def read_file_bounded(path: str | os.PathLike, cap: int | None = None) -> bytes:
+    """A whole file of at most ``cap`` bytes (default :func:`max_image_bytes`); :class:`ImageLoadError`
+    beyond it, with no more than ``cap + 1`` bytes read."""
+    cap = max_image_bytes() if cap is None else cap
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size  # a regular file says its size: nothing read when it is too big
+        data = b"" if size > cap else f.read(cap + 1)
+    if size > cap or len(data) > cap:
+        raise ImageLoadError(path, f"refused: {too_big(max(size, len(data)), cap)}")
+    return data
+
+
 def fetch_url(
     url: str, timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES, deadline: float = DOWNLOAD_DEADLINE
 ) -> bytes:
@@ -179,11 +199,20 @@ def _decode(fp, name: str, draft: tuple[int, int] | None = None) -> DecodedImage
         if draft is not None and im.format == "JPEG":
             im.draft(None, draft)  # DCT scaling: decode at 1/2, 1/4 or 1/8, never below `draft`
         im.load()
-        exif = im.getexif()
-        upright = to_rgb_image(ImageOps.exif_transpose(im))
+        exif, turned_im = _exif_and_upright(im)
+        upright = to_rgb_image(turned_im)
         turned = upright.size != im.size
         full = (stored[1], stored[0]) if turned else stored
         return DecodedImage(upright, exif, im.format, stored, full)
+
+
+def _exif_and_upright(im: Image.Image) -> tuple[Image.Exif, Image.Image]:
+    """``im``'s EXIF and ``im`` turned upright by its orientation tag; a damaged EXIF block (PIL raises
+    SyntaxError or struct.error for it) is read as none: the pixels are kept, unturned."""
+    try:
+        return im.getexif(), ImageOps.exif_transpose(im)
+    except (SyntaxError, struct.error, EOFError, ValueError, KeyError, TypeError):
+        return Image.Exif(), im
 
 
 @dataclass(frozen=True)
@@ -218,8 +247,7 @@ def _read(source: str | os.PathLike, data: bytes | None) -> bytes:
     if is_url(name):
         return fetch_url(name)
     try:
-        with open(source, "rb") as f:
-            return f.read()
+        return read_file_bounded(source)
     except FileNotFoundError:
         raise ImageLoadError(source, "no such file") from None
     except IsADirectoryError:

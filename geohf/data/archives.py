@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import IMAGE_SUFFIXES
-from ..images import ImageLoadError, max_image_bytes
+from ..images import ImageLoadError, max_image_bytes, read_file_bounded, too_big
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _LOCAL_SIG = b"PK\x03\x04"
@@ -67,7 +67,7 @@ class MemberRef:
             return read_file_bounded(self.path, cap)
         declared = self.declared if self.declared >= 0 else self.size
         if declared > cap or self.size > cap:
-            raise ImageLoadError(self.where, f"refused: {_too_big(max(declared, self.size), cap)}")
+            raise ImageLoadError(self.where, f"refused: {too_big(max(declared, self.size), cap)}")
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read(self.size)
@@ -78,22 +78,6 @@ class MemberRef:
         if self.crc >= 0 and zlib.crc32(data) != self.crc:
             raise ImageLoadError(self.where, "refused: CRC-32 mismatch, the member is damaged; re-download the archive")
         return data
-
-
-def _too_big(size: int, cap: int) -> str:
-    return (
-        f"{size:,} bytes, over the {cap:,}-byte limit for one image (PIL's pixel limit at 4 bytes a pixel); "
-        "not an image geohf reads"
-    )
-
-
-def read_file_bounded(path: str | os.PathLike, cap: int) -> bytes:
-    """A whole file of at most ``cap`` bytes (:class:`~geohf.images.ImageLoadError` beyond, nothing read)."""
-    with open(path, "rb") as f:
-        data = f.read(cap + 1)
-    if len(data) > cap:
-        raise ImageLoadError(path, f"refused: {_too_big(os.path.getsize(path), cap)}")
-    return data
 
 
 def inflate_bounded(data: bytes, cap: int, where: str) -> bytes:
@@ -111,7 +95,7 @@ def inflate_bounded(data: bytes, cap: int, where: str) -> bytes:
             out += chunk
             used = len(data) - len(tail)
             if len(out) > cap:
-                raise ImageLoadError(where, f"refused: inflates to over {_too_big(cap + 1, cap)}")
+                raise ImageLoadError(where, f"refused: inflates to over {too_big(cap + 1, cap)}")
             if len(out) > RATIO_FLOOR and len(out) > MAX_INFLATE_RATIO * max(used, 1):
                 raise ImageLoadError(
                     where,

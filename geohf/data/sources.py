@@ -544,7 +544,7 @@ def _check_image(ref: MemberRef) -> str | None:
     try:
         probe_image(ref.read(), ref.where)
     except ImageLoadError as err:
-        return err.reason if err.reason.startswith("refused") else f"undecodable image: {err.reason}"
+        return err.reason if err.reason.startswith("refused:") else f"undecodable image: {err.reason}"
     except OSError as err:  # the file went away or cannot be read
         return f"unreadable: {one_line(err)}"
     return None
