@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
-from .tables import MAX_JSON_BYTES, read_table
+from .tables import MAX_JSON_BYTES, read_table, source_lines
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
@@ -225,8 +225,9 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
     given = {c: table[c].tolist() for c in ("file_name", "latitude", "longitude", *extra)}
     out: dict[str, list] = {c: [] for c in ("source_file", "latitude", "longitude", *extra)}
     seen = set()
+    lines = source_lines(table, 2 if found[0].suffix == ".csv" else 1)
     for i, name in enumerate(given["file_name"]):
-        where = f"{found[0].name} row {i + 2 if found[0].suffix == '.csv' else i + 1} ({name})"
+        where = f"{found[0].name} row {lines[i]} ({name})"
         if not isinstance(name, str) or not name:
             log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
             continue

@@ -70,22 +70,38 @@ def read_table(path: str | os.PathLike, log: SkipLog | None = None, dtype=str) -
             f"{path}: line {long[0][0] + 1} is {long[0][1]:,} bytes, over the {MAX_ROW_BYTES:,}-byte limit for one "
             "row; fix the file"
         )
+    skipped = [index for index, _ in long]
     for index, length in long:
         log.skip(STAGE, f"{path.name} line {index + 1}", f"row longer than {MAX_ROW_BYTES:,} bytes ({length:,}): "
                  "left out unread; fix the file")  # fmt: skip
     try:
         if path.suffix in (".csv", ".tsv"):
-            skip = [i for i, _ in long] or None
             na = {"keep_default_na": False} if dtype is str else {}
-            return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=dtype, skiprows=skip, **na)
-        if path.suffix == ".jsonl":
-            source = _without_lines(path, {i for i, _ in long}) if long else path
-            return pd.read_json(source, lines=True, dtype=False if dtype is str else dtype)
-        return pd.read_parquet(path)
+            sep = "\t" if path.suffix == ".tsv" else ","
+            frame = pd.read_csv(path, sep=sep, dtype=dtype, skiprows=skipped or None, **na)
+        elif path.suffix == ".jsonl":
+            source = _without_lines(path, set(skipped)) if skipped else path
+            frame = pd.read_json(source, lines=True, dtype=False if dtype is str else dtype)
+        else:
+            frame = pd.read_parquet(path)
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8") from err
     except Exception as err:  # noqa: BLE001 - pandas' and pyarrow's parsers raise many types: one line naming the file
         raise UserError(f"{path} could not be read as a table ({one_line(err)}); fix or re-export it") from err
+    frame.attrs["skipped_lines"] = [index + 1 for index in skipped]
+    return frame
+
+
+def source_lines(frame: pd.DataFrame, first: int) -> list[int]:
+    """The file line (from 1) of each row of a table :func:`read_table` read, ``first`` being the first row's
+    when no line was left out (2 under a CSV header, 1 in JSONL): rows after a long line keep their numbers."""
+    skipped, line, out = set(frame.attrs.get("skipped_lines", ())), first, []
+    for _ in range(len(frame)):
+        while line in skipped:
+            line += 1
+        out.append(line)
+        line += 1
+    return out
 
 
 def _without_lines(path: Path, skip: set[int]) -> io.StringIO:

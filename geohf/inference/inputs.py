@@ -183,7 +183,9 @@ def group_by_csv(path: str | os.PathLike) -> Inputs:
     """Views grouped by a CSV with columns ``file, location_id`` (optional ``latitude, longitude``).
 
     Relative file paths are relative to the CSV's folder. Ground truth is taken from the
-    first row of each location that has both coordinates.
+    first row of each location that has both coordinates. A file over :data:`MAX_VIEWS_CSV_BYTES`,
+    a field over csv's limit (128 kB), a NUL byte or text that is not UTF-8: one ``ValueError``
+    naming the file (and the line).
     """
     path = Path(path)
     size = path.stat().st_size

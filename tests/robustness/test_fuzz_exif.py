@@ -23,7 +23,7 @@ from geohf.images import ImageLoadError
 from geohf.inference.exif import estimated_exif, read_gps, write_estimated_copy
 from geohf.inference.photos import load_image, load_pixels
 
-FUZZ = settings(max_examples=120, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=80, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
 PEAK = 32 << 20
 
 
