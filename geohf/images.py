@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,6 +29,7 @@ from .files import HEIF_SUFFIXES
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 URL_SCHEMES = ("http://", "https://")
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DOWNLOAD_DEADLINE = 120.0  # seconds for a whole download
 
 
 class ImageLoadError(ValueError):
@@ -106,38 +110,76 @@ def _looks_like_heif(name: str, head: bytes) -> bool:
     return name.lower().endswith(HEIF_SUFFIXES) or (head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS)
 
 
-def fetch_url(url: str, timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
-    """The bytes at ``url``; :class:`ImageLoadError` on any failure or beyond ``max_bytes``."""
-    import requests
+def max_image_bytes() -> int:
+    """The most bytes one encoded image may take: PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``, beyond which
+    :func:`decode_image` refuses it anyway) at 4 bytes a pixel (8-bit RGBA stored without compression), plus
+    1 MiB of headers. Archive members and table cells past it are refused before they are read."""
+    pixels = Image.MAX_IMAGE_PIXELS or 89_478_485
+    return int(pixels) * 4 + (1 << 20)
 
+
+def too_big(size: int, cap: int) -> str:
+    """Why an input of ``size`` bytes is refused under a ``cap`` of :func:`max_image_bytes`."""
+    return (
+        f"{size:,} bytes, over the {cap:,}-byte limit for one image (PIL's pixel limit at 4 bytes a pixel); "
+        "not an image geohf reads"
+    )
+
+
+def read_file_bounded(path: str | os.PathLike, cap: int | None = None) -> bytes:
+    """A whole file of at most ``cap`` bytes (default :func:`max_image_bytes`); :class:`ImageLoadError`
+    beyond it, with no more than ``cap + 1`` bytes read."""
+    cap = max_image_bytes() if cap is None else cap
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size  # a regular file says its size: nothing read when it is too big
+        data = b"" if size > cap else f.read(cap + 1)
+    if size > cap or len(data) > cap:
+        raise ImageLoadError(path, f"refused: {too_big(max(size, len(data)), cap)}")
+    return data
+
+
+def fetch_url(
+    url: str, timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES, deadline: float = DOWNLOAD_DEADLINE
+) -> bytes:
+    """The bytes at ``url``; :class:`ImageLoadError` on any failure, beyond ``max_bytes``, or when the whole
+    download takes longer than ``deadline`` seconds (``timeout`` bounds the connection and each read, so a
+    server that trickles a byte at a time ends within ``deadline + timeout``)."""
+    import requests
+    import urllib3.exceptions
+
+    wait = min(timeout, deadline)
+    end = time.monotonic() + deadline
+    too_big = f"larger than {max_bytes / (1 << 20):g} MiB; download and shrink it first"
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
+        with requests.get(url, timeout=(wait, wait), stream=True) as response:
             response.raise_for_status()
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageLoadError(url, too_big)
             data = bytearray()
-            for chunk in response.iter_content(1 << 16):
+            while chunk := response.raw.read1(1 << 16, decode_content=True):  # one socket read at most
                 data += chunk
                 if len(data) > max_bytes:
-                    raise ImageLoadError(url, f"larger than {max_bytes >> 20} MiB; download and shrink it first")
+                    raise ImageLoadError(url, too_big)
+                if time.monotonic() > end:
+                    raise ImageLoadError(
+                        url, f"download not finished after {deadline:g} s ({len(data):,} bytes); the server is too "
+                        "slow, download it first"
+                    )  # fmt: skip
             return bytes(data)
-    except requests.RequestException as err:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+        # read1 is urllib3's: its errors (a read time-out, a connection dropped mid-body) come unwrapped
         raise ImageLoadError(url, f"download failed ({err}); check the URL and the network") from err
 
 
-def _decode(fp, name: str, draft: tuple[int, int] | None = None) -> DecodedImage:
+@contextmanager
+def _refusals(fp, name: str):
+    """PIL's errors while opening or decoding ``fp`` as one :class:`ImageLoadError` naming ``name`` and the fix."""
     heif_available()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
-                stored = im.size
-                if draft is not None and im.format == "JPEG":
-                    im.draft(None, draft)  # DCT scaling: decode at 1/2, 1/4 or 1/8, never below `draft`
-                im.load()
-                exif = im.getexif()
-                upright = to_rgb_image(ImageOps.exif_transpose(im))
-                turned = upright.size != im.size
-                full = (stored[1], stored[0]) if turned else stored
-                return DecodedImage(upright, exif, im.format, stored, full)
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(name, f"refused as a possible decompression bomb ({err}); downscale it first") from err
     except UnidentifiedImageError as err:
@@ -147,8 +189,55 @@ def _decode(fp, name: str, draft: tuple[int, int] | None = None) -> DecodedImage
                 name, "HEIC/HEIF image: install pillow-heif to read it (pip install pillow-heif)"
             ) from err
         raise ImageLoadError(name, "not an image PIL can read (wrong extension or not an image file)") from err
-    except OSError as err:
+    except (OSError, SyntaxError, struct.error, EOFError) as err:  # SyntaxError: some PIL plugins' "not a ..."
         raise ImageLoadError(name, f"corrupt or truncated image ({err}); re-download or re-export it") from err
+
+
+def _decode(fp, name: str, draft: tuple[int, int] | None = None) -> DecodedImage:
+    with _refusals(fp, name), Image.open(fp) as im:
+        stored = im.size
+        if draft is not None and im.format == "JPEG":
+            im.draft(None, draft)  # DCT scaling: decode at 1/2, 1/4 or 1/8, never below `draft`
+        im.load()
+        exif, turned_im = _exif_and_upright(im)
+        upright = to_rgb_image(turned_im)
+        turned = upright.size != im.size
+        full = (stored[1], stored[0]) if turned else stored
+        return DecodedImage(upright, exif, im.format, stored, full)
+
+
+def _exif_and_upright(im: Image.Image) -> tuple[Image.Exif, Image.Image]:
+    """``im``'s EXIF and ``im`` turned upright by its orientation tag; a damaged EXIF block (PIL raises
+    SyntaxError or struct.error for it) is read as none: the pixels are kept, unturned."""
+    try:
+        return im.getexif(), ImageOps.exif_transpose(im)
+    except (SyntaxError, struct.error, EOFError, ValueError, KeyError, TypeError):
+        return Image.Exif(), im
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: its format and stored (width, height)."""
+
+    format: str
+    size: tuple[int, int]
+
+
+def probe_image(data: bytes, name: str) -> ImageHeader:
+    """The format and size in the header of encoded ``data`` (no pixel decoded, nothing re-encoded):
+    :class:`ImageLoadError` for what is not an image, an empty image or one over the pixel limit."""
+    fp = io.BytesIO(data)
+    with _refusals(fp, name), Image.open(fp) as im:
+        width, height = im.size
+        fmt = im.format or "unknown"
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(name, f"a {fmt} header with an empty size {width}x{height}; re-export it")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageLoadError(
+            name, f"refused as a possible decompression bomb ({width}x{height} pixels, over {limit:,}); downscale it"
+        )
+    return ImageHeader(fmt, (width, height))
 
 
 def _read(source: str | os.PathLike, data: bytes | None) -> bytes:
@@ -158,8 +247,7 @@ def _read(source: str | os.PathLike, data: bytes | None) -> bytes:
     if is_url(name):
         return fetch_url(name)
     try:
-        with open(source, "rb") as f:
-            return f.read()
+        return read_file_bounded(source)
     except FileNotFoundError:
         raise ImageLoadError(source, "no such file") from None
     except IsADirectoryError:

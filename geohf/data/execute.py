@@ -27,6 +27,7 @@ from datasets import Features
 from tqdm.auto import tqdm
 
 from ..errors import UserError, one_line
+from ..images import ImageLoadError
 from .archives import MemberRef
 from .filters import check_image
 from .folder import DATA_DIR, SplitInfo, _non_binary_columns
@@ -61,8 +62,14 @@ class BlockResult:
 def _image(row: dict, read: ImageRead) -> tuple[bytes | None, str | None]:
     """The bytes to store for ``row`` (checked and shrunk as ``read`` says), or the reason it is left out."""
     if read.kind == "member":
-        ref = MemberRef(row["_ref_path"], int(row["_ref_offset"]), int(row["_ref_size"]), int(row["_ref_method"]))
-        return ref.read(), None
+        ref = MemberRef(
+            row["_ref_path"], int(row["_ref_offset"]), int(row["_ref_size"]), int(row["_ref_method"]),
+            row["_ref_name"], int(row["_ref_declared"]), int(row["_ref_crc"]),
+        )  # fmt: skip
+        try:
+            return ref.read(), None
+        except (ImageLoadError, OSError) as err:  # its header was checked when the source was read
+            raise UserError(f"{ref.where}: {one_line(err)} (it changed during the import); run it again") from err
     if read.check is not None:
         data, reason = check_image(row["_path"], read.check, read.apply_filter)
         if data is None:

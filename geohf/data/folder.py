@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 from datasets import DatasetDict, Features, load_dataset
 
 DATA_DIR = "data"
+BATCH_BYTES = 256 << 20
+"""A batch is written once its images reach this many bytes (an Arrow binary array holds at most 2 GiB, and
+the buffer is the build's memory), or at ``batch_rows`` rows."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._in_shard = 0
         self._buffer: list[dict] = []
+        self._buffered_bytes = 0
 
     def _open(self) -> None:
         path = self.root / DATA_DIR / f"{self.split}-{self.tag}{len(self.info.shards):05d}.parquet"
@@ -68,12 +72,14 @@ class ShardWriter:
         self._writer.write_batch(batch)
         self.info.num_bytes += batch.nbytes
         self._buffer = []
+        self._buffered_bytes = 0
 
     def write(self, row: dict) -> None:
         self._buffer.append(row)
+        self._buffered_bytes += _blob_bytes(row)
         self._in_shard += 1
         self.info.num_examples += 1
-        if len(self._buffer) >= self.batch_rows:
+        if len(self._buffer) >= self.batch_rows or self._buffered_bytes >= BATCH_BYTES:
             self._flush()
         if self._in_shard >= self.rows_per_shard:
             self._flush()
@@ -93,6 +99,11 @@ class ShardWriter:
             renamed.append(new)
         self.info.shards = renamed
         return self.info
+
+
+def _blob_bytes(row: dict) -> int:
+    """The encoded image bytes a row holds (``{"bytes": ...}`` values)."""
+    return sum(len(v["bytes"]) for v in row.values() if isinstance(v, dict) and isinstance(v.get("bytes"), bytes))
 
 
 def _non_binary_columns(schema: pa.Schema) -> list[str]:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
+from .tables import MAX_JSON_BYTES, read_table, source_lines
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
@@ -101,10 +102,18 @@ def read_lost_and_found(root: str | Path, log: SkipLog) -> pd.DataFrame:
             log.skip(STAGE, image, f"no JSON beside the image: expected {meta_path.name}")
             continue
         paired_json.add(meta_path)
+        size = meta_path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            log.skip(STAGE, meta_path, f"JSON too large: {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for "
+                     "one image's metadata; fix or delete the file")  # fmt: skip
+            continue
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             log.skip(STAGE, meta_path, f"unreadable JSON: {err}; fix or delete the file")
+            continue
+        except RecursionError:  # arrays or objects nested thousands deep
+            log.skip(STAGE, meta_path, "unreadable JSON: nested too deep; fix or delete the file")
             continue
         if not isinstance(meta, dict):
             log.skip(STAGE, meta_path, f"JSON is not an object: got {type(meta).__name__}")
@@ -189,12 +198,9 @@ def read_grid_folders(root: str | Path, log: SkipLog) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ imagefolder
-def read_metadata_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".csv":
-        return pd.read_csv(path, dtype={"file_name": str, "location_id": str, "capture_date": str})
-    if path.suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype={"file_name": str, "location_id": str, "capture_date": str})
-    return pd.read_parquet(path)
+def read_metadata_table(path: Path, log: SkipLog | None = None) -> pd.DataFrame:
+    """``metadata.csv|jsonl|parquet`` within :mod:`~geohf.data.tables`' limits (long rows listed in ``log``)."""
+    return read_table(path, log, dtype={"file_name": str, "location_id": str, "capture_date": str})
 
 
 def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
@@ -208,10 +214,7 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         )
     if len(found) > 1:
         raise UserError(f"{root} has several metadata tables {[p.name for p in found]}: keep one")
-    try:
-        table = read_metadata_table(found[0])
-    except Exception as err:
-        raise UserError(f"{found[0]} could not be read ({err}); fix or re-export it") from err
+    table = read_metadata_table(found[0], log)
     missing = [c for c in ("file_name", "latitude", "longitude") if c not in table]
     if missing:
         raise UserError(
@@ -222,8 +225,9 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
     given = {c: table[c].tolist() for c in ("file_name", "latitude", "longitude", *extra)}
     out: dict[str, list] = {c: [] for c in ("source_file", "latitude", "longitude", *extra)}
     seen = set()
+    lines = source_lines(table, 2 if found[0].suffix == ".csv" else 1)
     for i, name in enumerate(given["file_name"]):
-        where = f"{found[0].name} row {i + 2 if found[0].suffix == '.csv' else i + 1} ({name})"
+        where = f"{found[0].name} row {lines[i]} ({name})"
         if not isinstance(name, str) or not name:
             log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
             continue

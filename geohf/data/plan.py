@@ -36,7 +36,7 @@ SPLIT_ORDER = ("train", "validation", "test")
 FILES_MULTIPLE = 8
 """A split of more than one file gets a multiple of this many, so ``split_dataset_by_node`` splits it by file
 on 1, 2, 4 or 8 nodes."""
-REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method")
+REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method", "_ref_name", "_ref_declared", "_ref_crc")
 
 
 @dataclass

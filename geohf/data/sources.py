@@ -26,7 +26,9 @@ Formats (as the sources ship them):
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +37,11 @@ import pandas as pd
 from datasets import Value
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..files import IMAGE_SUFFIXES
 from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
+from ..images import ImageLoadError, probe_image
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
 from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import validate_coordinates
@@ -46,8 +49,11 @@ from .import_config import ImportConfig
 from .names import SOURCES
 from .plan import ImageRead
 from .skips import SkipLog
+from .tables import read_table
 
 STAGE = "match"
+VERIFY_THREADS = 4  # each holds one image (at most images.max_image_bytes())
+VERIFY_BLOCK = 1024
 BENCHMARK_CSVS = {
     "im2gps3k": ("im2gps3k_places365.csv",),
     "yfcc4k": ("yfcc4k_places365.csv",),
@@ -155,21 +161,6 @@ class ImportResult:
 
 
 # ------------------------------------------------------------------ tables
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV / TSV / JSONL / Parquet table, ids read as strings (``IMG_ID``, ``id`` keep their digits)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such table file")
-    try:
-        if path.suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        if path.suffix == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
-    except Exception as err:
-        raise UserError(f"{path} could not be read as a table ({err}); fix or re-export it") from err
-
-
 def find_column(table: pd.DataFrame, wanted: str | None, choices: tuple[str, ...], what: str, where) -> str:
     """The column named ``wanted`` or the first of ``choices`` present (case-insensitive)."""
     lower = {c.lower(): c for c in table.columns}
@@ -301,7 +292,7 @@ def read_benchmark(
         raise UserError(f"{root}: no such folder")
     table_path = Path(table) if table else _find_file(root if root.is_dir() else root.parent, BENCHMARK_CSVS[source],
                                                       source)  # fmt: skip
-    frame = read_table(table_path)
+    frame = read_table(table_path, log)
     id_col = find_column(frame, None, ("IMG_ID", "image_id", "file_name", "filename"), "image", table_path.name)
     lat_col = find_column(frame, None, ("LAT", "latitude", "lat"), "latitude", table_path.name)
     lon_col = find_column(frame, None, ("LON", "longitude", "lon", "lng"), "longitude", table_path.name)
@@ -368,7 +359,7 @@ def _osv5m_rows(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, dict[str
 
 
 def _read_osv5m_zip(root: Path, split: str, log: SkipLog) -> SourceRows:
-    table = read_table(root / f"{split}.csv")
+    table = read_table(root / f"{split}.csv", log)
     shards = sorted((root / "images" / split).glob("*.zip"))
     if not shards:
         raise UserError(f"{root / 'images' / split}: no .zip shards (OSV-5M ships images/{split}/00.zip, 01.zip...)")
@@ -385,14 +376,21 @@ def _read_osv5m_wds(folder: Path, log: SkipLog) -> SourceRows:
     index, records = ImageIndex(), []
     for shard in tqdm(sorted(folder.glob("*.tar")), desc=f"indexing {folder.name} shards", unit="shard", leave=False):
         index.add_shard(shard_members(shard), log)
-        metas, _ = tar_json_members(shard)
-        for key, raw in metas.items():
+        metas = tar_json_members(shard)
+        for key, reason in metas.refused.items():
+            log.skip(STAGE, f"{shard.name}:{key}.json", f"refused: {reason}")
+        for key, raw in metas.data.items():
             try:
                 meta = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
                 log.skip(STAGE, f"{shard.name}:{key}.json", "unreadable JSON metadata: re-download the shard")
                 continue
-            records.append({**{k: v for k, v in meta.items()}, "_key": key})
+            if not isinstance(meta, dict):
+                log.skip(
+                    STAGE, f"{shard.name}:{key}.json", f"JSON metadata is not an object: got {type(meta).__name__}"
+                )
+                continue
+            records.append({**meta, "_key": key})
     table = pd.DataFrame(records)
     if table.empty:
         raise UserError(f"{folder}: no <key>.json metadata in its .tar shards")
@@ -409,7 +407,7 @@ def read_any_table(cfg: ImportConfig, log: SkipLog) -> SourceRows:
     if not cfg.table:
         raise UserError("geohf dataset import table: pass --table FILE (CSV / Parquet / JSONL) naming the images")
     table_path = Path(cfg.table)
-    frame = read_table(table_path)
+    frame = read_table(table_path, log)
     where = table_path.name
     id_col = find_column(frame, cfg.image_column, ("file_name", "image", "IMG_ID", "filename", "path"), "image", where)
     lat_col = find_column(frame, cfg.latitude_column, ("latitude", "lat", "LAT"), "latitude", where)
@@ -476,7 +474,7 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     start = time.perf_counter()
     log = SkipLog()
     found = read_source(cfg, log)
-    raw = found.frame
+    raw = verify_images(found.frame, log)
     if raw.empty:
         raise UserError(
             f"{cfg.input}: no row of the table has an image ({len(log)} mismatches; first: "
@@ -497,6 +495,9 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     frame["_ref_offset"] = np.array([r.offset for r in refs], dtype=np.int64)
     frame["_ref_size"] = np.array([r.size for r in refs], dtype=np.int64)
     frame["_ref_method"] = np.array([r.method for r in refs], dtype=np.int64)
+    frame["_ref_name"] = [r.name for r in refs]
+    frame["_ref_declared"] = np.array([r.declared for r in refs], dtype=np.int64)
+    frame["_ref_crc"] = np.array([r.crc for r in refs], dtype=np.int64)
     del refs
     without_image = sum(1 for e in log.entries if "row without an image" in e[2])
     without_row = sum(1 for e in log.entries if e[2].startswith("image without a row"))
@@ -516,8 +517,9 @@ def import_source(cfg: ImportConfig) -> ImportResult:
         "max_distance_km": labeller.max_distance_km,
         "repo_id": cfg.repo_id or f"<org>/{cfg.source}",
         "command": import_command(cfg),
-        "images_note": "Images are stored as the source's own bytes, none filtered or re-encoded, so the counts "
-        "are the source's (minus the mismatches listed in `skipped.csv`).",
+        "images_note": "Images are stored as the source's own bytes, none re-encoded; each one's header was "
+        "checked (format, size, pixel limit), so the counts are the source's minus what `skipped.csv` lists "
+        "(mismatches, and members that are not images or over the size limits).",
         "split_note": "The source's own split"
         + (
             " (one test split: cells, where asked, are fitted on its rows)"
@@ -545,6 +547,36 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     )
     report.seconds = time.perf_counter() - start
     return ImportResult(report, found.rows_in_source, found.images_found, without_image, without_row, found.shards)
+
+
+def _check_image(ref: MemberRef) -> str | None:
+    """Why ``ref`` is not an image geohf stores (``None``: it is): read within the limits, header decoded."""
+    try:
+        probe_image(ref.read(), ref.where)
+    except ImageLoadError as err:
+        return err.reason if err.reason.startswith("refused:") else f"undecodable image: {err.reason}"
+    except OSError as err:  # the file went away or cannot be read
+        return f"unreadable: {one_line(err)}"
+    return None
+
+
+def verify_images(frame: pd.DataFrame, log: SkipLog) -> pd.DataFrame:
+    """The rows whose ``_image`` is an image: every file or member read within the limits (archive members
+    inflated with a cap and a ratio check) and its header decoded (format, size, pixel limit), nothing
+    re-encoded. The others are listed in ``log`` (one line naming the file or member) and left out."""
+    refs = frame["_image"].tolist()
+    reasons: list[str | None] = []
+    bar = tqdm(total=len(refs), desc="checking images", unit="img", leave=False)
+    with ThreadPoolExecutor(min(VERIFY_THREADS, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(refs), VERIFY_BLOCK):  # a block at a time: a future per image would not scale
+            reasons.extend(pool.map(_check_image, refs[start : start + VERIFY_BLOCK]))
+            bar.update(min(VERIFY_BLOCK, len(refs) - start))
+    bar.close()
+    for ref, reason in zip(refs, reasons):
+        if reason is not None:
+            log.skip("images", ref.where, reason)
+    keep = np.array([r is None for r in reasons], bool)
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
 def import_command(cfg: ImportConfig) -> str:

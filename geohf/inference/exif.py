@@ -8,8 +8,10 @@ say it in words, and ``GPSHPositioningError`` holds the confidence radius in met
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from ..files import atomic_path
 
+logger = logging.getLogger("geohf.inference")
 ESTIMATE_MARK = "geohf estimate"
 ASCII_PREFIX = b"ASCII\x00\x00\x00"  # the character code of EXIF UNDEFINED text fields
 WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -53,7 +56,10 @@ def read_gps(exif: Image.Exif) -> GpsFix | None:
     """The location in an image's EXIF, or ``None`` when it has none (or a broken one)."""
     if not exif:  # no tags at all (a plain PNG, most tiles): no GPS pointer to follow
         return None
-    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    try:
+        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)  # parsed on first use: a damaged GPS block raises here
+    except (SyntaxError, struct.error, EOFError, ValueError, KeyError, TypeError, OSError):
+        return None
     if ExifTags.GPS.GPSLatitude not in gps or ExifTags.GPS.GPSLongitude not in gps:
         return None
     try:
@@ -147,11 +153,19 @@ def write_estimated_copy(
     if destination.resolve() == source.resolve():
         raise ValueError(f"{source}: refusing to write over the original; choose another output folder")
     with Image.open(source) as im:
-        fmt, exif = im.format, estimated_exif(im.getexif(), latitude, longitude, radius_km)
+        try:
+            original = im.getexif()
+        except (SyntaxError, struct.error, EOFError, ValueError, KeyError, TypeError) as err:
+            logger.warning("%s: its EXIF block is damaged (%s); the copy gets a new one with the estimate", source, err)
+            original = Image.Exif()
+        fmt, exif = im.format, estimated_exif(original, latitude, longitude, radius_km)
         destination.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(destination) as tmp:
             if fmt == "JPEG":
-                tmp.write_bytes(_splice_jpeg_exif(source.read_bytes(), exif.tobytes()))
+                try:
+                    tmp.write_bytes(_splice_jpeg_exif(source.read_bytes(), exif.tobytes()))
+                except ValueError as err:  # not a JPEG after all, or an EXIF block over 64 kB
+                    raise ValueError(f"{source}: {err}") from err
             elif fmt == "PNG":
                 im.load()
                 keep = {k: im.info[k] for k in ("icc_profile", "dpi", "transparency") if k in im.info}

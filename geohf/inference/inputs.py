@@ -22,6 +22,7 @@ from ..files import IMAGE_SUFFIXES
 from ..images import ImageLoadError, is_url
 
 GLOB_CHARS = re.compile(r"[*?\[]")
+MAX_VIEWS_CSV_BYTES = 256 << 20
 
 
 def _number(reason: str, n: int) -> str:
@@ -182,15 +183,27 @@ def group_by_csv(path: str | os.PathLike) -> Inputs:
     """Views grouped by a CSV with columns ``file, location_id`` (optional ``latitude, longitude``).
 
     Relative file paths are relative to the CSV's folder. Ground truth is taken from the
-    first row of each location that has both coordinates.
+    first row of each location that has both coordinates. A file over :data:`MAX_VIEWS_CSV_BYTES`,
+    a field over csv's limit (128 kB), a NUL byte or text that is not UTF-8: one ``ValueError``
+    naming the file (and the line).
     """
     path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_VIEWS_CSV_BYTES:
+        limit = MAX_VIEWS_CSV_BYTES
+        raise ValueError(f"{path}: {size:,} bytes, over the {limit:,}-byte limit for a views CSV; split it")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = {"file", "location_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: needs columns 'file' and 'location_id' (missing {sorted(missing)})")
-        rows = list(reader)
+        try:
+            missing = {"file", "location_id"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{path}: needs columns 'file' and 'location_id' (missing {sorted(missing)})")
+            rows = list(reader)
+        except csv.Error as err:  # a field over csv's limit (128 kB), a NUL byte
+            raise ValueError(f"{path} line {reader.line_num}: {err}; fix the file") from err
+        except UnicodeDecodeError as err:
+            where = f"{err.reason} at byte {err.start}"
+            raise ValueError(f"{path} is not UTF-8 text ({where}); re-save it as UTF-8") from err
     groups: dict[str, PredictItem] = {}
     out = Inputs(items=[])
     for line, row in enumerate(rows, start=2):
