@@ -40,7 +40,7 @@ from transformers import TrainerCallback, pipeline
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import geohf  # noqa: E402,F401
+import geohf.inference.pipeline  # noqa: E402,F401  (registers pipeline("image-geolocation"))
 from geohf import create_model  # noqa: E402
 from geohf import images as image_decoding  # noqa: E402
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402

@@ -1,9 +1,12 @@
 """``pipeline("image-geolocation")``: where was this photo taken?
 
-Registered in transformers' pipeline registry when ``geohf`` is imported::
+Registered in transformers' pipeline registry when this module is imported (``geohf.register()`` does it, as
+does ``geohf.ImageGeolocationPipeline``), with geohf's Auto classes::
 
     import geohf
     from transformers import pipeline
+
+    geohf.register()
 
     geo = pipeline("image-geolocation", model="runs/demo/model")
     geo("photo.jpg")                       # one image: a dict
@@ -168,9 +171,13 @@ class ImageGeolocationPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Add ``image-geolocation`` to transformers' pipeline registry (idempotent)."""
+    """Add ``image-geolocation`` to transformers' pipeline registry (idempotent; importing this module does it)."""
     from transformers import AutoModelForImageClassification
     from transformers.pipelines import PIPELINE_REGISTRY
+
+    from ..modeling import register_auto_classes
+
+    register_auto_classes()  # the task's model class loads geohf folders
 
     if "image-geolocation" not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(
@@ -179,3 +186,6 @@ def register_pipeline() -> None:
             pt_model=AutoModelForImageClassification,
             type="image",
         )
+
+
+register_pipeline()

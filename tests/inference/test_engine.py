@@ -52,7 +52,7 @@ def test_in_streams_keeps_order_errors_and_thread_counts(threads_kept):
 def geo(tiny_model_dir):
     from transformers import pipeline
 
-    import geohf  # noqa: F401  (registers the pipeline)
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 
     return pipeline("image-geolocation", model=str(tiny_model_dir), device="cpu")
 
