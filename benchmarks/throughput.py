@@ -40,7 +40,7 @@ from transformers import TrainerCallback, pipeline
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import geohf  # noqa: E402,F401
+import geohf.inference.pipeline  # noqa: E402,F401  (registers pipeline("image-geolocation"))
 from geohf import create_model  # noqa: E402
 from geohf import images as image_decoding  # noqa: E402
 from geohf.data.bluemarble import TileSpec, build_bluemarble  # noqa: E402
@@ -48,16 +48,11 @@ from geohf.data.label_space import load_partition  # noqa: E402
 from geohf.data.transforms import GeoCollator, example_transform  # noqa: E402
 from geohf.images import decode_image, decode_pixels  # noqa: E402
 from geohf.inference import graph as graph_module  # noqa: E402
-from geohf.inference.engine import chunks, default_streams, in_streams  # noqa: E402
+from geohf.inference.engine import chunks, default_streams, in_streams, load_ahead  # noqa: E402
 from geohf.inference.inputs import ImageRef, PredictItem  # noqa: E402
 from geohf.inference.predictor import GeoPredictor  # noqa: E402
 from geohf.inference.predictor import forward as geohf_forward  # noqa: E402
-from geohf.inference.stream import (  # noqa: E402
-    ItemDataset,
-    decode_threads,
-    decoded_batches,
-    iter_predictions,
-)
+from geohf.inference.stream import ItemDataset, decode_threads, iter_predictions  # noqa: E402
 from geohf.malloc import BATCH, set_malloc  # noqa: E402
 from geohf.modeling import GeoImageProcessor  # noqa: E402
 from geohf.training import GeoTrainer, GeoTrainingArguments  # noqa: E402
@@ -267,7 +262,7 @@ def decode_preprocess_rates(files: list[Path], processor, rounds: int, batch: in
 
     def tensor_path_threads():  # geohf predict with one stream (an accelerator): decode threads ahead of the caller
         start = time.perf_counter()
-        for loaded in decoded_batches(items, batch):
+        for loaded in load_ahead(items.batch, chunks(range(len(files)), batch), decode_threads()):
             processor.pixel_values([p for item in loaded for p in item.pixels])
         return len(files) / (time.perf_counter() - start)
 

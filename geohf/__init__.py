@@ -6,11 +6,12 @@
 * The public names below are loaded on first access (a module ``__getattr__`` over a
   name → submodule table, as transformers does): ``geohf.GeoModel`` imports
   :mod:`geohf.modeling` then.
-* Registering with transformers (``AutoConfig.for_model("geohf")``, ``AutoModel.from_pretrained``
-  of a geohf folder, ``pipeline("image-geolocation")``) happens when transformers' Auto modules or
-  pipelines are imported, or at once if they already are (:mod:`geohf._autoregister`): those imports
-  load torch anyway, so ``import geohf; from transformers import pipeline`` works as before and
-  costs what it did. ``geohf.register()`` registers eagerly.
+* Registering with transformers is explicit, as transformers documents for custom models: the modules
+  that define geohf's config, models and image processor register them with the Auto classes when
+  imported (``geohf.GeoModel``, ``geohf.GeoModelForImageGeolocation.from_pretrained(folder)``, anything
+  that loads a model), and :mod:`geohf.inference.pipeline` registers ``pipeline("image-geolocation")``.
+  ``geohf.register()`` does both, for ``AutoModel.from_pretrained(folder)`` or ``pipeline(...)`` in code
+  that names no geohf class. ``import geohf`` alone registers nothing (it would cost torch).
 """
 
 from __future__ import annotations
@@ -87,12 +88,8 @@ def __dir__() -> list[str]:
 
 
 def register() -> None:
-    """Register geohf's Auto classes and the ``image-geolocation`` pipeline with transformers now."""
-    from ._autoregister import register as _register
+    """Register geohf's Auto classes (``AutoConfig``, ``AutoModel``, ``AutoModelForImageClassification``,
+    ``AutoImageProcessor``) and the ``image-geolocation`` pipeline with transformers (idempotent; loads torch)."""
+    from .inference.pipeline import register_pipeline
 
-    _register()
-
-
-from ._autoregister import install as _install  # noqa: E402
-
-_install()
+    register_pipeline()

@@ -94,10 +94,12 @@ def test_demo_end_to_end(tmp_path, admin1_path, capsys):
     assert saved["train"]["steps"] >= 1
     preds = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all("top_k" in p for p in preds)
-    # the model folder works with a plain transformers pipeline once geohf is imported
+    # the model folder works with a plain transformers pipeline once geohf has registered
     from transformers import pipeline
 
-    import geohf  # noqa: F401
+    import geohf
+
+    geohf.register()
 
     clf = pipeline("image-classification", model=str(root / "model"))
     assert clf(str(next((root / "samples").iterdir())), top_k=2)[0]["label"]
@@ -133,11 +135,25 @@ def test_the_command_and_the_geography_import_no_torch():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_import_geohf_registers_when_transformers_is_used():
+def test_registration_with_transformers_is_explicit():
+    """``import geohf`` loads no torch and hooks no import; the modules that define geohf's classes register them
+    with the Auto classes when imported, and ``geohf.register()`` registers the Auto classes and the pipeline."""
     proc = _python(
         "import sys, geohf; assert 'torch' not in sys.modules\n"
+        "assert not [f for f in sys.meta_path if type(f).__module__.startswith('geohf')], sys.meta_path\n"
         "from transformers import AutoConfig, pipeline\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING\n"
+        "from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING, MODEL_MAPPING\n"
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
+        "assert 'geohf' not in CONFIG_MAPPING and 'geohf.modeling' not in sys.modules\n"
+        "model_class = geohf.GeoModelForImageGeolocation\n"
+        "config = AutoConfig.for_model('geohf')\n"
+        "assert type(config) is geohf.GeoConfig and geohf.GeoConfig in IMAGE_PROCESSOR_MAPPING\n"
+        "assert MODEL_MAPPING[geohf.GeoConfig] is geohf.GeoModel\n"
+        "assert MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[geohf.GeoConfig] is model_class\n"
+        "assert 'image-geolocation' not in PIPELINE_REGISTRY.get_supported_tasks()\n"
+        "geohf.register()\n"
         "assert type(AutoConfig.for_model('geohf')).__name__ == 'GeoConfig'\n"
         "assert 'image-geolocation' in PIPELINE_REGISTRY.get_supported_tasks()\n"
         "assert geohf.GeoModel.__name__ == 'GeoModel' and 'GeoModel' in dir(geohf)\n"

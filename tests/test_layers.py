@@ -42,9 +42,8 @@ LAYERS = {
     "export": 6,
     # the end-to-end demo (data, training, evaluation, prediction)
     "demo": 7,
-    # the public names (the package root) and their registration with transformers' Auto classes
+    # the public names (the package root) and geohf.register()
     "__init__": 8,
-    "_autoregister": 8,
     # the command line
     "commands": 9,
     "cli": 9,

@@ -1,14 +1,17 @@
-"""The one batch loop of geohf's inference: index chunks → a step per chunk → results in order, streamed.
+"""The one batch loop of geohf's inference: index chunks → (load →) a step per chunk → results in order, streamed.
 
 Every prediction command runs through :func:`run_batches`: ``GeoPredictor.iter_dataset`` (``geohf
-evaluate``, ``--benchmark``, ``tune_coordinate_rule``, ``geohf index build``), ``geohf predict``'s files and
-dataset rows (:func:`geohf.inference.stream.iter_predictions`) and the pipeline's batches. A step decodes,
-preprocesses, runs the forward and makes the batch's :class:`~geohf.inference.predictions.GeoPredictions`;
-consumers take them batch by batch, so nothing of size N x classes is ever gathered.
+evaluate``, ``--benchmark``, ``tune_coordinate_rule``, ``geohf index build``) and ``geohf predict``'s files
+and dataset rows (:func:`geohf.inference.stream.iter_batches`). A step decodes, preprocesses, runs the
+forward and makes the batch's :class:`~geohf.inference.predictions.GeoPredictions`; consumers take them batch
+by batch, so nothing of size N x classes is ever gathered. (``pipeline("image-geolocation")`` batches through
+transformers' own iterator, its ``batch_size`` and ``num_workers``, with the same forward and answers.)
 
 On a CPU two steps run at once (:func:`default_streams`), each in its own thread with half of torch's
 intra-op threads: one batch's Python (decoding, resizing, answers, records) runs while the other's forward
-has the cores, and a forward split over fewer threads waits less at OpenMP's barriers.
+has the cores, and a forward split over fewer threads waits less at OpenMP's barriers. A step's reading and
+decoding can also run apart from it (``load``): in DataLoader processes, or in threads ahead of the steps
+(with one stream, where an accelerator runs the forward).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+L = TypeVar("L")
 
 
 def default_streams(device: torch.device | str) -> int:
@@ -80,24 +84,79 @@ def in_streams(fn: Callable[[T], R], chunks: Iterable[T], streams: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _LoadedChunks(torch.utils.data.Dataset):
+    """``load(chunk)`` per index chunk: what DataLoader worker processes run for :func:`load_ahead`."""
+
+    def __init__(self, load: Callable[[list[int]], L], chunks: list[list[int]]):
+        self.load, self.chunks = load, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> L:
+        return self.load(self.chunks[k])
+
+
+def _as_loaded(loaded: L) -> L:
+    return loaded
+
+
+def load_ahead(
+    load: Callable[[list[int]], L], chunks: Iterable[list[int]], threads: int = 1, num_workers: int = 0
+) -> Iterator[L]:
+    """``load(chunk)`` for every chunk, in order, ahead of the caller: in ``num_workers`` DataLoader processes
+    (``load`` is pickled to them), else in ``threads`` threads (:func:`in_streams`; libpng, PIL and torch release
+    the GIL)."""
+    if num_workers > 0:
+        data = _LoadedChunks(load, list(chunks))
+        yield from torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=_as_loaded)
+        return
+    yield from in_streams(load, chunks, max(1, threads))
+
+
 def run_batches(
-    step: Callable[[list[int]], R],
+    step: Callable[[list[int]], R] | Callable[[L], R],
     n: int,
     batch_size: int,
     streams: int = 1,
     desc: str | None = None,
     progress: bool = True,
     unit: str = "img",
+    load: Callable[[list[int]], L] | None = None,
+    loaders: int = 0,
+    num_workers: int = 0,
 ) -> Iterator[R]:
     """``step(indices)`` for consecutive chunks of ``range(n)`` of ``batch_size``, results in order, ``streams``
-    steps at once (:func:`in_streams`), with a progress bar of ``n`` (left out for a single batch)."""
+    steps at once (:func:`in_streams`), with a progress bar of ``n`` (left out for a single batch).
+
+    With ``load``, a step gets ``load(indices)`` (the chunk read and decoded): in the step's own stream by
+    default, in ``num_workers`` DataLoader processes or ``loaders`` threads ahead of the steps when asked
+    (:func:`load_ahead`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    results = in_streams(step, chunks(range(n), batch_size), max(1, streams))
-    with tqdm(total=n, desc=desc, unit=unit, disable=not progress or n <= batch_size, leave=False) as bar:
-        done = 0
-        for result in results:
-            yield result
-            counted = min(batch_size, n - done)
-            done += counted
-            bar.update(counted)
+    work: Iterator = chunks(range(n), batch_size)
+    ahead = None
+    if load is not None and (num_workers > 0 or loaders > 0):
+        work = ahead = load_ahead(load, work, loaders, num_workers)
+    elif load is not None:
+        step = _then(load, step)
+    results = in_streams(step, work, max(1, streams))
+    try:
+        with tqdm(total=n, desc=desc, unit=unit, disable=not progress or n <= batch_size, leave=False) as bar:
+            done = 0
+            for result in results:
+                yield result
+                counted = min(batch_size, n - done)
+                done += counted
+                bar.update(counted)
+    finally:  # stopped early: the running steps finish, the rest is cancelled, then the loads
+        results.close()
+        if ahead is not None:
+            ahead.close()
+
+
+def _then(load: Callable[[list[int]], L], step: Callable[[L], R]) -> Callable[[list[int]], R]:
+    def load_and_step(chunk: list[int]) -> R:
+        return step(load(chunk))
+
+    return load_and_step

@@ -1,10 +1,10 @@
 """A model's inference forward as a traced TorchScript graph, which runs without Python's GIL.
 
-On a CPU ``geohf predict`` and the pipeline run two batches at once (:mod:`.engine`): one batch's
-Python (decoding, answers, records) beside the other's forward. An eager forward takes the GIL back
-after every operator, so it waits whenever the other stream runs Python (the demo model's forward
-beside a busy Python thread: 13x slower eager, 7% slower traced). A traced graph runs all its operators
-in TorchScript's interpreter with the GIL released, and skips Python's cost per operator (the demo
+On a CPU ``geohf predict`` and ``GeoPredictor.iter_dataset`` run two batches at once (:mod:`.engine`): one
+batch's Python (decoding, answers, records) beside the other's forward; the pipeline's forward runs it too.
+An eager forward takes the GIL back after every operator, so it waits whenever the other stream runs Python
+(the demo model's forward beside a busy Python thread: 13x slower eager, 7% slower traced). A traced graph runs
+all its operators in TorchScript's interpreter with the GIL released, and skips Python's cost per operator (the demo
 model's forward at 96 px runs 13–17% faster). Measured in ``benchmarks/throughput.py`` (docs/benchmarks.md).
 
 * **When.** After :data:`EAGER_BATCHES` eager batches of one kind of input (shape but batch size,

@@ -1,9 +1,12 @@
 """``pipeline("image-geolocation")``: where was this photo taken?
 
-Registered in transformers' pipeline registry when ``geohf`` is imported::
+Registered in transformers' pipeline registry when this module is imported (``geohf.register()`` does it, as
+does ``geohf.ImageGeolocationPipeline``), with geohf's Auto classes::
 
     import geohf
     from transformers import pipeline
+
+    geohf.register()
 
     geo = pipeline("image-geolocation", model="runs/demo/model")
     geo("photo.jpg")                       # one image: a dict
@@ -12,9 +15,11 @@ Registered in transformers' pipeline registry when ``geohf`` is imported::
 
 Each result: ``pred_latitude, pred_longitude, pred_country_code, pred_country, pred_region_code,
 pred_region, score, country_score, radius_km, top_k`` (a :meth:`GeoPredictions.records` row).
-Inputs may be paths, URLs, PIL images or numpy arrays. ``preprocess`` only decodes each image to
-uint8; ``_forward`` resizes and normalises the whole batch at once (as ``geohf predict`` does) and
-turns the outputs into predictions and records batched, so ``postprocess`` only hands one out.
+Inputs may be paths, URLs, PIL images or numpy arrays. The pipeline keeps to transformers' four hooks and
+batches through transformers' own iterator (``batch_size``; ``num_workers`` DataLoader processes decode):
+``preprocess`` only decodes each image to uint8; ``_forward`` resizes and normalises the whole batch at once
+(as ``geohf predict`` does) and turns the outputs into predictions and records batched, so ``postprocess``
+only hands one out.
 The model runs in channels_last and,
 where the hardware makes it fast (CUDA, or a CPU with AMX / AVX512-BF16), under bf16
 autocast, as ``geohf predict`` does; ``geo(images, bf16=False)`` keeps float32.
@@ -35,7 +40,6 @@ from PIL import Image
 from transformers import Pipeline
 
 from ..images import to_rgb_array
-from .engine import chunks, default_streams, in_streams
 from .photos import load_pixels
 from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
@@ -66,11 +70,8 @@ class ImageGeolocationPipeline(Pipeline):
         bf16: bool | None = None,
         timeout=None,
         retrieval: bool | None = None,
-        streams: int | None = None,
     ):
         forward = {}  # top_k and mass shape the predictions, made batched in _forward
-        if streams is not None:
-            forward["streams"] = streams  # taken out again by get_iterator
         if retrieval is not None:
             forward["retrieval"] = retrieval
         if top_k is not None:
@@ -101,29 +102,6 @@ class ImageGeolocationPipeline(Pipeline):
             return self.image_processor.preprocess(images)["pixel_values"].to(self.dtype)
         return self.image_processor.pixel_values([v for views in images for v in views], self.dtype)
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        """Batches of a list, dataset or generator: on a CPU two batches at once (``streams``, default
-        :func:`~geohf.inference.engine.default_streams`), each in its own thread with half of torch's
-        threads, so one batch's decoding and answers run beside the other's forward
-        (:mod:`geohf.inference.engine`); transformers' own iterator otherwise (one batch at a time, and
-        ``num_workers`` DataLoader processes when asked)."""
-        forward_params = dict(forward_params)
-        streams = forward_params.pop("streams", None)
-        streams = default_streams(self.device) if streams is None else max(1, streams)
-        if streams == 1 or num_workers > 0 or batch_size <= 1:
-            return super().get_iterator(
-                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
-            )
-        from transformers.pipelines.base import pad_collate_fn
-
-        collate = pad_collate_fn(self.tokenizer, self.image_processor)
-
-        def batch(items: list) -> list:
-            outputs = self.forward(collate([self.preprocess(x, **preprocess_params) for x in items]), **forward_params)
-            return [self.postprocess({"records": r}, **postprocess_params) for r in outputs["records"]]
-
-        return (result for results in in_streams(batch, chunks(inputs, batch_size), streams) for result in results)
-
     def _forward(
         self,
         model_inputs: dict,
@@ -131,12 +109,10 @@ class ImageGeolocationPipeline(Pipeline):
         top_k: int = 5,
         mass: float = 0.5,
         retrieval: bool = True,
-        streams: int | None = None,
     ):
         """The batch resized and normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last,
         bf16 autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch and
-        their coordinates refined by the model's retrieval index when it has one, and their records.
-        ``streams`` only matters to :meth:`get_iterator` (one call runs one batch)."""
+        their coordinates refined by the model's retrieval index when it has one, and their records."""
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
             self._channels_last = True
@@ -168,9 +144,13 @@ class ImageGeolocationPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Add ``image-geolocation`` to transformers' pipeline registry (idempotent)."""
+    """Add ``image-geolocation`` to transformers' pipeline registry (idempotent; importing this module does it)."""
     from transformers import AutoModelForImageClassification
     from transformers.pipelines import PIPELINE_REGISTRY
+
+    from ..modeling import register_auto_classes
+
+    register_auto_classes()  # the task's model class loads geohf folders
 
     if "image-geolocation" not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(
@@ -179,3 +159,6 @@ def register_pipeline() -> None:
             pt_model=AutoModelForImageClassification,
             type="image",
         )
+
+
+register_pipeline()

@@ -1,10 +1,12 @@
 """``geohf predict`` runs: images → one record per image (or per place), streamed batch by batch.
 
-Images are decoded to uint8 arrays by a DataLoader (optionally in worker processes), resized
-and normalised a whole batch at a time (:meth:`GeoImageProcessor.pixel_values`), predicted in
-batches, and every record goes straight to the output (JSON lines, CSV or Parquet, written to a
-temporary file renamed into place at the end), so memory stays flat however many images there
-are. Unreadable images are reported one line each and the others still predicted.
+The batches run through the one batch loop (:func:`~geohf.inference.engine.run_batches`): each is decoded
+to uint8 arrays (in its stream, in threads ahead of the forward with one stream, or in DataLoader worker
+processes), resized and normalised at once (:meth:`GeoImageProcessor.pixel_values`) and predicted into one
+:class:`~geohf.inference.predictions.GeoPredictions` (:func:`predict_batch`); the records of each batch go
+straight to the output (JSON lines, CSV or Parquet, written to a temporary file renamed into place at the
+end), so memory stays flat however many images there are. Unreadable images are reported one line each and
+the others still predicted.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from tqdm.auto import tqdm
 
 from ..errors import counted
 from ..geo.sphere import haversine_km
-from .engine import chunks, default_streams, in_streams
+from .engine import default_streams, run_batches
 from .exif import GpsFix, write_estimated_copy
 from .inputs import ImageRef, Inputs, PredictItem
 from .photos import ImageLoadError, load_pixels
+from .predictions import GeoPredictions
 from .predictor import GeoPredictor
 from .writers import open_writer, output_columns, output_format
 
@@ -78,10 +81,6 @@ class ItemDataset(torch.utils.data.Dataset):
         return [self[i] for i in indices]
 
 
-def _keep_list(batch: list[LoadedItem]) -> list[LoadedItem]:
-    return batch
-
-
 # ---------------------------------------------------------------- records
 
 
@@ -121,25 +120,90 @@ def make_record(
     return out
 
 
-def _predict_loaded(predictor: GeoPredictor, batch: list[LoadedItem]) -> list[Prediction]:
-    """One decoded batch → its predictions in input order (items with no readable view give none).
-    Places with different numbers of views are predicted in sub-batches of equal shape."""
+@dataclass(frozen=True)
+class PredictedBatch:
+    """One batch of ``geohf predict``: its items as decoded (unreadable images included, as errors) and the
+    predictions of those with a readable view, one row each, in input order."""
+
+    loaded: list[LoadedItem]
+    predicted: list[LoadedItem]  # the items of ``loaded`` with a readable view: the rows of ``predictions``
+    predictions: GeoPredictions | None  # None: no item of the batch could be read
+
+    @property
+    def errors(self) -> list[ImageLoadError]:
+        return [err for loaded in self.loaded for err in loaded.errors]
+
+    def records(self) -> list[Prediction]:
+        """Each predicted item's record (:func:`make_record`) with its probabilities, in input order."""
+        if self.predictions is None:
+            return []
+        base, probs = self.predictions.records(), self.predictions.probs
+        return [
+            Prediction(loaded.item, make_record(loaded.item, row, loaded.views, loaded.gps), probs[j], loaded.gps)
+            for j, (loaded, row) in enumerate(zip(self.predicted, base))
+        ]
+
+
+def predict_batch(predictor: GeoPredictor, batch: list[LoadedItem]) -> PredictedBatch:
+    """One decoded batch → its predictions in input order (items with no readable view get none): the step of
+    ``geohf predict``'s batch loop. Places with different numbers of views are predicted in sub-batches of equal
+    shape."""
     groups: dict[tuple, list[LoadedItem]] = {}
     for loaded in batch:
         if loaded.pixels:
             groups.setdefault(loaded.key, []).append(loaded)
-    done: dict[int, Prediction] = {}
+    parts, predicted = [], []
     for key, group in groups.items():
         # the whole group resized and normalised at once (one interpolate per image size)
         predictor.check_single_views(bool(key))
         pixel_values = predictor.pixel_values([p for g in group for p in g.pixels])
         if key:  # places: (items, views, 3, S, S)
             pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
-        predictions = predictor.predict_tensors(pixel_values)
-        for j, (loaded, base) in enumerate(zip(group, predictions.records())):
-            record = make_record(loaded.item, base, loaded.views, loaded.gps)
-            done[loaded.index] = Prediction(loaded.item, record, predictions.probs[j], loaded.gps)
-    return [done[i] for i in sorted(done)]
+        parts.append(predictor.predict_tensors(pixel_values))
+        predicted += group
+    if not parts:
+        return PredictedBatch(batch, [], None)
+    predictions = parts[0] if len(parts) == 1 else GeoPredictions.concat(parts)
+    order = sorted(range(len(predicted)), key=lambda j: predicted[j].index)
+    if order != list(range(len(predicted))):
+        predictions, predicted = predictions.select(np.asarray(order)), [predicted[j] for j in order]
+    return PredictedBatch(batch, predicted, predictions)
+
+
+def iter_batches(
+    predictor: GeoPredictor,
+    items: Sequence[PredictItem],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    streams: int | None = None,
+) -> Iterator[PredictedBatch]:
+    """``items`` predicted batch by batch, in input order, through the one batch loop
+    (:func:`~geohf.inference.engine.run_batches`).
+
+    ``streams`` (default :func:`~geohf.inference.engine.default_streams`): batches decoded and predicted at
+    once, each in its own thread with its share of torch's threads; with one stream (an accelerator),
+    :func:`decode_threads` threads decode the next batches while the forward runs. ``num_workers``: decode in
+    that many DataLoader processes instead.
+    """
+    streams = default_streams(predictor.device) if streams is None else max(1, streams)
+    dataset = ItemDataset(items)
+    loaders = decode_threads() if streams == 1 and num_workers == 0 else 0
+
+    def step(batch: list[LoadedItem]) -> PredictedBatch:
+        return predict_batch(predictor, batch)
+
+    yield from run_batches(
+        step,
+        len(dataset),
+        batch_size,
+        streams,
+        "predicting",
+        progress,
+        load=dataset.batch,
+        loaders=loaders,
+        num_workers=num_workers,
+    )
 
 
 def iter_predictions(
@@ -151,51 +215,22 @@ def iter_predictions(
     progress: bool = True,
     streams: int | None = None,
 ) -> Iterator[Prediction]:
-    """Predictions in input order, one batch at a time.
+    """Predictions in input order, item by item (:func:`iter_batches`' batches, their records made).
 
     Items whose images could not be read (all of their views) yield nothing; every unreadable image
-    goes to ``on_error``. ``streams`` (default :func:`~geohf.inference.engine.default_streams`): batches
-    decoded and predicted at once, each in its own thread with its share of torch's threads
-    (:mod:`geohf.inference.engine`). ``num_workers``: decode in that many DataLoader processes instead,
-    one batch in flight.
+    goes to ``on_error``.
     """
-    streams = default_streams(predictor.device) if streams is None else max(1, streams)
-    dataset = ItemDataset(items)
-    if num_workers > 0 or streams == 1:
-        batches = decoded_batches(dataset, batch_size, num_workers)
-        results = ((batch, _predict_loaded(predictor, batch)) for batch in batches)
-    else:
-
-        def job(indices: list[int]) -> tuple[list[LoadedItem], list[Prediction]]:
-            batch = dataset.batch(indices)
-            return batch, _predict_loaded(predictor, batch)
-
-        results = in_streams(job, chunks(range(len(dataset)), batch_size), streams)
-    with tqdm(total=len(items), desc="predicting", unit="img", disable=not progress or len(items) <= batch_size) as bar:
-        for batch, predictions in results:
-            for loaded in batch:
-                for err in loaded.errors:
-                    if on_error is not None:
-                        on_error(err)
-            yield from predictions
-            bar.update(len(batch))
+    for batch in iter_batches(predictor, items, batch_size, num_workers, progress, streams):
+        for err in batch.errors:
+            if on_error is not None:
+                on_error(err)
+        yield from batch.records()
 
 
 def decode_threads() -> int:
-    """Threads decoding a batch in the main process: one per core, at most 4 (libpng and PIL release the GIL)."""
+    """Threads decoding batches ahead of the forward with one stream: one per core, at most 4 (libpng and PIL
+    release the GIL)."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def decoded_batches(dataset: ItemDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[LoadedItem]]:
-    """Batches of decoded items, in order: worker processes (a DataLoader) with ``num_workers``, else
-    :func:`decode_threads` threads decoding a batch each, so the next batches decode while the caller
-    resizes and predicts this one (libpng, PIL and torch release the GIL)."""
-    if num_workers > 0:
-        yield from torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list
-        )
-        return
-    yield from in_streams(dataset.batch, chunks(range(len(dataset)), batch_size), decode_threads())
 
 
 # ---------------------------------------------------------------- EXIF copies
@@ -320,12 +355,14 @@ def run_prediction(
         writer = open_writer(options.output, fmt, output_columns(grouped, copier is not None))
     estimated = 0
     try:
-        predictions = iter_predictions(
-            predictor, inputs.items, options.batch_size, options.num_workers, report, options.progress, options.streams
+        batches = iter_batches(
+            predictor, inputs.items, options.batch_size, options.num_workers, options.progress, options.streams
         )
-        for batch in chunks(predictions, options.batch_size):
+        for batch in batches:
+            for err in batch.errors:
+                report(err)
             records = []
-            for p in batch:
+            for p in batch.records():
                 if copier is not None:
                     try:
                         p.record["exif_copy"] = ";".join(copier.copy(p)) or None

@@ -1,5 +1,6 @@
 """Models: config/model pairs over timm backbones, heads, losses, image processor; the names load on first
-use (torch), so :mod:`geohf.modeling.head_names` stays cheap."""
+use (torch), so :mod:`geohf.modeling.head_names` stays cheap. The modules that define the config, the models and
+the image processor register them with transformers' Auto classes when imported."""
 
 from __future__ import annotations
 
@@ -21,19 +22,13 @@ _LAZY = {
 
 
 def register_auto_classes() -> None:
-    """Register geohf with transformers' Auto classes (idempotent)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+    """Register geohf's config, models and image processor with transformers' Auto classes (idempotent).
 
-    from .configuration_geohf import GeoConfig
-    from .image_processing_geohf import GeoImageProcessor
-    from .modeling_geohf import GeoModel, GeoModelForImageGeolocation
-
-    AutoConfig.register("geohf", GeoConfig, exist_ok=True)
-    AutoModel.register(GeoConfig, GeoModel, exist_ok=True)
-    AutoModelForImageClassification.register(GeoConfig, GeoModelForImageGeolocation, exist_ok=True)
-    # one processor for both backends (it runs timm's transform), so no backend fallback warning
-    processors = {"pil": GeoImageProcessor, "torchvision": GeoImageProcessor}
-    AutoImageProcessor.register(GeoConfig, image_processor_classes=processors, exist_ok=True)
+    Importing the modules that define them registers them (as transformers documents for custom models), so
+    ``geohf.GeoModel``, ``from geohf.modeling import GeoModelForImageGeolocation`` or loading a model with geohf
+    has done it already; this imports them.
+    """
+    from . import configuration_geohf, image_processing_geohf, modeling_geohf  # noqa: F401
 
 
 __all__ = sorted([*_LAZY, "register_auto_classes"])

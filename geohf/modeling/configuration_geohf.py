@@ -245,3 +245,11 @@ class GeoConfig(PreTrainedConfig):
             "mean": tuple(self.image_mean),
             "std": tuple(self.image_std),
         }
+
+
+# Registered with transformers when geohf's own module is imported, as transformers documents for custom models; a
+# model folder's flat copy of this file (loaded with ``trust_remote_code``) is found through config.json's auto_map.
+if __name__.startswith("geohf."):
+    from transformers import AutoConfig
+
+    AutoConfig.register("geohf", GeoConfig, exist_ok=True)

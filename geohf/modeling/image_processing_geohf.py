@@ -29,7 +29,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from ..errors import UserError
 from ..images import to_rgb_array, to_rgb_image
-from .configuration_geohf import RESIZE_MODES, TIMM_CROP_MODES
+from .configuration_geohf import RESIZE_MODES, TIMM_CROP_MODES, GeoConfig
 from .remote_code import write_remote_code
 
 REFERENCE_UINT8_LEVELS = 2
@@ -360,7 +360,7 @@ class GeoImageProcessor(BaseImageProcessor):
         for key in ("_reference", "_planes"):
             out.pop(key, None)
         # no image_processor_type: AutoImageProcessor then resolves the class from the model config —
-        # geohf's registered class when geohf is imported, config.json's auto_map for remote-code users
+        # geohf's registered class once this module is imported, config.json's auto_map for remote-code users
         out.pop("image_processor_type", None)
         return out
 
@@ -369,3 +369,13 @@ class GeoImageProcessor(BaseImageProcessor):
         out = super().save_pretrained(save_directory, *args, **kwargs)
         write_remote_code(save_directory)
         return out
+
+
+# Registered when geohf's own module is imported (a model folder's copy: through config.json's auto_map). One
+# processor for both backends (it runs timm's transform), so no backend fallback warning.
+if __name__.startswith("geohf."):
+    from transformers import AutoImageProcessor
+
+    AutoImageProcessor.register(
+        GeoConfig, image_processor_classes={"pil": GeoImageProcessor, "torchvision": GeoImageProcessor}, exist_ok=True
+    )

@@ -390,3 +390,14 @@ def build_model(config: GeoConfig, pretrained: str | None = "offline") -> GeoMod
     if pretrained:
         model.geo.load_pretrained_backbone(pretrained)
     return model
+
+
+# Registered when geohf's own module is imported (a model folder's copy: through config.json's auto_map), with the
+# config and the image processor, so ``AutoModel*.from_pretrained`` / ``AutoImageProcessor`` load a geohf folder.
+if __name__.startswith("geohf."):
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    from . import image_processing_geohf  # noqa: F401  (registers the image processor)
+
+    AutoModel.register(GeoConfig, GeoModel, exist_ok=True)
+    AutoModelForImageClassification.register(GeoConfig, GeoModelForImageGeolocation, exist_ok=True)

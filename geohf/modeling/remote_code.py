@@ -4,8 +4,8 @@
 ``config.json``; then
 ``AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)`` and
 ``pipeline("image-classification", model=folder, trust_remote_code=True)`` work with only
-torch, timm and transformers installed. geohf users never need ``trust_remote_code``:
-``import geohf`` registers the same classes locally.
+torch, timm and transformers installed. geohf users never need ``trust_remote_code``: geohf's own
+modules register the same classes locally when imported (``geohf.register()``); the copies here register nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Batches a few at a time (``geohf.inference.engine``), and the pipeline that runs on them."""
+"""Batches a few at a time (``geohf.inference.engine``), and the pipeline's batches (transformers' iterator)."""
 
 import threading
 import time
@@ -52,30 +52,32 @@ def test_in_streams_keeps_order_errors_and_thread_counts(threads_kept):
 def geo(tiny_model_dir):
     from transformers import pipeline
 
-    import geohf  # noqa: F401  (registers the pipeline)
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 
     return pipeline("image-geolocation", model=str(tiny_model_dir), device="cpu")
 
 
-def test_pipeline_in_two_streams_answers_as_in_one(geo, tmp_path):
-    """Lists and generators of images of several sizes, batched two at a time or through transformers' own
-    iterator: the same records in the same order; a bad file raises as it does there."""
+def test_pipeline_batches_answer_as_one_at_a_time(geo, tmp_path):
+    """Lists and generators of images of several sizes, batched by transformers' own iterator (``batch_size``,
+    with ``num_workers`` processes decoding) or one at a time: the same records in the same order; a bad file
+    raises as it does there."""
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (20 + i, 30 + 2 * i, 3), dtype=np.uint8)) for i in range(11)]
-    one = geo(images, batch_size=4, streams=1)
-    two = geo(images, batch_size=4, streams=2)
-    generated = list(geo((im for im in images), batch_size=4, streams=2))
+    one = geo(images, batch_size=1)
+    two = geo(images, batch_size=4)
+    generated = list(geo((im for im in images), batch_size=4))
+    workers = geo(images, batch_size=4, num_workers=2)
     single = [geo(im) for im in images[:3]]
-    assert len(one) == len(two) == len(generated) == 11
-    for a, b, c in zip(one, two, generated):
+    assert len(one) == len(two) == len(generated) == len(workers) == 11
+    for a, b, c, d in zip(one, two, generated, workers):
         assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]] == [t["label"] for t in c["top_k"]]
         assert (a["pred_latitude"], a["pred_longitude"], a["score"]) == pytest.approx(
             (b["pred_latitude"], b["pred_longitude"], b["score"]), abs=1e-4
         )
-        assert b == c
+        assert b == c == d
     for a, s in zip(one, single):
         assert a["pred_country_code"] == s["pred_country_code"]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(ImageLoadError):
-        geo([images[0], str(broken), images[1]], batch_size=2, streams=2)
+        geo([images[0], str(broken), images[1]], batch_size=2)

@@ -184,7 +184,7 @@ def test_the_pipeline_runs_the_graph_and_it_follows_the_weights(tiny_model_dir, 
     answers; weights changed in place afterwards reach the graph (it shares the model's tensors)."""
     from transformers import pipeline
 
-    import geohf  # noqa: F401  (registers the pipeline)
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(12)]

@@ -142,7 +142,7 @@ def test_ann_index_saves_and_loads_with_the_model(indexed, tiny_dataset, validat
 def test_pipeline_refines_with_the_index(indexed, validation):
     from transformers import pipeline
 
-    import geohf  # noqa: F401 - registers the pipeline
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 
     images = [validation[i]["image"] for i in range(6)]
     on = pipeline("image-geolocation", model=str(indexed))(images)

@@ -12,6 +12,7 @@ from PIL import Image
 from test_modeling import CELLS
 from transformers import AutoModelForImageClassification, pipeline
 
+import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 from geohf.geo.countries import is_country_code
 from geohf.modeling import GeoImageProcessor, build_model
 from geohf.modeling.factory import make_config

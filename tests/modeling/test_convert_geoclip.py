@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from geohf.modeling.location_encoder import geoclip_files
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 from geohf import create_model
 from geohf.errors import UserError
 from geohf.modeling import GeoImageProcessor, GeoModelForImageGeolocation, HeadSpec

@@ -14,6 +14,7 @@ from PIL import Image
 from test_backbones import HIDE_GEOHF, heads
 from transformers import AutoModelForImageClassification, pipeline
 
+import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 from geohf.errors import UserError
 from geohf.geo.countries import is_country_code
 from geohf.modeling import build_model

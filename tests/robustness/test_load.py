@@ -133,7 +133,7 @@ def test_pipeline_from_4_threads_matches_serial(tiny_model_dir, tiles, record):
     """One ``pipeline("image-geolocation")`` object called from 4 threads at once gives the serial results."""
     from transformers import pipeline
 
-    import geohf  # noqa: F401  (registers the pipeline)
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 
     geo = pipeline("image-geolocation", model=str(tiny_model_dir), device="cpu")
     inputs = [str(p) for p in tiles[:16]]

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import pipeline
 
-import geohf  # noqa: F401  (registers the pipeline)
+import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
 from geohf import images as images_module
 from geohf.cli import main
 from geohf.images import ImageLoadError

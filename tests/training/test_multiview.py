@@ -164,6 +164,7 @@ def test_evaluation_and_pipeline_group_places_alike(attention_model, views_datas
     from datasets import load_dataset
     from transformers import pipeline
 
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
     from geohf.evaluation import evaluate
     from geohf.inference.predictor import GeoPredictor
 

@@ -238,6 +238,7 @@ def test_trained_model_and_dataset_from_a_local_hub(tiny_model_dir, tiny_dataset
 import json, geohf
 from datasets import load_dataset
 from transformers import AutoModelForImageClassification, pipeline
+geohf.register()  # the Auto classes and pipeline("image-geolocation")
 ds = load_dataset("org/blue-marble", revision="main", split="test")
 model = AutoModelForImageClassification.from_pretrained("org/geo-model", revision="main")
 geo = pipeline("image-geolocation", model="org/geo-model", revision="main")
