@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError, check_source, one_line
 from ..inference.names import SEARCHES
-from .command import set_command
+from .command import exclusive, set_command
 from .flags import add_batch_size, add_bf16, add_revision
 
 
@@ -39,6 +39,7 @@ def _load_dataset(args: IndexBuildArguments, dataset: str):
         raise UserError(f"--dataset {args.dataset}: cannot load it ({one_line(err)})") from None
 
 
+@exclusive(lambda args: Path(args.model).expanduser() / "index", "geohf index build")
 def index_build_command(args: IndexBuildArguments) -> int:
     if not Path(args.model).expanduser().is_dir():
         raise UserError(
