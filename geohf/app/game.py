@@ -23,7 +23,7 @@ from ..geo.sphere import haversine_km
 from ..inference.inputs import DatasetItems, load_split
 from ..inference.photos import load_image
 from ..inference.predictor import GeoPredictor
-from .prediction import PlacePrediction, predict_views
+from .prediction import PlacePrediction, predict_item
 from .results import append_result
 
 GAME_COLUMNS = ("latitude", "longitude", "country_code")
@@ -116,8 +116,7 @@ class Game:
         """
         truth = self.truth.iloc[row]
         lat, lon, code = float(truth["latitude"]), float(truth["longitude"]), str(truth["country_code"])
-        ref = self.items[row].images[0]
-        place = predict_views(self.predictor, [load_image(ref.name, ref.data)], [ref.name])
+        place = predict_item(self.predictor, self.items[row])
         model = Guess(place.country_codes, place.record["pred_latitude"], place.record["pred_longitude"])
         record = {
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from ..inference.inputs import ImageRef, PredictItem
-from ..inference.photos import LoadedImage, load_image
+from ..inference.photos import ImageLoadError
 from ..inference.predictions import CellTable
 from ..inference.predictor import GeoPredictor
-from ..inference.stream import make_record
+from ..inference.stream import iter_predictions
 
 
 @dataclass
@@ -45,15 +45,19 @@ def region_labels(cells: CellTable) -> np.ndarray:
     return np.asarray([f"{r}, {c}" if r else "" for r, c in zip(cells.region, cells.country)], dtype=object)
 
 
-def predict_views(predictor: GeoPredictor, loaded: list[LoadedImage], names: list[str], k: int = 5) -> PlacePrediction:
-    """Predict one place from decoded images (several: views of it, fused by the model)."""
-    views = [x.image for x in loaded]
-    pixel_values = predictor.processor([views] if len(views) > 1 else views, return_tensors="pt")["pixel_values"]
-    predictions = predictor.predict_tensors(pixel_values)
-    item = PredictItem([ImageRef(n) for n in names], location_id="upload" if len(names) > 1 else None)
-    gps = next((x.gps for x in loaded if x.gps is not None), None)
-    record = make_record(item, predictions.records()[0], list(names), gps)
-    probs, cells = predictions.probs[0], predictor.cells
+def predict_item(predictor: GeoPredictor, item: PredictItem, k: int = 5) -> PlacePrediction:
+    """Predict one place (one image, or several views of it) through ``geohf predict``'s batch path
+    (:func:`~geohf.inference.stream.iter_predictions`: decode, preprocess, forward, record) in the calling thread.
+
+    Raises :class:`~geohf.inference.photos.ImageLoadError` for the first unreadable image.
+    """
+    errors: list[ImageLoadError] = []
+    predictions = list(iter_predictions(predictor, [item], batch_size=1, on_error=errors.append, progress=False,
+                                        streams=1))  # fmt: skip
+    if errors:
+        raise errors[0]
+    (prediction,) = predictions
+    record, probs, cells = prediction.record, prediction.probs, predictor.cells
     return PlacePrediction(
         record=record,
         probs=probs,
@@ -64,8 +68,10 @@ def predict_views(predictor: GeoPredictor, loaded: list[LoadedImage], names: lis
 
 
 def predict_place(predictor: GeoPredictor, sources: list[str], k: int = 5) -> PlacePrediction:
-    """Predict one place from image files or URLs (EXIF orientation and GPS read on the way).
+    """Predict one place from image files or URLs (several: views of it, fused by the model); EXIF
+    orientation and GPS are read on the way.
 
     Raises :class:`~geohf.inference.photos.ImageLoadError` for an unreadable file.
     """
-    return predict_views(predictor, [load_image(s) for s in sources], [str(s) for s in sources], k)
+    location = "upload" if len(sources) > 1 else None
+    return predict_item(predictor, PredictItem([ImageRef(str(s)) for s in sources], location_id=location), k)

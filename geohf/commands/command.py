@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from ..errors import UserError
+from ..files import exclusive_output
 
 A = TypeVar("A")
 
@@ -42,3 +45,23 @@ class Command(Generic[A]):
 def set_command(parser: argparse.ArgumentParser, arguments: type[A], run: Callable[[A], int], **kwargs: Any) -> None:
     """Make ``parser`` run ``run(arguments(...))`` (see :class:`Command`)."""
     parser.set_defaults(func=Command(arguments, run, **kwargs))
+
+
+def exclusive(output: str | Callable[[Any], str | os.PathLike | None], what: str):
+    """Decorate a command to run holding the writer's lock of its output (:func:`geohf.files.exclusive_output`):
+    a second process writing the same output at once is refused in one line. ``output``: the arguments' field
+    naming it, or a function of the arguments; ``None`` and ``"-"`` (stdout) take no lock."""
+    where = output if callable(output) else (lambda args: getattr(args, output))
+
+    def decorate(run: Callable[[A], int]) -> Callable[[A], int]:
+        @functools.wraps(run)
+        def locked(args: A) -> int:
+            path = where(args)
+            if path is None or str(path) == "-":
+                return run(args)
+            with exclusive_output(os.path.expanduser(path), what):
+                return run(args)
+
+        return locked
+
+    return decorate

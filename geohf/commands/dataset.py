@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.import_config import ImportConfig
 from ..data.names import LAYOUT_NAMES, SOURCES, SPLIT_BY
 from ..errors import UserError, one_line
-from .command import set_command
+from .command import exclusive, set_command
 from .flags import add_boundaries, add_engine, add_output, add_revision, check_boundaries, check_new_output
 
 
@@ -71,6 +71,7 @@ def _print_skipped(processing: dict) -> None:
         print("skipped: " + ", ".join(f"{k[9:]} {v}" for k, v in skipped.items()) + " (see skipped.csv)")
 
 
+@exclusive("output", "geohf dataset build")
 def build_command(args: BuildArguments) -> int:
     if args.shard:
         from ..data.shards import Shard
@@ -170,6 +171,7 @@ def _build_part(args: BuildArguments) -> int:
     return 0
 
 
+@exclusive("output", "geohf dataset merge")
 def merge_command(args: MergeArguments) -> int:
     check_new_output(args.output, args.overwrite, flag=None)
     from ..data.shards import merge_shards
@@ -179,6 +181,7 @@ def merge_command(args: MergeArguments) -> int:
     return 0
 
 
+@exclusive("output", "geohf dataset import")
 def import_command(args: ImportConfig) -> int:
     check_boundaries(args.boundaries)
     check_new_output(args.output, args.overwrite)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError, check_source, one_line
 from ..inference.names import SEARCHES
-from .command import set_command
+from .command import exclusive, set_command
 from .flags import add_batch_size, add_bf16, add_engine, add_revision
 
 
@@ -41,6 +41,7 @@ def _load_dataset(args: IndexBuildArguments, dataset: str):
         raise UserError(f"--dataset {args.dataset}: cannot load it ({one_line(err)})") from None
 
 
+@exclusive(lambda args: Path(args.model).expanduser() / "index", "geohf index build")
 def index_build_command(args: IndexBuildArguments) -> int:
     if not Path(args.model).expanduser().is_dir():
         raise UserError(
@@ -77,7 +78,9 @@ def index_build_command(args: IndexBuildArguments) -> int:
         from ..inference.ray import RayPredictOptions, iter_ray_gallery
         from ..inference.retrieval import index_info, write_index
 
-        options = RayPredictOptions(args.batch_size, address=args.address, predictor={"bf16": args.bf16, "retrieval": False})
+        options = RayPredictOptions(
+            args.batch_size, address=args.address, predictor={"bf16": args.bf16, "retrieval": False}
+        )
         batches = iter_ray_gallery(model, dataset, args.split, options=options)
         info = index_info(predictor.model, args.search, args.dataset, args.split)
         index = write_index(batches, info, folder=model)

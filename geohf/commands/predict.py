@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError, check_source, counted
 from ..inference.names import FORMATS
 from ..malloc import BATCH, set_malloc
-from .command import set_command
+from .command import exclusive, set_command
 from .flags import (
     add_batch_size,
     add_bf16,
@@ -100,6 +100,7 @@ def _check(args: PredictArguments) -> str | None:
     return None
 
 
+@exclusive("output", "geohf predict")
 def predict_command(args: PredictArguments) -> int:
     """Predict the inputs, stream the records, report every unreadable image; 1 if any failed."""
     set_malloc(BATCH)

@@ -1,8 +1,10 @@
-"""Where ``geohf predict``'s records go: JSON lines, CSV or Parquet, streamed through a temporary file that is
-renamed into place at the end (a failed run leaves no half-written output)."""
+"""Where ``geohf predict``'s records go: JSON lines, CSV or Parquet, streamed through a hidden temporary file
+beside the output that is synced and renamed into place at the end: a run that fails (a full disk) or is
+killed never leaves a half-written output, and a previous output stays whole until the new one replaces it."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..files import temp_path
 from .names import FORMATS
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -43,10 +46,13 @@ def output_columns(grouped: bool, exif_copies: bool) -> list[str]:
 
 
 class RecordWriter:
-    """Streams records to ``path`` (``"-"``: stdout) through a temporary file renamed on :meth:`close`.
+    """Streams records to ``path`` (``"-"``: stdout) through a temporary file (:func:`geohf.files.temp_path`:
+    hidden, unique) synced and renamed on :meth:`close`.
 
-    Use as a context manager: on an exception the temporary file is removed, so a failed
-    run never leaves a half-written output behind.
+    Use as a context manager: on an exception, in :meth:`write` or in :meth:`close` itself (a full disk
+    fails the last flush), the temporary file is removed, so a failed run never leaves a half-written output
+    behind (one killed with SIGKILL leaves only the hidden file, which the next writer of ``path`` removes:
+    :func:`geohf.files.exclusive_output`).
     """
 
     binary = False
@@ -60,7 +66,7 @@ class RecordWriter:
             self.tmp, self.stream = None, sys.stdout
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = self.path.with_name(self.path.name + ".tmp")
+            self.tmp = temp_path(self.path)
             mode = {"mode": "wb"} if self.binary else {"mode": "w", "encoding": "utf-8", "newline": ""}
             self.stream = open(self.tmp, **mode)  # noqa: SIM115 - closed by close() / abort()
         self.open()
@@ -74,17 +80,28 @@ class RecordWriter:
     def finish(self) -> None:
         """Flush what is buffered."""
 
+    def seal(self) -> None:
+        """Write the format's end (a footer), if it has one."""
+
     def close(self) -> None:
-        self.finish()
-        if self.tmp is not None:
-            self.stream.close()
-            os.replace(self.tmp, self.path)
-        else:
+        """Finish the output: written, synced, renamed into place (on any failure, :meth:`abort`)."""
+        try:
+            self.finish()
+            self.seal()
             self.stream.flush()
+            if self.tmp is not None:
+                os.fsync(self.stream.fileno())
+                self.stream.close()
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
+        """Drop the temporary file (closing it may fail again on a full disk: that is not reported twice)."""
         if self.tmp is not None:
-            self.stream.close()
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.close()
             self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> RecordWriter:
@@ -167,14 +184,15 @@ class ParquetWriter(RecordWriter):
             self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
             self.buffer = []
 
-    def close(self):
-        self.finish()
+    def seal(self):
         self.writer.close()
-        super().close()
 
     def abort(self):
-        self.writer.close()
-        super().abort()
+        try:
+            with contextlib.suppress(Exception):  # the footer cannot be written: the file goes anyway
+                self.writer.close()
+        finally:
+            super().abort()
 
 
 WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "parquet": ParquetWriter}

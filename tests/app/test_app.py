@@ -12,12 +12,11 @@ import pytest
 from geohf.app import append_result
 from geohf.app.figures import circle_latlon, click_to_latlon
 from geohf.app.game import Guess, score_guess
-from geohf.app.prediction import predict_views
+from geohf.app.prediction import predict_item
 from geohf.commands.app import register_subcommand
 from geohf.evaluation.human import summarise_results
 from geohf.evaluation.metrics import geoscore
 from geohf.geo.sphere import haversine_km
-from geohf.inference.photos import LoadedImage
 
 TABLE_KEYS = {"country_accuracy", "mean_km", "median_km", "within_25km", "within_750km", "geoscore"}
 
@@ -152,7 +151,7 @@ def test_app_predicts_and_plays_a_round_headless(app_server, tiny_dataset, tmp_p
     assert saved["player_km"] == pytest.approx(expected, abs=0.1)
     # the model's countries are its own ranking for that image (the one `geohf evaluate` scores at top-1)
     game = app_server["game"]
-    ranking = predict_views(game.predictor, [LoadedImage(game.image(row))], ["x"]).country_codes
+    ranking = predict_item(game.predictor, game.items[row]).country_codes
     assert saved["model_countries"] == ranking and len(ranking) >= 1
     assert board["data"][0][4] == pytest.approx(saved["player_km"], abs=0.1)
     human = summarise_results(app_server["results"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 CLIENTS, PER_CLIENT, WARMUP = 20, 10, 6
-FLAT_MB = 100  # growth allowed between the warm-up round and the end of the load
+FLAT_MB = 50  # growth allowed between the warm-up round and the end of the load
 LOAD: dict = {}  # the load run's figures, for the memory test
 
 
