@@ -258,6 +258,7 @@ def build_bluemarble(
 ):
     """Build the Blue Marble tile dataset folder; returns its :class:`~geohf.data.build.BuildReport`."""
     from ..geo.boundaries import boundaries_name
+    from ..hub.cards import DatasetCardFields
     from .build import CellSpec, write_labelled_dataset
 
     spec = spec or TileSpec()
@@ -278,17 +279,17 @@ def build_bluemarble(
             parts.append(part)
         frame = pd.concat(parts).sort_index(kind="stable").reset_index(drop=True)  # a place's views together
     frame["source_file"] = "bmng.jpg"
-    card = {
+    card = DatasetCardFields(
         **BLUE_MARBLE_CARD,
-        "boundaries": boundaries_name(boundaries),
-        "max_distance_km": labeller.max_distance_km,
-        "repo_id": repo_id or "<org>/blue-marble-tiles",
-        "command": f"geohf dataset build --layout bluemarble --output {Path(output_dir).name} "
+        boundaries=boundaries_name(boundaries),
+        max_distance_km=labeller.max_distance_km,
+        repo_id=repo_id or "<org>/blue-marble-tiles",
+        command=f"geohf dataset build --layout bluemarble --output {Path(output_dir).name} "
         + " ".join(f"--{k} {v}" for k, v in counts.items())
         + f" --tile-px {spec.tile_px} --block-px {spec.block_px} --seed {spec.seed}"
         + (f" --map-downscale {spec.map_downscale:g}" if spec.map_downscale != 1 else "")
         + (f" --views {spec.views} --view-offset-px {spec.view_offset_px}" if spec.views > 1 else ""),
-        "images_note": f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic"
+        images_note=f"Each image is a {spec.tile_px}×{spec.tile_px} px PNG tile cut from the mosaic"
         + (
             f", downsampled {spec.map_downscale:g}x and upsampled back (a coarser rendering of the same places)."
             if spec.map_downscale != 1
@@ -300,12 +301,12 @@ def build_bluemarble(
             if spec.views > 1
             else ""
         ),
-        "split_note": (
+        split_note=(
             f"Spatially disjoint splits: {spec.block_px}-px blocks (≈{spec.block_px * 360 / 5400:.1f}°) assigned "
             f"{'/'.join(str(f) for f in spec.fractions)} to train/validation/test; a {spec.tile_px}-px tile is kept "
             f"only if all blocks it touches share its split (seed {spec.seed})."
         ),
-    }
+    )
     specs = [CellSpec.parse(c) for c in (cells or ["quadtree"])]
     return write_labelled_dataset(
         frame, load, output_dir, specs, card, processing=tiles.attrs["processing"], overwrite=overwrite

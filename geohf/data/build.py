@@ -12,8 +12,8 @@ import datetime as dt
 import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from .._version import __version__
 from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.labelling import LABEL_COLUMNS
-from ..hub.cards import render_dataset_card
+from ..hub.cards import DatasetCardFields, render_dataset_card
 from .execute import CardCounts, finish_folder, run_blocks
 from .folder import DATA_DIR, SplitInfo, atomic_directory
 from .plan import CELLS_DIR, BuildPlan, ImageRead
+from .report import BuildReport, LabellingStats
 from .skips import SkipLog
 
 BUILD_REPORT = "build_report.json"
@@ -77,25 +78,6 @@ class CellSpec:
                 json.loads(value) if value.strip()[:1].isdigit() or value in ("true", "false") else value
             )
         return cls(name or kind, kind, params)
-
-
-@dataclass
-class BuildReport:
-    """What a build produced, with every count needed for the card."""
-
-    output_dir: str
-    splits: dict[str, int]
-    processing: dict[str, int]
-    labelling: dict[str, Any]
-    partitions: dict[str, int]
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return sum(self.splits.values()) / self.seconds if self.seconds else 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
 
 
 def features_for(
@@ -149,9 +131,9 @@ def plan_labelled_dataset(
     frame: pd.DataFrame,
     read: ImageRead,
     cell_specs: list[CellSpec],
-    card: dict[str, Any],
+    card: DatasetCardFields,
     processing: dict[str, int] | None = None,
-    labelling: dict[str, Any] | None = None,
+    labelling: LabellingStats | None = None,
     skips: SkipLog | None = None,
     boundaries=None,
     extra_features: dict[str, Any] | None = None,
@@ -164,7 +146,7 @@ def plan_labelled_dataset(
         frame: one row per image with ``split``, ``latitude``, ``longitude``, the label
             columns, any optional columns (``location_id``...) and where its image is (``_path``, or
             ``_ref_path, _ref_offset, _ref_size, _ref_method``: see :class:`~geohf.data.plan.ImageRead`).
-        card: dataset card fields (``pretty_name``, ``description``, ``source``, ``license``...).
+        card: the dataset card's name, prose and provenance (:class:`~geohf.hub.cards.DatasetCardFields`).
         skips: inputs left out so far; written to ``skipped.csv`` with the images the check leaves out.
         boundaries: boundary table for the partitions that need one (semantic, fishnet).
         extra_features: features of a source's own columns to keep (``{"IMG_ID": Value("string")}``).
@@ -182,7 +164,8 @@ def plan_labelled_dataset(
         frame[f"cell_{name}"] = cells
     features = features_for(frame, partitions, extra_features)
     return BuildPlan.make(
-        frame, features, partitions, read, card, dict(processing or {}), dict(labelling or {}), skips or SkipLog(),
+        frame, features, partitions, read, card, dict(processing or {}), labelling or LabellingStats(),
+        skips or SkipLog(),
         rows_per_shard,
     )  # fmt: skip
 
@@ -206,9 +189,7 @@ def write_plan(
         plan.rows = plan.rows.iloc[:0]  # the engines read the rows block by block from the saved plan
         results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader)
         shutil.rmtree(work)
-        report = finish_folder(tmp, plan, results, output_dir, time.perf_counter() - start)
-    report.pop("images_per_second")
-    return BuildReport(**report)
+        return finish_folder(tmp, plan, results, output_dir, time.perf_counter() - start)
 
 
 def write_labelled_dataset(
@@ -216,9 +197,9 @@ def write_labelled_dataset(
     read: ImageRead | Callable[[dict], dict],
     output_dir: str | Path,
     cell_specs: list[CellSpec],
-    card: dict[str, Any],
+    card: DatasetCardFields,
     processing: dict[str, int] | None = None,
-    labelling: dict[str, Any] | None = None,
+    labelling: LabellingStats | None = None,
     overwrite: bool = False,
     rows_per_shard: int = 5000,
     skips: SkipLog | None = None,
@@ -249,8 +230,8 @@ def dataset_card_text(
     infos: dict[str, SplitInfo],
     partitions: dict[str, CellPartition],
     processing: dict[str, int],
-    card: dict[str, Any],
-    labelling: dict[str, Any] | None = None,
+    card: DatasetCardFields,
+    labelling: LabellingStats | None = None,
 ) -> str:
     """README.md of a dataset folder."""
     from .folder import yaml_metadata
@@ -259,32 +240,32 @@ def dataset_card_text(
     bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
     size = next((name for limit, name in bounds if n < limit), "1M<n<10M")
     card_data = {
-        "license": card.get("license", "other"),
-        "pretty_name": card["pretty_name"],
+        "license": card.license,
+        "pretty_name": card.pretty_name,
         "task_categories": ["image-classification"],
-        "tags": ["geolocation", "geohf", *card.get("tags", [])],
+        "tags": ["geolocation", "geohf", *card.tags],
         "size_categories": [size],
         **yaml_metadata(features, infos),
     }
-    if card.get("shard"):  # one shard of several: sizes a folder joining every shard's files would not match
+    if card.shard:  # one shard of several: sizes a folder joining every shard's files would not match
         card_data["dataset_info"].pop("splits")
     return render_dataset_card(
         card_data,
-        pretty_name=card["pretty_name"],
-        description=card.get("description", ""),
+        pretty_name=card.pretty_name,
+        description=card.description,
         geohf_version=__version__,
         build_date=dt.date.today().isoformat(),
-        command=card.get("command", ""),
-        images_note=card.get("images_note", ""),
-        skipped_file=card.get("skipped_file", ""),
-        repo_id=card.get("repo_id", "<org>/<name>"),
+        command=card.command,
+        images_note=card.images_note,
+        skipped_file=card.skipped_file,
+        repo_id=card.repo_id,
         split_counts={s: i.num_examples for s, i in infos.items()},
-        split_note=card.get("split_note", ""),
+        split_note=card.split_note,
         top_countries=counts.top(20),
         n_countries=counts.n_countries,
         n_regions=counts.n_regions,
         columns=[
-            {"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c, card.get("column_meanings"))}
+            {"name": c, "dtype": _dtype_name(f), "meaning": _meaning(c, card.column_meanings)}
             for c, f in features.items()
         ],
         partitions=[
@@ -292,14 +273,14 @@ def dataset_card_text(
             for name, p in partitions.items()
         ],
         processing=processing,
-        labelling=labelling or {},
-        boundaries=card.get("boundaries", ""),
-        max_distance_km=card.get("max_distance_km", 25),
-        source=card.get("source", "to fill: where the images come from"),
-        license_text=card.get("license_text", "to fill"),
-        collection=card.get("collection", "to fill"),
-        personal_data=card.get("personal_data", "to fill"),
-        limitations=card.get("limitations", "to fill"),
+        labelling=labelling or LabellingStats(),
+        boundaries=card.boundaries,
+        max_distance_km=card.max_distance_km,
+        source=card.source,
+        license_text=card.license_text,
+        collection=card.collection,
+        personal_data=card.personal_data,
+        limitations=card.limitations,
     )
 
 
@@ -307,7 +288,7 @@ def _dtype_name(feature) -> str:
     return getattr(feature, "dtype", None) or type(feature).__name__.lower()
 
 
-def _meaning(column: str, extra: dict[str, str] | None = None) -> str:
+def _meaning(column: str, extra: Mapping[str, str] | None = None) -> str:
     if column.startswith("cell_"):
         return f"geocell id in the `{column[5:]}` partition (see Geocells; -1: no coordinates)"
     return (extra or {}).get(column) or COLUMN_MEANINGS.get(column, "")

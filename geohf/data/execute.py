@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from .archives import MemberRef
 from .filters import check_image
 from .folder import DATA_DIR, SplitInfo, _non_binary_columns
 from .plan import CELLS_DIR, PLAN_ROWS, Block, BuildPlan, ImageRead
-from .skips import SkipLog
+from .report import BuildReport
+from .skips import Skip, SkipLog
 
 BATCH_ROWS = 256
 LABEL_MATCH_COUNTS = {"inside_polygon": "inside", "nearest_polygon": "nearest", "at_sea_unlabelled": "none",
@@ -49,14 +50,18 @@ class BlockResult:
 
     block: int
     rows: int = 0
-    skips: list[tuple[str, str, str]] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
     countries: dict[str, list[int]] = field(default_factory=dict)  # "code\tname" -> [rows, training rows]
     regions: list[str] = field(default_factory=list)
     label_match: dict[str, int] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (``part.json``): each skip as ``[stage, item, reason]``."""
+        return {**asdict(self), "skips": [astuple(s) for s in self.skips]}
+
     @classmethod
     def from_dict(cls, d: dict) -> BlockResult:
-        return cls(**{**d, "skips": [tuple(s) for s in d["skips"]]})
+        return cls(**{**d, "skips": [Skip(*s) for s in d["skips"]]})
 
 
 def _image(row: dict, read: ImageRead) -> tuple[bytes | None, str | None]:
@@ -117,7 +122,7 @@ def write_block(
                 else:
                     data, reason = _image(row, read)
                     if data is None:
-                        result.skips.append(("images", row["source_file"], reason))
+                        result.skips.append(Skip("images", row["source_file"], reason))
                         continue
                     image = {"bytes": data, "path": row["source_file"]}
                 buffer.append({**{c: row[c] for c in columns}, "image": image})
@@ -277,11 +282,11 @@ class CardCounts:
         return len({cc for cc, _ in self.countries})
 
 
-def image_skips(results: Sequence[BlockResult]) -> list[tuple[str, str, str]]:
+def image_skips(results: Sequence[BlockResult]) -> list[Skip]:
     """The images the blocks left out, by kind (undecodable, dark, blurry) and then in plan order."""
     entries = [e for r in results for e in r.skips]
     kind = {k: i for i, k in enumerate(("undecodable image", "dark or blank", "blurry"))}
-    return sorted(entries, key=lambda e: kind.get(e[2].split(":")[0], len(kind)))
+    return sorted(entries, key=lambda e: kind.get(e.kind, len(kind)))
 
 
 def finish_folder(
@@ -291,11 +296,11 @@ def finish_folder(
     output_dir: str | Path,
     seconds: float,
     part: tuple[int, int] | None = None,
-) -> dict:
+) -> BuildReport:
     """Card, ``skipped.csv``, cells, map and ``build_report.json`` of the folder ``root`` whose data files hold
     the blocks of ``results``; ``part``: ``(K, N)`` when it holds part K of N of the plan. Returns the report."""
     from ..plots import plot_locations
-    from .build import BUILD_REPORT, SKIPPED_CSV, BuildReport, dataset_card_text
+    from .build import BUILD_REPORT, SKIPPED_CSV, dataset_card_text
 
     for stale in (root / DATA_DIR).glob(".*.tmp"):  # left by a killed worker whose block ran again
         stale.unlink()
@@ -305,22 +310,21 @@ def finish_folder(
         raise UserError(f"every input was skipped ({len(plan.skips) + len(image_skips(results))}); see the reasons "
                         "above — nothing to write")  # fmt: skip
     log = SkipLog(entries=list(plan.skips.entries), fixes=list(plan.skips.fixes))
-    for stage, item, reason in image_skips(results):
-        log.skip(stage, item, reason)
+    for e in image_skips(results):
+        log.skip(e.stage, e.item, e.reason)
     processing = dict(plan.processing)
     kept = processing.pop("kept", None)
-    found = Counter(f"{stage}: {reason.split(':')[0]}" for stage, _, reason in image_skips(results))
+    found = Counter(f"{e.stage}: {e.kind}" for e in image_skips(results))
     for key in sorted(found):
         processing[f"skipped, {key}"] = processing.get(f"skipped, {key}", 0) + found[key]
     if kept is not None:
         processing["kept"] = counts.rows
-    labelling = dict(plan.labelling)
     matches = Counter()
     for r in results:
         matches.update(r.label_match)
-    for key, match in LABEL_MATCH_COUNTS.items():
-        if key in labelling:
-            labelling[key] = matches.get(match, 0)
+    counted = {key: matches.get(match, 0) for key, match in LABEL_MATCH_COUNTS.items()
+               if getattr(plan.labelling, key) is not None}  # fmt: skip
+    labelling = replace(plan.labelling, **counted)
     has_skips = bool(log.entries or log.fixes)
     if has_skips:
         log.write_csv(root / SKIPPED_CSV)
@@ -337,20 +341,20 @@ def finish_folder(
     )
     (root / BUILD_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
     if not infos:
-        return report.to_dict()
+        return report
     _map(root, infos, plot_locations)
-    card = {**plan.card, "skipped_file": SKIPPED_CSV if has_skips else ""}
+    card = replace(plan.card, skipped_file=SKIPPED_CSV if has_skips else "")
     if part is not None and part[1] > 1:
-        card["shard"] = f"{part[0]}/{part[1]}"
-        card["split_note"] = (
-            card.get("split_note", "") + f" This folder is part {part[0]}/{part[1]} of a build run in parts and its "
+        note = (
+            f" This folder is part {part[0]}/{part[1]} of a build run in parts and its "
             "counts are this part's: `geohf dataset merge` joins the parts' folders into one, or copy every part's "
             "`data/*.parquet` into the folder of part 1 (which holds a file of every split), where its card's "
             "`configs` glob loads them all (the card gives no per-split sizes to check against, so that works)."
-        ).strip()
+        )
+        card = replace(card, shard=f"{part[0]}/{part[1]}", split_note=(card.split_note + note).strip())
     text = dataset_card_text(counts, plan.features, infos, plan.partitions, processing, card, labelling)
     (root / "README.md").write_text(text, encoding="utf-8")
-    return report.to_dict()
+    return report
 
 
 def _map(root: Path, infos: dict[str, SplitInfo], plot) -> None:
@@ -376,5 +380,5 @@ def save_part(root: Path, plan_dir: Path, plan: BuildPlan, part: tuple[int, int]
     (root / PART_PLAN).mkdir()
     shutil.copyfile(plan_dir / PLAN_JSON, root / PART_PLAN / PLAN_JSON)
     shutil.copytree(plan_dir / CELLS_DIR, root / PART_PLAN / CELLS_DIR)
-    meta = {"plan_id": plan.plan_id, "index": part[0], "count": part[1], "results": [asdict(r) for r in results]}
+    meta = {"plan_id": plan.plan_id, "index": part[0], "count": part[1], "results": [r.to_dict() for r in results]}
     (root / PART_FILE).write_text(json.dumps(meta))

@@ -263,8 +263,9 @@ def read_layout(layout: str, root: str | Path, log: SkipLog) -> pd.DataFrame:
         raise UserError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or bluemarble")
     frame = LAYOUTS[layout](root, log)
     if frame.empty:
+        first = log.entries[0] if len(log) else None
         raise UserError(
             f"no usable images in {root} for layout {layout!r}"
-            + (f" ({len(log)} files skipped; first: {log.entries[0][1]}: {log.entries[0][2]})" if len(log) else "")
+            + (f" ({len(log)} files skipped; first: {first.item}: {first.reason})" if first else "")
         )
     return frame

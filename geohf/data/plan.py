@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -26,8 +25,10 @@ from datasets import Features
 
 from ..errors import UserError
 from ..geo.cells import CellPartition
+from ..hub.cards import DatasetCardFields
 from .filters import ImageFilter
-from .skips import SkipLog
+from .report import LabellingStats
+from .skips import Skip, SkipLog
 
 PLAN_JSON = "plan.json"
 PLAN_ROWS = "plan.parquet"
@@ -87,9 +88,9 @@ class BuildPlan:
     features: Features
     partitions: dict[str, CellPartition]
     read: ImageRead
-    card: dict[str, Any]
+    card: DatasetCardFields
     processing: dict[str, int] = field(default_factory=dict)
-    labelling: dict[str, Any] = field(default_factory=dict)
+    labelling: LabellingStats = field(default_factory=LabellingStats)
     skips: SkipLog = field(default_factory=SkipLog)
     blocks: list[Block] = field(default_factory=list)
     plan_id: str = ""
@@ -101,9 +102,9 @@ class BuildPlan:
         features: Features,
         partitions: dict[str, CellPartition],
         read: ImageRead,
-        card: dict[str, Any],
+        card: DatasetCardFields,
         processing: dict[str, int],
-        labelling: dict[str, Any],
+        labelling: LabellingStats,
         skips: SkipLog,
         rows_per_file: int = 5000,
     ) -> BuildPlan:
@@ -139,10 +140,13 @@ class BuildPlan:
         return {
             "features": self.features.to_dict(),
             "read": self.read.to_dict(),
-            "card": self.card,
+            "card": self.card.to_dict(),
             "processing": self.processing,
-            "labelling": self.labelling,
-            "skips": {"entries": self.skips.entries, "fixes": self.skips.fixes},
+            "labelling": self.labelling.to_dict(),
+            "skips": {
+                "entries": [astuple(e) for e in self.skips.entries],
+                "fixes": [astuple(e) for e in self.skips.fixes],
+            },
             "blocks": [asdict(b) for b in self.blocks],
             "partitions": sorted(self.partitions),
         }
@@ -169,8 +173,8 @@ class BuildPlan:
             raise UserError(f"--plan {folder}: no {PLAN_JSON}; make the plan with geohf dataset build ... --plan-only")
         meta = json.loads((folder / PLAN_JSON).read_text())
         skips = SkipLog()
-        skips.entries = [tuple(e) for e in meta["skips"]["entries"]]
-        skips.fixes = [tuple(e) for e in meta["skips"]["fixes"]]
+        skips.entries = [Skip(*e) for e in meta["skips"]["entries"]]
+        skips.fixes = [Skip(*e) for e in meta["skips"]["fixes"]]
         partitions = {name: CellPartition.load(folder / CELLS_DIR / f"{name}.parquet") for name in meta["partitions"]}
         table = pd.read_parquet(folder / PLAN_ROWS) if rows else pd.DataFrame()
         return cls(
@@ -178,9 +182,9 @@ class BuildPlan:
             Features.from_dict(meta["features"]),
             partitions,
             ImageRead.from_dict(meta["read"]),
-            meta["card"],
+            DatasetCardFields.from_dict(meta["card"]),
             meta["processing"],
-            meta["labelling"],
+            LabellingStats.from_dict(meta["labelling"]),
             skips,
             [Block(**b) for b in meta["blocks"]],
             meta["plan_id"],

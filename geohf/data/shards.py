@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,16 +135,15 @@ def merge_shards(
             for r in s.meta["results"]:
                 name = plan.blocks[r["block"]].file_name
                 _link_or_copy(s.path / DATA_DIR / name, tmp / DATA_DIR / name)
-        plan.card["command"] = plan.card.get("command", "") + (
+        command = plan.card.command + (
             f" --plan-only, then geohf dataset build --plan PLAN --shard K/{len(shards)} (K = 1..{len(shards)}) and "
             "geohf dataset merge"
         )
+        plan.card = replace(plan.card, command=command)
         report = finish_folder(tmp, plan, results, output_dir, seconds)
-        report["merged_from"] = {"plan_id": plan.plan_id, "shards": len(shards)}
-        (tmp / BUILD_REPORT).write_text(json.dumps(report, indent=2))
-    report.pop("images_per_second")
-    report.pop("merged_from")
-    return BuildReport(**report)
+        merged = {**report.to_dict(), "merged_from": {"plan_id": plan.plan_id, "shards": len(shards)}}
+        (tmp / BUILD_REPORT).write_text(json.dumps(merged, indent=2))
+    return report
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -41,6 +41,7 @@ from ..errors import UserError, one_line
 from ..files import IMAGE_SUFFIXES
 from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
+from ..hub.cards import DatasetCardFields
 from ..images import ImageLoadError, probe_image
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
 from .build import BuildReport, CellSpec, write_labelled_dataset
@@ -48,6 +49,7 @@ from .filters import validate_coordinates
 from .import_config import ImportConfig
 from .names import SOURCES
 from .plan import ImageRead
+from .report import LabellingStats
 from .skips import SkipLog
 from .tables import read_table
 
@@ -478,7 +480,7 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     if raw.empty:
         raise UserError(
             f"{cfg.input}: no row of the table has an image ({len(log)} mismatches; first: "
-            f"{log.entries[0][1] if log.entries else '-'}); check the image folder and the id column"
+            f"{log.entries[0].item if log.entries else '-'}); check the image folder and the id column"
         )
     labeller = PointLabeller(cfg.boundaries)
     frame = validate_coordinates(raw, labeller, log, keep_at_sea=True, country_only=True)
@@ -499,36 +501,35 @@ def import_source(cfg: ImportConfig) -> ImportResult:
     frame["_ref_declared"] = np.array([r.declared for r in refs], dtype=np.int64)
     frame["_ref_crc"] = np.array([r.crc for r in refs], dtype=np.int64)
     del refs
-    without_image = sum(1 for e in log.entries if "row without an image" in e[2])
-    without_row = sum(1 for e in log.entries if e[2].startswith("image without a row"))
+    without_image = sum(1 for e in log.entries if "row without an image" in e.reason)
+    without_row = sum(1 for e in log.entries if e.reason.startswith("image without a row"))
     processing = {"rows in the source": found.rows_in_source, "images found": found.images_found}
     processing.update({f"skipped, {k}": v for k, v in log.counts().items()})
     processing["kept"] = len(frame)
-    labelling = {
-        "inside_polygon": int((frame["label_match"] == "inside").sum()),
-        "nearest_polygon": int((frame["label_match"] == "nearest").sum()),
-        "at_sea_unlabelled": int((frame["label_match"] == "none").sum()),
-        "country_only": int((frame["label_match"] == "country-only").sum()),
-    }
-    card = {
-        **CARDS["table"],
-        **CARDS[cfg.source],
-        "boundaries": boundaries_name(cfg.boundaries),
-        "max_distance_km": labeller.max_distance_km,
-        "repo_id": cfg.repo_id or f"<org>/{cfg.source}",
-        "command": import_command(cfg),
-        "images_note": "Images are stored as the source's own bytes, none re-encoded; each one's header was "
+    labelling = LabellingStats(
+        inside_polygon=int((frame["label_match"] == "inside").sum()),
+        nearest_polygon=int((frame["label_match"] == "nearest").sum()),
+        at_sea_unlabelled=int((frame["label_match"] == "none").sum()),
+        country_only=int((frame["label_match"] == "country-only").sum()),
+    )
+    card = DatasetCardFields(
+        **{**CARDS["table"], **CARDS[cfg.source]},
+        boundaries=boundaries_name(cfg.boundaries),
+        max_distance_km=labeller.max_distance_km,
+        repo_id=cfg.repo_id or f"<org>/{cfg.source}",
+        command=import_command(cfg),
+        images_note="Images are stored as the source's own bytes, none re-encoded; each one's header was "
         "checked (format, size, pixel limit), so the counts are the source's minus what `skipped.csv` lists "
         "(mismatches, and members that are not images or over the size limits).",
-        "split_note": "The source's own split"
+        split_note="The source's own split"
         + (
             " (one test split: cells, where asked, are fitted on its rows)"
             if cfg.source in BENCHMARK_CSVS and cfg.source != "mp16"
             else ""
         )
         + ".",  # fmt: skip
-        "column_meanings": meanings,
-    }
+        column_meanings=meanings,
+    )
     report = write_labelled_dataset(
         frame,
         ImageRead("member"),

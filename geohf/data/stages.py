@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from PIL import ExifTags, Image
 
 from ..errors import UserError
 from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
+from ..hub.cards import DatasetCardFields
 from ..images import decode_image, heif_available
 from .balance import BalanceSpec, balance
 from .build import BuildReport, CellSpec, plan_labelled_dataset, write_plan
@@ -26,6 +28,7 @@ from .filters import ImageFilter, drop_duplicate_locations, label_disagreements,
 from .folder import DATA_DIR, atomic_directory
 from .layouts import read_layout
 from .plan import BuildPlan, ImageRead
+from .report import LabelDisagreement, LabellingStats
 from .skips import SkipLog
 from .splits import assign_splits
 
@@ -76,7 +79,7 @@ class BuildConfig:
     rows_per_file: int = 5000
     overwrite: bool = False
     repo_id: str | None = None
-    card: dict = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)  # DatasetCardFields to set (pretty_name, source...)
     # bluemarble only
     tiles: dict[str, int] = field(default_factory=lambda: {"train": 4000, "validation": 500, "test": 500})
     tile_px: int = 64
@@ -148,6 +151,10 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     and label them, drop duplicate locations, rebalance, split, fit the geocells on the training rows."""
     if cfg.input is None:
         raise UserError(f"--input is required for layout {cfg.layout!r}")
+    names = [f.name for f in fields(DatasetCardFields)]
+    unknown = sorted(set(cfg.card) - set(names))
+    if unknown:
+        raise UserError(f"BuildConfig.card: {', '.join(unknown)}: not a card field; set any of {', '.join(names)}")
     specs = [CellSpec.parse(c) for c in cfg.cells]
     root = Path(cfg.input).resolve()
     log = SkipLog()
@@ -166,34 +173,35 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
     frame["_path"] = frame["source_file"]
     frame["source_file"] = [Path(p).relative_to(root).as_posix() for p in frame["_path"]]
-    log.entries = [(st, _relative(item, root), r) for st, item, r in log.entries]
-    log.fixes = [(st, _relative(item, root), r) for st, item, r in log.fixes]
+    log.entries = [e.at(_relative(e.item, root)) for e in log.entries]
+    log.fixes = [e.at(_relative(e.item, root)) for e in log.fixes]
 
     processing = {"inputs found": found}
     processing.update({f"skipped, {k}": v for k, v in log.counts().items()})
     processing.update({f"fixed, {k}": v for k, v in log.fix_counts().items()})
     processing["kept"] = len(frame)
-    labelling: dict = {"inside_polygon": 0, "nearest_polygon": 0}  # counted on the rows written
+    labelling = LabellingStats(inside_polygon=0, nearest_polygon=0)  # counted on the rows written
     if "file_country_code" in frame:
-        labelling.update(
-            {
-                "file_label_disagreements": n_disagree,
-                "examples": [{**e, "source_file": _relative(e["source_file"], root)} for e in examples],
-            }
+        labelling = replace(
+            labelling,
+            file_label_disagreements=n_disagree,
+            examples=tuple(
+                LabelDisagreement(**{**e, "source_file": _relative(e["source_file"], root)}) for e in examples
+            ),
         )
-    card = {
+    card = DatasetCardFields(
         **STREET_CARD,
-        "boundaries": boundaries_name(cfg.boundaries),
-        "max_distance_km": labeller.max_distance_km,
-        "repo_id": cfg.repo_id or "<org>/street-location-images",
-        "command": build_command(cfg),
-        "images_note": images_note(cfg.max_side, cfg.keep_exif),
-        "split_note": f"Split by {cfg.split_by}"
+        boundaries=boundaries_name(cfg.boundaries),
+        max_distance_km=labeller.max_distance_km,
+        repo_id=cfg.repo_id or "<org>/street-location-images",
+        command=build_command(cfg),
+        images_note=images_note(cfg.max_side, cfg.keep_exif),
+        split_note=f"Split by {cfg.split_by}"
         + f" (seed {cfg.seed}, fractions {list(cfg.fractions)})"
         + (f", validation/test images within {cfg.buffer_km:g} km of training dropped" if cfg.buffer_km else "")
         + ".",
-        **cfg.card,
-    }
+    )
+    card = replace(card, **cfg.card)  # the caller's own fields win
     read = ImageRead("file", check=cfg.image_filter, apply_filter=cfg.filter, max_side=cfg.max_side,
                      keep_exif=cfg.keep_exif)  # fmt: skip
     return plan_labelled_dataset(frame, read, specs, card, processing, labelling, skips=log,
@@ -218,8 +226,7 @@ def build_part(cfg: BuildConfig) -> BuildReport:
         report = finish_folder(tmp, plan, results, cfg.output, time.perf_counter() - start,
                                part=(shard.index, shard.count))  # fmt: skip
         save_part(tmp, Path(cfg.plan), plan, (shard.index, shard.count), results)
-    report.pop("images_per_second")
-    return BuildReport(**report)
+    return report
 
 
 def build_command(cfg: BuildConfig) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,48 @@ def template_path(kind: str) -> str:
     return str(resources.files(f"geohf.hub.{kind}").joinpath("template.md"))
 
 
-def render_dataset_card(card_data: dict[str, Any], **fields: Any) -> str:
+@dataclass(frozen=True)
+class DatasetCardFields:
+    """What a dataset card says besides the counts a build measures: its name and prose, provenance, how it was
+    built. A build or import fills them from its source; ``to fill`` marks what only the publisher can say."""
+
+    pretty_name: str
+    description: str = ""
+    license: str = "other"
+    license_text: str = "to fill"
+    source: str = "to fill: where the images come from"
+    collection: str = "to fill"
+    personal_data: str = "to fill"
+    limitations: str = "to fill"
+    tags: tuple[str, ...] = ()
+    command: str = ""  # the command line that built the folder
+    images_note: str = ""  # how the images are stored (re-encoded, shrunk, tiles...)
+    repo_id: str = "<org>/<name>"  # shown in the card's loading example
+    split_note: str = ""
+    boundaries: str = ""  # the boundary set the labels come from
+    max_distance_km: float = 25  # the labeller's reach for coastal points
+    column_meanings: Mapping[str, str] = field(default_factory=dict)  # a source's own columns
+    skipped_file: str = ""  # skipped.csv when the build skipped or fixed inputs
+    shard: str = ""  # "K/N" for one part of a build run in parts
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DatasetCardFields:
+        """From :meth:`to_dict`'s JSON (a saved plan's ``card``); an unknown field is a ``TypeError``."""
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (what :meth:`from_dict` reads back)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "tags": list(self.tags), "column_meanings": dict(self.column_meanings)}
+
+
+def render_dataset_card(card_data: dict[str, Any], **values: Any) -> str:
     """README.md text of a dataset folder: YAML metadata (``configs``, ``dataset_info``...) + body."""
     data = DatasetCardData(**card_data)
-    return str(DatasetCard.from_template(data, template_path=template_path("dataset_card"), **fields))
+    return str(DatasetCard.from_template(data, template_path=template_path("dataset_card"), **values))
 
 
 CARD_TRAINING_ARGS = (

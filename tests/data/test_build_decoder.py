@@ -60,7 +60,7 @@ def test_build_decides_as_predict_does(files):
     frame = pd.DataFrame({"source_file": [str(p) for p in files.values()]})
     log = SkipLog()
     kept = filter_images(frame, ImageFilter(), log, apply=True)
-    skipped = {item: reason for _, item, reason in log.entries}
+    skipped = {e.item: e.reason for e in log.entries}
     for name, path in files.items():
         reason = _predict_reads(path)
         if reason:

@@ -107,7 +107,7 @@ def test_lost_and_found_build_reports_every_bad_input(built_laf):
     swapped = next(r for r in rows if r["item"] == "location_swapped.png")
     assert "FR" in swapped["reason"] and "--fix-swapped" in swapped["reason"]
     assert all(not r["item"].startswith("/") for r in rows)  # relative paths only
-    assert report.labelling["file_label_disagreements"] == 1
+    assert report.labelling.file_label_disagreements == 1
     card = (out / "README.md").read_text()
     assert "disagree with the country of their coordinates" in card and "location_mislabelled.png" in card
     assert "| skipped, images: blurry | 1 |" in card
@@ -304,7 +304,7 @@ def test_dedupe_keeps_all_views_of_the_first_location():
     )
     log = SkipLog()
     out = drop_duplicate_locations(frame, log)
-    assert out["source_file"].tolist() == ["a0", "a1", "c0"] and log.entries[0][1] == "b0"
+    assert out["source_file"].tolist() == ["a0", "a1", "c0"] and log.entries[0].item == "b0"
 
 
 def test_image_quality_measures():

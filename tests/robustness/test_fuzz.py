@@ -92,8 +92,8 @@ def test_fuzz_validate_coordinates(labeller, record):
         assert len(out) + len(log) == len(frame)  # every row kept or skipped with a reason
         assert out["latitude"].between(-90, 90).all() and out["longitude"].between(-180, 180).all()
         kept[0] += len(out)
-        for _, _, reason in log.entries:
-            reasons[_reason(reason)] += 1
+        for e in log.entries:
+            reasons[_reason(e.reason)] += 1
 
     check()
     total = kept[0] + sum(reasons.values())
@@ -122,8 +122,8 @@ def test_fuzz_lost_and_found_json_files(tmp_path_factory, record):
         frame = read_lost_and_found(root, log)
         assert len(frame) + len(log) >= 1
         rows[0] += len(frame)
-        for _, _, reason in log.entries:
-            reasons[_reason(reason)] += 1
+        for e in log.entries:
+            reasons[_reason(e.reason)] += 1
 
     check()
     record("fuzz", f"{rows[0] + sum(reasons.values()):,} generated JSON files beside an image", "read_lost_and_found",

@@ -93,9 +93,9 @@ def _check_members(index, seen: Counter) -> None:
     kept = verify_images(pd.DataFrame({"_image": refs}), log)
     assert len(kept) + len(log) == len(refs)  # every member kept or listed
     seen["members kept"] += len(kept)
-    for _, item, reason in log.entries:
-        assert item.startswith(index.path.rsplit("/", 1)[-1] + ":")  # names the shard and the member
-        seen[f"listed: {reason.split(' (')[0].split(',')[0][:40]}"] += 1
+    for e in log.entries:
+        assert e.item.startswith(index.path.rsplit("/", 1)[-1] + ":")  # names the shard and the member
+        seen[f"listed: {e.reason.split(' (')[0].split(',')[0][:40]}"] += 1
 
 
 def _run(check, record, what: str, entry: str, seen: Counter) -> None:

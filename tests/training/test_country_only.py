@@ -35,7 +35,7 @@ def game_dataset(tmp_path_factory, labeller):
                        latitude_column="lat", longitude_column="lon", country_column="country",
                        split_column="split", cells=["quadtree:max_samples=6,min_samples=2"])  # fmt: skip
     result = import_source(cfg)
-    assert result.report.labelling["country_only"] == 8
+    assert result.report.labelling.country_only == 8
     return out
 
 
