@@ -27,6 +27,12 @@ class IndexBuildArguments:
     address: str | None = None
 
 
+def _index_folder(model: str) -> Path | None:
+    """The index folder a build writes (its lock), or None when ``model`` is not a local folder (checked after)."""
+    folder = Path(model).expanduser()
+    return folder / "index" if folder.is_dir() else None
+
+
 def _load_dataset(args: IndexBuildArguments, dataset: str):
     from ..data.folder import load_geo_dataset
 
@@ -41,7 +47,7 @@ def _load_dataset(args: IndexBuildArguments, dataset: str):
         raise UserError(f"--dataset {args.dataset}: cannot load it ({one_line(err)})") from None
 
 
-@exclusive(lambda args: Path(args.model).expanduser() / "index", "geohf index build")
+@exclusive(lambda args: _index_folder(args.model), "geohf index build")
 def index_build_command(args: IndexBuildArguments) -> int:
     if not Path(args.model).expanduser().is_dir():
         raise UserError(

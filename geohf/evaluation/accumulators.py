@@ -5,6 +5,7 @@ whole split."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -34,6 +35,28 @@ class MetricsAccumulator:
     hits: Counter = field(default_factory=Counter)
     country: Counter = field(default_factory=Counter)
     region: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> str:
+        """The accumulator as JSON (what crosses between Ray workers: data, never code)."""
+        return json.dumps(
+            {
+                "first_row": self.first_row, "classes": self.classes, "ranked": self.ranked,
+                "top_ks": list(self.top_ks), "errors_km": [e.tolist() for e in self.errors_km], "rows": self.rows,
+                "known": self.known, "hits": [[k, v] for k, v in self.hits.items()],
+                "country": [[t, p, n] for (t, p), n in self.country.items()],
+                "region": [[t, p, n] for (t, p), n in self.region.items()],
+            }
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> MetricsAccumulator:
+        d = json.loads(text)
+        return cls(
+            d["first_row"], d["classes"], d["ranked"], tuple(d["top_ks"]),
+            [np.asarray(e, dtype=np.float64) for e in d["errors_km"]], d["rows"], d["known"],
+            Counter({int(k): v for k, v in d["hits"]}), Counter({(t, p): n for t, p, n in d["country"]}),
+            Counter({(t, p): n for t, p, n in d["region"]}),
+        )  # fmt: skip
 
     def add(
         self,

@@ -4,7 +4,7 @@ the driver in row order: the metrics the local engine prints, without gathering 
 
 from __future__ import annotations
 
-import pickle
+import json
 import tempfile
 
 import numpy as np
@@ -31,7 +31,7 @@ from .metrics import topk_hits
 
 class EvaluationUDF(GeoPredictorUDF):
     """A model actor that scores each batch: one row per batch, its accumulators (``model`` and, with a retrieval
-    index, ``model without retrieval``) pickled, as :func:`~geohf.evaluation.evaluate` scores the split."""
+    index, ``model without retrieval``) as JSON, as :func:`~geohf.evaluation.evaluate` scores the split."""
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -70,7 +70,8 @@ class EvaluationUDF(GeoPredictorUDF):
             error = haversine_km(lat[located], lon[located], p.pred_latitude[located], p.pred_longitude[located])
             acc.add(error, true_class, hits, p.pred_country_code, true_country, p.pred_region_code, true_region)
             states[name] = acc
-        return pa.table({"state": pa.array([pickle.dumps(states)], pa.binary())})
+        state = json.dumps({name: acc.to_json() for name, acc in states.items()})
+        return pa.table({"state": pa.array([state], pa.string())})
 
 
 def read_labels(source: str, split: str, columns: list[str]) -> pd.DataFrame:
@@ -135,8 +136,8 @@ def evaluate_ray(
         )  # fmt: skip
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             for blob in batch.column("state").to_pylist():
-                for name, acc in pickle.loads(blob).items():
-                    states.setdefault(name, []).append(acc)
+                for name, acc in json.loads(blob).items():
+                    states.setdefault(name, []).append(MetricsAccumulator.from_json(acc))
         failed = read_errors(errors)
     if failed:
         name, reason = failed[0]

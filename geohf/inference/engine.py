@@ -155,8 +155,8 @@ def run_batches(
             ahead.close()
 
 
-def _then(load: Callable[[list[int]], L], step: Callable[[L], R]) -> Callable[[list[int]], R]:
+def _then(read: Callable[[list[int]], L], step: Callable[[L], R]) -> Callable[[list[int]], R]:
     def load_and_step(chunk: list[int]) -> R:
-        return step(load(chunk))
+        return step(read(chunk))
 
     return load_and_step

@@ -28,6 +28,8 @@ def test_accumulators_merged_in_any_order_give_the_whole_splits_metrics():
         acc.add(errors[rows], true_class[rows], hits, pred_c[rows], true_c[rows], pred_r[rows], true_r[rows])
         parts.append(acc)
     rng.shuffle(parts)
+    # what crosses between Ray workers: JSON (data, never code), the same accumulator back, bit for bit
+    parts = [MetricsAccumulator.from_json(p.to_json()) for p in parts]
     got = merge_all(parts).metrics()
     known = true_class >= 0
     expected = distance_summary(errors) | hierarchy_metrics(pred_c, true_c, pred_r, true_r)
@@ -36,3 +38,6 @@ def test_accumulators_merged_in_any_order_give_the_whole_splits_metrics():
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+    again = MetricsAccumulator.from_json(parts[0].to_json())
+    assert again.to_json() == parts[0].to_json() and again.hits == parts[0].hits
+    assert all(np.array_equal(a, b) for a, b in zip(again.errors_km, parts[0].errors_km))
