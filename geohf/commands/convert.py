@@ -131,30 +131,7 @@ def plonk_command(args: PlonkArguments) -> int:
     return 0
 
 
-def register_subcommand(subparsers) -> None:
-    conv = subparsers.add_parser("convert", help="published geolocation models as geohf model folders")
-    conv_sub = conv.add_subparsers(dest="convert_command", required=True)
-    cg = conv_sub.add_parser(
-        "geoclip",
-        help="GeoCLIP (Vivanco et al., NeurIPS 2023) as released: CLIP ViT-L/14 + its image MLP, location encoder, "
-        "logit scale and 100K GPS gallery (from the geoclip wheel)",
-        description="Write GeoCLIP as a geohf model folder: pipeline('image-geolocation', model=OUTPUT) then "
-        "predicts its best gallery point, with country, region and radius. Needs pip install --no-deps "
-        "geoclip==1.3.0, and the Hub for the CLIP tower (or --clip LOCAL_FOLDER).",
-    )
-    cg.add_argument("output", metavar="OUTPUT", help="model folder to write")
-    cg.add_argument(
-        "--clip", default="openai/clip-vit-large-patch14",
-        help="the CLIP checkpoint (Hub id or local folder of a full CLIPModel; default: openai/clip-vit-large-patch14, "
-        "GeoCLIP's)",
-    )  # fmt: skip
-    cg.add_argument(
-        "--gallery", default="geoclip",
-        help="'geoclip' (GeoCLIP's 100K GPS points; default) or a CSV with LAT, LON columns (a subset or another "
-        "gallery)",
-    )  # fmt: skip
-    cg.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
-    set_command(cg, GeoclipArguments, geoclip_command)
+def register_plonk(conv_sub) -> None:
     cp = conv_sub.add_parser(
         "plonk",
         help="PLONK (Dufour et al., CVPR 2025): its flow-matching network on the sphere + the image tower it was "
@@ -179,5 +156,32 @@ def register_subcommand(subparsers) -> None:
     )  # fmt: skip
     cp.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cp, PlonkArguments, plonk_command)
+
+
+def register_subcommand(subparsers) -> None:
+    conv = subparsers.add_parser("convert", help="published geolocation models as geohf model folders")
+    conv_sub = conv.add_subparsers(dest="convert_command", required=True)
+    cg = conv_sub.add_parser(
+        "geoclip",
+        help="GeoCLIP (Vivanco et al., NeurIPS 2023) as released: CLIP ViT-L/14 + its image MLP, location encoder, "
+        "logit scale and 100K GPS gallery (from the geoclip wheel)",
+        description="Write GeoCLIP as a geohf model folder: pipeline('image-geolocation', model=OUTPUT) then "
+        "predicts its best gallery point, with country, region and radius. Needs pip install --no-deps "
+        "geoclip==1.3.0, and the Hub for the CLIP tower (or --clip LOCAL_FOLDER).",
+    )
+    cg.add_argument("output", metavar="OUTPUT", help="model folder to write")
+    cg.add_argument(
+        "--clip", default="openai/clip-vit-large-patch14",
+        help="the CLIP checkpoint (Hub id or local folder of a full CLIPModel; default: openai/clip-vit-large-patch14, "
+        "GeoCLIP's)",
+    )  # fmt: skip
+    cg.add_argument(
+        "--gallery", default="geoclip",
+        help="'geoclip' (GeoCLIP's 100K GPS points; default) or a CSV with LAT, LON columns (a subset or another "
+        "gallery)",
+    )  # fmt: skip
+    cg.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
+    set_command(cg, GeoclipArguments, geoclip_command)
+    register_plonk(conv_sub)
     register_osv5m(conv_sub)
     register_streetclip(conv_sub)

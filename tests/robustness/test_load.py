@@ -44,29 +44,11 @@ def _clients(url: str) -> list:
 
 
 def _round(clients: list, tiles: list[Path], per_client: int) -> tuple[list[float], list[str]]:
-    """Each client in its own thread, ``per_client`` predictions each: latencies, failures."""
-    from gradio_client import handle_file
+    """Each client in its own thread, ``per_client`` predictions each: latencies, failures (the benchmark's round,
+    ``benchmarks/app_load.py``, so the suite and the benchmark load the app the same way)."""
+    from benchmarks.app_load import load_round
 
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def client(i: int) -> None:
-        for _ in range(per_client):
-            start = time.perf_counter()
-            try:
-                out = clients[i].predict([handle_file(str(tiles[i]))], api_name="/predict")
-                assert -90 <= out[4]["pred_latitude"] <= 90
-            except Exception as err:  # noqa: BLE001 - every failure is counted and shown
-                with lock:
-                    failures.append(f"client {i}: {type(err).__name__}: {err}")
-                continue
-            with lock:
-                latencies.append(time.perf_counter() - start)
-
-    with ThreadPoolExecutor(len(clients)) as pool:
-        list(pool.map(client, range(len(clients))))
-    return latencies, failures
+    return load_round(clients, tiles, per_client)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")

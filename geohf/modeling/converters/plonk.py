@@ -17,8 +17,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -28,8 +26,8 @@ from ..backbones import is_transformers_name
 from ..configuration_geohf import HeadSpec
 from ..factory import make_config
 from ..heads import FlowHead, FlowSettings
-from ..image_processing_geohf import GeoImageProcessor
 from ..modeling_geohf import GeoModelForImageGeolocation, build_model
+from .folder import check_output, write_model_folder
 
 PLONK_CONFIG_KEYS = ("cond_dim", "depth", "dim", "expansion", "input_dim")
 TOWERS = {"osv5m": "geolocal/StreetCLIP", "yfcc": "facebook/dinov2-with-registers-large"}
@@ -178,28 +176,7 @@ def convert_plonk(
     """Write PLONK (:func:`build_plonk`) to the model folder ``output`` (weights, config, the tower's
     preprocessing), so ``pipeline("image-geolocation", model=output)`` runs it. Written beside ``output`` under a
     hidden name and renamed into place once complete; with ``overwrite`` an existing ``output`` is replaced then."""
-    output = Path(output).expanduser()
-    if output.exists() and not overwrite:
-        raise UserError(f"{output}: already exists; pass --overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: a file, not a model folder; choose another output")
+    output = check_output(output, overwrite)
     model, conversion = build_plonk(plonk, tower, settings)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    stage, old = output.parent / f".{output.name}.partial-{tag}", output.parent / f".{output.name}.old-{tag}"
-    try:
-        model.save_pretrained(stage)
-        GeoImageProcessor.from_config(model.config).save_pretrained(stage)
-        if output.exists():
-            os.replace(output, old)
-            try:
-                os.replace(stage, output)
-            except OSError:
-                os.replace(old, output)
-                raise
-        else:
-            os.replace(stage, output)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    write_model_folder(model, output)
     return dataclasses.replace(conversion, output=output)
