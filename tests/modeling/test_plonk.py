@@ -295,6 +295,9 @@ def test_converted_model_samples_plonks_points(converted, net, street_clip, tmp_
     assert np.isfinite(predictions.radius_km).all() and (predictions.radius_km > 0).all()
     records = predictions.records()
     assert all(r["pred_country_code"] or r["pred_country_code"] == "" for r in records)
+    import geohf
+
+    geohf.register()  # pipeline("image-geolocation")
     geo = pipeline("image-geolocation", model=str(converted))
     result = geo(str(paths[0]))
     assert result["pred_latitude"] == pytest.approx(records[0]["pred_latitude"], abs=1e-3)
