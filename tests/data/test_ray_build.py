@@ -11,6 +11,7 @@ import concurrent.futures
 import csv
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from PIL import Image
 
 from geohf.cli import main
 from geohf.data.samples import land_points, make_lost_and_found
-from tests.robustness.corpus import write_image_cases
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the clone's root: tests.robustness.corpus
+from tests.robustness.corpus import write_image_cases  # noqa: E402
 
 pytest.importorskip("ray")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]  # the clone: benchmarks/app_load.py
 
 CLIENTS, PER_CLIENT, WARMUP = 20, 10, 6
 FLAT_MB = 50  # growth allowed between the warm-up round and the end of the load
@@ -46,6 +49,8 @@ def _clients(url: str) -> list:
 def _round(clients: list, tiles: list[Path], per_client: int) -> tuple[list[float], list[str]]:
     """Each client in its own thread, ``per_client`` predictions each: latencies, failures (the benchmark's round,
     ``benchmarks/app_load.py``, so the suite and the benchmark load the app the same way)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from benchmarks.app_load import load_round
 
     return load_round(clients, tiles, per_client)
