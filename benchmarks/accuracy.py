@@ -73,6 +73,11 @@ COLUMNS = [
 
 SEMANTIC = "semantic:min_samples=15,max_samples=60"  # the quadtree's sample band
 VIEWS = 3  # tiles per place of the multi-view Blue Marble variant
+# the flow row's head: PLONK's AdaLN MLP at half its width and depth, 50 Euler steps instead of 250 and 4 samples
+# (the point is the first; the others give the radius): PLONK's sizes sample 1,000 tiles in ~20 min per sample
+# on one loaded core, these in ~12 s
+FLOW = {"dim": 256, "depth": 6, "expansion": 4, "steps": 50, "samples": 4}
+FLOW_TUNING_TILES = 300  # validation tiles the guidance is picked on
 
 
 @dataclass
@@ -94,6 +99,8 @@ class Row:
     views: int = 1  # views per training sample (places grouped by location_id)
     fusion: str = "mean"  # how a multi-view model fuses its views
     fused_at_inference: bool = False  # also score the places with the views' logits averaged at inference only
+    flow: dict | None = None  # a flow head's FlowSettings (network and sampler)
+    flow_guidance: tuple[float, ...] = ()  # a flow head's guidance scales to pick from on validation (median km)
 
     def variants(self) -> list[tuple[str, str, bool, int | None, str | None]]:
         """``(table row name, answer, refine by retrieval, views at evaluation or None: as trained, tta)`` per
@@ -116,7 +123,8 @@ class Row:
         levels += f"-{self.gallery}" if self.heads == "geoclip" else ""
         mode = ("frozen" if self.freeze else "ft") + ("" if self.bf16 else "-fp32")
         views = f"-mv{VIEWS}-v{self.views}-{self.fusion}" if self.multiview else ""
-        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}-{mode}{views}-{seed}"
+        flow = "-d{dim}x{depth}".format(**self.flow) if self.flow else ""
+        return f"{self.heads.replace(',', '+')}-{self.tau_km:g}{cells}{levels}{flow}-{mode}{views}-{seed}"
 
 
 def rows(seeds: int) -> list[Row]:
@@ -167,6 +175,16 @@ def rows(seeds: int) -> list[Row]:
             seeds=seeds,
             gallery="both",
             answers=("point",),
+        ),
+        # issue 29: PLONK's generative head, smaller than PLONK's (512 x 12, 250 steps: see FLOW) to sample 1,000
+        # test tiles on a CPU; the guidance picked on validation per seed
+        Row(
+            "flow matching on the sphere (PLONK head, 256x6 MLP, 50 Euler steps)",
+            "flow",
+            seeds=seeds,
+            answers=("point",),
+            flow=FLOW,
+            flow_guidance=(0.0, 1.0, 2.0),
         ),
         # issue 13: multi-view training on the 3-view variant (same steps and images per step: a place of 3
         # views costs 3 images, so the 3-view rows see a third as many places per step)
@@ -262,6 +280,7 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
         geoclip_gallery=row.gallery,
         views=row.views,
         fusion=row.fusion,
+        flow=json.dumps(row.flow) if row.flow else None,
     )
     training = study_training_args(
         out,
@@ -283,6 +302,9 @@ def train_and_score(row: Row, seed: int, data: Path, out: Path, args) -> dict[st
             predictor.model.config.views = views
         if predictor.model.config.head().is_classifier:  # the primary head; regression has no rule to tune
             tune_coordinate_rule(predictor, ds["validation"])  # on the plain view, also for a TTA predictor
+        if row.flow_guidance:
+            tuned = tune_flow_guidance(predictor, ds["validation"], row.flow_guidance)
+            print(f"{name} seed {seed}: guidance {tuned['guidance']:g} (validation median km {tuned['median_km']})")
         if refine:
             refine_with_retrieval(predictor, ds, out)
         rows = evaluate(predictor, ds, split="test").rows
@@ -298,6 +320,31 @@ def refine_with_retrieval(predictor, ds, out: Path) -> None:
     predictor.index = index
     tune_retrieval(predictor, ds["validation"], index)
     index.save(out)
+
+
+@torch.inference_mode()
+def tune_flow_guidance(predictor, dataset, guidances, tiles: int = FLOW_TUNING_TILES) -> dict:
+    """Pick a flow head's classifier-free guidance by the median km of its point (one sample per tile, the same
+    noise for every scale) on the first ``tiles`` of ``dataset`` (a validation split), and set it in the model."""
+    from geohf.geo.sphere import haversine_km, xyz_to_latlon
+
+    model = predictor.model
+    head = model.heads[model.config.primary_head]
+    part = dataset.select(range(min(tiles, len(dataset))))
+    pixels = predictor.processor.pixel_values(list(part["image"])).to(predictor.device)
+    embeddings = torch.cat([model.geo(pixels[i : i + 128]).embeddings.float() for i in range(0, len(pixels), 128)])
+    noise = head.noise(embeddings, 1)[:, 0].to(embeddings.device)
+    median_km = {}
+    for g in guidances:
+        points = head.sample(embeddings, noise, guidance=g).double().cpu()
+        lat, lon = xyz_to_latlon(points.numpy())
+        km = haversine_km(np.asarray(part["latitude"]), np.asarray(part["longitude"]), lat, lon)
+        median_km[g] = round(float(np.median(km)))
+    best = min(median_km, key=median_km.get)
+    head.settings.guidance = best
+    spec = next(h for h in model.config.heads if h["name"] == model.config.primary_head)
+    spec["flow"] = {**(spec.get("flow") or {}), "guidance": best}
+    return {"guidance": best, "median_km": median_km}
 
 
 @torch.inference_mode()

@@ -21,8 +21,10 @@ from ..data.label_space import load_partition
 from ..data.transforms import AugmentConfig
 from ..errors import UserError
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
+from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.head_names import HEAD_NAMES
 from ..modeling.heads import HEADS
+from ..modeling.heads.flow import FlowSettings
 from .trainer import GeoTrainer, GeoTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,13 @@ class ModelArguments:
         default="geoclip",
         metadata={
             "help": "geoclip head's GPS gallery: geoclip (GeoCLIP's 100K points), train (training coordinates) or both"
+        },
+    )
+    flow: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of the flow head's settings (FlowSettings: network dim/depth/expansion, sampler "
+            'steps/guidance/samples/point), e.g. \'{"dim": 256, "depth": 6, "steps": 50}\'; default: PLONK\'s'
         },
     )
     geoclip_queue_size: int = field(default=4096, metadata={"help": "geoclip head's FIFO queue of GPS negatives"})
@@ -211,9 +220,20 @@ def build_or_load_model(model_args: ModelArguments, data_args: DataArguments, tr
     partition = None
     if needs_cells and ":" not in cells:
         partition = load_partition(source, cells, data_args.dataset_revision)
+    heads: list[str | HeadSpec] = list(kinds)
+    if model_args.flow:
+        if "flow" not in kinds:
+            raise UserError(
+                f"--flow {model_args.flow} sets a flow head's settings; add flow to --heads ({model_args.heads})"
+            )
+        try:
+            settings = FlowSettings.from_dict(json.loads(model_args.flow)).to_dict()
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise UserError(f"--flow {model_args.flow}: {e}; give a JSON object of FlowSettings fields") from e
+        heads[kinds.index("flow")] = HeadSpec(name="flow", type="flow", flow=settings)
     return create_model(
         model_args.backbone,
-        heads=kinds,
+        heads=heads,
         dataset=train,
         pretrained=None if model_args.pretrained == "none" else model_args.pretrained,
         cells=partition if partition is not None else cells,

@@ -380,3 +380,32 @@ def test_flow_loss_falls_on_frozen_embeddings(net):
         head.flow_loss(emb, coords).backward()
         opt.step()
     assert measured() < 0.7 * before
+
+
+def test_training_flag_sets_the_flow_heads_settings(tiny_dataset):
+    """``--flow`` (ModelArguments.flow): a JSON of FlowSettings for the flow head of ``--heads``; bad values, or
+    settings without a flow head, are one clear error."""
+    from datasets import load_dataset
+
+    from geohf.errors import UserError
+    from geohf.training.train import DataArguments, ModelArguments, build_or_load_model
+
+    train = load_dataset(str(tiny_dataset))["train"]
+    data = DataArguments(dataset=str(tiny_dataset))
+
+    def build(heads: str, flow: str | None):
+        args = ModelArguments(heads=heads, flow=flow, pretrained="none", image_size="32", crop_pct=1.0)
+        return build_or_load_model(args, data, train, 64)
+
+    model = build("flow", '{"dim": 32, "depth": 2, "steps": 7}')
+    head = model.heads["flow"]
+    assert (head.settings.dim, head.settings.depth, head.settings.steps) == (32, 2, 7)
+    assert len(head.network.blocks) == 2 and model.config.head("flow").flow["steps"] == 7
+    assert build("flow", None).heads["flow"].settings.depth == 12  # PLONK's by default
+    for heads, flow, says in [
+        ("flow", '{"temperature": 1}', "temperature"),
+        ("flow", "{dim: 32}", "JSON"),
+        ("haversine", '{"dim": 32}', "add flow to --heads"),
+    ]:
+        with pytest.raises(UserError, match=says):
+            build(heads, flow)
