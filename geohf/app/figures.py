@@ -1,9 +1,10 @@
-"""Static world maps for the app (matplotlib, offline): predictions, guesses, a clickable map."""
+"""Static world maps for the app (matplotlib, offline): predictions, likelihood grids, guesses, a clickable map."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from ..files import atomic_path
 from ..geo.sphere import destination_points, wrap_longitude
 from ..inference.predictions import CellTable
 from ..plots import world_axes
+
+if TYPE_CHECKING:
+    from ..inference.maps import LikelihoodGrid
 
 COLOURS = {"truth": "#31a354", "model": "#e6550d", "player": "#3182bd", "cells": "#cb181d"}
 
@@ -29,10 +33,31 @@ def _draw_radius(ax, lat, lon, radius_km, colour):
         ax.plot(part_lon, part_lat, color=colour, linewidth=1, alpha=0.8)
 
 
-def place_figure(cells: CellTable, probs: np.ndarray, record: dict, guesses: dict | None = None):
-    """Cell probabilities (circles sized by probability), the predicted point and its radius, and
-    ``guesses``: ``{"truth": (lat, lon), "player": (lat, lon)}`` where known, joined to the model's point."""
+def _draw_likelihood(fig, ax, grid: LikelihoodGrid, min_share: float = 1e-3) -> None:
+    """Each grid point's cell shaded by its log-density (those above ``min_share`` of the highest density, as
+    ``geohf predict --map`` draws them), with a colour bar."""
+    half = grid.resolution_deg / 2
+    lat_edges = np.clip(np.append(grid.latitudes - half, grid.latitudes[-1] + half), -90.0, 90.0)
+    lon_edges = np.append(grid.longitudes - half, grid.longitudes[-1] + half)  # the axes clip the ±180° halves
+    top = float(np.nanmax(grid.log_density))
+    shown = np.ma.masked_where(~(grid.log_density >= top + np.log(min_share)), grid.log_density)
+    mesh = ax.pcolormesh(lon_edges, lat_edges, shown, cmap="Reds", alpha=0.6, shading="flat", linewidth=0)
+    fig.colorbar(mesh, ax=ax, shrink=0.75, pad=0.02, label="log-density per sr")
+
+
+def place_figure(
+    cells: CellTable,
+    probs: np.ndarray,
+    record: dict,
+    guesses: dict | None = None,
+    likelihood: LikelihoodGrid | None = None,
+):
+    """Cell probabilities (circles sized by probability) or a flow head's ``likelihood`` grid (shaded), the
+    predicted point and its radius, and ``guesses``: ``{"truth": (lat, lon), "player": (lat, lon)}`` where known,
+    joined to the model's point."""
     fig, ax = world_axes(figsize=(9, 4.7))
+    if likelihood is not None:
+        _draw_likelihood(fig, ax, likelihood)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.size and probs.max() > 0:  # a regression-only model has no cells
         ok = np.isfinite(cells.latitude) & (probs >= 1e-3 * probs.max())

@@ -1,4 +1,5 @@
-"""One place predicted for the app: the record, its cell probabilities, and top countries and regions."""
+"""One place predicted for the app: the record, its cell probabilities, top countries and regions, and a flow
+head's likelihood grid."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 import pandas as pd
 
 from ..inference.inputs import ImageRef, PredictItem
-from ..inference.photos import ImageLoadError
+from ..inference.maps import LikelihoodGrid, flow_likelihood
+from ..inference.photos import ImageLoadError, load_image
 from ..inference.predictions import CellTable
 from ..inference.predictor import GeoPredictor
 from ..inference.stream import iter_predictions
+
+LIKELIHOOD_DEG = 10.0  # the app's likelihood grid: coarse, so that a request stays fast
 
 
 @dataclass
@@ -24,6 +28,7 @@ class PlacePrediction:
     countries: dict[str, float]  # country name -> probability, best first
     country_codes: list[str]  # the named country first, then the others by summed probability
     regions: dict[str, float]  # "region, country" -> probability
+    likelihood: LikelihoodGrid | None = None  # a flow head's log-density on a lat/lon grid
 
 
 def label_probabilities(probs: np.ndarray, labels, k: int = 5) -> dict[str, float]:
@@ -67,11 +72,19 @@ def predict_item(predictor: GeoPredictor, item: PredictItem, k: int = 5) -> Plac
     )
 
 
-def predict_place(predictor: GeoPredictor, sources: list[str], k: int = 5) -> PlacePrediction:
+def predict_place(
+    predictor: GeoPredictor, sources: list[str], k: int = 5, likelihood_deg: float | None = LIKELIHOOD_DEG
+) -> PlacePrediction:
     """Predict one place from image files or URLs (several: views of it, fused by the model); EXIF
-    orientation and GPS are read on the way.
+    orientation and GPS are read on the way. A flow head's likelihood grid comes too, every ``likelihood_deg``
+    degrees (``None``: none).
 
     Raises :class:`~geohf.inference.photos.ImageLoadError` for an unreadable file.
     """
     location = "upload" if len(sources) > 1 else None
-    return predict_item(predictor, PredictItem([ImageRef(str(s)) for s in sources], location_id=location), k)
+    item = PredictItem([ImageRef(str(s)) for s in sources], location_id=location)
+    place = predict_item(predictor, item, k)
+    if likelihood_deg is not None and place.probs.size == 0:  # a point head: a flow head has a likelihood
+        views = [load_image(ref.name, ref.data).image for ref in item.images]
+        place.likelihood = flow_likelihood(predictor, views, likelihood_deg)
+    return place

@@ -32,8 +32,8 @@ SCOREBOARD_HEADERS = ["who", "rounds", "country top-1 %", "country top-5 %", "me
 
 def _summary(record: dict[str, Any]) -> str:
     lines = [
-        f"**{record['pred_region'] or record['pred_country']}, {record['pred_country']}** "
-        f"({100 * record['score']:.1f}% top cell)",
+        f"**{record['pred_region'] or record['pred_country']}, {record['pred_country']}**"
+        + ("" if record.get("score") is None else f" ({100 * record['score']:.1f}% top cell)"),
         f"coordinates **{record['pred_latitude']:.4f}, {record['pred_longitude']:.4f}**",
     ]
     if record.get("radius_km") is not None:
@@ -87,10 +87,13 @@ class GeoApp:
             raise gr.Error(f"{Path(err.path).name}: {err.reason}") from err
         record = place.record
         truth = (record["exif_latitude"], record["exif_longitude"]) if "exif_latitude" in record else None
-        figure = place_figure(self.predictor.cells, place.probs, record, {"truth": truth})
+        figure = place_figure(self.predictor.cells, place.probs, record, {"truth": truth}, place.likelihood)
         self.sweep()
         html = self.workdir / f"map-{uuid.uuid4().hex[:8]}.html"
-        save_map(prediction_map([MapPoint.from_record(record)], self.predictor.cells, place.probs), html)
+        fmap = prediction_map(
+            [MapPoint.from_record(record)], self.predictor.cells, place.probs, likelihood=place.likelihood
+        )
+        save_map(fmap, html)
         return figure, _summary(record), place.countries, place.regions, record, str(html)
 
     def sweep(self, age_s: float = CACHE_AGE_S) -> int:
@@ -159,7 +162,10 @@ def build_app(app: GeoApp, title: str = "geohf"):
             )
             run = gr.Button("Predict", variant="primary")
             with gr.Row():
-                plot = gr.Plot(label="map: cells sized by probability, ★ prediction with its 50% radius")
+                plot = gr.Plot(
+                    label="map: cells sized by probability (a flow head: its likelihood shaded), "
+                    "★ prediction with its 50% radius"
+                )
                 with gr.Column():
                     summary = gr.Markdown()
                     countries = gr.Label(num_top_classes=app.top_k, label="countries")

@@ -164,18 +164,22 @@ class LikelihoodGrid:
     resolution_deg: float
 
 
-def flow_likelihood(predictor: GeoPredictor, image, resolution_deg: float = 10.0) -> LikelihoodGrid | None:
-    """The likelihood grid of ``image`` (a PIL image or array) under the model's primary head when it is a
-    flow head (:meth:`~geohf.modeling.heads.flow.FlowHead.likelihood_grid`), else ``None``."""
+def flow_likelihood(predictor: GeoPredictor, images, resolution_deg: float = 10.0) -> LikelihoodGrid | None:
+    """The likelihood grid of one place under the model's primary head when it is a flow head
+    (:meth:`~geohf.modeling.heads.flow.FlowHead.likelihood_grid`), else ``None``. ``images``: a PIL image or
+    array, or a list of them (views of the place): their mixture, as the head pools the views' samples."""
     import torch
 
     head = predictor.model.heads[predictor.model.config.primary_head]
     if not hasattr(head, "likelihood_grid"):
         return None
-    pixels = predictor.processor.pixel_values([image]).to(predictor.device)
+    views = list(images) if isinstance(images, (list, tuple)) else [images]
+    pixels = predictor.processor.pixel_values(views).to(predictor.device)
     with torch.inference_mode():
-        embedding = predictor.model.geo(pixels).embeddings[0]
-    lats, lons, logp = head.likelihood_grid(embedding, resolution_deg)
+        embeddings = predictor.model.geo(pixels).embeddings
+    grids = [head.likelihood_grid(embedding, resolution_deg) for embedding in embeddings]
+    lats, lons = grids[0][0], grids[0][1]
+    logp = np.logaddexp.reduce(np.stack([g[2] for g in grids]), axis=0) - math.log(len(grids))
     return LikelihoodGrid(lats, lons, logp, resolution_deg)
 
 

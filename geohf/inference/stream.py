@@ -403,8 +403,8 @@ def run_prediction(
             from .maps import flow_likelihood
             from .photos import load_image
 
-            ref = inputs.items[0].images[0]
-            likelihood = flow_likelihood(predictor, load_image(ref.name, ref.data).image)
+            views = [load_image(ref.name, ref.data).image for ref in inputs.items[0].images]
+            likelihood = flow_likelihood(predictor, views)
         fmap = prediction_map(points, cells, single, polygons, offline=options.map_offline, likelihood=likelihood)
         run.map = str(save_map(fmap, options.map))
     return run

@@ -261,3 +261,86 @@ def test_a_figure_per_request_leaves_nothing_behind():
         draw()
     assert len(Legend.get_default_handler_map()) == handlers
     assert classes() == before
+
+
+@pytest.fixture(scope="module")
+def flow_predictor():
+    """A tiny random flow model in memory (loose ODE tolerances: a few dozen steps per likelihood grid)."""
+    import torch
+
+    from geohf import create_model
+    from geohf.inference.predictor import GeoPredictor
+    from geohf.modeling.configuration_geohf import HeadSpec
+
+    torch.manual_seed(0)
+    sizes = {"dim": 16, "depth": 1, "expansion": 2, "steps": 5, "samples": 3, "atol": 1e-4, "rtol": 1e-4}
+    model = create_model(heads=[HeadSpec(name="flow", type="flow", flow=sizes)], pretrained=None, image_size=32)
+    return GeoPredictor(model.eval(), bf16=False, channels_last=False)
+
+
+def photos(folder: Path, n: int) -> list[str]:
+    """``n`` random photos, each darker than the last."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = [str(folder / f"{i}.png") for i in range(n)]
+    for i, path in enumerate(paths):
+        Image.fromarray(rng.integers(0, 255 // (1 + 3 * i), (40, 48, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def shaded_grids(figure) -> list:
+    """The grids shaded on the world map (its colour bar, another axes, draws one of its own)."""
+    from matplotlib.collections import QuadMesh
+
+    return [c for c in figure.axes[0].collections if isinstance(c, QuadMesh)]
+
+
+def test_predict_tab_shades_a_flow_heads_likelihood_grid(flow_predictor, tiny_model_dir, tmp_path, monkeypatch):
+    """A flow model's Predict tab: its likelihood grid (computed once per request, every 10°) shaded on the map and
+    on the HTML map, the point and radius as for any model; several views: the mixture of theirs. A cell model's
+    map has no grid."""
+    import numpy as np
+    from PIL import Image
+
+    from geohf.app.prediction import LIKELIHOOD_DEG
+    from geohf.app.ui import GeoApp
+    from geohf.inference.maps import flow_likelihood
+    from geohf.inference.predictor import GeoPredictor
+
+    head = flow_predictor.model.heads["flow"]
+    grid_of = head.likelihood_grid
+    calls = []
+    monkeypatch.setattr(head, "likelihood_grid", lambda *a, **k: calls.append(a) or grid_of(*a, **k))
+    (tmp_path / "flow").mkdir(), (tmp_path / "cells").mkdir()
+    geo_app = GeoApp(flow_predictor, workdir=str(tmp_path / "flow"))
+    paths = photos(tmp_path, 2)
+    figure, summary, _, _, record, html_map = geo_app.predict(paths[:1])
+    assert len(calls) == 1 and calls[0][1] == LIKELIHOOD_DEG == 10.0
+    assert "coordinates" in summary and "top cell" not in summary and record["radius_km"] > 0
+    (mesh,) = shaded_grids(figure)
+    shown = mesh.get_array()
+    assert shown.shape == (19, 37) and shown.count() > 0 and np.isfinite(shown.compressed()).all()
+    ax = figure.axes[0]
+    assert any(line.get_label() == "model" for line in ax.collections)  # the predicted point, as before
+    assert len(ax.lines) > 0  # its 50% radius
+    assert figure.axes[1].get_ylabel() == "log-density per sr"
+    page = Path(html_map).read_text()
+    assert "log-density" in page and page.count("L.rectangle") > 10
+
+    calls.clear()
+    figure, *_ = geo_app.predict(paths)  # two views of one place
+    assert len(calls) == 2
+    (mesh,) = shaded_grids(figure)
+    views = [flow_likelihood(flow_predictor, Image.open(p), 10.0).log_density for p in paths]
+    assert np.abs(views[0] - views[1]).max() > 1e-3  # two places: the mixture is neither view's grid
+    mixture = np.logaddexp(*views) - np.log(2)
+    shown = mesh.get_array()
+    assert shown.count() > 0
+    np.testing.assert_allclose(shown.compressed(), mixture[~np.ma.getmaskarray(shown)], rtol=1e-5)
+
+    cell_app = GeoApp(GeoPredictor(str(tiny_model_dir), bf16=False), workdir=str(tmp_path / "cells"))
+    figure, summary, *_, html_map = cell_app.predict(paths[:1])
+    assert shaded_grids(figure) == [] and len(figure.axes) == 1 and "top cell" in summary
+    assert "log-density" not in Path(html_map).read_text()
