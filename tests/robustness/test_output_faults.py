@@ -233,7 +233,9 @@ def test_lock_in_process_is_exclusive_and_folders_made_for_it_go(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+# one format: the three share the temporary name, the sync and the rename (a full disk, below, tries each, since
+# each writer's last flush differs)
+@pytest.mark.parametrize("fmt", ["parquet"])
 def test_kill_9_during_predict_output_then_rerun(fmt, tiny_model_dir, tiles, gate, tmp_path, record):
     out, reference = tmp_path / f"pred.{fmt}", tmp_path / f"reference.{fmt}"
     inputs = [*tiles, gate.url]
