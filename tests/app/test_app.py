@@ -334,11 +334,13 @@ def test_predict_tab_shades_a_flow_heads_likelihood_grid(flow_predictor, tiny_mo
     assert len(calls) == 2
     (mesh,) = shaded_grids(figure)
     views = [flow_likelihood(flow_predictor, Image.open(p), 10.0).log_density for p in paths]
-    assert np.abs(views[0] - views[1]).max() > 1e-3  # two places: the mixture is neither view's grid
+    # two places: the mixture is neither view's grid (far apart next to the ODE's tolerance, 1e-4: a grid computed
+    # in another batch takes other adaptive steps, measured up to 7e-4 apart)
+    assert np.abs(views[0] - views[1]).max() > 0.01  # measured 0.017: the mixture lies ~0.008 from either view
     mixture = np.logaddexp(*views) - np.log(2)
     shown = mesh.get_array()
     assert shown.count() > 0
-    np.testing.assert_allclose(shown.compressed(), mixture[~np.ma.getmaskarray(shown)], rtol=1e-5)
+    np.testing.assert_allclose(shown.compressed(), mixture[~np.ma.getmaskarray(shown)], rtol=0, atol=2e-3)
 
     cell_app = GeoApp(GeoPredictor(str(tiny_model_dir), bf16=False), workdir=str(tmp_path / "cells"))
     figure, summary, *_, html_map = cell_app.predict(paths[:1])
