@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .command import set_command
 
 
@@ -126,7 +126,7 @@ def plonk_command(args: PlonkArguments) -> int:
     except ValueError as err:  # a sampler setting out of range
         if isinstance(err, UserError):
             raise
-        raise UserError(" ".join(str(err).split())) from None
+        raise UserError(one_line(err)) from None
     print(conversion.summary())
     return 0
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import GeoCollator, ViewGroups, example_transform, location_groups
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..modeling import GeoImageProcessor, GeoModelForImageGeolocation
 from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.image_processing_geohf import parse_tta
@@ -44,10 +44,6 @@ def load_index(source: str | None, model=None):
     return index
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def check_model_folder(folder: str | os.PathLike) -> list[str]:
     """Refuse a local model folder whose files cannot be what ``save_pretrained`` wrote.
 
@@ -66,7 +62,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
     except FileNotFoundError:
         raise UserError(f"{config_path}: missing, so {folder} is not a model folder") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{config_path}: not valid JSON ({_one_line(err)}); the model folder is damaged") from None
+        raise UserError(f"{config_path}: not valid JSON ({one_line(err)}); the model folder is damaged") from None
     if not isinstance(config, dict):
         raise UserError(f"{config_path}: not a model config (a JSON object is expected)")
     index = folder / "model.safetensors.index.json"
@@ -74,7 +70,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise UserError(f"{index}: not a safetensors index ({_one_line(err)})") from None
+            raise UserError(f"{index}: not a safetensors index ({one_line(err)})") from None
     else:
         shards = ["model.safetensors"] if (folder / "model.safetensors").exists() else []
     notes = []
@@ -95,7 +91,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
             raise UserError(f"{path}: missing (listed in {index.name})") from None
         except Exception as err:  # noqa: BLE001 - SafetensorError (truncated, not safetensors) or OSError
             raise UserError(
-                f"{path}: unreadable weights ({_one_line(err)}); the file is truncated or damaged, copy it again"
+                f"{path}: unreadable weights ({one_line(err)}); the file is truncated or damaged, copy it again"
             ) from None
     partitions = {}
     heads = config.get("heads")
@@ -103,7 +99,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
         try:
             spec = HeadSpec.from_dict(head)
         except (TypeError, ValueError, AttributeError) as err:
-            raise UserError(f"{config_path}: a head that is not a geohf head ({_one_line(err)})") from None
+            raise UserError(f"{config_path}: a head that is not a geohf head ({one_line(err)})") from None
         if spec.partition:
             partitions.setdefault(spec.partition, spec.name)
     for partition, head in partitions.items():
@@ -118,7 +114,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
 
             pq.read_metadata(cells)
         except Exception as err:  # noqa: BLE001 - ArrowInvalid for a truncated or foreign file
-            raise UserError(f"{cells}: unreadable cell partition ({_one_line(err)}); copy it again") from None
+            raise UserError(f"{cells}: unreadable cell partition ({one_line(err)}); copy it again") from None
     return notes
 
 
@@ -150,7 +146,7 @@ def load_model(source: str, **kwargs) -> GeoModelForImageGeolocation:
                 "will not run it, and geohf never loads weights with weights_only=False"
             ) from None
         if isinstance(err, (SafetensorError, OSError, ValueError)):
-            raise UserError(f"{source}: cannot load the model ({_one_line(err)})") from None
+            raise UserError(f"{source}: cannot load the model ({one_line(err)})") from None
         raise
 
 

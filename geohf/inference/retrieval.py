@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..files import TMP_SUFFIX, temp_path
 from ..geo.sphere import haversine_km
 from .gallery import (
@@ -549,7 +549,7 @@ class GeoIndex:
         except FileNotFoundError:
             raise UserError(f"{info_path}: missing; the index is incomplete, build it again") from None
         except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{info_path}: not a geohf index ({_one_line(err)}); build it again") from None
+            raise UserError(f"{info_path}: not a geohf index ({one_line(err)}); build it again") from None
         read = info.search not in BACKENDS if embeddings is None else embeddings
         shards, columns = [], {"latitude": [], "longitude": [], "cell": []}
         for name in info.gallery_files():
@@ -563,7 +563,7 @@ class GeoIndex:
             except FileNotFoundError:
                 raise UserError(f"{path}: missing ({info_path.name} lists it); build the index again") from None
             except (ValueError, KeyError, TypeError, OSError) as err:
-                raise UserError(f"{path}: unreadable ({_one_line(err)}); build the index again") from None
+                raise UserError(f"{path}: unreadable ({one_line(err)}); build the index again") from None
             if len(shape) != 2 or not all(len(c[-1]) == shape[0] for c in columns.values()):
                 raise UserError(f"{path}: arrays of different lengths; build the index again")
             if shape[1] != info.embed_dim:
@@ -582,10 +582,6 @@ class GeoIndex:
                 raise UserError(f"{path}: missing ({info_path.name} says --search {info.search}); build it again")
             ann = AnnIndex.load(info.search, path)
         return cls(tensor, lat, lon, cell, info, params, ann, None if read else vectors)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def remove_stale(model_dir: Path) -> int:
@@ -614,7 +610,7 @@ def find_index(source: str | os.PathLike | None, revision: str | None = None) ->
     try:
         names = IndexInfo(**json.loads(info.read_text(encoding="utf-8"))["info"]).files()
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{source}: its {INDEX_FOLDER}/{INFO_FILE} is not a geohf index ({_one_line(err)})") from None
+        raise UserError(f"{source}: its {INDEX_FOLDER}/{INFO_FILE} is not a geohf index ({one_line(err)})") from None
     for name in names:
         hf_hub_download(str(source), f"{INDEX_FOLDER}/{name}", revision=revision)
     return info.parent

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import UserError
+from ...errors import UserError, one_line
 from ...geo.gazetteer import Gazetteer
 from ..backbones import is_transformers_name
 from ..configuration_geohf import DEFAULT_QUEUE_SIZE, GALLERY_FILE, HeadSpec
@@ -77,7 +77,7 @@ def _gallery_points(gallery: str, files) -> tuple[str, torch.Tensor]:
     try:
         points = read_gallery(path, torch.float64)
     except ValueError as err:
-        raise UserError(f"--gallery {gallery}: {' '.join(str(err).split())}") from err
+        raise UserError(f"--gallery {gallery}: {one_line(err)}") from err
     if not len(points):
         raise UserError(f"--gallery {gallery}: the file has no points")
     bad = ~((points[:, 0].abs() <= 90) & (points[:, 1].abs() <= 180) & torch.isfinite(points).all(1))
@@ -104,7 +104,7 @@ def _clip_config(clip: str, spec: HeadSpec):
 
 
 def _hub_unreachable(clip: str, err: OSError) -> UserError:
-    reason = " ".join(str(err).split())[:200]
+    reason = one_line(err)[:200]
     return UserError(
         f"--clip {clip}: the CLIP tower's config and weights come from the Hugging Face Hub, which is unreachable "
         f"({reason}); connect to the Hub, or pass --clip LOCAL_FOLDER (a saved CLIPModel, e.g. {GEOCLIP_CLIP})"
@@ -126,12 +126,12 @@ def build_geoclip(clip: str = GEOCLIP_CLIP, gallery: str = "geoclip") -> tuple[G
         model = build_model(config, "hub")
     except OSError as err:
         if local:
-            raise UserError(f"--clip {clip}: cannot read the CLIP checkpoint ({' '.join(str(err).split())})") from err
+            raise UserError(f"--clip {clip}: cannot read the CLIP checkpoint ({one_line(err)})") from err
         raise _hub_unreachable(clip, err) from err
     except ValueError as err:
         if isinstance(err, UserError):
             raise
-        raise UserError(f"--clip {clip}: {' '.join(str(err).split())} (GeoCLIP needs a full CLIPModel)") from err
+        raise UserError(f"--clip {clip}: {one_line(err)} (GeoCLIP needs a full CLIPModel)") from err
     head: GeoClipHead = model.heads["geoclip"]
     loaded = head.load_geoclip(files)
     if "image_mlp" not in loaded:  # _clip_config checked the width: the release itself does not fit

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...errors import UserError
+from ...errors import UserError, one_line
 from ...geo.gazetteer import Gazetteer
 from ..backbones import is_transformers_name, read_state_dict
 from ..configuration_geohf import HeadSpec
@@ -126,7 +126,7 @@ def read_release(source: str | os.PathLike) -> Release:
     try:
         state = read_state_dict(weights)  # torch.load(weights_only=True): tensors, never arbitrary objects
     except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: one line naming it
-        raise UserError(f"{weights}: cannot read the weights ({' '.join(str(err).split())[:200]})") from err
+        raise UserError(f"{weights}: cannot read the weights ({one_line(err)[:200]})") from err
     return Release(
         folder=folder,
         config=config,
@@ -149,7 +149,7 @@ def _release_folder(source: str) -> Path:
     try:
         return Path(snapshot_download(source, allow_patterns=["config.json", *WEIGHT_FILES, QUADTREE_FILE]))
     except Exception as err:  # noqa: BLE001 - offline, unknown repo, no access: one line
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(err)[:200]
         raise UserError(
             f"{source}: cannot download it from the Hugging Face Hub ({reason}); connect, or pass the local folder "
             "holding its config.json and pytorch_model.bin"
@@ -298,7 +298,7 @@ def build_osv5m(
             answer="cell",
         )
     except OSError as err:
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(err)[:200]
         where = "cannot read the CLIP config" if local else "the Hugging Face Hub is unreachable"
         raise UserError(
             f"--clip {clip}: {where} ({reason}); the tower's architecture comes from its config.json: connect, or "

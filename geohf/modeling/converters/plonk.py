@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import UserError
+from ...errors import UserError, one_line
 from ..backbones import is_transformers_name
 from ..configuration_geohf import HeadSpec
 from ..factory import make_config
@@ -73,7 +73,7 @@ def read_plonk_config(folder: Path) -> dict[str, int]:
     except FileNotFoundError:
         raise UserError(f"{path}: missing; a PLONK folder holds config.json and model.safetensors") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+        raise UserError(f"{path}: not valid JSON ({one_line(err)})") from None
     missing = [k for k in PLONK_CONFIG_KEYS if not isinstance(values.get(k), int)]
     if not isinstance(values, dict) or missing:
         raise UserError(f"{path}: not a PLONK network config (needs integers {', '.join(PLONK_CONFIG_KEYS)})")
@@ -137,7 +137,7 @@ def build_plonk(
     try:
         state = load_file(str(weights))
     except Exception as err:  # noqa: BLE001 - SafetensorError for a truncated or foreign file
-        raise UserError(f"{weights}: unreadable ({' '.join(str(err).split())}); download it again") from None
+        raise UserError(f"{weights}: unreadable ({one_line(err)}); download it again") from None
     flow = FlowSettings.from_dict({**(settings or {}), **sizes})
     spec = HeadSpec(name="flow", type="flow", flow=flow.to_dict())
     local = Path(tower).expanduser().is_dir()
@@ -147,7 +147,7 @@ def build_plonk(
         config = _tower_config(tower, spec)
         model = build_model(config, "hub")
     except OSError as err:
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(err)[:200]
         if local:
             raise UserError(f"--tower {tower}: cannot read the checkpoint ({reason})") from err
         raise UserError(
@@ -157,7 +157,7 @@ def build_plonk(
     except ValueError as err:
         if isinstance(err, UserError):
             raise
-        raise UserError(f"--tower {tower}: {' '.join(str(err).split())}") from err
+        raise UserError(f"--tower {tower}: {one_line(err)}") from err
     head: FlowHead = model.heads["flow"]
     head.network.load_state_dict(flow_state_dict(state, head.network, str(weights)), strict=True)
     tower_source = model.config.pretrained_source or tower

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...errors import UserError
+from ...errors import UserError, one_line
 from ..backbones import is_transformers_name
 from ..configuration_geohf import HeadSpec
 from ..factory import make_config
@@ -146,7 +146,7 @@ def _load_clip(clip: str):
     try:
         return source, CLIPModel.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(err)[:200]
         if local:
             raise UserError(f"--clip {clip}: cannot read the CLIP model and tokenizer ({reason})") from err
         raise UserError(
