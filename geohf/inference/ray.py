@@ -275,20 +275,12 @@ class GeoPredictorUDF:
 
 
 def row_classes(predictor, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """The primary head's class of each row: the model's own cells for its coordinates (its partition), else the
-    dataset's label column encoded; -1 where unknown."""
-    from ..data.transforms import label_encoder
+    """The primary head's class of each row, as the local index build assigns it
+    (:func:`geohf.inference.retrieval.batch_cells`)."""
+    from .retrieval import batch_cells
 
-    spec = predictor.model.config.head()
-    if not spec.is_classifier:
-        raise UserError("a retrieval index needs a classification (geocell) head; this model only regresses")
-    partition = predictor.model.cell_partitions.get(spec.partition)
-    if spec.is_geocell and partition is not None:
-        return np.asarray(partition.assign(batch["latitude"], batch["longitude"]), dtype=np.int64)
-    if spec.label_column not in batch:
-        raise UserError(f"the dataset has no {spec.label_column!r} column and the model no cell partition")
-    encode = label_encoder(spec)
-    return np.asarray([encode(v) if isinstance(v, str) else int(v) for v in batch[spec.label_column]], dtype=np.int64)
+    labels = batch.get(predictor.model.config.head().label_column)
+    return batch_cells(predictor, batch["latitude"], batch["longitude"], labels)
 
 
 def actor_threads() -> int:

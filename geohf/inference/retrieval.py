@@ -616,10 +616,10 @@ def find_index(source: str | os.PathLike | None, revision: str | None = None) ->
     return info.parent
 
 
-def cell_assigner(predictor, dataset=None) -> Callable[[np.ndarray, np.ndarray, slice], np.ndarray]:
-    """``cells(latitude, longitude, rows)``: the primary head's class of gallery rows ``rows`` at those
-    coordinates: the model's own cells for coordinates (its partition), else ``dataset``'s
-    ``cell_<partition>`` / label column at those rows."""
+def batch_cells(predictor, latitude: np.ndarray, longitude: np.ndarray, labels=None) -> np.ndarray:
+    """The primary head's class of a batch of gallery rows: the model's own cells at their coordinates (its
+    partition), else their ``labels`` (the ``cell_<partition>`` / label column's values) encoded as training does;
+    ``labels`` is read only when the model has no partition."""
     from ..data.transforms import label_encoder
 
     spec = predictor.model.config.head()
@@ -627,16 +627,26 @@ def cell_assigner(predictor, dataset=None) -> Callable[[np.ndarray, np.ndarray, 
         raise UserError("retrieval refinement needs a classification (geocell) head; this model only regresses")
     partition = predictor.model.cell_partitions.get(spec.partition)
     if spec.is_geocell and partition is not None:
-        return lambda latitude, longitude, rows: np.asarray(partition.assign(latitude, longitude), dtype=np.int64)
+        return np.asarray(partition.assign(latitude, longitude), dtype=np.int64)
+    if labels is None:
+        raise UserError(
+            f"the dataset has no {spec.label_column!r} column and the model no cell partition: cannot assign cells"
+        )
+    encode = label_encoder(spec)
+    return np.array([encode(v) for v in labels], dtype=np.int64)
+
+
+def cell_assigner(predictor, dataset=None) -> Callable[[np.ndarray, np.ndarray, slice], np.ndarray]:
+    """``cells(latitude, longitude, rows)``: :func:`batch_cells` of gallery rows ``rows`` of ``dataset``; what
+    cannot be assigned is refused here, before any row is embedded."""
+    spec = predictor.model.config.head()
     column = spec.label_column
-    if dataset is None or column not in dataset.column_names:
-        raise UserError(f"the dataset has no {column!r} column and the model no cell partition: cannot assign cells")
-    encode, labels = label_encoder(spec), dataset.select_columns([column])
-
-    def cells(latitude, longitude, rows: slice) -> np.ndarray:
-        return np.array([encode(v) for v in labels[rows][column]], dtype=np.int64)
-
-    return cells
+    if dataset is not None and column in dataset.column_names:
+        labels = dataset.select_columns([column])
+        batch_cells(predictor, np.zeros(0), np.zeros(0), [])  # the head's checks, now
+        return lambda latitude, longitude, rows: batch_cells(predictor, latitude, longitude, labels[rows][column])
+    batch_cells(predictor, np.zeros(0), np.zeros(0))  # a model without a partition needs the column: refused now
+    return lambda latitude, longitude, rows: batch_cells(predictor, latitude, longitude)
 
 
 def gallery_cells(predictor, dataset) -> np.ndarray:

@@ -251,3 +251,25 @@ def test_the_index_is_published_with_the_model_and_a_killed_builds_staging_is_no
     files = files_to_upload(model)
     assert {"index/gallery-00000.safetensors", "index/index.json"} <= set(files)
     assert not [f for f in files if ".tmp" in f]
+
+
+def test_cells_of_a_model_without_a_partition_come_from_the_label_column():
+    """``batch_cells`` (the local index build and the Ray one): a classification head without a cell partition
+    takes each row's class from its label column, encoded as training encodes it (unknown: -100); without the
+    column, or on a regression head, one line."""
+    from types import SimpleNamespace
+
+    from geohf.errors import UserError
+    from geohf.inference.retrieval import batch_cells
+    from geohf.modeling.configuration_geohf import HeadSpec
+
+    def predictor(spec):
+        return SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(head=lambda: spec), cell_partitions={}))
+
+    countries = predictor(HeadSpec(name="country", type="classification", labels=["FR", "DE"]))
+    lat = lon = np.zeros(3)
+    assert batch_cells(countries, lat, lon, ["DE", "FR", "XX"]).tolist() == [1, 0, -100]
+    with pytest.raises(UserError, match="no cell partition: cannot assign cells"):
+        batch_cells(countries, lat, lon)
+    with pytest.raises(UserError, match="only regresses"):
+        batch_cells(predictor(HeadSpec(name="regression", type="regression")), lat, lon, ["FR"] * 3)
