@@ -95,13 +95,9 @@ def read_table(path: str | os.PathLike, log: SkipLog | None = None, dtype=str) -
 def source_lines(frame: pd.DataFrame, first: int) -> list[int]:
     """The file line (from 1) of each row of a table :func:`read_table` read, ``first`` being the first row's
     when no line was left out (2 under a CSV header, 1 in JSONL): rows after a long line keep their numbers."""
-    skipped, line, out = set(frame.attrs.get("skipped_lines", ())), first, []
-    for _ in range(len(frame)):
-        while line in skipped:
-            line += 1
-        out.append(line)
-        line += 1
-    return out
+    skipped = np.asarray(frame.attrs.get("skipped_lines", ()), dtype=np.int64)
+    lines = np.arange(first, first + len(frame) + len(skipped), dtype=np.int64)
+    return lines[~np.isin(lines, skipped)][: len(frame)].tolist()
 
 
 def _without_lines(path: Path, skip: set[int]) -> io.StringIO:
