@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .downloads import DOWNLOAD_DEADLINE, MAX_DOWNLOAD_BYTES, BodyTooLarge, BodyTooSlow, read_body
 from .files import HEIF_SUFFIXES
 
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 URL_SCHEMES = ("http://", "https://")
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-DOWNLOAD_DEADLINE = 120.0  # seconds for a whole download
 
 
 class ImageLoadError(ValueError):
@@ -149,24 +148,16 @@ def fetch_url(
 
     wait = min(timeout, deadline)
     end = time.monotonic() + deadline
-    too_big = f"larger than {max_bytes / (1 << 20):g} MiB; download and shrink it first"
     try:
         with requests.get(url, timeout=(wait, wait), stream=True) as response:
             response.raise_for_status()
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise ImageLoadError(url, too_big)
-            data = bytearray()
-            while chunk := response.raw.read1(1 << 16, decode_content=True):  # one socket read at most
-                data += chunk
-                if len(data) > max_bytes:
-                    raise ImageLoadError(url, too_big)
-                if time.monotonic() > end:
-                    raise ImageLoadError(
-                        url, f"download not finished after {deadline:g} s ({len(data):,} bytes); the server is too "
-                        "slow, download it first"
-                    )  # fmt: skip
-            return bytes(data)
+            return read_body(response, max_bytes, end)
+    except BodyTooLarge as err:
+        raise ImageLoadError(url, f"{err}; download and shrink it first") from None
+    except BodyTooSlow as err:
+        raise ImageLoadError(
+            url, f"download not finished after {deadline:g} s ({err}); the server is too slow, download it first"
+        ) from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
         # read1 is urllib3's: its errors (a read time-out, a connection dropped mid-body) come unwrapped
         raise ImageLoadError(url, f"download failed ({err}); check the URL and the network") from err

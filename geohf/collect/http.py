@@ -1,5 +1,8 @@
 """A polite HTTP client: a rate limit, retries with exponential backoff, time-outs, a request budget.
 
+Every answer is read within a size cap and a total deadline (:func:`geohf.downloads.read_body`): a
+server that trickles its answer a byte at a time cannot keep a worker waiting.
+
 Secrets (API keys, tokens) never leave through it: error messages are built from the endpoint
 kind and status only, response snippets are redacted, and a logging filter redacts urllib3's
 debug lines (which print request URLs, Street View keys included).
@@ -8,16 +11,20 @@ debug lines (which print request URLs, Street View keys included).
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions
+
+from ..downloads import MAX_DOWNLOAD_BYTES, BodyTooLarge, BodyTooSlow, read_body
 
 T = TypeVar("T")
 URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.response")
@@ -127,6 +134,10 @@ class HttpConfig:
     max_backoff: float = 60.0
     timeout: float = 10.0
     """Seconds to wait for a connection and for each read."""
+    deadline: float = 60.0
+    """Seconds for a whole answer: a slower one is retried like a time-out."""
+    max_bytes: int = MAX_DOWNLOAD_BYTES
+    """The largest answer read; a larger one fails the request (not retried)."""
     max_requests: int | None = None
     """Send at most this many requests in the run (retries included)."""
 
@@ -144,6 +155,23 @@ class HttpStats:
     @property
     def total(self) -> int:
         return sum(self.requests.values())
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer, its body read whole within the client's cap and deadline."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON (``ValueError`` when it is not)."""
+        return json.loads(self.content)
 
 
 class HttpClient:
@@ -197,11 +225,18 @@ class HttpClient:
         base = min(self.config.backoff * 2**attempt, self.config.max_backoff)
         return base * (1.0 + 0.25 * self._jitter.random())
 
-    def snippet(self, response: requests.Response) -> str:
+    def snippet(self, response: Answer) -> str:
         """The start of a response body, secrets removed (for error messages)."""
         return redact(response.text[:200], self.secrets).strip()
 
-    def _check_status(self, kind: str, response: requests.Response) -> None:
+    def _fetch(self, url: str, params: dict | None, headers: dict | None) -> Answer:
+        """One GET, its body read within the cap and the deadline (the connection closed on any failure)."""
+        end = time.monotonic() + self.config.deadline
+        wait = min(self.config.timeout, self.config.deadline)
+        with self.session.get(url, params=params, headers=headers, timeout=(wait, wait), stream=True) as response:
+            return Answer(response.status_code, response.headers, read_body(response, self.config.max_bytes, end))
+
+    def _check_status(self, kind: str, response: Answer) -> None:
         status = response.status_code
         if status in (401, 403):
             raise AccessDenied(f"{kind} request refused with HTTP {status}: {self.snippet(response)}")
@@ -214,11 +249,12 @@ class HttpClient:
         self,
         kind: str,
         url: str,
-        parse: Callable[[requests.Response], T],
+        parse: Callable[[Answer], T],
         params: dict | None = None,
         headers: dict | None = None,
     ) -> T:
-        """GET ``url`` and ``parse`` the answer, retrying transient failures.
+        """GET ``url`` and ``parse`` the answer, retrying transient failures (a time-out, an answer slower
+        than the deadline).
 
         ``parse`` may raise :class:`Retry` for an answer that is transient (Street View's
         ``OVER_QUERY_LIMIT``). Raises :class:`RequestFailed` when retries are used up,
@@ -228,10 +264,16 @@ class HttpClient:
         for attempt in range(self.config.retries + 1):
             self._reserve(kind)
             try:
-                response = self.session.get(url, params=params, headers=headers, timeout=self.config.timeout)
-            except requests.Timeout:
+                response = self._fetch(url, params, headers)
+            except (requests.Timeout, urllib3.exceptions.TimeoutError):
                 failure = Retry("time-out")
-            except requests.RequestException as err:  # the message holds the URL: keep the class name only
+            except BodyTooSlow:
+                failure = Retry(f"answer not finished after {self.config.deadline:g} s")
+            except BodyTooLarge as err:
+                self.count_bad(kind, "answer too large")
+                raise RequestFailed(kind, f"answer {err}") from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+                # the message holds the URL: keep the class name only (urllib3's body errors come unwrapped)
                 failure = Retry(type(err).__name__)
             else:
                 try:

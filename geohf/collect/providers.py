@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import ClassVar
 
-import requests
 from PIL import Image
 
 from ..geo.sphere import haversine_km
-from .http import AccessDenied, HttpClient, RequestFailed, Retry
+from .http import AccessDenied, Answer, HttpClient, RequestFailed, Retry
 from .names import STREETVIEW_SOURCES
 
 IMAGES_DIR = "images"
@@ -96,7 +95,7 @@ def check_jpeg(data: bytes) -> None:
         raise Retry("broken JPEG") from None
 
 
-def _json(response: requests.Response) -> dict:
+def _json(response: Answer) -> dict:
     try:
         body = response.json()
     except ValueError:
@@ -139,7 +138,7 @@ class Provider:
         return self.http.get(self.image_kind, request.url, self._image_bytes, params=request.params)
 
     @staticmethod
-    def _image_bytes(response: requests.Response) -> bytes:
+    def _image_bytes(response: Answer) -> bytes:
         check_jpeg(response.content)
         return response.content
 
@@ -168,7 +167,7 @@ class StreetView(Provider):
         }
         return self.http.get(self.lookup_kind, self.base_url + self.METADATA_PATH, self._parse_metadata, params=params)
 
-    def _parse_metadata(self, response: requests.Response) -> list[Capture]:
+    def _parse_metadata(self, response: Answer) -> list[Capture]:
         body = _json(response)
         status = body.get("status")
         if status in ("ZERO_RESULTS", "NOT_FOUND"):

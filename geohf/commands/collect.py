@@ -44,6 +44,7 @@ class RunArguments:
     retries: int = 5
     backoff: float = 1.0
     timeout: float = 10.0
+    deadline: float = 60.0
     max_consecutive_failures: int = 20
     base_url: str | None = None
     key: str | None = None
@@ -78,7 +79,14 @@ def config_from_args(args: RunArguments):
     from ..collect.run import CollectConfig
 
     view = ViewOptions(args.headings, args.fov, args.size, args.pitch, args.radius, args.source)
-    http = HttpConfig(args.rate, args.retries, args.backoff, timeout=args.timeout, max_requests=args.max_requests)
+    http = HttpConfig(
+        args.rate,
+        args.retries,
+        args.backoff,
+        timeout=args.timeout,
+        deadline=args.deadline,
+        max_requests=args.max_requests,
+    )
     return CollectConfig(
         provider=args.provider,
         view=view,
@@ -154,6 +162,7 @@ def register_subcommand(subparsers) -> None:
     r.add_argument("--retries", type=int, default=5, help="retries after 429 / 5xx / time-outs (default 5)")
     r.add_argument("--backoff", type=float, default=1.0, help="first retry wait in s, doubled each time")
     r.add_argument("--timeout", type=float, default=10.0, help="seconds per connection / read (default 10)")
+    r.add_argument("--deadline", type=float, default=60.0, help="seconds for a whole answer (default 60)")
     r.add_argument("--max-consecutive-failures", dest="max_consecutive_failures", type=int, default=20)
     r.add_argument("--base-url", dest="base_url", default=None, help="API root (tests, proxies)")
     r.add_argument(

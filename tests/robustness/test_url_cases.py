@@ -1,8 +1,9 @@
 """Hostile web servers (a local server thread): every download ends in bounded time and memory, in one line.
 
-``geohf predict URL``, the pipeline and the app read URLs through :func:`geohf.images.fetch_url`: a size cap,
-a time-out per read and a total deadline (the per-read time-out alone let a server that sends one byte every
-few seconds keep it waiting for as long as it liked).
+``geohf predict URL``, the pipeline and the app read URLs through :func:`geohf.images.fetch_url`, and ``geohf
+collect`` through its HTTP client: both read a body with :func:`geohf.downloads.read_body`, a size cap, a time-out
+per read and a total deadline (the per-read time-out alone let a server that sends one byte every few seconds keep
+them waiting for as long as it liked).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from geohf.collect.http import HttpClient, HttpConfig, RequestFailed
 from geohf.images import ImageLoadError, decode_image, fetch_url
 
 TIMEOUT, DEADLINE, CAP = 1.0, 1.5, 2 << 20
@@ -153,5 +155,46 @@ def test_url_cases(server, path, record):
     record("urls", f"server: {what}", "geohf predict URL (fetch_url)", f"{expected} within {DEADLINE + TIMEOUT:g} s "
            "and 8 MiB", f"{outcome} after {seconds:.1f} s, peak {peak / 2**20:.1f} MiB", ok and bounded,
            fixed=fixed)  # fmt: skip
+    assert ok, outcome
+    assert bounded, (seconds, peak)
+
+
+# path -> expected words of the collector's error ("ok": the answer's bytes), whether the client needed a fix
+COLLECT_CASES = {
+    "/ok.png": ("ok", False),
+    "/missing.png": ("HTTP 404", False),
+    "/slow": ("not finished after 1.5 s", True),
+    "/slow-chunked": ("not finished after 1.5 s", True),
+    "/silent": ("time-out", False),
+    "/big-declared": ("larger than 2 MiB", True),
+    "/big-chunked": ("larger than 2 MiB", True),
+    "/cut": ("ProtocolError", False),
+    "/gzip-bomb": ("larger than 2 MiB", True),
+    "mute": ("time-out", False),
+}
+
+
+@pytest.mark.parametrize("path", list(COLLECT_CASES))
+def test_collector_client_cases(server, path, record):
+    """The collector's client: one retry per case, each try within the deadline and the cap."""
+    base, mute = server
+    url = mute + "/x.jpg" if path == "mute" else base + path
+    expected, fixed = COLLECT_CASES[path]
+    config = HttpConfig(rate=0, retries=1, backoff=0.01, timeout=TIMEOUT, deadline=DEADLINE, max_bytes=CAP)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with HttpClient(config) as client:
+        try:
+            outcome = f"{len(client.get('image', url, lambda answer: answer.content)):,} bytes"
+            ok = expected == "ok"
+        except RequestFailed as err:
+            outcome, ok = str(err), expected != "ok" and expected in str(err)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    bounded = seconds < 2 * (DEADLINE + TIMEOUT) + 1.0 and peak < 4 * CAP
+    record("urls", f"server: {URL_CASES[path][0]}", "geohf collect run (its HTTP client, 1 retry)",
+           f"{expected} within {2 * (DEADLINE + TIMEOUT):g} s and 8 MiB",
+           f"{outcome} after {seconds:.1f} s, peak {peak / 2**20:.1f} MiB", ok and bounded, fixed=fixed)  # fmt: skip
     assert ok, outcome
     assert bounded, (seconds, peak)
