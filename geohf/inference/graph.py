@@ -18,8 +18,9 @@ model's forward at 96 px runs 13–17% faster). Measured in ``benchmarks/through
 * **Same model.** The graph shares the model's tensors (in-place updates reach it) and is dropped when
   :func:`model_state` changes: any parameter or buffer replaced (``load_state_dict(..., assign=True)``, a
   swapped submodule, a dtype or device change), any module's train / eval mode, or the config's primary
-  head and coordinate rule. Nothing of it lives in the model. A model with a head that keeps Python state
-  of its own (:data:`EAGER_ONLY`: GeoCLIP's gallery cache) runs eagerly.
+  head and coordinate rule (read per batch, or once per call by the pipeline). Nothing of it lives in the
+  model. A model with a head that keeps Python state of its own (:data:`EAGER_ONLY`: GeoCLIP's gallery
+  cache) runs eagerly.
 
 ``torch.jit.trace`` is deprecated in torch 2.x; where it fails or is gone, the eager forward runs.
 """
@@ -46,24 +47,25 @@ integrates its likelihood ODE with adaptive steps): a model holding one always r
 
 
 def model_state(model: torch.nn.Module) -> tuple | None:
-    """Everything the inference forward reads besides the values of its tensors: which tensors (each
-    parameter and buffer by name, object, storage, dtype, device and shape), each module's train / eval
-    mode, and the config's primary head and coordinate rule. A traced graph holds while this is unchanged;
+    """Everything the inference forward reads besides the values of its tensors: which modules, which tensors
+    (each module's parameters and buffers by name, object, storage, dtype, device and shape), each module's
+    train / eval mode, and the config's primary head and coordinate rule. A traced graph holds while this is unchanged;
     ``None`` for a model that must run eagerly (:data:`EAGER_ONLY`)."""
-    modules = tuple(model.modules())
-    if any(type(m).__name__ in EAGER_ONLY for m in modules):
-        return None
-    tensors = tuple(
-        (name, id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape))
-        for named in (model.named_parameters(), model.named_buffers())
-        for name, t in named
-    )
+    # one walk over the modules reading their own tensors (``named_parameters()`` walks them again per call,
+    # and builds every dotted name: twice the cost, paid on every batch)
+    modules, tensors = [], []
+    for m in model.modules():
+        if type(m).__name__ in EAGER_ONLY:
+            return None
+        modules.append((id(m), m.training))
+        for own in (m._parameters, m._buffers):
+            tensors += [(k, id(t), t.data_ptr(), t.dtype, t.device, t.shape) for k, t in own.items() if t is not None]
     config = getattr(model, "config", None)
     rule = tuple(
         getattr(config, key, None)
         for key in ("primary_head", "coordinate_method", "coordinate_top_k", "coordinate_radius_km")
     )
-    return tensors, tuple(m.training for m in modules), rule
+    return tuple(tensors), tuple(modules), rule
 
 
 @dataclass
@@ -143,10 +145,18 @@ def _run(graph: _Graph, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return graph.module(pixel_values)
 
 
-def graph_forward(model: torch.nn.Module, pixel_values: torch.Tensor, eager: Callable[[torch.Tensor], Any], **kwargs):
+def graph_forward(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    eager: Callable[[torch.Tensor], Any],
+    state: tuple | None = None,
+    **kwargs,
+):
     """``eager(pixel_values)`` (the model's forward with ``kwargs``, under the caller's autocast), from the
-    model's traced graph where one is in place and checked for this batch size (module docstring)."""
-    state = model_state(model)
+    model's traced graph where one is in place and checked for this batch size (module docstring).
+    ``state``: the model's :func:`model_state` taken once by a caller running many batches of a model that
+    does not change meanwhile (a pipeline call); ``None``: taken here, for this batch."""
+    state = model_state(model) if state is None else state
     if state is None:
         return eager(pixel_values)
     device = pixel_values.device.type

@@ -40,6 +40,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from ..images import to_rgb_array
+from .graph import model_state
 from .photos import load_pixels
 from .predictions import CellTable
 from .predictor import bf16_helps, forward, load_index, predictions_from_outputs
@@ -63,6 +64,10 @@ class ImageGeolocationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
+
     def _sanitize_parameters(
         self,
         top_k: int | None = None,
@@ -71,7 +76,11 @@ class ImageGeolocationPipeline(Pipeline):
         timeout=None,
         retrieval: bool | None = None,
     ):
-        forward = {}  # top_k and mass shape the predictions, made batched in _forward
+        """The call's parameters; transformers calls this once per call, so the model's state (which tensors and
+        modules its traced graph was made from, :func:`~.graph.model_state`) is read here once, not per batch."""
+        model = getattr(self, "model", None)  # (None while the pipeline is being made)
+        forward = {"state": None if model is None else model_state(model)}
+        # top_k and mass shape the predictions, made batched in _forward
         if retrieval is not None:
             forward["retrieval"] = retrieval
         if top_k is not None:
@@ -105,21 +114,20 @@ class ImageGeolocationPipeline(Pipeline):
     def _forward(
         self,
         model_inputs: dict,
+        state: tuple | None = None,
         bf16: bool | None = None,
         top_k: int = 5,
         mass: float = 0.5,
         retrieval: bool = True,
     ):
         """The batch resized and normalised at once, :func:`~geohf.inference.predictor.forward` (channels_last,
-        bf16 autocast where it is fast; ``bf16=False`` turns it off), predictions made for the whole batch and
-        their coordinates refined by the model's retrieval index when it has one, and their records."""
-        if not getattr(self, "_channels_last", False):
-            self.model.to(memory_format=torch.channels_last)  # a layout: the same numbers, faster kernels
-            self._channels_last = True
+        bf16 autocast where it is fast; ``bf16=False`` turns it off; ``state``: the model's, read once per
+        call), predictions made for the whole batch and their coordinates refined by the model's retrieval
+        index when it has one, and their records."""
         bf16 = bf16_helps(str(self.device)) if bf16 is None else bf16
         pixels = self._pixel_values(model_inputs)
         refine = retrieval and self._index is not None
-        out = forward(self.model, pixels, bf16, output_embeddings=refine)
+        out = forward(self.model, pixels, bf16, state=state, output_embeddings=refine)
         # retrieval refinement (a separate step on the head's coordinates), then the coherent answer
         pred = predictions_from_outputs(
             self.model, out, self._cells, top_k, mass, refine=self._index.refine if refine else None

@@ -177,11 +177,14 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool = True, **kwargs):
+def forward(
+    model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool = True, state: tuple | None = None, **kwargs
+):
     """The one inference forward of geohf (predictor and pipeline): channels_last images, bf16 autocast
     when asked and the model is float32 (one loaded with ``dtype=`` runs as loaded). On a CPU, single
     views at inference run as the model's traced graph once it is checked (:mod:`.graph`): the same
-    numbers, without holding the GIL."""
+    numbers, without holding the GIL. ``state``: the model's :func:`~.graph.model_state` for a run of
+    batches, taken once by the caller (else per batch)."""
     device = next(model.parameters()).device
     pixel_values = pixel_values.to(device)
     if channels_last and pixel_values.ndim == 4:
@@ -193,7 +196,7 @@ def forward(model, pixel_values: torch.Tensor, bf16: bool, channels_last: bool =
     with autocast(device, bf16 and model.dtype == torch.float32):
         single_views = pixel_values.ndim == 4 and set(kwargs) <= {"output_embeddings"}
         if device.type == "cpu" and single_views and not model.training and not torch.is_grad_enabled():
-            return graph_forward(model, pixel_values, eager, **kwargs)
+            return graph_forward(model, pixel_values, eager, state, **kwargs)
         return eager(pixel_values)
 
 

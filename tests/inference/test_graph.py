@@ -205,3 +205,44 @@ def test_the_pipeline_runs_the_graph_and_it_follows_the_weights(tiny_model_dir, 
     assert current(geo.model).module is not None and current(geo.model).checked == {4}
     changed(geo)
     assert geo(images, batch_size=4) == changed_without != without
+
+
+def _replace_weights(model, change: str) -> None:
+    """New tensors the model is not told about: ``load_state_dict(..., assign=True)`` of scaled weights, or a
+    head's first linear layer swapped for one with doubled weights."""
+    with torch.no_grad():
+        if change == "assign":
+            state = {k: v * 1.5 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(state, assign=True)
+            return
+        parent, name, layer = next(
+            (m, n, c) for m in model.heads.modules() for n, c in m.named_children() if isinstance(c, torch.nn.Linear)
+        )
+        fresh = torch.nn.Linear(layer.in_features, layer.out_features)
+        fresh.weight.copy_(layer.weight * 2)
+        fresh.bias.copy_(layer.bias)
+        setattr(parent, name, fresh)
+
+
+@pytest.mark.parametrize("change", ["assign", "submodule"])
+def test_the_pipeline_follows_weights_replaced_between_calls(tiny_model_dir, monkeypatch, change):
+    """The pipeline reads the model's state once per call (not per batch): weights replaced between two calls
+    give the next call the new weights' answers, never the old graph's."""
+    from transformers import pipeline
+
+    import geohf.inference.pipeline  # noqa: F401  (registers pipeline("image-geolocation"))
+
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(12)]
+    monkeypatch.setattr(graph, "EAGER_BATCHES", 10**9)
+    eager_geo = pipeline("image-geolocation", model=str(tiny_model_dir), device="cpu")
+    before = eager_geo(images, batch_size=4)
+    _replace_weights(eager_geo.model, change)
+    after = eager_geo(images, batch_size=4)
+    assert after != before
+    monkeypatch.setattr(graph, "EAGER_BATCHES", 1)
+    geo = pipeline("image-geolocation", model=str(tiny_model_dir), device="cpu")
+    assert geo(images, batch_size=4) == before
+    assert current(geo.model).module is not None
+    _replace_weights(geo.model, change)
+    assert geo(images, batch_size=4) == after
