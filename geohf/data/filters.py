@@ -32,6 +32,14 @@ def _as_float(value) -> float | None:
         return None
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    """A coordinate column as float64, NaN where a value is not a number (:func:`_as_float`); a numeric column
+    (not boolean) is converted at once."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(np.float64, na_value=np.nan)
+    return np.array([_as_float(v) for v in column], dtype=np.float64)
+
+
 def validate_coordinates(
     frame: pd.DataFrame,
     labeller: PointLabeller,
@@ -56,9 +64,8 @@ def validate_coordinates(
             latitude/longitude NaN, the country labels from that country, ``label_match``
             "country-only". They train and score country heads only.
     """
-    lat = np.array([_as_float(v) for v in frame["latitude"]], dtype=np.float64)
-    lon = np.array([_as_float(v) for v in frame["longitude"]], dtype=np.float64)
-    items = frame["source_file"].to_numpy()
+    lat, lon = _floats(frame["latitude"]), _floats(frame["longitude"])
+    items = frame["source_file"]  # read by position where a row is reported (no Python string per row)
     keep = np.ones(len(frame), bool)
     given = _given_countries(frame) if country_only else np.full(len(frame), None, dtype=object)
     no_coords = np.zeros(len(frame), bool)
@@ -68,28 +75,28 @@ def validate_coordinates(
     if country_only:
         for i in np.flatnonzero(no_coords & ~by_country):
             keep[i] = False
-            log.skip("coordinates", items[i], "no coordinates and no known country: give latitude/longitude or a "
+            log.skip("coordinates", items.iat[i], "no coordinates and no known country: give latitude/longitude or a "
                      "country name or ISO code")  # fmt: skip
     for name, values, raw in (("latitude", lat, frame["latitude"]), ("longitude", lon, frame["longitude"])):
         for i in np.flatnonzero(~np.isfinite(values) & ~by_country):
             if keep[i]:
-                log.skip("coordinates", items[i], f"{name} is not a finite number: got {raw.iloc[i]!r}")
+                log.skip("coordinates", items.iat[i], f"{name} is not a finite number: got {raw.iloc[i]!r}")
                 keep[i] = False
     # longitudes in the 0–360 convention (181 = 179°W) are wrapped, and reported
     east = keep & (lon > 180) & (lon <= 360) & (np.abs(lat) <= 90)
     for i in np.flatnonzero(east):
-        log.fix("coordinates", items[i], f"longitude in the 0–360 convention: {lon[i]:g} read as {lon[i] - 360:g}")
+        log.fix("coordinates", items.iat[i], f"longitude in the 0–360 convention: {lon[i]:g} read as {lon[i] - 360:g}")
     lon = np.where(east, lon - 360.0, lon)
     in_range = keep & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0))
-    on_land = in_range & (labels["match"].to_numpy() != "none")
+    on_land = in_range & (labels["match"] != "none").to_numpy(bool)
     suspect = np.flatnonzero(keep & ~on_land & ~by_country)
     swapped_ok = np.zeros(len(frame), bool)
     if suspect.size:
         s_lat, s_lon = lon[suspect], lat[suspect]
         valid = np.abs(s_lat) <= 90
         s_labels, _ = labeller.label(np.where(valid, s_lat, 0.0), np.where(valid, s_lon, 0.0))
-        swapped_ok[suspect] = valid & (s_labels["match"].to_numpy() != "none")
+        swapped_ok[suspect] = valid & (s_labels["match"] != "none").to_numpy(bool)
         for k, i in enumerate(suspect):
             if keep_at_sea and in_range[i]:
                 continue  # kept unlabelled
@@ -99,7 +106,7 @@ def validate_coordinates(
                 labels.iloc[i] = s_labels.iloc[k]
                 log.fix(
                     "coordinates",
-                    items[i],
+                    items.iat[i],
                     f"latitude/longitude swapped: {where} read as "
                     f"({lat[i]:g}, {lon[i]:g}) in {s_labels['country_code'].iat[k]}",
                 )
@@ -114,13 +121,13 @@ def validate_coordinates(
                 reason = f"coordinates out of range: {where}, need latitude in [-90, 90] and longitude in [-180, 360]"
             else:
                 reason = f"at sea: no country within {labeller.max_distance_km:g} km of {where}"
-            log.skip("coordinates", items[i], reason)
+            log.skip("coordinates", items.iat[i], reason)
             keep[i] = False
-    out = frame.copy()
+    out = frame.copy(deep=False)  # new columns only: the rows are copied once, by the mask at the end
     out["latitude"], out["longitude"] = lat, lon
     for col in LABEL_COLUMNS:
-        out[col] = labels[col].to_numpy()
-    out["label_match"] = labels["match"].to_numpy()
+        out[col] = labels[col].array  # by position, in the labeller's string dtype (no Python string per row)
+    out["label_match"] = labels["match"].array
     if by_country.any():
         from ..geo.countries import country_name
 
@@ -172,12 +179,20 @@ def label_disagreements(frame: pd.DataFrame, limit: int = 20) -> tuple[int, list
 
 def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 6) -> pd.DataFrame:
     """Keep the first location at each coordinate; views of that location stay."""
-    key = frame["latitude"].round(decimals).astype(str) + "," + frame["longitude"].round(decimals).astype(str)
-    location = frame["location_id"].astype(str) if "location_id" in frame else pd.Series(frame.index.astype(str))
-    first = location.groupby(key).transform("first")
-    dup = (location != first).to_numpy()
-    for item, k, f in zip(frame["source_file"][dup], key[dup], first[dup]):
-        log.skip("duplicates", item, f"duplicate coordinates: ({k}) already used by location {f}")
+    lat = frame["latitude"].round(decimals).to_numpy(np.float64)
+    lon = frame["longitude"].round(decimals).to_numpy(np.float64)
+    location = frame["location_id"].astype(str) if "location_id" in frame else pd.Series(frame.index)
+    location = location.reset_index(drop=True)
+    # grouped on the rounded numbers (no string key per row); rows without coordinates form one group
+    first = location.groupby([lat, lon], sort=False, dropna=False).transform("first")
+    dup = (location != first).to_numpy(bool)
+    for i in np.flatnonzero(dup):
+        key = f"{float(lat[i])},{float(lon[i])}"
+        log.skip(
+            "duplicates",
+            frame["source_file"].iat[i],
+            f"duplicate coordinates: ({key}) already used by location {first.iat[i]}",
+        )
     return frame[~dup].reset_index(drop=True)
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
-from .tables import MAX_JSON_BYTES, read_table, source_lines
+from .tables import MAX_JSON_BYTES, read_table, source_lines, string_column
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
@@ -220,34 +220,44 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         raise UserError(
             f"{found[0]} has no column(s) {missing}: imagefolder metadata needs file_name, latitude, longitude"
         )
-    # column by column into lists (not one dict per row: those were most of a 1M-image build's peak memory)
-    extra = [c for c in IMAGEFOLDER_COLUMNS if c in table]
-    given = {c: table[c].tolist() for c in ("file_name", "latitude", "longitude", *extra)}
-    out: dict[str, list] = {c: [] for c in ("source_file", "latitude", "longitude", *extra)}
-    seen = set()
+    # each row's fate in an int8 code, row by row only for the file check: no Python object kept per row
+    names = table["file_name"]
+    valid = np.fromiter((isinstance(n, str) and n != "" for n in names), bool, len(names))
+    fate = np.where(valid, _KEEP, _EMPTY).astype(np.int8)
+    fate[valid & names.duplicated().to_numpy(bool)] = _TWICE  # (the first of a name is never a duplicate)
+    for i in np.flatnonzero(fate == _KEEP):
+        if not (root / names.iat[i]).is_file():
+            fate[i] = _MISSING
     lines = source_lines(table, 2 if found[0].suffix == ".csv" else 1)
-    for i, name in enumerate(given["file_name"]):
+    for i in np.flatnonzero(fate != _KEEP):
+        name = names.iat[i]
         where = f"{found[0].name} row {lines[i]} ({name})"
-        if not isinstance(name, str) or not name:
+        if fate[i] == _EMPTY:
             log.skip(STAGE, where, "empty file_name: give the image path relative to the folder")
-            continue
-        if name in seen:
+        elif fate[i] == _TWICE:
             log.skip(STAGE, where, "file listed twice: the first row is kept")
-            continue
-        seen.add(name)
-        path = root / name
-        if not path.is_file():
-            log.skip(STAGE, where, f"file not found: {path}")
-            continue
-        out["source_file"].append(str(path))
-        for c in ("latitude", "longitude", *extra):
-            value = given[c][i]
-            out[c].append(value if c in ("latitude", "longitude") or pd.notna(value) else np.nan)
-    del given
-    frame = pd.DataFrame(out)
+        else:
+            log.skip(STAGE, where, f"file not found: {root / name}")
+    kept = np.flatnonzero(fate == _KEEP)
+    extra = [c for c in IMAGEFOLDER_COLUMNS if c in table]
+    frame = pd.DataFrame(
+        {"source_file": string_column((str(root / n) for n in names.iloc[kept]), len(kept))}
+        | {c: _column(table[c].iloc[kept], c) for c in ("latitude", "longitude", *extra)}
+    )
     if "location_id" in frame:
         frame["location_id"] = frame["location_id"].astype(str)
     return frame
+
+
+_KEEP, _EMPTY, _TWICE, _MISSING = 0, 1, 2, 3
+
+
+def _column(values: pd.Series, name: str) -> pd.Series:
+    """A metadata column of the kept rows, renumbered; a missing value of an extra column is NaN."""
+    values = values.reset_index(drop=True)
+    if name in ("latitude", "longitude") or not values.isna().any():
+        return values
+    return values.astype(object).where(values.notna(), np.nan).infer_objects()
 
 
 LAYOUTS: dict[str, Callable[[str | Path, SkipLog], pd.DataFrame]] = {

@@ -37,6 +37,8 @@ SPLIT_ORDER = ("train", "validation", "test")
 FILES_MULTIPLE = 8
 """A split of more than one file gets a multiple of this many, so ``split_dataset_by_node`` splits it by file
 on 1, 2, 4 or 8 nodes."""
+HASH_ROWS = 1 << 14
+"""Rows hashed at once by :meth:`BuildPlan.fingerprint` (a string column's hashing copies its slice)."""
 REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method", "_ref_name", "_ref_declared", "_ref_crc")
 
 
@@ -130,10 +132,13 @@ class BuildPlan:
     def fingerprint(self) -> str:
         """Hash of the rows and settings: two parts of one build agree on it, parts of two builds do not."""
         h = hashlib.sha256(json.dumps(self._meta(), sort_keys=True, default=str).encode())
-        for column in self.rows:  # one column at a time: no second copy of the table
+        for column in self.rows:  # a column at a time, in slices: no second copy of the table, even of a column
             if column not in REF_COLUMNS:
                 h.update(column.encode())
-                h.update(pd.util.hash_pandas_object(self.rows[column], index=False).to_numpy().tobytes())
+                values = self.rows[column]
+                for start in range(0, len(values), HASH_ROWS):  # the row hashes of the whole column, in order
+                    part = values.iloc[start : start + HASH_ROWS]
+                    h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
     def _meta(self) -> dict:

@@ -31,6 +31,7 @@ from .plan import BuildPlan, ImageRead
 from .report import LabelDisagreement, LabellingStats
 from .skips import SkipLog
 from .splits import assign_splits
+from .tables import string_column
 
 DEFAULT_CELLS = ("semantic", "quadtree")
 
@@ -172,7 +173,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
     frame["_path"] = frame["source_file"]
-    frame["source_file"] = [Path(p).relative_to(root).as_posix() for p in frame["_path"]]
+    frame["source_file"] = string_column((Path(p).relative_to(root).as_posix() for p in frame["_path"]), len(frame))
     log.entries = [e.at(_relative(e.item, root)) for e in log.entries]
     log.fixes = [e.at(_relative(e.item, root)) for e in log.fixes]
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import UserError, one_line
 from .skips import SkipLog
@@ -92,12 +94,22 @@ def read_table(path: str | os.PathLike, log: SkipLog | None = None, dtype=str) -
     return frame
 
 
-def source_lines(frame: pd.DataFrame, first: int) -> list[int]:
+def source_lines(frame: pd.DataFrame, first: int) -> np.ndarray:
     """The file line (from 1) of each row of a table :func:`read_table` read, ``first`` being the first row's
     when no line was left out (2 under a CSV header, 1 in JSONL): rows after a long line keep their numbers."""
     skipped = np.asarray(frame.attrs.get("skipped_lines", ()), dtype=np.int64)
     lines = np.arange(first, first + len(frame) + len(skipped), dtype=np.int64)
-    return lines[~np.isin(lines, skipped)][: len(frame)].tolist()
+    return lines[~np.isin(lines, skipped)][: len(frame)]
+
+
+def string_column(values: Iterable[str], size: int) -> pd.api.extensions.ExtensionArray | np.ndarray:
+    """``size`` strings made one at a time into a column (set by position) of pandas' default string dtype: with
+    pandas' Arrow-backed ``str`` (pandas 3) straight into Arrow, so no Python string is kept per row; an object
+    array otherwise."""
+    dtype = pd.Series(["a"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return pd.array(pa.array(values, type=pa.large_string(), size=size), dtype=dtype)
+    return np.fromiter(values, object, size)
 
 
 def _without_lines(path: Path, skip: set[int]) -> io.StringIO:
