@@ -15,8 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geohf"
 
 # unit -> layer; a unit may import units of its own layer or below, never above
 LAYERS = {
-    # helpers that import nothing of geohf above them: version, user errors, atomic files, image decoding
+    # helpers that import nothing of geohf above them: version, user errors, atomic files, bounded downloads,
+    # image decoding
     "_version": 0,
+    "downloads": 0,
     "_lazy": 0,
     "errors": 0,
     "files": 0,

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features
 from tqdm.auto import tqdm
 
 from ..errors import UserError, one_line
@@ -92,7 +91,7 @@ def write_block(
     plan_dir: str,
     index: int,
     block: Block,
-    features: Features,
+    schema: pa.Schema,
     read: ImageRead,
     data_dir: str,
     loader: Callable[[dict], dict] | None = None,
@@ -102,8 +101,7 @@ def write_block(
     ``loader``: row → ``{"bytes", "path"}`` instead of ``read`` (images made in this process: Blue Marble tiles).
     """
     rows = pq.ParquetFile(Path(plan_dir) / PLAN_ROWS).read_row_group(index).to_pylist()
-    columns = [c for c in features if c != "image"]
-    schema = features.arrow_schema
+    columns = [c for c in schema.names if c != "image"]
     small = _non_binary_columns(schema)
     path = Path(data_dir) / block.file_name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +166,7 @@ def run_blocks(
     :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its worker
     dies, a bounded number in flight (``address``: the cluster; default ``$RAY_ADDRESS``, else a local Ray).
     """
-    kwargs = dict(plan_dir=str(plan_dir), features=plan.features, read=plan.read, data_dir=str(data_dir))
+    kwargs = dict(plan_dir=str(plan_dir), schema=plan.features.arrow_schema, read=plan.read, data_dir=str(data_dir))
     results: list[BlockResult] = []
     rows = {i: plan.blocks[i].stop - plan.blocks[i].start for i in indices}
     with tqdm(total=sum(rows.values()), desc="writing images", unit="img", leave=False) as bar:

@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import DatasetDict, Features, load_dataset
+
+if TYPE_CHECKING:  # (a block writer imports this module: datasets, which it does not need, costs it 0.6 s)
+    from datasets import DatasetDict, Features
 
 DATA_DIR = "data"
 BATCH_BYTES = 256 << 20
@@ -207,6 +210,8 @@ def write_dataset_folder(
 
 def load_geo_dataset(name: str, revision: str | None = None) -> DatasetDict:
     """A dataset folder or Hub dataset repo as a DatasetDict."""
+    from datasets import load_dataset
+
     if Path(name).is_dir():
         return load_dataset(str(name))
     return load_dataset(name, revision=revision)

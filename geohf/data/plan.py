@@ -17,11 +17,11 @@ import json
 import math
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features
 
 from ..errors import UserError
 from ..geo.cells import CellPartition
@@ -29,6 +29,9 @@ from ..hub.cards import DatasetCardFields
 from .filters import ImageFilter
 from .report import LabellingStats
 from .skips import Skip, SkipLog
+
+if TYPE_CHECKING:
+    from datasets import Features
 
 PLAN_JSON = "plan.json"
 PLAN_ROWS = "plan.parquet"
@@ -173,6 +176,8 @@ class BuildPlan:
     @classmethod
     def load(cls, folder: str | Path, rows: bool = True) -> BuildPlan:
         """The plan saved in ``folder``; ``rows=False`` leaves the row table empty (the engines read it by block)."""
+        from datasets import Features
+
         folder = Path(folder)
         if not (folder / PLAN_JSON).is_file():
             raise UserError(f"--plan {folder}: no {PLAN_JSON}; make the plan with geohf dataset build ... --plan-only")

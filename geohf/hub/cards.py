@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from huggingface_hub import DatasetCard, DatasetCardData
 
 
 def template_path(kind: str) -> str:
@@ -61,6 +60,8 @@ class DatasetCardFields:
 
 def render_dataset_card(card_data: dict[str, Any], **values: Any) -> str:
     """README.md text of a dataset folder: YAML metadata (``configs``, ``dataset_info``...) + body."""
+    from huggingface_hub import DatasetCard, DatasetCardData  # here: the build's block writers import this module
+
     data = DatasetCardData(**card_data)
     return str(DatasetCard.from_template(data, template_path=template_path("dataset_card"), **values))
 
