@@ -26,7 +26,7 @@ from ..modeling.configuration_geohf import HeadSpec
 from ..modeling.image_processing_geohf import parse_tta
 from .answers import coherent
 from .engine import default_streams, run_batches
-from .graph import graph_forward
+from .graph import graph_forward, model_state
 from .predictions import CellTable, GeoPredictions
 
 
@@ -326,17 +326,25 @@ class GeoPredictor:
         retrieval: bool = True,
         answer: str | None = None,
         view_mask: torch.Tensor | None = None,
+        state: tuple | None = None,
     ) -> GeoPredictions:
         """Predictions for a preprocessed batch (``embeddings=True`` keeps the pooled embeddings;
         ``retrieval=False`` skips the index's refinement of the coordinates; ``answer`` overrides the
-        predictor's, ``"cell"`` for the head's raw answer; ``view_mask`` marks padded views of places). With
-        ``tta`` a (B, V, 3, H, W) batch is the augmented views of :meth:`pixel_values`, not the views of a place."""
+        predictor's, ``"cell"`` for the head's raw answer; ``view_mask`` marks padded views of places; ``state``:
+        the model's :func:`~.graph.model_state`, read once for a run of batches). With ``tta`` a
+        (B, V, 3, H, W) batch is the augmented views of :meth:`pixel_values`, not the views of a place."""
         refine = retrieval and self.index is not None
         extra = {"augmented_views": True} if self.tta and pixel_values.ndim == 5 else {}
         if view_mask is not None:
             extra["view_mask"] = view_mask.to(self.device)
         out = forward(
-            self.model, pixel_values, self.bf16, self.channels_last, output_embeddings=embeddings or refine, **extra
+            self.model,
+            pixel_values,
+            self.bf16,
+            self.channels_last,
+            state,
+            output_embeddings=embeddings or refine,
+            **extra,
         )
         predictions = predictions_from_outputs(
             self.model,
@@ -414,11 +422,12 @@ class GeoPredictor:
                 firsts = [g[0] for g in groups]
                 truth = truth[0][firsts], truth[1][firsts]
         collate = GeoCollator(channels_last=False)
+        state = model_state(self.model)  # read once for the run, not per batch
 
         def step(indices: list[int]) -> GeoPredictions:
             batch = collate([data[i] for i in indices])
             predictions = self.predict_tensors(
-                batch["pixel_values"], embeddings, retrieval, answer, batch.get("view_mask")
+                batch["pixel_values"], embeddings, retrieval, answer, batch.get("view_mask"), state
             )
             return predictions if truth is None else predictions.with_truth(truth[0][indices], truth[1][indices])
 

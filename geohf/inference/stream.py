@@ -27,6 +27,7 @@ from ..errors import counted
 from ..geo.sphere import haversine_km
 from .engine import default_streams, run_batches
 from .exif import GpsFix, write_estimated_copy
+from .graph import model_state
 from .inputs import ImageRef, Inputs, PredictItem
 from .photos import ImageLoadError, load_pixels
 from .predictions import GeoPredictions
@@ -144,10 +145,10 @@ class PredictedBatch:
         ]
 
 
-def predict_batch(predictor: GeoPredictor, batch: list[LoadedItem]) -> PredictedBatch:
+def predict_batch(predictor: GeoPredictor, batch: list[LoadedItem], state: tuple | None = None) -> PredictedBatch:
     """One decoded batch → its predictions in input order (items with no readable view get none): the step of
     ``geohf predict``'s batch loop. Places with different numbers of views are predicted in sub-batches of equal
-    shape."""
+    shape. ``state``: the model's :func:`~.graph.model_state` for the run (else read per batch)."""
     groups: dict[tuple, list[LoadedItem]] = {}
     for loaded in batch:
         if loaded.pixels:
@@ -159,7 +160,7 @@ def predict_batch(predictor: GeoPredictor, batch: list[LoadedItem]) -> Predicted
         pixel_values = predictor.pixel_values([p for g in group for p in g.pixels])
         if key:  # places: (items, views, 3, S, S)
             pixel_values = pixel_values.reshape(len(group), key[1], *pixel_values.shape[1:])
-        parts.append(predictor.predict_tensors(pixel_values))
+        parts.append(predictor.predict_tensors(pixel_values, state=state))
         predicted += group
     if not parts:
         return PredictedBatch(batch, [], None)
@@ -190,8 +191,10 @@ def iter_batches(
     dataset = ItemDataset(items)
     loaders = decode_threads() if streams == 1 and num_workers == 0 else 0
 
+    state = model_state(predictor.model)  # read once for the run, not per batch
+
     def step(batch: list[LoadedItem]) -> PredictedBatch:
-        return predict_batch(predictor, batch)
+        return predict_batch(predictor, batch, state)
 
     yield from run_batches(
         step,

@@ -246,3 +246,31 @@ def test_the_pipeline_follows_weights_replaced_between_calls(tiny_model_dir, mon
     assert current(geo.model).module is not None
     _replace_weights(geo.model, change)
     assert geo(images, batch_size=4) == after
+
+
+@pytest.mark.parametrize("change", ["assign", "submodule"])
+def test_geohf_predict_follows_weights_replaced_between_runs(tiny_model_dir, tmp_path, monkeypatch, change):
+    """geohf predict reads the model's state once per run (not per batch): weights replaced between two runs
+    give the second run the new weights' records, never the old graph's."""
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(12):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+        files.append(PredictItem([ImageRef(str(path))]))
+
+    def records(predictor) -> list:
+        return [(p.record, p.probs.tolist()) for p in iter_predictions(predictor, files, 4, progress=False, streams=2)]
+
+    monkeypatch.setattr(graph, "EAGER_BATCHES", 10**9)
+    eager_predictor = GeoPredictor(str(tiny_model_dir))
+    before = records(eager_predictor)
+    _replace_weights(eager_predictor.model, change)
+    after = records(eager_predictor)
+    assert after != before
+    monkeypatch.setattr(graph, "EAGER_BATCHES", 1)
+    predictor = GeoPredictor(str(tiny_model_dir))
+    assert records(predictor) == before
+    assert current(predictor.model).module is not None
+    _replace_weights(predictor.model, change)
+    assert records(predictor) == after

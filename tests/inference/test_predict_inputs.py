@@ -282,11 +282,11 @@ def test_failed_run_leaves_no_output(predictor, tiles, tmp_path):
     calls = {"n": 0}
     original = predictor.predict_tensors
 
-    def flaky(pixel_values):
+    def flaky(pixel_values, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise Boom()
-        return original(pixel_values)
+        return original(pixel_values, **kwargs)
 
     predictor.predict_tensors = flaky
     try:
