@@ -40,6 +40,7 @@ CODE_FILES = (
     "remote_code.py",
     "sphere.py",
     "images.py",
+    "downloads.py",
     "files.py",
     "errors.py",
 )
@@ -58,6 +59,7 @@ MODEL_AUTO_MAP = {
 _ELSEWHERE = {
     "sphere.py": "geo/sphere.py",
     "images.py": "images.py",
+    "downloads.py": "downloads.py",
     "files.py": "files.py",
     "errors.py": "errors.py",
     "heads.py": "modeling/heads/__init__.py",
