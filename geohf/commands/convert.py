@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UserError, one_line
 from .command import set_command
+from .flags import check_new_output
+
+
+def _converter(conv_sub, name: str, help: str, description: str):
+    """The parser of ``geohf convert NAME``, with the OUTPUT folder and ``--overwrite`` every converter takes."""
+    parser = conv_sub.add_parser(name, help=help, description=description)
+    parser.add_argument("output", metavar="OUTPUT", help="model folder to write")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)"
+    )
+    return parser
 
 
 @dataclass
@@ -18,8 +28,7 @@ class GeoclipArguments:
 
 
 def geoclip_command(args: GeoclipArguments) -> int:
-    if Path(args.output).expanduser().exists() and not args.overwrite:
-        raise UserError(f"{args.output}: already exists; pass --overwrite to replace it")
+    check_new_output(args.output, args.overwrite, flag=None)  # before the converter's imports
     from ..modeling.converters.geoclip import convert_geoclip
 
     print(convert_geoclip(args.output, clip=args.clip, gallery=args.gallery, overwrite=args.overwrite).summary())
@@ -36,6 +45,7 @@ class Osv5mArguments:
 
 
 def osv5m_command(args: Osv5mArguments) -> int:
+    check_new_output(args.output, args.overwrite, flag=None)  # before the converter's imports
     from ..modeling.converters.osv5m import convert_osv5m
 
     result = convert_osv5m(args.output, args.source, args.quadtree, args.clip, overwrite=args.overwrite)
@@ -44,14 +54,14 @@ def osv5m_command(args: Osv5mArguments) -> int:
 
 
 def register_osv5m(conv_sub) -> None:
-    co = conv_sub.add_parser(
+    co = _converter(
+        conv_sub,
         "osv5m",
         help="the OSV-5M baseline (Astruc et al., CVPR 2024; osv5m/baseline): CLIP ViT-L/14 DataComp + MLP + "
         "hybrid head over 11,399 quadtree cells",
         description="Write the OSV-5M baseline as a geohf model folder: its config.json and pytorch_model.bin "
         "(read with weights_only=True) and its quadtree CSV (the cells' points and boxes, not in the weights).",
     )
-    co.add_argument("output", metavar="OUTPUT", help="model folder to write")
     co.add_argument("--source", default="osv5m/baseline", help="the release: Hub id (default) or local folder")
     co.add_argument(
         "--quadtree", default=None,
@@ -62,7 +72,6 @@ def register_osv5m(conv_sub) -> None:
         help="the CLIP checkpoint whose config builds the tower (default: the backbone path of its config, "
         "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K)",
     )  # fmt: skip
-    co.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(co, Osv5mArguments, osv5m_command)
 
 
@@ -76,6 +85,7 @@ class StreetclipArguments:
 
 
 def streetclip_command(args: StreetclipArguments) -> int:
+    check_new_output(args.output, args.overwrite, flag=None)  # before the converter's imports
     from ..modeling.converters.streetclip import TEMPLATES, convert_streetclip
 
     templates = args.template or TEMPLATES
@@ -84,7 +94,8 @@ def streetclip_command(args: StreetclipArguments) -> int:
 
 
 def register_streetclip(conv_sub) -> None:
-    cs = conv_sub.add_parser(
+    cs = _converter(
+        conv_sub,
         "streetclip",
         help="StreetCLIP (geolocal/StreetCLIP) as a zero-shot country (and region) classifier: its prompts embedded "
         "once into a classification head",
@@ -92,14 +103,12 @@ def register_streetclip(conv_sub) -> None:
         "--regions each admin-1 region's) prompt embeddings become the weights of a classification head on the "
         "unit CLIP image embedding. Needs the Hub (or --clip LOCAL_FOLDER with the tokenizer).",
     )
-    cs.add_argument("output", metavar="OUTPUT", help="model folder to write")
     cs.add_argument("--clip", default="geolocal/StreetCLIP", help="CLIPModel with its tokenizer: Hub id or folder")
     cs.add_argument(
         "--template", action="append", default=None,
         help="a prompt template with {} for the place (repeat for an ensemble; default: 'A Street View photo in {}.')",
     )  # fmt: skip
     cs.add_argument("--regions", action="store_true", help="also a region head (admin-1, '{region}, {country}')")
-    cs.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cs, StreetclipArguments, streetclip_command)
 
 
@@ -116,8 +125,7 @@ class PlonkArguments:
 
 
 def plonk_command(args: PlonkArguments) -> int:
-    if Path(args.output).expanduser().exists() and not args.overwrite:
-        raise UserError(f"{args.output}: already exists; pass --overwrite to replace it")
+    check_new_output(args.output, args.overwrite, flag=None)  # before the converter's imports
     from ..modeling.converters.plonk import convert_plonk
 
     settings = {"samples": args.samples, "steps": args.steps, "guidance": args.guidance, "point": args.point}
@@ -132,7 +140,8 @@ def plonk_command(args: PlonkArguments) -> int:
 
 
 def register_plonk(conv_sub) -> None:
-    cp = conv_sub.add_parser(
+    cp = _converter(
+        conv_sub,
         "plonk",
         help="PLONK (Dufour et al., CVPR 2025): its flow-matching network on the sphere + the image tower it was "
         "trained on",
@@ -140,7 +149,6 @@ def register_plonk(conv_sub) -> None:
         "downloaded) with its image tower as a geohf model folder: pipeline('image-geolocation', model=OUTPUT), "
         "geohf predict and geohf evaluate then sample it in batches.",
     )
-    cp.add_argument("output", metavar="OUTPUT", help="model folder to write")
     cp.add_argument("plonk", metavar="PLONK", help="the PLONK folder (config.json, model.safetensors)")
     cp.add_argument(
         "--tower", default="geolocal/StreetCLIP",
@@ -154,14 +162,14 @@ def register_plonk(conv_sub) -> None:
         "--point", choices=("sample", "likeliest"), default="sample",
         help="the answer: the first sample (default) or the likeliest one (its NLL by ODE: slower)",
     )  # fmt: skip
-    cp.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cp, PlonkArguments, plonk_command)
 
 
 def register_subcommand(subparsers) -> None:
     conv = subparsers.add_parser("convert", help="published geolocation models as geohf model folders")
     conv_sub = conv.add_subparsers(dest="convert_command", required=True)
-    cg = conv_sub.add_parser(
+    cg = _converter(
+        conv_sub,
         "geoclip",
         help="GeoCLIP (Vivanco et al., NeurIPS 2023) as released: CLIP ViT-L/14 + its image MLP, location encoder, "
         "logit scale and 100K GPS gallery (from the geoclip wheel)",
@@ -169,7 +177,6 @@ def register_subcommand(subparsers) -> None:
         "predicts its best gallery point, with country, region and radius. Needs pip install --no-deps "
         "geoclip==1.3.0, and the Hub for the CLIP tower (or --clip LOCAL_FOLDER).",
     )
-    cg.add_argument("output", metavar="OUTPUT", help="model folder to write")
     cg.add_argument(
         "--clip", default="openai/clip-vit-large-patch14",
         help="the CLIP checkpoint (Hub id or local folder of a full CLIPModel; default: openai/clip-vit-large-patch14, "
@@ -180,7 +187,6 @@ def register_subcommand(subparsers) -> None:
         help="'geoclip' (GeoCLIP's 100K GPS points; default) or a CSV with LAT, LON columns (a subset or another "
         "gallery)",
     )  # fmt: skip
-    cg.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new folder is complete)")
     set_command(cg, GeoclipArguments, geoclip_command)
     register_plonk(conv_sub)
     register_osv5m(conv_sub)

@@ -84,6 +84,6 @@ def check_boundaries(source: str | None) -> None:
 
 def check_new_output(output: str, overwrite: bool, flag: str | None = "--output") -> None:
     """An existing ``output`` without ``--overwrite`` is a user error."""
-    if Path(output).exists() and not overwrite:
+    if Path(output).expanduser().exists() and not overwrite:
         where = f"{flag} {output}" if flag else output
         raise UserError(f"{where}: already exists; pass --overwrite to replace it")

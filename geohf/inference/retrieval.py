@@ -616,37 +616,47 @@ def find_index(source: str | os.PathLike | None, revision: str | None = None) ->
     return info.parent
 
 
+def _cell_partition(predictor, has_labels: bool):
+    """The partition that assigns the primary head's classes from coordinates, or ``None`` where the labels do;
+    refused in one line when neither can (a regression head, or no partition and no labels)."""
+    spec = predictor.model.config.head()
+    if not spec.is_classifier:
+        raise UserError("retrieval refinement needs a classification (geocell) head; this model only regresses")
+    partition = predictor.model.cell_partitions.get(spec.partition)
+    if spec.is_geocell and partition is not None:
+        return partition
+    if not has_labels:
+        raise UserError(
+            f"the dataset has no {spec.label_column!r} column and the model no cell partition: cannot assign cells"
+        )
+    return None
+
+
 def batch_cells(predictor, latitude: np.ndarray, longitude: np.ndarray, labels=None) -> np.ndarray:
     """The primary head's class of a batch of gallery rows: the model's own cells at their coordinates (its
     partition), else their ``labels`` (the ``cell_<partition>`` / label column's values) encoded as training does;
     ``labels`` is read only when the model has no partition."""
     from ..data.transforms import label_encoder
 
-    spec = predictor.model.config.head()
-    if not spec.is_classifier:
-        raise UserError("retrieval refinement needs a classification (geocell) head; this model only regresses")
-    partition = predictor.model.cell_partitions.get(spec.partition)
-    if spec.is_geocell and partition is not None:
+    partition = _cell_partition(predictor, labels is not None)
+    if partition is not None:
         return np.asarray(partition.assign(latitude, longitude), dtype=np.int64)
-    if labels is None:
-        raise UserError(
-            f"the dataset has no {spec.label_column!r} column and the model no cell partition: cannot assign cells"
-        )
-    encode = label_encoder(spec)
+    encode = label_encoder(predictor.model.config.head())
     return np.array([encode(v) for v in labels], dtype=np.int64)
 
 
 def cell_assigner(predictor, dataset=None) -> Callable[[np.ndarray, np.ndarray, slice], np.ndarray]:
     """``cells(latitude, longitude, rows)``: :func:`batch_cells` of gallery rows ``rows`` of ``dataset``; what
     cannot be assigned is refused here, before any row is embedded."""
-    spec = predictor.model.config.head()
-    column = spec.label_column
-    if dataset is not None and column in dataset.column_names:
-        labels = dataset.select_columns([column])
-        batch_cells(predictor, np.zeros(0), np.zeros(0), [])  # the head's checks, now
-        return lambda latitude, longitude, rows: batch_cells(predictor, latitude, longitude, labels[rows][column])
-    batch_cells(predictor, np.zeros(0), np.zeros(0))  # a model without a partition needs the column: refused now
-    return lambda latitude, longitude, rows: batch_cells(predictor, latitude, longitude)
+    column = predictor.model.config.head().label_column
+    labels = dataset.select_columns([column]) if dataset is not None and column in dataset.column_names else None
+    if _cell_partition(predictor, labels is not None) is not None:
+        labels = None  # the coordinates assign the cells: the column is never read
+
+    def cells(latitude: np.ndarray, longitude: np.ndarray, rows: slice) -> np.ndarray:
+        return batch_cells(predictor, latitude, longitude, None if labels is None else labels[rows][column])
+
+    return cells
 
 
 def gallery_cells(predictor, dataset) -> np.ndarray:
