@@ -1,14 +1,15 @@
 """Memory curve of a big ``geohf dataset build``: resident memory against images processed.
 
     python benchmarks/build_memory.py --images 1000000 [--num-proc 1] [--engine local|ray]
-                                      [--cells quadtree]
+                                      [--cells quadtree] [--allocator build|default]
 
 Generates an ``imagefolder`` layout of N tiny images (32×32 JPEG noise, ~1.5 KB, which pass
 every filter) with a ``metadata.csv`` of land coordinates (10k random land points, jittered by
 ~1 km so no two coincide), then runs the build in a child process that samples its own
 resident memory (the driver's) and that of its largest worker (a ``--num-proc`` process or a Ray
 task's worker; psutil, every 0.25 s) together with the stage it is in and how many images it has
-checked and written (``--engine ray``: Ray is started before the clock, with ``--num-proc`` CPUs).
+checked and written (``--engine ray``: Ray is started before the clock, with ``--num-proc`` CPUs). The
+child applies the allocator settings ``geohf dataset build`` applies (``--allocator default``: the library's).
 Writes ``memory.json`` (the samples, RSS at 10%…100% of the images written, the peak per stage)
 and ``memory.png`` (the curve).
 """
@@ -35,6 +36,9 @@ import geohf.data.stages as pipeline, geohf.data.build as build, geohf.data.exec
 from geohf.data.stages import BuildConfig, build_dataset
 
 cfg_dict, samples_path = json.loads(sys.argv[1]), sys.argv[2]
+if cfg_dict.pop("allocator", "build") == "build":  # what geohf dataset build sets (geohf.malloc.BUILD)
+    from geohf.commands.dataset import _build_memory
+    _build_memory()
 if cfg_dict.get("engine") == "ray":  # started before the clock, as a cluster would be
     import ray
     ray.init(num_cpus=max(cfg_dict.get("num_proc", 1), 1), include_dashboard=False, log_to_driver=False)
@@ -193,6 +197,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-proc", dest="num_proc", type=int, default=1)
     parser.add_argument("--cells", nargs="+", default=["quadtree"])
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
+    parser.add_argument("--allocator", default="build", choices=["build", "default"],
+                        help="build: the allocator settings geohf dataset build applies; default: the library's")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +212,9 @@ def main(argv=None) -> dict:
         "num_proc": args.num_proc,
         "cells": args.cells,
         "engine": args.engine,
+        "allocator": args.allocator,
     }
-    tag = f"{args.images}-{args.engine}-np{args.num_proc}"
+    tag = f"{args.images}-{args.engine}-np{args.num_proc}" + ("" if args.allocator == "build" else "-default")
     samples_path = out / f"samples-{tag}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(samples_path)], env=env)

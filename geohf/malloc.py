@@ -1,7 +1,7 @@
 """glibc malloc settings for geohf's long runs: a server's memory flat, a batch job's free of page faults.
 
-``mallopt`` applies to the whole process, so only geohf's own commands call it (``geohf app`` and
-``geohf predict``), never the library. Elsewhere than glibc it does nothing.
+``mallopt`` applies to the whole process, so only geohf's own commands call it (``geohf app``,
+``geohf predict``, ``geohf dataset build`` and ``import``), never the library. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,26 @@ was a fresh mapping, hundreds of page faults per image), and the heap is neither
 between batches (up to 256 MiB of freed memory stays with the process). Measured in
 ``benchmarks/throughput.py`` (docs/benchmarks.md): the raw forward 545-686 → 872-899 img/s with no
 page faults, streamed decode + preprocess 6,400 → 9,150 img/s with the decoder's own changes."""
+
+
+BUILD = {M_MMAP_THRESHOLD: 128 * 1024, M_TRIM_THRESHOLD: 128 * 1024}
+"""``geohf dataset build`` / ``import``: the plan's stages each make and drop whole columns (a copy of the
+coordinates, codes, a sort order). With glibc's dynamic threshold those land in the heap after the first
+large free and stay with the process when freed; mapped at 128 KiB and up, and the heap trimmed, they go
+back. Applied with :func:`use_system_arrow_pool` (see there)."""
+
+
+def use_system_arrow_pool() -> bool:
+    """Make pyarrow allocate with the system allocator (``geohf dataset build`` / ``import``, like ``mallopt``:
+    for the whole process); whether it changed. pyarrow's default mimalloc pool keeps the pages of freed
+    buffers (a plan's read, hashing and sorting of string columns) and the build's resident memory grew with
+    every column it ever held; the system allocator returns them, under :data:`BUILD`."""
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name == "system":
+        return False
+    pa.set_memory_pool(pa.system_memory_pool())
+    return True
 
 
 def set_malloc(settings: dict[int, int]) -> bool:

@@ -67,13 +67,15 @@ def save(fig, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def plot_locations(lat, lon, groups, path: str | os.PathLike, title: str = "") -> str:
-    """Sample locations on a world map, one colour per group (e.g. split)."""
+def plot_locations(lat, lon, groups, path: str | os.PathLike, title: str = "", counts: dict | None = None) -> str:
+    """Sample locations on a world map, one colour per group (e.g. split); ``counts``: the legend's count per
+    group when the points drawn are a sample of them."""
     fig, ax = world_axes()
     groups = np.asarray(groups)
     for g in dict.fromkeys(groups.tolist()):
         sel = groups == g
-        ax.scatter(np.asarray(lon)[sel], np.asarray(lat)[sel], s=3, alpha=0.7, label=f"{g} ({sel.sum()})")
+        n = (counts or {}).get(g, int(sel.sum()))
+        ax.scatter(np.asarray(lon)[sel], np.asarray(lat)[sel], s=3, alpha=0.7, label=f"{g} ({n})")
     ax.legend(loc="lower left", fontsize=8, markerscale=3)
     ax.set_title(title)
     return save(fig, path)

@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,15 @@ def fit_partitions(
     """
     if not specs:
         return {}
-    located = frame[frame["latitude"].notna() & frame["longitude"].notna()]
-    train = located[located["split"] == "train"]
-    if train.empty and allow_no_train:
-        train = located
-    if train.empty:
+    lat, lon = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
+    located = ~np.isnan(lat) & ~np.isnan(lon)
+    rows = np.flatnonzero(located & (frame["split"] == "train").to_numpy(bool))
+    if not rows.size and allow_no_train:
+        rows = np.flatnonzero(located)
+    if not rows.size:
         raise UserError("no training rows: geocells are fitted on the training split")
-    labels = train[LABEL_COLUMNS].reset_index(drop=True)
-    lat, lon = train["latitude"].to_numpy(), train["longitude"].to_numpy()
+    labels = frame[LABEL_COLUMNS].iloc[rows].reset_index(drop=True)  # the training rows' columns only
+    lat, lon = lat[rows], lon[rows]
     out = {}
     for spec in tqdm(specs, desc="fitting geocells", unit="partition", leave=False):
         out[spec.name] = fit_cells(spec.kind, lat, lon, labels, boundaries=boundaries, **spec.params)
@@ -155,12 +157,15 @@ def plan_labelled_dataset(
     Rows without coordinates (country-only labels) get cell -1 in every partition.
     """
     partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
-    frame = frame.copy()
+    frame = frame.copy(deep=False)  # new columns only
     located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
     for name, part in partitions.items():
-        cells = np.full(len(frame), -1, dtype=np.int64)
-        if located.any():
-            cells[located] = part.assign(frame["latitude"].to_numpy()[located], frame["longitude"].to_numpy()[located])
+        cells = np.full(len(frame), -1, dtype=np.int32)
+        lat, lon = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
+        if located.all():  # the columns themselves, not a copy
+            cells[:] = part.assign(lat, lon)
+        elif located.any():
+            cells[located] = part.assign(lat[located], lon[located])
         frame[f"cell_{name}"] = cells
     features = features_for(frame, partitions, extra_features)
     return BuildPlan.make(
@@ -179,15 +184,18 @@ def write_plan(
     address: str | None = None,
     loader: Callable[[dict], dict] | None = None,
     start: float | None = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> BuildReport:
     """Execute ``plan`` on ``engine`` into the dataset folder ``output_dir``, written under a temporary name and
-    renamed when complete (see :func:`~geohf.data.execute.run_blocks`; ``loader``: images made in this process)."""
+    renamed when complete (see :func:`~geohf.data.execute.run_blocks`; ``loader``: images made in this process;
+    ``pool``: the local engine's workers, started already)."""
     start = time.perf_counter() if start is None else start
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         work = tmp / WORK_DIR
         plan.save(work)
         plan.rows = plan.rows.iloc[:0]  # the engines read the rows block by block from the saved plan
-        results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader)
+        results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader,
+                             pool)  # fmt: skip
         shutil.rmtree(work)
         return finish_folder(tmp, plan, results, output_dir, time.perf_counter() - start)
 

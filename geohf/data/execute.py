@@ -10,11 +10,14 @@ card, ``skipped.csv``, the map and the report from the written files' Parquet me
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -39,6 +42,8 @@ LABEL_MATCH_COUNTS = {"inside_polygon": "inside", "nearest_polygon": "nearest", 
                       "country_only": "country-only"}  # fmt: skip
 IMAGE_SKIP_KINDS = ("undecodable", "dark", "blurry")
 RAY_RETRIES = 3
+MAP_POINTS = 100_000
+"""The most points ``map.png`` draws (a scatter's memory and time grow with its points)."""
 PART_FILE = "part.json"
 PART_PLAN = "plan"
 
@@ -74,12 +79,13 @@ def _image(row: dict, read: ImageRead) -> tuple[bytes | None, str | None]:
             return ref.read(), None
         except (ImageLoadError, OSError) as err:  # its header was checked when the source was read
             raise UserError(f"{ref.where}: {one_line(err)} (it changed during the import); run it again") from err
+    path = os.path.join(read.root, row["source_file"])
     if read.check is not None:
-        data, reason = check_image(row["_path"], read.check, read.apply_filter)
+        data, reason = check_image(path, read.check, read.apply_filter)
         if data is None:
             return None, reason
     else:
-        data = Path(row["_path"]).read_bytes()
+        data = Path(path).read_bytes()
     if read.max_side:
         from .stages import shrink_image
 
@@ -159,25 +165,29 @@ def run_blocks(
     num_proc: int = 1,
     address: str | None = None,
     loader: Callable[[dict], dict] | None = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> list[BlockResult]:
     """Write the blocks ``indices`` of ``plan`` (saved in ``plan_dir``) on ``engine``; results in block order.
 
-    ``local``: this process, or ``num_proc`` worker processes (a worker that dies is retried, see
-    :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its worker
+    ``local``: this process, or ``num_proc`` worker processes (``pool``: started already; a worker that dies is
+    retried, see :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its worker
     dies, a bounded number in flight (``address``: the cluster; default ``$RAY_ADDRESS``, else a local Ray).
     """
     kwargs = dict(plan_dir=str(plan_dir), schema=plan.features.arrow_schema, read=plan.read, data_dir=str(data_dir))
     results: list[BlockResult] = []
     rows = {i: plan.blocks[i].stop - plan.blocks[i].start for i in indices}
     with tqdm(total=sum(rows.values()), desc="writing images", unit="img", leave=False) as bar:
-        for result in _engine_results(list(indices), plan.blocks, kwargs, engine, num_proc, address, loader):
+        for result in _engine_results(list(indices), plan.blocks, kwargs, engine, num_proc, address, loader, pool):
+            # every block names the regions and countries it holds: one string of each kept, not one per block
+            result.regions = [sys.intern(r) for r in result.regions]
+            result.countries = {sys.intern(k): v for k, v in result.countries.items()}
             results.append(result)
             bar.update(rows[result.block])
     return sorted(results, key=lambda r: r.block)
 
 
 def _engine_results(
-    indices: list[int], blocks: list[Block], kwargs: dict, engine: str, num_proc: int, address, loader
+    indices: list[int], blocks: list[Block], kwargs: dict, engine: str, num_proc: int, address, loader, pool=None
 ) -> Iterator[BlockResult]:
     if engine == "ray":
         if loader is not None:
@@ -189,7 +199,7 @@ def _engine_results(
         fix = f"run again with a lower --num-proc (now {num_proc}) or --num-proc 1, or with more memory free"
         chunks = [[i] for i in indices]
         for _, done in map_chunks(partial(_write_blocks, blocks=blocks, **kwargs), chunks, num_proc,
-                                  "writing images", fix):  # fmt: skip
+                                  "writing images", fix, pool):  # fmt: skip
             yield from done
     else:
         for i in indices:
@@ -356,18 +366,22 @@ def finish_folder(
 
 
 def _map(root: Path, infos: dict[str, SplitInfo], plot) -> None:
-    """``map.png``: every row with coordinates by split, read column by column from the written files."""
-    lat, lon, split = [], [], []
+    """``map.png``: the rows with coordinates by split, read column by column from the written files; above
+    :data:`MAP_POINTS` rows an evenly spaced sample of each file (the legend gives every split's full count)."""
+    step = max(1, math.ceil(sum(i.num_examples for i in infos.values()) / MAP_POINTS))
+    lat, lon, split, counts = [], [], [], {}
     for name, info in infos.items():
         for file in info.shards:
             table = pq.read_table(root / DATA_DIR / file, columns=["latitude", "longitude"])
             a = table["latitude"].to_numpy(zero_copy_only=False).astype(np.float64)
             b = table["longitude"].to_numpy(zero_copy_only=False).astype(np.float64)
             ok = np.isfinite(a) & np.isfinite(b)
-            lat.append(a[ok])
-            lon.append(b[ok])
-            split.append(np.full(int(ok.sum()), name, dtype=object))
-    plot(np.concatenate(lat), np.concatenate(lon), np.concatenate(split), root / "map.png", title="samples by split")
+            counts[name] = counts.get(name, 0) + int(ok.sum())
+            lat.append(a[ok][::step])
+            lon.append(b[ok][::step])
+            split.append(np.full(len(lat[-1]), name, dtype=object))
+    title = "samples by split" + (f" (every {step}th drawn)" if step > 1 else "")
+    plot(np.concatenate(lat), np.concatenate(lon), np.concatenate(split), root / "map.png", title=title, counts=counts)
 
 
 def save_part(root: Path, plan_dir: Path, plan: BuildPlan, part: tuple[int, int], results: Sequence[BlockResult]):

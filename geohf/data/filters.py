@@ -88,14 +88,14 @@ def validate_coordinates(
         log.fix("coordinates", items.iat[i], f"longitude in the 0–360 convention: {lon[i]:g} read as {lon[i] - 360:g}")
     lon = np.where(east, lon - 360.0, lon)
     in_range = keep & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
-    labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0))
+    labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0), categorical=True)
     on_land = in_range & (labels["match"] != "none").to_numpy(bool)
     suspect = np.flatnonzero(keep & ~on_land & ~by_country)
     swapped_ok = np.zeros(len(frame), bool)
     if suspect.size:
         s_lat, s_lon = lon[suspect], lat[suspect]
         valid = np.abs(s_lat) <= 90
-        s_labels, _ = labeller.label(np.where(valid, s_lat, 0.0), np.where(valid, s_lon, 0.0))
+        s_labels, _ = labeller.label(np.where(valid, s_lat, 0.0), np.where(valid, s_lon, 0.0), categorical=True)
         swapped_ok[suspect] = valid & (s_labels["match"] != "none").to_numpy(bool)
         for k, i in enumerate(suspect):
             if keep_at_sea and in_range[i]:
@@ -126,7 +126,7 @@ def validate_coordinates(
     out = frame.copy(deep=False)  # new columns only: the rows are copied once, by the mask at the end
     out["latitude"], out["longitude"] = lat, lon
     for col in LABEL_COLUMNS:
-        out[col] = labels[col].array  # by position, in the labeller's string dtype (no Python string per row)
+        out[col] = labels[col].array  # by position, as categoricals (a small code per row, no string per row)
     out["label_match"] = labels["match"].array
     if by_country.any():
         from ..geo.countries import country_name
@@ -140,8 +140,16 @@ def validate_coordinates(
         out.loc[rows, "country_code"] = given[rows]
         out.loc[rows, "country"] = [country_name(c) for c in given[rows]]
         out.loc[rows, ["region_code", "region"]] = ""
+        out["label_match"] = out["label_match"].astype(object)
         out.loc[rows, "label_match"] = "country-only"
-    return out[keep].reset_index(drop=True)
+    return _rows(out, keep)
+
+
+def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows of ``frame`` where ``keep``, renumbered; ``frame`` itself when every row is kept (no copy)."""
+    if keep.all():
+        return frame if frame.index.equals(pd.RangeIndex(len(frame))) else frame.reset_index(drop=True)
+    return frame[keep].reset_index(drop=True)
 
 
 def _missing(value) -> bool:
@@ -179,21 +187,36 @@ def label_disagreements(frame: pd.DataFrame, limit: int = 20) -> tuple[int, list
 
 def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 6) -> pd.DataFrame:
     """Keep the first location at each coordinate; views of that location stay."""
-    lat = frame["latitude"].round(decimals).to_numpy(np.float64)
-    lon = frame["longitude"].round(decimals).to_numpy(np.float64)
-    location = frame["location_id"].astype(str) if "location_id" in frame else pd.Series(frame.index)
-    location = location.reset_index(drop=True)
-    # grouped on the rounded numbers (no string key per row); rows without coordinates form one group
-    first = location.groupby([lat, lon], sort=False, dropna=False).transform("first")
-    dup = (location != first).to_numpy(bool)
+    lat = np.round(frame["latitude"].to_numpy(np.float64), decimals)
+    lon = np.round(frame["longitude"].to_numpy(np.float64), decimals)
+    # the rows sorted by their rounded coordinates, each coordinate's rows in row order: its first row leads
+    order = np.lexsort((lon, lat))
+    a, b = lat[order], lon[order]
+    same = ((a[1:] == a[:-1]) | (np.isnan(a[1:]) & np.isnan(a[:-1]))) & (
+        (b[1:] == b[:-1]) | (np.isnan(b[1:]) & np.isnan(b[:-1]))
+    )  # rows without coordinates form one group
+    del a, b
+    lead = order[np.r_[0, np.flatnonzero(~same) + 1]] if len(order) else order  # each coordinate's first row
+    first_row = np.repeat(lead, np.diff(np.r_[np.flatnonzero(np.r_[True, ~same]), len(order)]))
+    first = np.empty(len(order), dtype=np.int64)
+    first[order] = first_row  # per row: the first row at its coordinates
+    del order, same, first_row
+    if "location_id" in frame:  # views of the first row's location stay
+        location = frame["location_id"].astype(str).reset_index(drop=True)
+        dup = np.zeros(len(frame), bool)
+        candidates = np.flatnonzero(first != np.arange(len(frame)))
+        dup[candidates] = location.iloc[candidates].to_numpy() != location.iloc[first[candidates]].to_numpy()
+    else:
+        location = pd.Series(np.arange(len(frame)))
+        dup = first != np.arange(len(frame))
     for i in np.flatnonzero(dup):
         key = f"{float(lat[i])},{float(lon[i])}"
         log.skip(
             "duplicates",
             frame["source_file"].iat[i],
-            f"duplicate coordinates: ({key}) already used by location {first.iat[i]}",
+            f"duplicate coordinates: ({key}) already used by location {location.iat[first[i]]}",
         )
-    return frame[~dup].reset_index(drop=True)
+    return _rows(frame, ~dup)
 
 
 # ------------------------------------------------------------------ image quality

@@ -1,6 +1,7 @@
 """Readers for raw image layouts: each turns a folder into one row per image.
 
-Every reader returns a DataFrame with ``source_file, latitude, longitude`` and whatever
+Every reader returns a DataFrame with ``source_file`` (the image's path relative to the folder, in
+``/`` form), ``latitude, longitude`` and whatever
 else the layout knows (``location_id``, ``heading``, ``capture_date``, ``view``, ``grid``,
 the file's own labels as ``file_country_code`` / ``file_country`` / ``file_region``).
 Coordinates are returned as read, unvalidated; anything unreadable is recorded in the
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..files import IMAGE_SUFFIXES
 from .skips import SkipLog
-from .tables import MAX_JSON_BYTES, read_table, source_lines, string_column
+from .tables import MAX_JSON_BYTES, read_table, repeated, source_lines, string_column
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 IMAGEFOLDER_COLUMNS = ("location_id", "heading", "capture_date", "provider", "provider_id")
@@ -127,7 +128,7 @@ def read_lost_and_found(root: str | Path, log: SkipLog) -> pd.DataFrame:
         first_region = first[0] if isinstance(first, (list, tuple)) and first and isinstance(first[0], str) else ""
         rows.append(
             {
-                "source_file": str(image),
+                "source_file": image.relative_to(root).as_posix(),
                 "latitude": coords[0],
                 "longitude": coords[1],
                 "location_id": location_id,
@@ -183,7 +184,7 @@ def read_grid_folders(root: str | Path, log: SkipLog) -> pd.DataFrame:
             continue
         rows.append(
             {
-                "source_file": str(image),
+                "source_file": image.relative_to(root).as_posix(),
                 "latitude": m["lat"],
                 "longitude": m["lon"],
                 "location_id": f"{float(m['lat']):.6f},{float(m['lon']):.6f}",
@@ -222,9 +223,12 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         )
     # each row's fate in an int8 code, row by row only for the file check: no Python object kept per row
     names = table["file_name"]
-    valid = np.fromiter((isinstance(n, str) and n != "" for n in names), bool, len(names))
+    if pd.api.types.is_string_dtype(names) and names.dtype != object:  # a string column: checked at once
+        valid = (names.notna() & (names != "")).to_numpy(bool)
+    else:
+        valid = np.fromiter((isinstance(n, str) and n != "" for n in names), bool, len(names))
     fate = np.where(valid, _KEEP, _EMPTY).astype(np.int8)
-    fate[valid & names.duplicated().to_numpy(bool)] = _TWICE  # (the first of a name is never a duplicate)
+    fate[valid & repeated(names)] = _TWICE  # (the first of a name is never a duplicate)
     for i in np.flatnonzero(fate == _KEEP):
         if not (root / names.iat[i]).is_file():
             fate[i] = _MISSING
@@ -240,9 +244,10 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
             log.skip(STAGE, where, f"file not found: {root / name}")
     kept = np.flatnonzero(fate == _KEEP)
     extra = [c for c in IMAGEFOLDER_COLUMNS if c in table]
+    every = len(kept) == len(table)  # then the columns are taken as they are, not copied
     frame = pd.DataFrame(
-        {"source_file": string_column((str(root / n) for n in names.iloc[kept]), len(kept))}
-        | {c: _column(table[c].iloc[kept], c) for c in ("latitude", "longitude", *extra)}
+        {"source_file": _relative_names(names if every else names.iloc[kept], root)}
+        | {c: _column(table[c] if every else table[c].iloc[kept], c) for c in ("latitude", "longitude", *extra)}
     )
     if "location_id" in frame:
         frame["location_id"] = frame["location_id"].astype(str)
@@ -250,6 +255,24 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
 
 
 _KEEP, _EMPTY, _TWICE, _MISSING = 0, 1, 2, 3
+_NOT_PLAIN = r"(?:^|/)\.(?:/|$)|//|/$|^/"
+"""A name pathlib would rewrite: a ``.`` part, a doubled or trailing ``/``, an absolute path."""
+
+
+def _relative_names(names: pd.Series, root: Path):
+    """``source_file`` of each metadata name: its path under ``root`` in ``/`` form (as pathlib normalises it; a path
+    outside ``root`` whole); names that need no rewriting, the usual case, are kept as they are (no copy)."""
+    names = names.reset_index(drop=True)
+    if not names.str.contains(_NOT_PLAIN, regex=True).any():
+        return names.array
+    return string_column((_under(root / n, root) for n in names), len(names))
+
+
+def _under(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _column(values: pd.Series, name: str) -> pd.Series:

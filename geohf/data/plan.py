@@ -19,6 +19,7 @@ from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,7 +48,7 @@ REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method", "_ref_nam
 
 @dataclass
 class ImageRead:
-    """How a block gets each row's image: ``file`` (``_path``, the file's bytes) or ``member`` (``_ref_*``: a
+    """How a block gets each row's image: ``file`` (the file ``root / source_file``) or ``member`` (``_ref_*``: a
     member of a zip / tar shard); ``check``: decode and measure it first (undecodable images are always skipped,
     dark / blurry ones when ``apply_filter``); ``max_side``: shrink longer images (:func:`~.stages.shrink_image`)."""
 
@@ -56,6 +57,7 @@ class ImageRead:
     apply_filter: bool = True
     max_side: int | None = None
     keep_exif: bool = False
+    root: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,8 +87,9 @@ class Block:
 class BuildPlan:
     """Everything decided before the images are read (see the module docstring).
 
-    ``rows``: one row per image in write order; ``processing`` / ``labelling``: the counts so far (the image
-    check adds its skips); ``skips``: the inputs left out so far.
+    ``rows``: one row per image; ``order``: their positions in write order (``None``: ``rows`` is in write order,
+    as a loaded plan's is); ``processing`` / ``labelling``: the counts so far (the image check adds its skips);
+    ``skips``: the inputs left out so far.
     """
 
     rows: pd.DataFrame
@@ -99,6 +102,7 @@ class BuildPlan:
     skips: SkipLog = field(default_factory=SkipLog)
     blocks: list[Block] = field(default_factory=list)
     plan_id: str = ""
+    order: np.ndarray | None = None
 
     @classmethod
     def make(
@@ -113,24 +117,35 @@ class BuildPlan:
         skips: SkipLog,
         rows_per_file: int = 5000,
     ) -> BuildPlan:
-        """Order the rows by split (train, validation, test; each split in the given order) and cut the blocks."""
+        """Order the rows by split (train, validation, test; each split in the given order) and cut the blocks.
+
+        The order is kept as positions (:attr:`order`): the rows are never copied into it; each block is taken
+        from them when the plan is saved."""
         keep = [c for c in features if c != "image"] + ["split", "label_match"] + [c for c in rows if c.startswith("_")]
         rows = rows[[c for c in dict.fromkeys(keep) if c in rows]]
-        order = pd.Categorical(rows["split"], categories=list(SPLIT_ORDER))
-        rows = rows.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+        codes = pd.Categorical(rows["split"], categories=list(SPLIT_ORDER)).codes
+        order = np.argsort(codes, kind="stable").astype(np.int32 if len(rows) < 2**31 else np.int64)
+        sizes = np.bincount(codes[codes >= 0], minlength=len(SPLIT_ORDER))
+        del codes
         blocks: list[Block] = []
         start = 0
-        for split in SPLIT_ORDER:
-            n = int((rows["split"] == split).sum())
+        for split, n in zip(SPLIT_ORDER, sizes.tolist()):
             if not n:
                 continue
             count = file_count(n, rows_per_file)
             bounds = [start + (n * k) // count for k in range(count + 1)]
             blocks += [Block(split, k, count, bounds[k], bounds[k + 1]) for k in range(count)]
             start += n
-        plan = cls(rows, features, partitions, read, card, processing, labelling, skips, blocks)
+        plan = cls(rows, features, partitions, read, card, processing, labelling, skips, blocks, order=order)
         plan.plan_id = plan.fingerprint()
         return plan
+
+    def take(self, start: int, stop: int, columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows ``start:stop`` in write order (of ``columns``, default all), renumbered from 0."""
+        rows = self.rows if columns is None else self.rows[columns]
+        if self.order is None:
+            return rows.iloc[start:stop].reset_index(drop=True)
+        return rows.iloc[self.order[start:stop]].reset_index(drop=True)
 
     def fingerprint(self) -> str:
         """Hash of the rows and settings: two parts of one build agree on it, parts of two builds do not."""
@@ -138,9 +153,8 @@ class BuildPlan:
         for column in self.rows:  # a column at a time, in slices: no second copy of the table, even of a column
             if column not in REF_COLUMNS:
                 h.update(column.encode())
-                values = self.rows[column]
-                for start in range(0, len(values), HASH_ROWS):  # the row hashes of the whole column, in order
-                    part = values.iloc[start : start + HASH_ROWS]
+                for start in range(0, len(self.rows), HASH_ROWS):  # the row hashes of the whole column, in order
+                    part = self.take(start, start + HASH_ROWS, [column])[column]
                     h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -165,10 +179,10 @@ class BuildPlan:
         (folder / CELLS_DIR).mkdir(parents=True, exist_ok=True)
         for name, part in self.partitions.items():
             part.save(folder / CELLS_DIR / f"{name}.parquet")
-        schema = pa.schema([(c, pa.array(self.rows[c], from_pandas=True).type) for c in self.rows])
+        schema = pa.schema([(c, _arrow_type(self.rows[c])) for c in self.rows])
         with pq.ParquetWriter(folder / PLAN_ROWS, schema) as writer:
             for b in self.blocks:  # a block at a time: no Arrow copy of the whole table
-                block = pa.Table.from_pandas(self.rows.iloc[b.start : b.stop], schema=schema, preserve_index=False)
+                block = pa.Table.from_pandas(self.take(b.start, b.stop), preserve_index=False).cast(schema)
                 writer.write_table(block, row_group_size=max(b.stop - b.start, 1))
         (folder / PLAN_JSON).write_text(json.dumps({**self._meta(), "plan_id": self.plan_id}, indent=1, default=str))
         return folder
@@ -199,6 +213,13 @@ class BuildPlan:
             [Block(**b) for b in meta["blocks"]],
             meta["plan_id"],
         )
+
+
+def _arrow_type(column: pd.Series) -> pa.DataType:
+    """The type a plan column is saved as: from its values for an object column, else from its dtype (one value
+    converted); a categorical's values' type (the label columns are held as codes)."""
+    kind = pa.array(column if column.dtype == object else column.iloc[:1], from_pandas=True).type
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
 def file_count(n: int, rows_per_file: int) -> int:

@@ -21,17 +21,40 @@ def split_groups(groups: pd.Series, fractions: tuple[float, ...], seed: int) -> 
     Groups are shuffled with ``seed`` and cut where the cumulative share of images
     crosses the fractions.
     """
+    codes, uniques = pd.factorize(groups, sort=True)
+    return np.asarray(SPLITS, dtype=object)[split_codes(codes, len(uniques), fractions, seed)]
+
+
+def split_codes(codes: np.ndarray, n_groups: int, fractions: tuple[float, ...], seed: int) -> np.ndarray:
+    """:func:`split_groups` on groups given as codes: ``codes[i]`` is row ``i``'s group's rank among the
+    ``n_groups`` groups in sorted order. Returns the index into :data:`SPLITS` per row (int8)."""
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.size != 3 or (fractions < 0).any() or fractions.sum() <= 0:
         raise UserError(f"fractions must be three non-negative numbers (train, validation, test), got {fractions}")
-    codes, uniques = pd.factorize(groups, sort=True)
-    sizes = np.bincount(codes, minlength=len(uniques))
-    order = np.random.default_rng(seed).permutation(len(uniques))
+    sizes = np.bincount(codes, minlength=n_groups)
+    order = np.random.default_rng(seed).permutation(n_groups)
     cum = np.cumsum(sizes[order]) / sizes.sum()
+    del sizes
     bounds = np.cumsum(fractions / fractions.sum())
-    split_of_group = np.empty(len(uniques), dtype=np.int64)
+    split_of_group = np.empty(n_groups, dtype=np.int8)
     split_of_group[order] = np.searchsorted(bounds[:-1], cum - 1e-12, side="right")
-    return np.asarray(SPLITS, dtype=object)[split_of_group[codes]]
+    return split_of_group[codes]
+
+
+def row_number_ranks(n: int) -> np.ndarray:
+    """The rank of each row number's decimal text among those of ``0 .. n-1`` (what ``pd.factorize`` of
+    ``str(i)`` with ``sort=True`` gives: "10" before "2"), computed on the numbers: no string per row."""
+    numbers = np.arange(n, dtype=np.int64)
+    digits = np.ones(n, dtype=np.int8)
+    for d in range(1, len(str(max(n - 1, 0)))):
+        digits += numbers >= 10**d
+    width = int(digits.max()) if n else 1
+    padded = numbers * 10 ** (width - digits.astype(np.int64))  # "7" -> 700, "70" -> 700, then the shorter first
+    order = np.lexsort((digits, padded))
+    del numbers, padded, digits
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[order] = np.arange(n, dtype=np.int64)
+    return ranks
 
 
 def stable_unit(keys, salt: str = "") -> np.ndarray:
@@ -70,8 +93,10 @@ def drop_near_train(frame: pd.DataFrame, buffer_km: float, log: SkipLog) -> pd.D
     """Drop validation/test rows closer than ``buffer_km`` to any training row (counted)."""
     from scipy.spatial import cKDTree
 
+    if buffer_km <= 0:
+        return frame
     train = frame["split"] == "train"
-    if buffer_km <= 0 or train.all() or not train.any():
+    if train.all() or not train.any():
         return frame
     xyz = latlon_to_xyz(frame["latitude"].to_numpy(), frame["longitude"].to_numpy())
     chord = 2 * np.sin(buffer_km / EARTH_RADIUS_KM / 2)
@@ -103,20 +128,22 @@ def assign_splits(
             instead of one seeded permutation of all groups; an image alone is then keyed by its
             ``source_file``, not its row number.
     """
+    out = frame.copy(deep=False)  # a new column only
+    if by == "location" and "location_id" not in frame and not hashed:  # each image alone, keyed by its row number
+        out["split"] = pd.Categorical.from_codes(split_codes(row_number_ranks(len(frame)), len(frame), fractions, seed),
+                                                 categories=SPLITS)  # fmt: skip
+        return drop_near_train(out, buffer_km, log if log is not None else SkipLog())
     if by == "location":
-        if "location_id" in frame:
-            groups = frame["location_id"].astype(str)
-        elif hashed:
-            groups = frame["source_file"].astype(str)
-        else:
-            groups = pd.Series(frame.index.astype(str))
+        groups = frame["location_id"].astype(str) if "location_id" in frame else frame["source_file"].astype(str)
     elif by == "block":
         groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
     else:
         raise UserError(f"--split-by must be {' or '.join(map(repr, SPLIT_BY))}, got {by!r}")
-    out = frame.copy()
-    split = hash_split_groups if hashed else split_groups
-    out["split"] = split(groups.reset_index(drop=True), fractions, seed)
-    if buffer_km > 0:
-        out = drop_near_train(out, buffer_km, log if log is not None else SkipLog())
-    return out
+    groups = groups.reset_index(drop=True)
+    if hashed:
+        out["split"] = hash_split_groups(groups, fractions, seed)
+    else:
+        codes, uniques = pd.factorize(groups, sort=True)
+        del groups
+        out["split"] = pd.Categorical.from_codes(split_codes(codes, len(uniques), fractions, seed), categories=SPLITS)
+    return drop_near_train(out, buffer_km, log if log is not None else SkipLog())

@@ -31,7 +31,6 @@ from .plan import BuildPlan, ImageRead
 from .report import LabelDisagreement, LabellingStats
 from .skips import SkipLog
 from .splits import assign_splits
-from .tables import string_column
 
 DEFAULT_CELLS = ("semantic", "quadtree")
 
@@ -138,13 +137,24 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
             view_offset_px=offset,
         )
         return build_bluemarble(cfg.output, cfg.tiles, spec, cfg.cells, cfg.boundaries, cfg.overwrite, cfg.repo_id)
-    plan = plan_build(cfg)
     if cfg.plan_only:
+        plan = plan_build(cfg)
         with atomic_directory(cfg.output, overwrite=cfg.overwrite) as tmp:
             plan.save(tmp)
         return BuildReport(str(cfg.output), {b.split: 0 for b in plan.blocks}, plan.processing, plan.labelling,
                            {n: len(p) for n, p in plan.partitions.items()}, time.perf_counter() - start)  # fmt: skip
-    return write_plan(plan, cfg.output, cfg.overwrite, cfg.engine, cfg.num_proc, cfg.address, start=start)
+    pool = None
+    if cfg.engine == "local" and cfg.num_proc > 1:  # the workers start (import geohf) while the plan is made
+        from .workers import start_pool
+
+        pool = start_pool(cfg.num_proc, "geohf.data.execute")
+    try:
+        plan = plan_build(cfg)
+        return write_plan(plan, cfg.output, cfg.overwrite, cfg.engine, cfg.num_proc, cfg.address, start=start,
+                          pool=pool)  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def plan_build(cfg: BuildConfig) -> BuildPlan:
@@ -172,8 +182,6 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
-    frame["_path"] = frame["source_file"]
-    frame["source_file"] = string_column((Path(p).relative_to(root).as_posix() for p in frame["_path"]), len(frame))
     log.entries = [e.at(_relative(e.item, root)) for e in log.entries]
     log.fixes = [e.at(_relative(e.item, root)) for e in log.fixes]
 
@@ -204,7 +212,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     )
     card = replace(card, **cfg.card)  # the caller's own fields win
     read = ImageRead("file", check=cfg.image_filter, apply_filter=cfg.filter, max_side=cfg.max_side,
-                     keep_exif=cfg.keep_exif)  # fmt: skip
+                     keep_exif=cfg.keep_exif, root=str(root))  # fmt: skip
     return plan_labelled_dataset(frame, read, specs, card, processing, labelling, skips=log,
                                  boundaries=labeller.boundaries, rows_per_shard=cfg.rows_per_file)  # fmt: skip
 

@@ -27,6 +27,10 @@ MAX_JSON_BYTES = 1 << 20
 """The largest per-image JSON file or member read (lost-and-found's and OSV-5M's are ~1 kB)."""
 STAGE = "table"
 SCAN_BLOCK = 1 << 24
+HASH_ROWS = 1 << 14
+"""Rows hashed at once by :func:`repeated`."""
+READ_ROWS = 1 << 16
+"""Rows of a CSV / TSV parsed at once (Arrow-backed string columns are joined without a copy)."""
 
 
 def long_lines(path: str | os.PathLike, limit: int = MAX_ROW_BYTES) -> list[tuple[int, int]]:
@@ -80,7 +84,8 @@ def read_table(path: str | os.PathLike, log: SkipLog | None = None, dtype=str) -
         if path.suffix in (".csv", ".tsv"):
             na = {"keep_default_na": False} if dtype is str else {}
             sep = "\t" if path.suffix == ".tsv" else ","
-            frame = pd.read_csv(path, sep=sep, dtype=dtype, skiprows=skipped or None, **na)
+            chunks = pd.read_csv(path, sep=sep, dtype=dtype, skiprows=skipped or None, chunksize=READ_ROWS, **na)
+            frame = pd.concat(list(chunks), ignore_index=True)  # the parser's buffers are a chunk's, not the file's
         elif path.suffix == ".jsonl":
             source = _without_lines(path, set(skipped)) if skipped else path
             frame = pd.read_json(source, lines=True, dtype=False if dtype is str else dtype)
@@ -110,6 +115,29 @@ def string_column(values: Iterable[str], size: int) -> pd.api.extensions.Extensi
     if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
         return pd.array(pa.array(values, type=pa.large_string(), size=size), dtype=dtype)
     return np.fromiter(values, object, size)
+
+
+def repeated(values: pd.Series, rows: int = HASH_ROWS) -> np.ndarray:
+    """True where a value (a string) was already on an earlier row: what ``values.duplicated()`` gives, found on
+    64-bit hashes made ``rows`` at a time and sorted, the few equal hashes then compared as strings (pandas' own
+    hash table of a string column held a Python string per row)."""
+    n = len(values)
+    hashes = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, rows):
+        hashes[start : start + rows] = pd.util.hash_pandas_object(values.iloc[start : start + rows], index=False)
+    order = np.argsort(hashes, kind="stable")  # equal hashes together, each run in row order
+    ranked = hashes[order]
+    del hashes
+    same = np.r_[False, ranked[1:] == ranked[:-1], False]  # same[k]: sorted rows k - 1 and k share a hash
+    del ranked
+    out = np.zeros(n, dtype=bool)
+    for first, last in zip(np.flatnonzero(~same[:-1] & same[1:]), np.flatnonzero(same[:-1] & ~same[1:])):
+        seen: set = set()  # a run of equal hashes: the rows whose string an earlier row of the run has
+        for i in order[first : last + 1]:
+            value = values.iat[i]
+            out[i] = value in seen
+            seen.add(value)
+    return out
 
 
 def _without_lines(path: Path, skip: set[int]) -> io.StringIO:

@@ -9,8 +9,10 @@ then the run stops with one line naming what died and the fix.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,8 +27,28 @@ RETRIES = 2
 """Fresh pools after a worker died, each only after a pool that finished at least one chunk."""
 
 
+def start_pool(num_proc: int, module: str) -> ProcessPoolExecutor:
+    """A spawn pool of ``num_proc`` workers, those the CPUs left beside this process can start started now, each
+    importing ``module``: made before the work is known (while a build plans), their start-up runs beside it
+    (on the idle CPUs only: more would slow the plan as much); the others start with the work. Give it to
+    :func:`map_chunks`, which shuts it down."""
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"))
+    for _ in range(max(1, min(num_proc, (os.cpu_count() or 1) - 1))):  # a spawn pool starts one per task
+        pool.submit(_import, module)
+    return pool
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
+
+
 def map_chunks(
-    fn: Callable[[T], R], chunks: Sequence[T], num_proc: int, what: str, fix: str
+    fn: Callable[[T], R],
+    chunks: Sequence[T],
+    num_proc: int,
+    what: str,
+    fix: str,
+    pool: ProcessPoolExecutor | None = None,
 ) -> Iterator[tuple[int, R]]:
     """Yield ``(i, fn(chunks[i]))`` for every chunk, in the order they finish, computed on ``num_proc`` processes.
 
@@ -34,18 +56,20 @@ def map_chunks(
     result when run again. At most ``2 * num_proc`` chunks are in flight. When a worker dies, the chunks not
     yielded yet run again in a fresh pool, up to :data:`RETRIES` times; a pool that dies before finishing any
     chunk (its workers cannot start, or the same chunk kills them) is not retried. Then
-    :class:`~geohf.errors.UserError` says that ``what`` failed, why, and ``fix``.
+    :class:`~geohf.errors.UserError` says that ``what`` failed, why, and ``fix``. ``pool``: the first pool, started
+    already (:func:`start_pool`); it is shut down at the end.
     """
     todo = list(range(len(chunks)))
     deaths = 0
     while todo:
         done: set[int] = set()
         try:
-            for i, result in _run_pool(fn, chunks, todo, num_proc):
+            for i, result in _run_pool(fn, chunks, todo, num_proc, pool):
                 done.add(i)
                 yield i, result
             return
         except BrokenProcessPool:
+            pool = None
             deaths += 1
             todo = [i for i in todo if i not in done]
             if not done:
@@ -60,9 +84,12 @@ def map_chunks(
                 ) from None
 
 
-def _run_pool(fn: Callable[[T], R], chunks: Sequence[T], todo: list[int], num_proc: int) -> Iterator[tuple[int, R]]:
-    """One pool over the chunks ``todo``; raises ``BrokenProcessPool`` when one of its workers dies."""
-    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"))
+def _run_pool(
+    fn: Callable[[T], R], chunks: Sequence[T], todo: list[int], num_proc: int, pool: ProcessPoolExecutor | None = None
+) -> Iterator[tuple[int, R]]:
+    """One pool (``pool``, else a new one) over the chunks ``todo``; raises ``BrokenProcessPool`` when one of its
+    workers dies."""
+    pool = pool or ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"))
     queue = iter(todo)
     running: dict[Future[R], int] = {}
     try:

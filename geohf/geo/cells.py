@@ -31,6 +31,8 @@ from .labelling import LABEL_COLUMNS
 from .sphere import haversine_km, latlon_to_xyz, xyz_to_latlon
 
 _META_KEY = b"geohf.cells"
+ASSIGN_POINTS = 1 << 16
+"""Points :meth:`CellPartition.assign` turns into geometries at once."""
 
 
 @dataclass
@@ -122,15 +124,15 @@ class CellPartition:
         sample_cell = _assign(index, lat, lon)
         counts = np.bincount(sample_cell, minlength=len(geometry))
         keep = np.flatnonzero(counts > 0)
-        order = np.argsort(sample_cell, kind="stable")
-        bounds = (
-            np.searchsorted(sample_cell[order], keep, side="left"),
-            np.searchsorted(sample_cell[order], keep, side="right"),
-        )
-        # spherical means of every cell at once: unit vectors summed per cell in sample order;
-        # np.add.at adds one row at a time, as a per-cell ``spherical_mean`` does (same bits)
+        order = np.argsort(sample_cell, kind="stable")  # the samples by cell, each cell's in sample order
+        ends = np.cumsum(counts[keep])
+        bounds = (ends - counts[keep], ends)  # each kept cell's samples: order[bounds[0][k] : bounds[1][k]]
+        # spherical means of every cell at once: unit vectors summed per cell in sample order, a slice of
+        # samples at a time; np.add.at adds one row at a time, as a per-cell ``spherical_mean`` does (same bits)
         sums = np.zeros((len(keep), 3))
-        np.add.at(sums, np.repeat(np.arange(len(keep)), bounds[1] - bounds[0]), latlon_to_xyz(lat, lon)[order])
+        for start in range(0, len(order), ASSIGN_POINTS):
+            rows = order[start : start + ASSIGN_POINTS]
+            np.add.at(sums, np.searchsorted(keep, sample_cell[rows]), latlon_to_xyz(lat[rows], lon[rows]))
         centre = np.stack(xyz_to_latlon(sums), axis=1)
         # the mean of a cell made of several pieces (islands) can fall outside it:
         # take the cell's own sample nearest to that mean instead
@@ -152,6 +154,12 @@ class CellPartition:
 def _assign(index: PolygonIndex, lat, lon) -> np.ndarray:
     """Containing polygon, else nearest polygon, for every point; -1 for a point without coordinates (NaN)."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    if lat.size > ASSIGN_POINTS:  # in slices: a geometry per point of a slice, not of all the points
+        out = np.empty(lat.shape, dtype=np.int64)
+        for start in range(0, lat.size, ASSIGN_POINTS):
+            out[start : start + ASSIGN_POINTS] = _assign(index, lat[start : start + ASSIGN_POINTS],
+                                                         lon[start : start + ASSIGN_POINTS])  # fmt: skip
+        return out
     located = np.isfinite(lat) & np.isfinite(lon)
     if not located.all():
         out = np.full(lat.shape, -1, dtype=np.int64)
@@ -174,7 +182,8 @@ def _modes(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     if not group.size:
         return out
     width = int(value.max()) + 1
-    pair, count = np.unique(group * width + value, return_counts=True)
+    key = np.int32 if n * width < 2**31 else np.int64
+    pair, count = np.unique(group.astype(key) * key(width) + value.astype(key), return_counts=True)
     g, v = pair // width, pair % width
     first = np.lexsort((v, -count, g))
     g, v = g[first], v[first]
@@ -191,11 +200,12 @@ def _majority_rows(labels: pd.DataFrame, sample_cell: np.ndarray, cells: np.ndar
     country, region = labels["country_code"], labels["region_code"]
     s = np.flatnonzero((country != "").to_numpy(dtype=bool))
     cell = sample_cell[s]
-    ccode = pd.factorize(country.iloc[s], sort=True)[0]
+    ccode = _sorted_codes(country, s)
     best_country = _modes(cell, ccode)
     inside = ccode == best_country[cell]
+    del ccode
     s, cell = s[inside], cell[inside]
-    rcode = pd.factorize(region.iloc[s], sort=True)[0]
+    rcode = _sorted_codes(region, s)
     best_region = _modes(cell, rcode)
     inside = rcode == best_region[cell]
     s, cell = s[inside], cell[inside]
@@ -203,6 +213,14 @@ def _majority_rows(labels: pd.DataFrame, sample_cell: np.ndarray, cells: np.ndar
     row = np.full(int(sample_cell.max()) + 1 if sample_cell.size else 0, -1, dtype=np.int64)
     row[first_cell] = s[first]
     return row[cells]
+
+
+def _sorted_codes(values: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """A code per row of ``rows`` that orders as the values sort: a categorical's own codes when its categories
+    are sorted (the labeller's are: no copy of the values), else ``pd.factorize(..., sort=True)``'s."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.is_monotonic_increasing:
+        return values.cat.codes.to_numpy()[rows]
+    return pd.factorize(values.iloc[rows], sort=True)[0]
 
 
 def _cell_names(frame: pd.DataFrame) -> list[str]:

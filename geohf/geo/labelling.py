@@ -16,6 +16,8 @@ from .index import PolygonIndex
 LABEL_COLUMNS = ["country_code", "country", "region_code", "region"]
 GRID_BUILD_POINTS = 20_000
 """Without a shipped or cached grid, the first query of at least this many points builds one (seconds, once)."""
+LABEL_POINTS = 1 << 16
+"""Points :meth:`PointLabeller.label` looks up at once."""
 _MATCH = ["inside", "nearest", "none"]
 
 
@@ -39,7 +41,16 @@ class _StringTable:
             except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: let pandas infer, as before
                 self.arrow = False
 
-    def take(self, index: np.ndarray):
+    def take(self, index: np.ndarray, categorical: bool = False):
+        """The rows ``index``; ``categorical``: as a :class:`pandas.Categorical` of the table's distinct values in
+        sorted order (a small integer code per row, no string; sorting and factorizing it order as the strings do)."""
+        if categorical:
+            if not hasattr(self, "_codes"):
+                values = pd.array(self.values, dtype=self.dtype) if self.arrow else self.values
+                codes, uniques = pd.factorize(values, sort=True)  # categories in text order, as strings sort
+                small = next(t for t in (np.int8, np.int16, np.int32) if len(uniques) < np.iinfo(t).max)
+                self._codes, self._uniques = codes.astype(small), uniques  # -1: a missing value
+            return pd.Categorical.from_codes(self._codes[index], categories=self._uniques)
         if self.arrow:
             return pd.array(self.values.take(index), dtype=self.dtype)
         return self.values[index]
@@ -129,15 +140,25 @@ class PointLabeller:
         report.unmatched = int((index < 0).sum())
         return index, dist, report
 
-    def label(self, lat, lon) -> tuple[pd.DataFrame, LabellingReport]:
-        """Label columns for each point, plus ``match`` (inside / nearest / none) and ``match_km``."""
-        index, dist, report = self.polygon_index(lat, lon)
+    def label(self, lat, lon, categorical: bool = False) -> tuple[pd.DataFrame, LabellingReport]:
+        """Label columns for each point, plus ``match`` (inside / nearest / none) and ``match_km``; ``categorical``:
+        the label and match columns as categoricals (a code per row, no string per row: what a big build keeps)."""
+        lat, lon = np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
+        index, dist = np.empty(lat.size, dtype=np.int64), np.empty(lat.size)
+        report = LabellingReport()
+        for start in range(0, lat.size, LABEL_POINTS):  # in slices: the lookups' arrays are a slice's
+            part = slice(start, start + LABEL_POINTS)
+            index[part], dist[part], done = self.polygon_index(lat[part], lon[part])
+            report.inside += done.inside
+            report.nearest += done.nearest
+            report.unmatched += done.unmatched
+            report.nearest_km += done.nearest_km
         near = ~np.isnan(dist)
         rows = np.where(index < 0, len(self.boundaries), index)  # no polygon: the empty last row
-        columns = {c: table.take(rows) for c, table in self._labels.items()}
-        columns["match"] = self._match.take(np.where(index < 0, 2, near.view(np.int8)))
+        columns = {c: table.take(rows, categorical) for c, table in self._labels.items()}
+        columns["match"] = self._match.take(np.where(index < 0, 2, near.view(np.int8)), categorical)
         columns["match_km"] = np.where(near, dist, 0.0)
-        return pd.DataFrame(columns), report
+        return pd.DataFrame(columns, copy=False), report
 
     def is_land(self, lat, lon) -> np.ndarray:
         """True where a point lies inside a boundary polygon (no nearest fallback)."""
