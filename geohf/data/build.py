@@ -193,7 +193,7 @@ def write_plan(
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         work = tmp / WORK_DIR
         plan.save(work)
-        plan.rows = plan.rows.iloc[:0]  # the engines read the rows block by block from the saved plan
+        plan.rows, plan.order = plan.rows.iloc[:0], None  # the engines read the rows block by block from the saved plan
         results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader,
                              pool)  # fmt: skip
         shutil.rmtree(work)
