@@ -37,8 +37,8 @@ from geohf.data.stages import BuildConfig, build_dataset
 
 cfg_dict, samples_path = json.loads(sys.argv[1]), sys.argv[2]
 if cfg_dict.pop("allocator", "build") == "build":  # what geohf dataset build sets (geohf.malloc.BUILD)
-    from geohf.commands.dataset import _build_memory
-    _build_memory()
+    from geohf.malloc import use_build_allocators
+    use_build_allocators()
 if cfg_dict.get("engine") == "ray":  # started before the clock, as a cluster would be
     import ray
     ray.init(num_cpus=max(cfg_dict.get("num_proc", 1), 1), include_dashboard=False, log_to_driver=False)

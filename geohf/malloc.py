@@ -33,6 +33,12 @@ large free and stay with the process when freed; mapped at 128 KiB and up, and t
 back. Applied with :func:`use_system_arrow_pool` (see there)."""
 
 
+def use_build_allocators() -> None:
+    """``geohf dataset build`` / ``import``'s allocators: :data:`BUILD` and :func:`use_system_arrow_pool`."""
+    set_malloc(BUILD)
+    use_system_arrow_pool()
+
+
 def use_system_arrow_pool() -> bool:
     """Make pyarrow allocate with the system allocator (``geohf dataset build`` / ``import``, like ``mallopt``:
     for the whole process); whether it changed. pyarrow's default mimalloc pool keeps the pages of freed

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.import_config import ImportConfig
 from ..data.names import LAYOUT_NAMES, SOURCES, SPLIT_BY
 from ..errors import UserError, one_line
+from ..malloc import use_build_allocators
 from .command import exclusive, set_command
 from .flags import add_boundaries, add_engine, add_output, add_revision, check_boundaries, check_new_output
 
@@ -144,7 +145,7 @@ def build_command(args: BuildArguments) -> int:
         views=args.views,
         view_offset_px=args.view_offset_px,
     )
-    _build_memory()
+    use_build_allocators()  # freed columns go back to the system
     report = build_dataset(cfg)
     if args.plan_only:
         print(f"wrote the plan {args.output}: {report.processing.get('kept', 0)} images to write, cells "
@@ -166,19 +167,11 @@ def _build_part(args: BuildArguments) -> int:
 
     cfg = BuildConfig(layout="plan", output=args.output, plan=args.plan, shard=args.shard, num_proc=args.num_proc,
                       engine=args.engine, address=args.address, overwrite=args.overwrite)  # fmt: skip
-    _build_memory()
+    use_build_allocators()  # freed columns go back to the system
     report = build_dataset(cfg)
     print(f"wrote part {args.shard} of {args.plan} to {args.output}: {report.splits}")
     _print_skipped(report.processing)
     return 0
-
-
-def _build_memory() -> None:
-    """The allocator settings of a build (:data:`geohf.malloc.BUILD`): freed columns go back to the system."""
-    from ..malloc import BUILD, set_malloc, use_system_arrow_pool
-
-    set_malloc(BUILD)
-    use_system_arrow_pool()
 
 
 @exclusive("output", "geohf dataset merge")
@@ -200,7 +193,7 @@ def import_command(args: ImportConfig) -> int:
     from ..data.sources import import_source
 
     cfg = args
-    _build_memory()
+    use_build_allocators()  # freed columns go back to the system
     result = import_source(cfg)
     report = result.report
     print(

@@ -158,14 +158,13 @@ def plan_labelled_dataset(
     """
     partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
     frame = frame.copy(deep=False)  # new columns only
-    located = (frame["latitude"].notna() & frame["longitude"].notna()).to_numpy()
+    lat, lon = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
+    located = ~np.isnan(lat) & ~np.isnan(lon)
+    rows = slice(None) if located.all() else located  # every row: the columns themselves, not a copy
     for name, part in partitions.items():
         cells = np.full(len(frame), -1, dtype=np.int32)
-        lat, lon = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
-        if located.all():  # the columns themselves, not a copy
-            cells[:] = part.assign(lat, lon)
-        elif located.any():
-            cells[located] = part.assign(lat[located], lon[located])
+        if located.any():
+            cells[rows] = part.assign(lat[rows], lon[rows])
         frame[f"cell_{name}"] = cells
     features = features_for(frame, partitions, extra_features)
     return BuildPlan.make(

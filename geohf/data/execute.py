@@ -170,8 +170,8 @@ def run_blocks(
     """Write the blocks ``indices`` of ``plan`` (saved in ``plan_dir``) on ``engine``; results in block order.
 
     ``local``: this process, or ``num_proc`` worker processes (``pool``: started already; a worker that dies is
-    retried, see :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its worker
-    dies, a bounded number in flight (``address``: the cluster; default ``$RAY_ADDRESS``, else a local Ray).
+    retried, see :func:`~geohf.data.workers.map_chunks`); ``ray``: one Ray task per block, retried by Ray when its
+    worker dies, a bounded number in flight (``address``: the cluster; default ``$RAY_ADDRESS``, else a local Ray).
     """
     kwargs = dict(plan_dir=str(plan_dir), schema=plan.features.arrow_schema, read=plan.read, data_dir=str(data_dir))
     results: list[BlockResult] = []

@@ -142,10 +142,10 @@ def validate_coordinates(
         out.loc[rows, ["region_code", "region"]] = ""
         out["label_match"] = out["label_match"].astype(object)
         out.loc[rows, "label_match"] = "country-only"
-    return _rows(out, keep)
+    return kept_rows(out, keep)
 
 
-def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+def kept_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     """The rows of ``frame`` where ``keep``, renumbered; ``frame`` itself when every row is kept (no copy)."""
     if keep.all():
         return frame if frame.index.equals(pd.RangeIndex(len(frame))) else frame.reset_index(drop=True)
@@ -192,23 +192,18 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
     # the rows sorted by their rounded coordinates, each coordinate's rows in row order: its first row leads
     order = np.lexsort((lon, lat))
     a, b = lat[order], lon[order]
-    same = ((a[1:] == a[:-1]) | (np.isnan(a[1:]) & np.isnan(a[:-1]))) & (
-        (b[1:] == b[:-1]) | (np.isnan(b[1:]) & np.isnan(b[:-1]))
-    )  # rows without coordinates form one group
-    del a, b
-    lead = order[np.r_[0, np.flatnonzero(~same) + 1]] if len(order) else order  # each coordinate's first row
-    first_row = np.repeat(lead, np.diff(np.r_[np.flatnonzero(np.r_[True, ~same]), len(order)]))
+    new = np.ones(len(order), bool)  # a sorted row starts a coordinate (rows without coordinates: one group)
+    new[1:] = ~(_same(a[1:], a[:-1]) & _same(b[1:], b[:-1]))
     first = np.empty(len(order), dtype=np.int64)
-    first[order] = first_row  # per row: the first row at its coordinates
-    del order, same, first_row
+    first[order] = order[np.flatnonzero(new)][np.cumsum(new) - 1]  # per row: the first row at its coordinates
+    dup = first != np.arange(len(frame))
+    del order, a, b, new
     if "location_id" in frame:  # views of the first row's location stay
         location = frame["location_id"].astype(str).reset_index(drop=True)
-        dup = np.zeros(len(frame), bool)
-        candidates = np.flatnonzero(first != np.arange(len(frame)))
-        dup[candidates] = location.iloc[candidates].to_numpy() != location.iloc[first[candidates]].to_numpy()
+        later = np.flatnonzero(dup)
+        dup[later] = location.iloc[later].to_numpy() != location.iloc[first[later]].to_numpy()
     else:
         location = pd.Series(np.arange(len(frame)))
-        dup = first != np.arange(len(frame))
     for i in np.flatnonzero(dup):
         key = f"{float(lat[i])},{float(lon[i])}"
         log.skip(
@@ -216,7 +211,12 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
             frame["source_file"].iat[i],
             f"duplicate coordinates: ({key}) already used by location {location.iat[first[i]]}",
         )
-    return _rows(frame, ~dup)
+    return kept_rows(frame, ~dup)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Equal, or both NaN."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
 # ------------------------------------------------------------------ image quality

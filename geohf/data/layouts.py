@@ -265,14 +265,15 @@ def _relative_names(names: pd.Series, root: Path):
     names = names.reset_index(drop=True)
     if not names.str.contains(_NOT_PLAIN, regex=True).any():
         return names.array
-    return string_column((_under(root / n, root) for n in names), len(names))
+    return string_column((relative_path(root / n, root) for n in names), len(names))
 
 
-def _under(path: Path, root: Path) -> str:
+def relative_path(item: str | Path, root: Path) -> str:
+    """``item``'s path under ``root`` in ``/`` form; ``item`` as it is when it is not under ``root``."""
     try:
-        return path.relative_to(root).as_posix()
+        return Path(item).relative_to(root).as_posix()
     except ValueError:
-        return str(path)
+        return str(item)
 
 
 def _column(values: pd.Series, name: str) -> pd.Series:

@@ -45,7 +45,7 @@ from ..hub.cards import DatasetCardFields
 from ..images import ImageLoadError, probe_image
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
 from .build import BuildReport, CellSpec, write_labelled_dataset
-from .filters import validate_coordinates
+from .filters import kept_rows, validate_coordinates
 from .import_config import ImportConfig
 from .names import SOURCES
 from .plan import ImageRead
@@ -577,7 +577,7 @@ def verify_images(frame: pd.DataFrame, log: SkipLog) -> pd.DataFrame:
         if reason is not None:
             log.skip("images", ref.where, reason)
     keep = np.array([r is None for r in reasons], bool)
-    return frame if keep.all() else frame[keep].reset_index(drop=True)
+    return kept_rows(frame, keep)
 
 
 def import_command(cfg: ImportConfig) -> str:

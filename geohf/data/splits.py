@@ -21,8 +21,13 @@ def split_groups(groups: pd.Series, fractions: tuple[float, ...], seed: int) -> 
     Groups are shuffled with ``seed`` and cut where the cumulative share of images
     crosses the fractions.
     """
+    return np.asarray(SPLITS, dtype=object)[_group_splits(groups, fractions, seed)]
+
+
+def _group_splits(groups: pd.Series, fractions: tuple[float, ...], seed: int) -> np.ndarray:
+    """:func:`split_groups` as the index into :data:`SPLITS` per row (int8)."""
     codes, uniques = pd.factorize(groups, sort=True)
-    return np.asarray(SPLITS, dtype=object)[split_codes(codes, len(uniques), fractions, seed)]
+    return split_codes(codes, len(uniques), fractions, seed)
 
 
 def split_codes(codes: np.ndarray, n_groups: int, fractions: tuple[float, ...], seed: int) -> np.ndarray:
@@ -128,22 +133,22 @@ def assign_splits(
             instead of one seeded permutation of all groups; an image alone is then keyed by its
             ``source_file``, not its row number.
     """
-    out = frame.copy(deep=False)  # a new column only
-    if by == "location" and "location_id" not in frame and not hashed:  # each image alone, keyed by its row number
-        out["split"] = pd.Categorical.from_codes(split_codes(row_number_ranks(len(frame)), len(frame), fractions, seed),
-                                                 categories=SPLITS)  # fmt: skip
-        return drop_near_train(out, buffer_km, log if log is not None else SkipLog())
-    if by == "location":
-        groups = frame["location_id"].astype(str) if "location_id" in frame else frame["source_file"].astype(str)
-    elif by == "block":
-        groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
-    else:
+    if by not in SPLIT_BY:
         raise UserError(f"--split-by must be {' or '.join(map(repr, SPLIT_BY))}, got {by!r}")
-    groups = groups.reset_index(drop=True)
+    if by == "block":
+        groups = block_ids(frame["latitude"].to_numpy(), frame["longitude"].to_numpy(), block_deg)
+    elif "location_id" in frame or hashed:
+        groups = frame["location_id" if "location_id" in frame else "source_file"].astype(str).reset_index(drop=True)
+    else:  # each image alone, keyed by its row number (ranked as its text, without a string per row)
+        groups = None
+    out = frame.copy(deep=False)  # a new column only
     if hashed:
         out["split"] = hash_split_groups(groups, fractions, seed)
     else:
-        codes, uniques = pd.factorize(groups, sort=True)
-        del groups
-        out["split"] = pd.Categorical.from_codes(split_codes(codes, len(uniques), fractions, seed), categories=SPLITS)
+        n = len(frame)
+        if groups is None:
+            codes = split_codes(row_number_ranks(n), n, fractions, seed)
+        else:
+            codes = _group_splits(groups, fractions, seed)
+        out["split"] = pd.Categorical.from_codes(codes, categories=SPLITS)
     return drop_near_train(out, buffer_km, log if log is not None else SkipLog())

@@ -26,7 +26,7 @@ from .balance import BalanceSpec, balance
 from .build import BuildReport, CellSpec, plan_labelled_dataset, write_plan
 from .filters import ImageFilter, drop_duplicate_locations, label_disagreements, validate_coordinates
 from .folder import DATA_DIR, atomic_directory
-from .layouts import read_layout
+from .layouts import read_layout, relative_path
 from .plan import BuildPlan, ImageRead
 from .report import LabelDisagreement, LabellingStats
 from .skips import SkipLog
@@ -182,8 +182,8 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
-    log.entries = [e.at(_relative(e.item, root)) for e in log.entries]
-    log.fixes = [e.at(_relative(e.item, root)) for e in log.fixes]
+    log.entries = [e.at(relative_path(e.item, root)) for e in log.entries]
+    log.fixes = [e.at(relative_path(e.item, root)) for e in log.fixes]
 
     processing = {"inputs found": found}
     processing.update({f"skipped, {k}": v for k, v in log.counts().items()})
@@ -195,7 +195,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
             labelling,
             file_label_disagreements=n_disagree,
             examples=tuple(
-                LabelDisagreement(**{**e, "source_file": _relative(e["source_file"], root)}) for e in examples
+                LabelDisagreement(**{**e, "source_file": relative_path(e["source_file"], root)}) for e in examples
             ),
         )
     card = DatasetCardFields(
@@ -289,10 +289,3 @@ def images_note(max_side: int | None, keep_exif: bool = False) -> str:
         f"Images longer than {max_side} px were shrunk (`--max-side {max_side}`) and re-encoded upright "
         f"(EXIF orientation applied to the pixels); {kept}. Smaller images are stored as the source files' own bytes."
     )
-
-
-def _relative(item: str, root: Path) -> str:
-    try:
-        return Path(item).relative_to(root).as_posix()
-    except ValueError:
-        return str(item)

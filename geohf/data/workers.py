@@ -28,10 +28,9 @@ RETRIES = 2
 
 
 def start_pool(num_proc: int, module: str) -> ProcessPoolExecutor:
-    """A spawn pool of ``num_proc`` workers, those the CPUs left beside this process can start started now, each
-    importing ``module``: made before the work is known (while a build plans), their start-up runs beside it
-    (on the idle CPUs only: more would slow the plan as much); the others start with the work. Give it to
-    :func:`map_chunks`, which shuts it down."""
+    """A spawn pool of ``num_proc`` workers for work not known yet (while a build plans): as many as there are CPUs
+    beside this process start now, each importing ``module``, so their start-up runs beside the plan (more would
+    slow the plan as much); the others start with the work. Give it to :func:`map_chunks`, which shuts it down."""
     pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"))
     for _ in range(max(1, min(num_proc, (os.cpu_count() or 1) - 1))):  # a spawn pool starts one per task
         pool.submit(_import, module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import geopandas as gpd
 import numpy as np
@@ -45,15 +46,19 @@ class _StringTable:
         """The rows ``index``; ``categorical``: as a :class:`pandas.Categorical` of the table's distinct values in
         sorted order (a small integer code per row, no string; sorting and factorizing it order as the strings do)."""
         if categorical:
-            if not hasattr(self, "_codes"):
-                values = pd.array(self.values, dtype=self.dtype) if self.arrow else self.values
-                codes, uniques = pd.factorize(values, sort=True)  # categories in text order, as strings sort
-                small = next(t for t in (np.int8, np.int16, np.int32) if len(uniques) < np.iinfo(t).max)
-                self._codes, self._uniques = codes.astype(small), uniques  # -1: a missing value
-            return pd.Categorical.from_codes(self._codes[index], categories=self._uniques)
+            codes, categories = self._coded
+            return pd.Categorical.from_codes(codes[index], categories=categories)
         if self.arrow:
             return pd.array(self.values.take(index), dtype=self.dtype)
         return self.values[index]
+
+    @cached_property
+    def _coded(self) -> tuple[np.ndarray, pd.Index]:
+        """A code per table row (-1: missing) and the distinct values in text order, as strings sort."""
+        values = pd.array(self.values, dtype=self.dtype) if self.arrow else self.values
+        codes, uniques = pd.factorize(values, sort=True)
+        small = next(t for t in (np.int8, np.int16, np.int32) if len(uniques) < np.iinfo(t).max)
+        return codes.astype(small), uniques
 
 
 @dataclass
@@ -64,6 +69,14 @@ class LabellingReport:
     nearest: int = 0
     unmatched: int = 0
     nearest_km: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: LabellingReport) -> LabellingReport:
+        """The counts of both calls (the points of ``other`` after these)."""
+        self.inside += other.inside
+        self.nearest += other.nearest
+        self.unmatched += other.unmatched
+        self.nearest_km += other.nearest_km
+        return self
 
     def as_dict(self) -> dict:
         return {
@@ -149,10 +162,7 @@ class PointLabeller:
         for start in range(0, lat.size, LABEL_POINTS):  # in slices: the lookups' arrays are a slice's
             part = slice(start, start + LABEL_POINTS)
             index[part], dist[part], done = self.polygon_index(lat[part], lon[part])
-            report.inside += done.inside
-            report.nearest += done.nearest
-            report.unmatched += done.unmatched
-            report.nearest_km += done.nearest_km
+            report += done
         near = ~np.isnan(dist)
         rows = np.where(index < 0, len(self.boundaries), index)  # no polygon: the empty last row
         columns = {c: table.take(rows, categorical) for c, table in self._labels.items()}
