@@ -197,8 +197,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-proc", dest="num_proc", type=int, default=1)
     parser.add_argument("--cells", nargs="+", default=["quadtree"])
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
-    parser.add_argument("--allocator", default="build", choices=["build", "default"],
-                        help="build: the allocator settings geohf dataset build applies; default: the library's")
+    parser.add_argument(
+        "--allocator",
+        default="build",
+        choices=["build", "default"],
+        help="build: the allocator settings geohf dataset build applies; default: the library's",
+    )
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ if cfg.get("engine") == "ray":
     t = time.perf_counter()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     # a cluster's workers are long-lived: have each import geohf before the clock starts
-    warm = ray.remote(num_cpus=1)(lambda: __import__("geohf.data.execute") and 0)
+    warm = ray.remote(num_cpus=1)(lambda: __import__("geohf.data.blocks") and 0)
     ray.get([warm.remote() for _ in range(2 * workers)])
     ray_start = time.perf_counter() - t
 import geohf.data.stages as stages

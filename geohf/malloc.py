@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
@@ -52,16 +53,30 @@ def use_system_arrow_pool() -> bool:
     return True
 
 
+def trim() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``); whether it could. No setting
+    changes: a long stage's small blocks (geometries, short arrays) are freed all through the heap, and only
+    its top is returned by itself; the plan of a dataset build calls this between its stages."""
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    return malloc_trim is not None and malloc_trim(0) >= 0
+
+
 def set_malloc(settings: dict[int, int]) -> bool:
     """Apply ``settings`` (``{M_*: value}``) with glibc's ``mallopt``, before the threads that allocate
     start; whether all applied."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    return mallopt is not None and all([bool(mallopt(option, value)) for option, value in settings.items()])
+
+
+@functools.cache
+def _libc():
+    """glibc, or None elsewhere."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return all([bool(libc.mallopt(option, value)) for option, value in settings.items()])
-    except (OSError, AttributeError):
-        return False
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

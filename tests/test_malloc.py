@@ -57,3 +57,24 @@ def test_build_settings_give_freed_arrow_buffers_back():
     mapped, so a freed column leaves the process (pyarrow's default pool kept ~57 MB of these pages)."""
     out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, "build"], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip().splitlines()[-1]) < 10
+
+
+TRIM_SCRIPT = """
+import psutil, numpy as np
+from geohf import malloc
+assert malloc.set_malloc(malloc.BUILD)
+me = psutil.Process()
+blocks = [np.ones(100) for _ in range(100_000)]  # a stage's small blocks, all through the heap (~90 MB)
+held = blocks[::8]  # every eighth stays: the heap's top is not free, so it is not given back by itself
+del blocks
+before = me.memory_info().rss
+assert malloc.trim()
+print((before - me.memory_info().rss) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_gives_back_the_free_pages_inside_the_heap():
+    """Between a plan's stages: the free blocks between those still held go back to the system."""
+    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) > 10

@@ -101,7 +101,7 @@ def build_command(args: BuildArguments) -> int:
         raise UserError(f"--fractions {' '.join(map(str, args.fractions))}: need three shares >= 0 summing to 1")
     from ..data.balance import BalanceSpec
     from ..data.build import CellSpec
-    from ..data.filters import ImageFilter
+    from ..data.quality import ImageFilter
     from ..data.stages import BuildConfig, build_dataset
     from ..geo.cells import CELL_FITTERS
 

@@ -28,11 +28,14 @@ from ..errors import UserError
 from ..geo.cells import CellPartition, fit_cells
 from ..geo.labelling import LABEL_COLUMNS
 from ..hub.cards import DatasetCardFields, render_dataset_card
+from ..malloc import trim
+from .blocks import ImageRead
 from .execute import CardCounts, finish_folder, run_blocks
 from .folder import DATA_DIR, SplitInfo, atomic_directory
-from .plan import CELLS_DIR, BuildPlan, ImageRead
+from .plan import CELLS_DIR, BuildPlan
 from .report import BuildReport, LabellingStats
 from .skips import SkipLog
+from .tables import empty_like
 
 BUILD_REPORT = "build_report.json"
 SKIPPED_CSV = "skipped.csv"
@@ -121,11 +124,13 @@ def fit_partitions(
         rows = np.flatnonzero(located)
     if not rows.size:
         raise UserError("no training rows: geocells are fitted on the training split")
-    labels = frame[LABEL_COLUMNS].iloc[rows].reset_index(drop=True)  # the training rows' columns only
-    lat, lon = lat[rows], lon[rows]
+    del located
+    if len(frame) < 2**31:
+        rows = rows.astype(np.int32)
+    labels = frame[LABEL_COLUMNS]  # the columns themselves: the fits read the training rows by position
     out = {}
     for spec in tqdm(specs, desc="fitting geocells", unit="partition", leave=False):
-        out[spec.name] = fit_cells(spec.kind, lat, lon, labels, boundaries=boundaries, **spec.params)
+        out[spec.name] = fit_cells(spec.kind, lat, lon, labels, boundaries=boundaries, rows=rows, **spec.params)
     return out
 
 
@@ -157,21 +162,20 @@ def plan_labelled_dataset(
     Rows without coordinates (country-only labels) get cell -1 in every partition.
     """
     partitions = fit_partitions(frame, cell_specs, boundaries, allow_no_train)
+    trim()  # the fit's freed geometries and slices go back before the next stage allocates
     frame = frame.copy(deep=False)  # new columns only
     lat, lon = frame["latitude"].to_numpy(np.float64), frame["longitude"].to_numpy(np.float64)
-    located = ~np.isnan(lat) & ~np.isnan(lon)
-    rows = slice(None) if located.all() else located  # every row: the columns themselves, not a copy
-    for name, part in partitions.items():
-        cells = np.full(len(frame), -1, dtype=np.int32)
-        if located.any():
-            cells[rows] = part.assign(lat[rows], lon[rows])
-        frame[f"cell_{name}"] = cells
+    for name, part in partitions.items():  # -1 where a row has no coordinates; the column is the array itself
+        frame[f"cell_{name}"] = pd.Series(part.assign(lat, lon, np.int32), index=frame.index, copy=False)
+    trim()
     features = features_for(frame, partitions, extra_features)
-    return BuildPlan.make(
+    plan = BuildPlan.make(
         frame, features, partitions, read, card, dict(processing or {}), labelling or LabellingStats(),
         skips or SkipLog(),
         rows_per_shard,
     )  # fmt: skip
+    trim()
+    return plan
 
 
 def write_plan(
@@ -192,7 +196,8 @@ def write_plan(
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         work = tmp / WORK_DIR
         plan.save(work)
-        plan.rows, plan.order = plan.rows.iloc[:0], None  # the engines read the rows block by block from the saved plan
+        plan.rows, plan.order = empty_like(plan.rows), None  # the engines read the rows block by block, saved
+        trim()
         results = run_blocks(work, plan, range(len(plan.blocks)), tmp / DATA_DIR, engine, num_proc, address, loader,
                              pool)  # fmt: skip
         shutil.rmtree(work)

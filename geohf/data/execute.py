@@ -1,43 +1,35 @@
 """Executing a :class:`~geohf.data.plan.BuildPlan`: its blocks on this process, local worker processes or Ray.
 
-:func:`write_block` is the one per-image path of every engine: it reads each image of a block once (check,
-shrink, encode) and writes the block's Parquet file under a temporary name, renamed when complete (a retried
-or repeated block writes the same file). It returns what the card needs (:class:`BlockResult`: the skips and
-small counts), never the rows. :func:`run_blocks` runs blocks on an engine; :func:`finish_folder` makes the
-card, ``skipped.csv``, the map and the report from the written files' Parquet metadata and the results.
+Each block is written by :func:`~geohf.data.blocks.write_block`, the one per-image path of every engine (what a
+worker imports). :func:`run_blocks` runs blocks on an engine; :func:`finish_folder` makes the card,
+``skipped.csv``, the map and the report from the written files' Parquet metadata and the blocks' results.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, astuple, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import UserError, one_line
-from ..images import ImageLoadError
-from .archives import MemberRef
-from .filters import check_image
-from .folder import DATA_DIR, SplitInfo, _non_binary_columns
-from .plan import CELLS_DIR, PLAN_ROWS, Block, BuildPlan, ImageRead
+from .blocks import BlockResult, _write_blocks, write_block
+from .folder import DATA_DIR, SplitInfo
+from .plan import CELLS_DIR, Block, BuildPlan
 from .report import BuildReport
 from .skips import Skip, SkipLog
 
-BATCH_ROWS = 256
 LABEL_MATCH_COUNTS = {"inside_polygon": "inside", "nearest_polygon": "nearest", "at_sea_unlabelled": "none",
                       "country_only": "country-only"}  # fmt: skip
 IMAGE_SKIP_KINDS = ("undecodable", "dark", "blurry")
@@ -46,114 +38,6 @@ MAP_POINTS = 100_000
 """The most points ``map.png`` draws (a scatter's memory and time grow with its points)."""
 PART_FILE = "part.json"
 PART_PLAN = "plan"
-
-
-@dataclass
-class BlockResult:
-    """What writing one block gave: the rows it left out and the counts the card needs (by country, label match)."""
-
-    block: int
-    rows: int = 0
-    skips: list[Skip] = field(default_factory=list)
-    countries: dict[str, list[int]] = field(default_factory=dict)  # "code\tname" -> [rows, training rows]
-    regions: list[str] = field(default_factory=list)
-    label_match: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able (``part.json``): each skip as ``[stage, item, reason]``."""
-        return {**asdict(self), "skips": [astuple(s) for s in self.skips]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BlockResult:
-        return cls(**{**d, "skips": [Skip(*s) for s in d["skips"]]})
-
-
-def _image(row: dict, read: ImageRead) -> tuple[bytes | None, str | None]:
-    """The bytes to store for ``row`` (checked and shrunk as ``read`` says), or the reason it is left out."""
-    if read.kind == "member":
-        ref = MemberRef(
-            row["_ref_path"], int(row["_ref_offset"]), int(row["_ref_size"]), int(row["_ref_method"]),
-            row["_ref_name"], int(row["_ref_declared"]), int(row["_ref_crc"]),
-        )  # fmt: skip
-        try:
-            return ref.read(), None
-        except (ImageLoadError, OSError) as err:  # its header was checked when the source was read
-            raise UserError(f"{ref.where}: {one_line(err)} (it changed during the import); run it again") from err
-    path = os.path.join(read.root, row["source_file"])
-    if read.check is not None:
-        data, reason = check_image(path, read.check, read.apply_filter)
-        if data is None:
-            return None, reason
-    else:
-        data = Path(path).read_bytes()
-    if read.max_side:
-        from .stages import shrink_image
-
-        data = shrink_image(data, read.max_side, row["source_file"], read.keep_exif)
-    return data, None
-
-
-def write_block(
-    plan_dir: str,
-    index: int,
-    block: Block,
-    schema: pa.Schema,
-    read: ImageRead,
-    data_dir: str,
-    loader: Callable[[dict], dict] | None = None,
-) -> BlockResult:
-    """Write block ``index`` of the plan saved in ``plan_dir`` to ``data_dir/<block.file_name>`` (see the module).
-
-    ``loader``: row → ``{"bytes", "path"}`` instead of ``read`` (images made in this process: Blue Marble tiles).
-    """
-    rows = pq.ParquetFile(Path(plan_dir) / PLAN_ROWS).read_row_group(index).to_pylist()
-    columns = [c for c in schema.names if c != "image"]
-    small = _non_binary_columns(schema)
-    path = Path(data_dir) / block.file_name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    result = BlockResult(index)
-    countries: Counter = Counter()
-    train: Counter = Counter()
-    regions: set[str] = set()
-    matches: Counter = Counter()
-    buffer: list[dict] = []
-    try:
-        with pq.ParquetWriter(tmp, schema, use_dictionary=small, write_statistics=small) as writer:
-            for row in rows:
-                if loader is not None:
-                    image = loader(row)
-                else:
-                    data, reason = _image(row, read)
-                    if data is None:
-                        result.skips.append(Skip("images", row["source_file"], reason))
-                        continue
-                    image = {"bytes": data, "path": row["source_file"]}
-                buffer.append({**{c: row[c] for c in columns}, "image": image})
-                result.rows += 1
-                key = f"{row.get('country_code')}\t{row.get('country')}"
-                countries[key] += 1
-                train[key] += row["split"] == "train"
-                regions.add(str(row.get("region_code")))
-                matches[str(row.get("label_match"))] += 1
-                if len(buffer) >= BATCH_ROWS:
-                    writer.write_batch(pa.RecordBatch.from_pylist(buffer, schema=schema))
-                    buffer = []
-            if buffer:
-                writer.write_batch(pa.RecordBatch.from_pylist(buffer, schema=schema))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result.countries = {k: [n, train[k]] for k, n in countries.items()}
-    result.regions = sorted(regions)
-    result.label_match = dict(matches)
-    return result
-
-
-def _write_blocks(indices: list[int], **kwargs) -> list[BlockResult]:
-    """Several blocks, one after the other (a unit of work on a local worker process)."""
-    blocks = kwargs.pop("blocks")
-    return [write_block(index=i, block=blocks[i], **kwargs) for i in indices]
 
 
 def run_blocks(

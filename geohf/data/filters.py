@@ -6,20 +6,19 @@ Each step returns the rows it keeps and records every row it drops in the
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..geo.labelling import LABEL_COLUMNS, PointLabeller
-from ..images import ImageLoadError, decode_image
+from .quality import ImageFilter, measured_quality, skip_reason
 from .skips import SkipLog
 from .workers import map_chunks
+
+COMPARE_ROWS = 1 << 16
+"""Sorted rows compared at once when duplicates are looked for."""
 
 
 # ------------------------------------------------------------------ coordinates
@@ -67,12 +66,12 @@ def validate_coordinates(
     lat, lon = _floats(frame["latitude"]), _floats(frame["longitude"])
     items = frame["source_file"]  # read by position where a row is reported (no Python string per row)
     keep = np.ones(len(frame), bool)
-    given = _given_countries(frame) if country_only else np.full(len(frame), None, dtype=object)
-    no_coords = np.zeros(len(frame), bool)
+    by_country = np.zeros(len(frame), bool)
     if country_only:
-        no_coords[:] = [_missing(a) and _missing(b) for a, b in zip(frame["latitude"], frame["longitude"])]
-    by_country = no_coords & (given != None)  # noqa: E711 - elementwise
-    if country_only:
+        given = _given_countries(frame)
+        no_coords = np.array([_missing(a) and _missing(b) for a, b in zip(frame["latitude"], frame["longitude"])],
+                             dtype=bool)  # fmt: skip
+        by_country = no_coords & (given != None)  # noqa: E711 - elementwise
         for i in np.flatnonzero(no_coords & ~by_country):
             keep[i] = False
             log.skip("coordinates", items.iat[i], "no coordinates and no known country: give latitude/longitude or a "
@@ -86,9 +85,13 @@ def validate_coordinates(
     east = keep & (lon > 180) & (lon <= 360) & (np.abs(lat) <= 90)
     for i in np.flatnonzero(east):
         log.fix("coordinates", items.iat[i], f"longitude in the 0–360 convention: {lon[i]:g} read as {lon[i] - 360:g}")
-    lon = np.where(east, lon - 360.0, lon)
+    if east.any():
+        lon = np.where(east, lon - 360.0, lon)
     in_range = keep & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
-    labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0), categorical=True)
+    if in_range.all():  # the usual table: the coordinates themselves, not a copy of each
+        labels, _ = labeller.label(lat, lon, categorical=True)
+    else:
+        labels, _ = labeller.label(np.where(in_range, lat, 0.0), np.where(in_range, lon, 0.0), categorical=True)
     on_land = in_range & (labels["match"] != "none").to_numpy(bool)
     suspect = np.flatnonzero(keep & ~on_land & ~by_country)
     swapped_ok = np.zeros(len(frame), bool)
@@ -97,6 +100,8 @@ def validate_coordinates(
         valid = np.abs(s_lat) <= 90
         s_labels, _ = labeller.label(np.where(valid, s_lat, 0.0), np.where(valid, s_lon, 0.0), categorical=True)
         swapped_ok[suspect] = valid & (s_labels["match"] != "none").to_numpy(bool)
+        if fix_swapped and swapped_ok.any():  # swapped in our own copies: a float column's values are read-only
+            lat, lon = lat.copy(), lon.copy()
         for k, i in enumerate(suspect):
             if keep_at_sea and in_range[i]:
                 continue  # kept unlabelled
@@ -191,26 +196,36 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
     lon = np.round(frame["longitude"].to_numpy(np.float64), decimals)
     # the rows sorted by their rounded coordinates, each coordinate's rows in row order: its first row leads
     order = np.lexsort((lon, lat))
-    a, b = lat[order], lon[order]
+    if len(order) < 2**31:
+        order = order.astype(np.int32)
     new = np.ones(len(order), bool)  # a sorted row starts a coordinate (rows without coordinates: one group)
-    new[1:] = ~(_same(a[1:], a[:-1]) & _same(b[1:], b[:-1]))
-    first = np.empty(len(order), dtype=np.int64)
-    first[order] = order[np.flatnonzero(new)][np.cumsum(new) - 1]  # per row: the first row at its coordinates
-    dup = first != np.arange(len(frame))
-    del order, a, b, new
+    for start in range(1, len(order), COMPARE_ROWS):  # compared a slice at a time: no sorted copy of a column
+        here, before = order[start : start + COMPARE_ROWS], order[start - 1 : start - 1 + COMPARE_ROWS]
+        new[start : start + len(here)] = ~(_same(lat[here], lat[before[: len(here)]])
+                                           & _same(lon[here], lon[before[: len(here)]]))  # fmt: skip
+    starts = np.flatnonzero(new)
+    later = np.flatnonzero(~new)  # sorted positions of the rows after their coordinate's first row
+    first = order[starts[np.searchsorted(starts, later, side="right") - 1]]  # and that first row
+    del starts, new
+    later = order[later]
+    del order
+    by_row = np.argsort(later, kind="stable")
+    later, first = later[by_row], first[by_row]  # in row order
     if "location_id" in frame:  # views of the first row's location stay
         location = frame["location_id"].astype(str).reset_index(drop=True)
-        later = np.flatnonzero(dup)
-        dup[later] = location.iloc[later].to_numpy() != location.iloc[first[later]].to_numpy()
+        other = location.iloc[later].to_numpy() != location.iloc[first].to_numpy()
+        later, first = later[other], first[other]
     else:
-        location = pd.Series(np.arange(len(frame)))
-    for i in np.flatnonzero(dup):
+        location = None
+    for i, f in zip(later.tolist(), first.tolist()):
         key = f"{float(lat[i])},{float(lon[i])}"
         log.skip(
             "duplicates",
             frame["source_file"].iat[i],
-            f"duplicate coordinates: ({key}) already used by location {location.iat[first[i]]}",
+            f"duplicate coordinates: ({key}) already used by location {f if location is None else location.iat[f]}",
         )
+    dup = np.zeros(len(frame), bool)
+    dup[later] = True
     return kept_rows(frame, ~dup)
 
 
@@ -219,113 +234,11 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
-# ------------------------------------------------------------------ image quality
-@dataclass
-class ImageFilter:
-    """Dark/blank (channel variance) and blur (variance of the Laplacian) filters; thresholds are parameters.
-
-    The defaults were chosen by looking at samples of street-view-like images at 256 px: they
-    drop black / blank / single-colour frames and heavily blurred ones.
-
-    Attributes:
-        min_channel_variance: drop images whose largest per-channel pixel variance (0-255
-            scale) is below this (dark, blank, tunnels).
-        min_laplacian_variance: drop images whose Laplacian variance (grey, 0-255) is below
-            this (blur, very low detail).
-        stats_side: images are measured after fitting into this many pixels, so the
-            thresholds do not depend on the resolution.
-    """
-
-    min_channel_variance: float = 100.0
-    min_laplacian_variance: float = 15.0
-    stats_side: int = 256
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-_LEVELS = np.arange(256, dtype=np.float64)
-_CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)
-
-
-def _max_channel_variance(pixels: np.ndarray) -> float:
-    """Largest per-channel variance of 8-bit RGB pixels, exact, from one histogram per channel
-    (the strided float32 ``.var(0)`` it replaces was the slowest step of the dataset build, and rounded)."""
-    codes = pixels.reshape(-1, 3).astype(np.uint16) + _CHANNEL_OFFSET
-    hist = np.bincount(codes.ravel(), minlength=768).reshape(3, 256).astype(np.float64)
-    n = hist[0].sum()
-    if not n:
-        return 0.0
-    mean = hist @ _LEVELS / n
-    return float(max((hist @ (_LEVELS * _LEVELS) / n - mean * mean).max(), 0.0))
-
-
-def image_quality(
-    data: bytes | str | Path, stats_side: int = 256, draft: int | None = None, name: str | None = None
-) -> tuple[float, float, int, int]:
-    """``(max channel variance, Laplacian variance, width, height)`` of the upright image, decoded by
-    :func:`geohf.images.decode_image` as prediction decodes it; raises on undecodable data.
-
-    The statistics are taken after fitting the image into ``stats_side`` pixels (bilinear).
-    ``draft``: decode a large JPEG at a reduced scale first, no smaller than ``draft`` × ``stats_side``
-    (much faster on camera-size photos). Off by default: it does change the statistics — on
-    2560×1440 JPEGs a 1/2-scale decode (``draft=2``) raised the Laplacian variance by 7–17%,
-    enough to let images just under the blur threshold pass. ``width, height`` are those of the
-    full image either way. ``name``: what errors call ``data`` given as bytes.
-    """
-    name = name or ("<bytes>" if isinstance(data, bytes) else data)
-    hint = (draft * stats_side, draft * stats_side) if draft else None
-    decoded = decode_image(name, data if isinstance(data, bytes) else None, draft=hint)
-    im = decoded.image
-    width, height = decoded.full_size
-    im.thumbnail((stats_side, stats_side), Image.Resampling.BILINEAR)
-    pixels = np.asarray(im)
-    channel_var = _max_channel_variance(pixels)
-    g = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-    return channel_var, float(lap.var()) if lap.size else 0.0, width, height
-
-
 _CHUNK = 16  # images per task of the parallel check
 
 
-def _quality_task(path: str, side: int, data: bytes | None = None) -> tuple[float, float, int, int, str]:
-    """``(channel variance, Laplacian variance, width, height, error)`` of the file ``path`` (or its ``data``)."""
-    try:
-        return (*image_quality(path if data is None else data, side, name=path), "")
-    except ImageLoadError as err:
-        return math.nan, math.nan, 0, 0, err.reason
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "undecodable"
-        return math.nan, math.nan, 0, 0, f"{type(err).__name__}: {err}"
-
-
-def skip_reason(
-    quality: tuple[float, float, int, int, str], cfg: ImageFilter, apply: bool = True
-) -> tuple[str, str] | None:
-    """Why an image whose check gave ``quality`` is left out: ``(kind, reason)`` (kind: ``undecodable``,
-    ``dark`` or ``blurry``), or None when it is kept; dark / blurry images only when ``apply``."""
-    channel, laplacian, _, _, error = quality
-    if error:
-        return "undecodable", f"undecodable image: {error}; re-download or delete it"
-    if apply and channel < cfg.min_channel_variance:
-        return "dark", f"dark or blank: max channel variance {channel:.1f} < {cfg.min_channel_variance:g}"
-    if apply and laplacian < cfg.min_laplacian_variance:
-        return "blurry", f"blurry: Laplacian variance {laplacian:.1f} < {cfg.min_laplacian_variance:g}"
-    return None
-
-
-def check_image(path: str, cfg: ImageFilter, apply: bool = True) -> tuple[bytes | None, str | None]:
-    """Read the file ``path`` once and check it: ``(its bytes, None)`` when kept, ``(None, reason)`` when not."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        data = None  # the decoder names what is wrong (no such file, a folder...)
-    verdict = skip_reason(_quality_task(path, cfg.stats_side, data), cfg, apply)
-    return (None, verdict[1]) if verdict else (data, None)
-
-
 def _quality_chunk(paths: list[str], side: int) -> list[tuple[float, float, int, int, str]]:
-    return [_quality_task(path, side) for path in paths]
+    return [measured_quality(path, side) for path in paths]
 
 
 def filter_images(
@@ -362,7 +275,7 @@ def filter_images(
                 store(k * _CHUNK, results)
         else:
             for i, path in enumerate(paths):
-                store(i, [_quality_task(path, cfg.stats_side)])
+                store(i, [measured_quality(path, cfg.stats_side)])
     names = ["channel_variance", "laplacian_variance", "width", "height"]
     stats = pd.DataFrame(dict(zip(names, columns)))
     keep = np.ones(n, bool)

@@ -24,6 +24,7 @@ Layouts:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -229,8 +230,9 @@ def read_imagefolder(root: str | Path, log: SkipLog) -> pd.DataFrame:
         valid = np.fromiter((isinstance(n, str) and n != "" for n in names), bool, len(names))
     fate = np.where(valid, _KEEP, _EMPTY).astype(np.int8)
     fate[valid & repeated(names)] = _TWICE  # (the first of a name is never a duplicate)
-    for i in np.flatnonzero(fate == _KEEP):
-        if not (root / names.iat[i]).is_file():
+    folder = str(root)
+    for i in np.flatnonzero(fate == _KEEP):  # os.path: no Path (and no interned parts) per row
+        if not os.path.isfile(os.path.join(folder, names.iat[i])):
             fate[i] = _MISSING
     lines = source_lines(table, 2 if found[0].suffix == ".csv" else 1)
     for i in np.flatnonzero(fate != _KEEP):

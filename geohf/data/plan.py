@@ -27,15 +27,15 @@ import pyarrow.parquet as pq
 from ..errors import UserError
 from ..geo.cells import CellPartition
 from ..hub.cards import DatasetCardFields
-from .filters import ImageFilter
+from .blocks import PLAN_ROWS, Block, ImageRead
 from .report import LabellingStats
 from .skips import Skip, SkipLog
+from .tables import join_chunks
 
 if TYPE_CHECKING:
     from datasets import Features
 
 PLAN_JSON = "plan.json"
-PLAN_ROWS = "plan.parquet"
 CELLS_DIR = "cells"
 SPLIT_ORDER = ("train", "validation", "test")
 FILES_MULTIPLE = 8
@@ -46,41 +46,21 @@ HASH_ROWS = 1 << 14
 REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method", "_ref_name", "_ref_declared", "_ref_crc")
 
 
-@dataclass
-class ImageRead:
-    """How a block gets each row's image: ``file`` (the file ``root / source_file``) or ``member`` (``_ref_*``: a
-    member of a zip / tar shard); ``check``: decode and measure it first (undecodable images are always skipped,
-    dark / blurry ones when ``apply_filter``); ``max_side``: shrink longer images (:func:`~.stages.shrink_image`)."""
-
-    kind: str = "file"
-    check: ImageFilter | None = None
-    apply_filter: bool = True
-    max_side: int | None = None
-    keep_exif: bool = False
-    root: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ImageRead:
-        check = ImageFilter(**d["check"]) if d.get("check") else None
-        return cls(**{**d, "check": check})
-
-
-@dataclass
-class Block:
-    """Rows ``start:stop`` of the plan: file ``index`` of ``count`` of ``split``."""
-
-    split: str
-    index: int
-    count: int
-    start: int
-    stop: int
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.split}-{self.index:05d}-of-{self.count:05d}.parquet"
+def stable_order(codes: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+    """``np.argsort(codes, kind="stable")`` of a few small integer codes, as int32 (int64 past 2**31 rows), made
+    ``rows`` codes at a time: no int64 copy of every position."""
+    out = np.empty(len(codes), dtype=np.int32 if len(codes) < 2**31 else np.int64)
+    if not len(codes):
+        return out
+    groups = np.arange(int(codes.min()), int(codes.max()) + 1)
+    fill = np.cumsum([0] + [np.count_nonzero(codes == g) for g in groups[:-1]])  # where each code's rows go
+    for start in range(0, len(codes), rows):
+        part = codes[start : start + rows]
+        for k, g in enumerate(groups):
+            found = np.flatnonzero(part == g)
+            out[fill[k] : fill[k] + len(found)] = found + start
+            fill[k] += len(found)
+    return out
 
 
 @dataclass
@@ -123,8 +103,9 @@ class BuildPlan:
         from them when the plan is saved."""
         keep = [c for c in features if c != "image"] + ["split", "label_match"] + [c for c in rows if c.startswith("_")]
         rows = rows[[c for c in dict.fromkeys(keep) if c in rows]]
+        join_chunks(rows)  # each block is taken from the columns by position
         codes = pd.Categorical(rows["split"], categories=list(SPLIT_ORDER)).codes
-        order = np.argsort(codes, kind="stable").astype(np.int32 if len(rows) < 2**31 else np.int64)
+        order = stable_order(codes)
         sizes = np.bincount(codes[codes >= 0], minlength=len(SPLIT_ORDER))
         del codes
         blocks: list[Block] = []

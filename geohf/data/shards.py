@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .blocks import BlockResult
 from .build import BUILD_REPORT, BuildReport
-from .execute import PART_FILE, PART_PLAN, BlockResult, finish_folder
+from .execute import PART_FILE, PART_PLAN, finish_folder
 from .folder import DATA_DIR, atomic_directory
 from .plan import BuildPlan
 from .splits import stable_unit

@@ -44,11 +44,11 @@ from ..geo.labelling import PointLabeller
 from ..hub.cards import DatasetCardFields
 from ..images import ImageLoadError, probe_image
 from .archives import MemberRef, ShardIndex, shard_members, tar_json_members
+from .blocks import ImageRead
 from .build import BuildReport, CellSpec, write_labelled_dataset
 from .filters import kept_rows, validate_coordinates
 from .import_config import ImportConfig
 from .names import SOURCES
-from .plan import ImageRead
 from .report import LabellingStats
 from .skips import SkipLog
 from .tables import read_table

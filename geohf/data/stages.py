@@ -9,25 +9,24 @@ card, map, partitions and ``skipped.csv``. Each stage shows a progress bar and c
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import ExifTags, Image
-
 from ..errors import UserError
 from ..geo.boundaries import boundaries_name
 from ..geo.labelling import PointLabeller
 from ..hub.cards import DatasetCardFields
-from ..images import decode_image, heif_available
+from ..malloc import trim
 from .balance import BalanceSpec, balance
+from .blocks import ImageRead
 from .build import BuildReport, CellSpec, plan_labelled_dataset, write_plan
-from .filters import ImageFilter, drop_duplicate_locations, label_disagreements, validate_coordinates
+from .filters import drop_duplicate_locations, label_disagreements, validate_coordinates
 from .folder import DATA_DIR, atomic_directory
 from .layouts import read_layout, relative_path
-from .plan import BuildPlan, ImageRead
+from .plan import BuildPlan
+from .quality import ImageFilter
 from .report import LabelDisagreement, LabellingStats
 from .skips import SkipLog
 from .splits import assign_splits
@@ -89,32 +88,6 @@ class BuildConfig:
     view_offset_px: int | None = None
 
 
-def shrink_image(data: bytes, max_side: int, name: str = "<bytes>", keep_exif: bool = False) -> bytes:
-    """Re-encode an image whose longer side exceeds ``max_side``: decoded upright (EXIF orientation
-    applied, so the stored pixels need no tag), same format where PIL writes it, JPEG at quality 95.
-
-    The re-encoded image carries no EXIF, unless ``keep_exif``: then its GPS IFD (the camera's
-    location) is copied over. Images already small enough are stored as they are, EXIF included.
-    """
-    heif_available()
-    with Image.open(io.BytesIO(data)) as im:
-        if max(im.size) <= max_side:
-            return data
-        fmt = im.format if im.format in ("JPEG", "PNG", "WEBP") else "PNG"
-    decoded = decode_image(name, data)
-    image = decoded.image
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    options: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    gps = decoded.exif.get_ifd(ExifTags.IFD.GPSInfo) if keep_exif else {}
-    if gps:
-        exif = Image.Exif()
-        exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps)
-        options["exif"] = exif
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **options)
-    return buf.getvalue()
-
-
 def build_dataset(cfg: BuildConfig) -> BuildReport:
     """Build a dataset folder from a raw layout (or the Blue Marble tiles): :func:`plan_build`, then the plan
     written on ``cfg.engine``; ``cfg.plan_only``: the plan saved in ``cfg.output`` instead; ``cfg.plan`` and
@@ -147,7 +120,7 @@ def build_dataset(cfg: BuildConfig) -> BuildReport:
     if cfg.engine == "local" and cfg.num_proc > 1:  # the workers start (import geohf) while the plan is made
         from .workers import start_pool
 
-        pool = start_pool(cfg.num_proc, "geohf.data.execute")
+        pool = start_pool(cfg.num_proc, "geohf.data.blocks")
     try:
         plan = plan_build(cfg)
         return write_plan(plan, cfg.output, cfg.overwrite, cfg.engine, cfg.num_proc, cfg.address, start=start,
@@ -174,6 +147,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     found = len(raw) + len(log)
     frame = validate_coordinates(raw, labeller, log, cfg.fix_swapped)
     del raw
+    trim()  # each stage's freed blocks go back before the next one allocates
     n_disagree, examples = label_disagreements(frame)
     if cfg.dedupe:
         frame = drop_duplicate_locations(frame, log)
@@ -182,6 +156,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     frame = assign_splits(frame, cfg.split_by, cfg.fractions, cfg.seed, cfg.block_deg, cfg.buffer_km, log)
     if frame.empty:
         raise UserError(f"every input was skipped ({len(log)}); see the reasons above — nothing to write")
+    trim()
     log.entries = [e.at(relative_path(e.item, root)) for e in log.entries]
     log.fixes = [e.at(relative_path(e.item, root)) for e in log.fixes]
 

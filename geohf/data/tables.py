@@ -30,7 +30,7 @@ SCAN_BLOCK = 1 << 24
 HASH_ROWS = 1 << 14
 """Rows hashed at once by :func:`repeated`."""
 READ_ROWS = 1 << 16
-"""Rows of a CSV / TSV parsed at once (Arrow-backed string columns are joined without a copy)."""
+"""Rows of a CSV / TSV parsed at once (then each Arrow-backed column is made one array: :func:`join_chunks`)."""
 
 
 def long_lines(path: str | os.PathLike, limit: int = MAX_ROW_BYTES) -> list[tuple[int, int]]:
@@ -86,6 +86,7 @@ def read_table(path: str | os.PathLike, log: SkipLog | None = None, dtype=str) -
             sep = "\t" if path.suffix == ".tsv" else ","
             chunks = pd.read_csv(path, sep=sep, dtype=dtype, skiprows=skipped or None, chunksize=READ_ROWS, **na)
             frame = pd.concat(list(chunks), ignore_index=True)  # the parser's buffers are a chunk's, not the file's
+            join_chunks(frame)
         elif path.suffix == ".jsonl":
             source = _without_lines(path, set(skipped)) if skipped else path
             frame = pd.read_json(source, lines=True, dtype=False if dtype is str else dtype)
@@ -115,6 +116,26 @@ def string_column(values: Iterable[str], size: int) -> pd.api.extensions.Extensi
     if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
         return pd.array(pa.array(values, type=pa.large_string(), size=size), dtype=dtype)
     return np.fromiter(values, object, size)
+
+
+def empty_like(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table with ``frame``'s columns and dtypes and no rows, holding none of its buffers (a slice such as
+    ``frame.iloc[:0]`` is a copy-on-write view that keeps every column's buffers alive)."""
+    return pd.DataFrame({c: pd.Series([], dtype=frame[c].dtype) for c in frame})
+
+
+def join_chunks(frame: pd.DataFrame) -> None:
+    """Join each Arrow-backed column's chunks into one array, in place, a column at a time (one column's copy
+    at once); other columns are left as they are.
+
+    Taking rows by position from a chunked Arrow column joins all its chunks first, a copy of the whole column
+    per take; a plan takes a block of rows at a time."""
+    for col in frame:
+        dtype = frame[col].dtype
+        if isinstance(dtype, pd.StringDtype | pd.ArrowDtype) and dtype.storage == "pyarrow":
+            chunks = pa.array(frame[col].array)
+            if isinstance(chunks, pa.ChunkedArray) and chunks.num_chunks > 1:
+                frame[col] = pd.array(chunks.combine_chunks(), dtype=dtype)
 
 
 def repeated(values: pd.Series, rows: int = HASH_ROWS) -> np.ndarray:

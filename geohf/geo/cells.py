@@ -64,11 +64,12 @@ class CellPartition:
         """(n_cells, 2) latitude, longitude of the cell centroids."""
         return self.cells[["latitude", "longitude"]].to_numpy(dtype=np.float64)
 
-    def assign(self, lat, lon) -> np.ndarray:
-        """Cell id for every point: the cell holding it, else the nearest cell."""
+    def assign(self, lat, lon, dtype: type = np.int64) -> np.ndarray:
+        """Cell id for every point: the cell holding it, else the nearest cell (``dtype``: ``np.int32`` for half
+        the memory)."""
         if self._index is None:
             self._index = PolygonIndex(self.cells.geometry.to_numpy())
-        return _assign(self._index, lat, lon)
+        return _assign(self._index, lat, lon, dtype)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -109,6 +110,7 @@ class CellPartition:
         labels: pd.DataFrame | None,
         params: dict,
         index: PolygonIndex | None = None,
+        rows: np.ndarray | None = None,
     ) -> CellPartition:
         """Cells from polygons and the training samples that fall in them.
 
@@ -117,22 +119,29 @@ class CellPartition:
         the cell's sample nearest to it), labels their majority country and region.
         Cells without samples are dropped (points there go to the nearest cell). ``index``: a
         :class:`PolygonIndex` over ``geometry`` already built (a cached one), else one is built.
+        ``rows``: the samples, as increasing positions into ``lat``, ``lon`` and ``labels`` (default: all of them).
         """
         geometry = np.asarray(geometry, dtype=object)
-        if index is None:
+        built = index is None
+        if built:
             index = PolygonIndex(geometry)
-        sample_cell = _assign(index, lat, lon)
+        sample_cell = _assign(index, lat, lon, np.int32, rows)
         counts = np.bincount(sample_cell, minlength=len(geometry))
         keep = np.flatnonzero(counts > 0)
-        order = np.argsort(sample_cell, kind="stable")  # the samples by cell, each cell's in sample order
+        # the samples by cell, each cell's in sample order, as positions into lat, lon and labels
+        order = _positions(np.argsort(sample_cell, kind="stable"), len(lat))
+        del sample_cell
+        if rows is not None:
+            order = rows[order]
         ends = np.cumsum(counts[keep])
         bounds = (ends - counts[keep], ends)  # each kept cell's samples: order[bounds[0][k] : bounds[1][k]]
         # spherical means of every cell at once: unit vectors summed per cell in sample order, a slice of
         # samples at a time; np.add.at adds one row at a time, as a per-cell ``spherical_mean`` does (same bits)
         sums = np.zeros((len(keep), 3))
         for start in range(0, len(order), ASSIGN_POINTS):
-            rows = order[start : start + ASSIGN_POINTS]
-            np.add.at(sums, np.searchsorted(keep, sample_cell[rows]), latlon_to_xyz(lat[rows], lon[rows]))
+            sel = order[start : start + ASSIGN_POINTS]
+            cell = np.searchsorted(ends, np.arange(start, start + len(sel)), side="right")  # the kept cell of each
+            np.add.at(sums, cell, latlon_to_xyz(lat[sel], lon[sel]))
         centre = np.stack(xyz_to_latlon(sums), axis=1)
         # the mean of a cell made of several pieces (islands) can fall outside it:
         # take the cell's own sample nearest to that mean instead
@@ -142,36 +151,52 @@ class CellPartition:
             best = sel[np.argmin(haversine_km(centre[k, 0], centre[k, 1], lat[sel], lon[sel]))]
             centre[k] = lat[best], lon[best]
         frame = pd.DataFrame({"latitude": centre[:, 0], "longitude": centre[:, 1], "count": counts[keep]})
-        row = _majority_rows(labels, sample_cell, keep) if labels is not None else np.full(len(keep), -1)
+        row = _majority_rows(labels, order, bounds) if labels is not None else np.full(len(keep), -1)
+        del order
         for col in LABEL_COLUMNS:
             values = labels[col].iloc[np.maximum(row, 0)].to_numpy(dtype=object) if labels is not None else row
             frame[col] = ["" if r < 0 else str(v) for r, v in zip(row, values)]
         frame["name"] = _cell_names(frame)
         cells = gpd.GeoDataFrame(frame, geometry=list(geometry[keep]), crs=4326)
-        return cls(kind=kind, cells=cells, params=params)
+        partition = cls(kind=kind, cells=cells, params=params)
+        if built and len(keep) == len(geometry):  # the same polygons in the same order: assign() uses this index
+            partition._index = index
+        return partition
 
 
-def _assign(index: PolygonIndex, lat, lon) -> np.ndarray:
-    """Containing polygon, else nearest polygon, for every point; -1 for a point without coordinates (NaN)."""
+def _assign(index: PolygonIndex, lat, lon, dtype: type = np.int64, rows: np.ndarray | None = None) -> np.ndarray:
+    """Containing polygon, else nearest polygon, for every point (of ``rows``, positions, when given); -1 for a
+    point without coordinates (NaN)."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    if rows is not None:  # gathered a slice at a time
+        out = np.empty(len(rows), dtype=dtype)
+        for start in range(0, len(rows), ASSIGN_POINTS):
+            sel = rows[start : start + ASSIGN_POINTS]
+            out[start : start + len(sel)] = _assign(index, lat[sel], lon[sel], dtype)
+        return out
     if lat.size > ASSIGN_POINTS:  # in slices: a geometry per point of a slice, not of all the points
-        out = np.empty(lat.shape, dtype=np.int64)
+        out = np.empty(lat.shape, dtype=dtype)
         for start in range(0, lat.size, ASSIGN_POINTS):
             out[start : start + ASSIGN_POINTS] = _assign(index, lat[start : start + ASSIGN_POINTS],
-                                                         lon[start : start + ASSIGN_POINTS])  # fmt: skip
+                                                         lon[start : start + ASSIGN_POINTS], dtype)  # fmt: skip
         return out
     located = np.isfinite(lat) & np.isfinite(lon)
     if not located.all():
-        out = np.full(lat.shape, -1, dtype=np.int64)
+        out = np.full(lat.shape, -1, dtype=dtype)
         if located.any():
-            out[located] = _assign(index, lat[located], lon[located])
+            out[located] = _assign(index, lat[located], lon[located], dtype)
         return out
     points = shapely.points(lon, lat)
     cell = index.containing(points)
     outside = np.flatnonzero(cell < 0)
     if outside.size:
         cell[outside] = index.nearest(points[outside], lat[outside])[0]
-    return cell
+    return cell.astype(dtype, copy=False)
+
+
+def _positions(index: np.ndarray, length: int) -> np.ndarray:
+    """``index``, positions into an array of ``length`` rows, as int32 when they fit (half the memory of int64)."""
+    return index.astype(np.int32) if length < 2**31 else index
 
 
 def _modes(group: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -192,27 +217,31 @@ def _modes(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     return out
 
 
-def _majority_rows(labels: pd.DataFrame, sample_cell: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """For each of ``cells``, the first sample labelled with the majority country among the
-    cell's samples and the majority region within that country (ties: the smallest code);
-    -1 for a cell without a labelled sample. The cell takes that sample's labels.
+def _majority_rows(labels: pd.DataFrame, order: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """For each cell (its samples ``order[bounds[0][k] : bounds[1][k]]``, in sample order), the first sample
+    labelled with the majority country among the cell's samples and the majority region within that country
+    (ties: the smallest code); -1 for a cell without a labelled sample. The cell takes that sample's labels.
+
+    Whole cells of about :data:`ASSIGN_POINTS` samples at a time: the memory of a slice, not of every sample.
     """
     country, region = labels["country_code"], labels["region_code"]
-    s = np.flatnonzero((country != "").to_numpy(dtype=bool))
-    cell = sample_cell[s]
-    ccode = _sorted_codes(country, s)
-    best_country = _modes(cell, ccode)
-    inside = ccode == best_country[cell]
-    del ccode
-    s, cell = s[inside], cell[inside]
-    rcode = _sorted_codes(region, s)
-    best_region = _modes(cell, rcode)
-    inside = rcode == best_region[cell]
-    s, cell = s[inside], cell[inside]
-    first_cell, first = np.unique(cell, return_index=True)  # s is increasing: the first sample of each cell
-    row = np.full(int(sample_cell.max()) + 1 if sample_cell.size else 0, -1, dtype=np.int64)
-    row[first_cell] = s[first]
-    return row[cells]
+    starts, ends = bounds
+    row = np.full(len(starts), -1, dtype=np.int64)
+    k0 = 0
+    while k0 < len(starts):
+        k1 = max(k0 + 1, int(np.searchsorted(ends, starts[k0] + ASSIGN_POINTS, side="right")))
+        s = order[starts[k0] : ends[k1 - 1]]  # the slice's samples, cell by cell
+        cell = np.repeat(np.arange(k1 - k0, dtype=np.int32), ends[k0:k1] - starts[k0:k1])
+        labelled = (country.iloc[s] != "").to_numpy(dtype=bool)
+        s, cell = s[labelled], cell[labelled]
+        for values in (country, region):  # the majority country, then the majority region within it
+            code = _sorted_codes(values, s)
+            inside = code == _modes(cell, code)[cell]
+            s, cell = s[inside], cell[inside]
+        first_cell, first = np.unique(cell, return_index=True)  # each cell's samples are increasing: its first
+        row[k0 + first_cell] = s[first]
+        k0 = k1
+    return row
 
 
 def _sorted_codes(values: pd.Series, rows: np.ndarray) -> np.ndarray:
@@ -510,17 +539,21 @@ def fit_quadtree(
     max_samples: int = 100,
     min_samples: int = 10,
     max_depth: int = 12,
+    rows: np.ndarray | None = None,
 ) -> CellPartition:
     """Quadtree cells on sample density (OSV-5M): split a box while it holds more than
     ``max_samples`` samples, then merge leaves with fewer than ``min_samples`` into a
     touching leaf. Boxes live in longitude/latitude; empty leaves are dropped (points
-    there go to the nearest cell).
+    there go to the nearest cell). ``rows``: the samples to fit on, increasing positions into
+    ``lat``, ``lon`` and ``labels`` (default: all; no copy of their values is made).
     """
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    if lat.size == 0:
+    rows = None if rows is None else _positions(np.asarray(rows), lat.size)
+    if (lat.size if rows is None else rows.size) == 0:
         raise ValueError("fit_quadtree needs training samples")
     leaves: list[tuple[float, float, float, float]] = []
-    stack = [(-180.0, -90.0, 180.0, 90.0, np.arange(lat.size), 0)]
+    root = _positions(np.arange(lat.size), lat.size) if rows is None else rows
+    stack = [(-180.0, -90.0, 180.0, 90.0, root, 0)]
     while stack:
         x0, y0, x1, y1, idx, depth = stack.pop()
         if idx.size <= max_samples or depth >= max_depth:
@@ -538,10 +571,11 @@ def fit_quadtree(
             stack.append((bx0, by0, bx1, by1, idx[sel], depth + 1))
     leaves.sort(key=lambda b: (b[1], b[0]))
     boxes = shapely.box(*np.asarray(leaves).T)
-    counts = np.bincount(_assign(PolygonIndex(boxes), lat, lon), minlength=len(boxes))
+    counts = np.bincount(_assign(PolygonIndex(boxes), lat, lon, np.int32, rows), minlength=len(boxes))
     merged = merge_small_pieces(boxes, counts, min_samples)
     params = {"max_samples": max_samples, "min_samples": min_samples, "max_depth": max_depth}
-    return CellPartition.from_geometry("quadtree", _collect(boxes, merged, dissolve=True), lat, lon, labels, params)
+    return CellPartition.from_geometry("quadtree", _collect(boxes, merged, dissolve=True), lat, lon, labels, params,
+                                       rows=rows)  # fmt: skip
 
 
 def _land_parts(boundaries: gpd.GeoDataFrame, simplify_deg: float) -> np.ndarray:
@@ -804,16 +838,30 @@ CELL_FITTERS = {
     "semantic_optics": fit_semantic_optics,
 }
 NEEDS_BOUNDARIES = {"fishnet", "semantic", "semantic_optics"}
+FITS_ROWS = {"quadtree"}
+"""Kinds fitted on positions into the samples (no copy of the training rows' coordinates and labels)."""
 
 
 def fit_cells(
-    kind: str, lat, lon, labels: pd.DataFrame | None = None, boundaries: gpd.GeoDataFrame | None = None, **params
+    kind: str,
+    lat,
+    lon,
+    labels: pd.DataFrame | None = None,
+    boundaries: gpd.GeoDataFrame | None = None,
+    rows: np.ndarray | None = None,
+    **params,
 ) -> CellPartition:
-    """Fit a partition of the given ``kind`` (one of :data:`CELL_FITTERS`) on training samples."""
+    """Fit a partition of the given ``kind`` (one of :data:`CELL_FITTERS`) on training samples: ``rows``
+    (increasing positions into ``lat``, ``lon`` and ``labels``), default all of them."""
     if kind not in CELL_FITTERS:
         raise ValueError(f"unknown cell partition kind {kind!r}; choose one of {sorted(CELL_FITTERS)}")
-    if np.asarray(lat).size == 0:
+    if (np.asarray(lat).size if rows is None else len(rows)) == 0:
         raise ValueError("cannot fit geocells without training samples")
     if kind in NEEDS_BOUNDARIES:
         params["boundaries"] = boundaries
+    if kind in FITS_ROWS:
+        return CELL_FITTERS[kind](lat, lon, labels, rows=rows, **params)
+    if rows is not None:  # the other kinds take the samples' own copies
+        lat, lon = np.asarray(lat, dtype=np.float64)[rows], np.asarray(lon, dtype=np.float64)[rows]
+        labels = None if labels is None else labels.iloc[rows].reset_index(drop=True)
     return CELL_FITTERS[kind](lat, lon, labels, **params)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geohf.data.filters import ImageFilter, filter_images, image_quality
+from geohf.data.filters import filter_images
+from geohf.data.quality import ImageFilter, image_quality
 from geohf.data.skips import SkipLog
 from geohf.images import ImageLoadError
 from geohf.inference.photos import load_image

@@ -12,8 +12,8 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from geohf.cli import main
+from geohf.data.blocks import shrink_image
 from geohf.data.samples import land_points, make_imagefolder
-from geohf.data.stages import shrink_image
 from geohf.images import decode_image
 from geohf.inference.exif import read_gps
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 from geohf.cli import main
 from geohf.data.balance import BalanceSpec, balance, map_to_reference
-from geohf.data.filters import drop_duplicate_locations, image_quality
+from geohf.data.filters import drop_duplicate_locations
 from geohf.data.layouts import read_layout
+from geohf.data.quality import image_quality
 from geohf.data.samples import land_points, make_grid_folders, make_imagefolder, make_lost_and_found
 from geohf.data.skips import SkipLog
 from geohf.data.splits import assign_splits

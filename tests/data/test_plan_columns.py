@@ -10,7 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from geohf.data.plan import PLAN_ROWS, BuildPlan
+from geohf.data.blocks import PLAN_ROWS
+from geohf.data.plan import BuildPlan
 from geohf.data.samples import land_points, make_imagefolder
 from geohf.data.splits import SPLITS, assign_splits, row_number_ranks, split_groups
 from geohf.data.stages import BuildConfig, plan_build
@@ -127,3 +128,116 @@ def test_the_map_draws_a_sample_above_its_limit_and_counts_every_row(monkeypatch
     execute._map(tiny_dataset, infos, plot)
     assert drawn["points"] <= 50 + 3 and drawn["groups"] == {"train", "validation", "test"}
     assert drawn["counts"] == {s: i.num_examples for s, i in infos.items()} and "every 4th" in drawn["title"]
+
+
+def _majority_reference(labels: pd.DataFrame, cell: np.ndarray, n_cells: int) -> pd.DataFrame:
+    """Each cell's labels by the documented rule, sample by sample: the first sample of the majority country
+    (ties: the first in text order) and, within it, of the majority region."""
+    out = []
+    for k in range(n_cells):
+        rows = [i for i in np.flatnonzero(cell == k) if labels["country_code"].iat[i] != ""]
+        if not rows:
+            out.append({c: "" for c in labels})
+            continue
+        count = pd.Series([labels["country_code"].iat[i] for i in rows]).value_counts()
+        country = min(count.index[count == count.max()])
+        rows = [i for i in rows if labels["country_code"].iat[i] == country]
+        count = pd.Series([labels["region_code"].iat[i] for i in rows]).value_counts()
+        region = min(count.index[count == count.max()])
+        first = next(i for i in rows if labels["region_code"].iat[i] == region)
+        out.append({c: str(labels[c].iat[first]) for c in labels})
+    return pd.DataFrame(out)
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+@pytest.mark.parametrize("slice_points", [13, 1 << 16])
+def test_cells_take_the_majority_labels_a_slice_of_cells_at_a_time(monkeypatch, labeller, categorical, slice_points):
+    import geohf.geo.cells as cells
+    from geohf.geo.cells import fit_cells
+    from geohf.geo.labelling import LABEL_COLUMNS
+
+    rng = np.random.default_rng(5)
+    lat, lon = rng.uniform(42, 52, 1500), rng.uniform(-5, 15, 1500)  # western Europe's borders, and some sea
+    labels = labeller.label(lat, lon, categorical=categorical)[0][LABEL_COLUMNS]
+    assert (labels["country_code"].astype(object) == "").any() and labels["country_code"].nunique() > 4
+    monkeypatch.setattr(cells, "ASSIGN_POINTS", slice_points)
+    partition = fit_cells("quadtree", lat, lon, labels, max_samples=60, min_samples=8)
+    expected = _majority_reference(labels, partition.assign(lat, lon), len(partition))
+    pd.testing.assert_frame_equal(partition.cells[LABEL_COLUMNS].reset_index(drop=True), expected)
+
+
+def test_fix_swapped_swaps_a_float_columns_values_in_its_own_copy(labeller):
+    from geohf.data.filters import validate_coordinates
+    from geohf.data.skips import SkipLog
+
+    frame = pd.DataFrame({"source_file": ["paris.jpg", "swapped.jpg"], "latitude": [48.85, 2.35],
+                          "longitude": [2.35, 48.85]})  # fmt: skip
+    log = SkipLog()
+    out = validate_coordinates(frame, labeller, log, fix_swapped=True)  # the table's columns are read-only views
+    assert out["latitude"].tolist() == [48.85, 48.85] and out["country_code"].astype(object).tolist() == ["FR"] * 2
+    assert frame["latitude"].tolist() == [48.85, 2.35]  # the caller's table as it was
+    assert [f.item for f in log.fixes] == ["swapped.jpg"]
+
+
+def _chunks(values: pd.Series) -> int:
+    import pyarrow as pa
+
+    array = pa.array(values.array)
+    return array.num_chunks if isinstance(array, pa.ChunkedArray) else 1
+
+
+def test_a_tables_chunked_string_columns_are_joined_into_one_array(monkeypatch, tmp_path):
+    from geohf.data import tables
+    from geohf.data.tables import join_chunks, read_table
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"name": [f"images/{i}.jpg" for i in range(50)], "n": range(50)}).to_csv(path, index=False)
+    monkeypatch.setattr(tables, "READ_ROWS", 7)  # parsed in 8 chunks
+    frame = read_table(path)
+    assert frame["name"].tolist() == [f"images/{i}.jpg" for i in range(50)]
+    assert all(_chunks(frame[column]) == 1 for column in frame)
+    both = pd.concat([frame, frame], ignore_index=True)
+    assert _chunks(both["name"]) == 2
+    join_chunks(both)
+    assert _chunks(both["name"]) == 1 and both["name"].tolist() == frame["name"].tolist() * 2
+
+
+@pytest.mark.parametrize("kind", ["quadtree", "fishnet"])
+def test_cells_fitted_on_rows_by_position_equal_cells_fitted_on_their_copies(labeller, admin1_path, kind):
+    import geopandas as gpd
+
+    from geohf.geo.cells import fit_cells
+    from geohf.geo.labelling import LABEL_COLUMNS
+
+    rng = np.random.default_rng(8)
+    lat, lon = rng.uniform(42, 52, 1200), rng.uniform(-5, 15, 1200)
+    labels = labeller.label(lat, lon, categorical=True)[0][LABEL_COLUMNS]
+    rows = np.flatnonzero(rng.random(1200) < 0.7).astype(np.int32)
+    params = {"max_samples": 60, "min_samples": 8} if kind == "quadtree" else {"cell_deg": 4.0}
+    boundaries = gpd.read_parquet(admin1_path) if kind == "fishnet" else None
+    by_rows = fit_cells(kind, lat, lon, labels, boundaries=boundaries, rows=rows, **params)
+    copies = fit_cells(kind, lat[rows], lon[rows], labels.iloc[rows].reset_index(drop=True), boundaries=boundaries,
+                       **params)  # fmt: skip
+    pd.testing.assert_frame_equal(by_rows.cells.drop(columns="geometry"), copies.cells.drop(columns="geometry"))
+    assert by_rows.cells.geometry.geom_equals_exact(copies.cells.geometry, 0).all()
+    assert (by_rows.assign(lat, lon) == copies.assign(lat, lon)).all()
+
+
+def test_an_empty_table_like_a_plans_rows_holds_none_of_their_buffers():
+    import gc
+    import tracemalloc
+
+    from geohf.data.tables import empty_like
+
+    tracemalloc.start()
+    try:
+        rows = pd.DataFrame({"latitude": np.zeros(1_000_000), "split": pd.Categorical(["train", "test"] * 500_000)})
+        held = tracemalloc.get_traced_memory()[0]
+        empty = empty_like(rows)
+        del rows
+        gc.collect()
+        assert held - tracemalloc.get_traced_memory()[0] > 8_000_000  # the columns' buffers are gone
+    finally:
+        tracemalloc.stop()
+    assert empty.empty and list(empty.columns) == ["latitude", "split"]
+    assert empty["latitude"].dtype == np.float64 and isinstance(empty["split"].dtype, pd.CategoricalDtype)

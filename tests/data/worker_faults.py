@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from geohf.data import filters, workers
+from geohf.data.quality import ImageFilter
 from geohf.data.skips import SkipLog
 from geohf.errors import UserError
 
@@ -51,7 +52,7 @@ def images(folder: Path, n: int = 160) -> pd.DataFrame:
 
 def check(frame: pd.DataFrame, num_proc: int) -> tuple[pd.DataFrame, list]:
     log = SkipLog()
-    return filters.filter_images(frame, filters.ImageFilter(), log, num_proc=num_proc), log.entries
+    return filters.filter_images(frame, ImageFilter(), log, num_proc=num_proc), log.entries
 
 
 def kill(folder: Path) -> dict:

@@ -346,7 +346,7 @@ def test_image_statistics_unchanged(tmp_path, labeller, record):
     import numpy as np
     from PIL import ImageFilter as PILFilter
 
-    from geohf.data.filters import ImageFilter, image_quality
+    from geohf.data.quality import ImageFilter, image_quality
     from geohf.images import ImageLoadError
 
     files = list(write_image_cases(tmp_path / "corpus").values())
