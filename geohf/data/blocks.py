@@ -170,7 +170,7 @@ def write_block(
     return result
 
 
-def _write_blocks(indices: list[int], **kwargs) -> list[BlockResult]:
+def write_blocks(indices: list[int], **kwargs) -> list[BlockResult]:
     """Several blocks, one after the other (a unit of work on a local worker process)."""
     blocks = kwargs.pop("blocks")
     return [write_block(index=i, block=blocks[i], **kwargs) for i in indices]

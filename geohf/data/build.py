@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import UserError
-from ..geo.cells import CellPartition, fit_cells
+from ..geo.cells import CellPartition, fit_cells, positions
 from ..geo.labelling import LABEL_COLUMNS
 from ..hub.cards import DatasetCardFields, render_dataset_card
 from ..malloc import trim
@@ -125,8 +125,7 @@ def fit_partitions(
     if not rows.size:
         raise UserError("no training rows: geocells are fitted on the training split")
     del located
-    if len(frame) < 2**31:
-        rows = rows.astype(np.int32)
+    rows = positions(rows, len(frame))
     labels = frame[LABEL_COLUMNS]  # the columns themselves: the fits read the training rows by position
     out = {}
     for spec in tqdm(specs, desc="fitting geocells", unit="partition", leave=False):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import UserError, one_line
-from .blocks import BlockResult, _write_blocks, write_block
+from .blocks import BlockResult, write_block, write_blocks
 from .folder import DATA_DIR, SplitInfo
 from .plan import CELLS_DIR, Block, BuildPlan
 from .report import BuildReport
@@ -82,7 +82,7 @@ def _engine_results(
 
         fix = f"run again with a lower --num-proc (now {num_proc}) or --num-proc 1, or with more memory free"
         chunks = [[i] for i in indices]
-        for _, done in map_chunks(partial(_write_blocks, blocks=blocks, **kwargs), chunks, num_proc,
+        for _, done in map_chunks(partial(write_blocks, blocks=blocks, **kwargs), chunks, num_proc,
                                   "writing images", fix, pool):  # fmt: skip
             yield from done
     else:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..geo.cells import positions
 from ..geo.labelling import LABEL_COLUMNS, PointLabeller
 from .quality import ImageFilter, measured_quality, skip_reason
 from .skips import SkipLog
@@ -195,9 +196,7 @@ def drop_duplicate_locations(frame: pd.DataFrame, log: SkipLog, decimals: int = 
     lat = np.round(frame["latitude"].to_numpy(np.float64), decimals)
     lon = np.round(frame["longitude"].to_numpy(np.float64), decimals)
     # the rows sorted by their rounded coordinates, each coordinate's rows in row order: its first row leads
-    order = np.lexsort((lon, lat))
-    if len(order) < 2**31:
-        order = order.astype(np.int32)
+    order = positions(np.lexsort((lon, lat)), len(lat))
     new = np.ones(len(order), bool)  # a sorted row starts a coordinate (rows without coordinates: one group)
     for start in range(1, len(order), COMPARE_ROWS):  # compared a slice at a time: no sorted copy of a column
         here, before = order[start : start + COMPARE_ROWS], order[start - 1 : start - 1 + COMPARE_ROWS]

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UserError
-from ..geo.cells import CellPartition
+from ..geo.cells import CellPartition, position_dtype
 from ..hub.cards import DatasetCardFields
 from .blocks import PLAN_ROWS, Block, ImageRead
 from .report import LabellingStats
 from .skips import Skip, SkipLog
-from .tables import join_chunks
+from .tables import HASH_ROWS, join_chunks
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -41,15 +41,13 @@ SPLIT_ORDER = ("train", "validation", "test")
 FILES_MULTIPLE = 8
 """A split of more than one file gets a multiple of this many, so ``split_dataset_by_node`` splits it by file
 on 1, 2, 4 or 8 nodes."""
-HASH_ROWS = 1 << 14
-"""Rows hashed at once by :meth:`BuildPlan.fingerprint` (a string column's hashing copies its slice)."""
 REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_size", "_ref_method", "_ref_name", "_ref_declared", "_ref_crc")
 
 
 def stable_order(codes: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
     """``np.argsort(codes, kind="stable")`` of a few small integer codes, as int32 (int64 past 2**31 rows), made
     ``rows`` codes at a time: no int64 copy of every position."""
-    out = np.empty(len(codes), dtype=np.int32 if len(codes) < 2**31 else np.int64)
+    out = np.empty(len(codes), dtype=position_dtype(len(codes)))
     if not len(codes):
         return out
     groups = np.arange(int(codes.min()), int(codes.max()) + 1)

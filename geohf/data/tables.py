@@ -28,7 +28,7 @@ MAX_JSON_BYTES = 1 << 20
 STAGE = "table"
 SCAN_BLOCK = 1 << 24
 HASH_ROWS = 1 << 14
-"""Rows hashed at once by :func:`repeated`."""
+"""Rows hashed at once, by :func:`repeated` and a plan's fingerprint (hashing a string column copies its slice)."""
 READ_ROWS = 1 << 16
 """Rows of a CSV / TSV parsed at once (then each Arrow-backed column is made one array: :func:`join_chunks`)."""
 

@@ -129,7 +129,7 @@ class CellPartition:
         counts = np.bincount(sample_cell, minlength=len(geometry))
         keep = np.flatnonzero(counts > 0)
         # the samples by cell, each cell's in sample order, as positions into lat, lon and labels
-        order = _positions(np.argsort(sample_cell, kind="stable"), len(lat))
+        order = positions(np.argsort(sample_cell, kind="stable"), len(lat))
         del sample_cell
         if rows is not None:
             order = rows[order]
@@ -168,17 +168,12 @@ def _assign(index: PolygonIndex, lat, lon, dtype: type = np.int64, rows: np.ndar
     """Containing polygon, else nearest polygon, for every point (of ``rows``, positions, when given); -1 for a
     point without coordinates (NaN)."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    if rows is not None:  # gathered a slice at a time
-        out = np.empty(len(rows), dtype=dtype)
-        for start in range(0, len(rows), ASSIGN_POINTS):
-            sel = rows[start : start + ASSIGN_POINTS]
-            out[start : start + len(sel)] = _assign(index, lat[sel], lon[sel], dtype)
-        return out
-    if lat.size > ASSIGN_POINTS:  # in slices: a geometry per point of a slice, not of all the points
-        out = np.empty(lat.shape, dtype=dtype)
-        for start in range(0, lat.size, ASSIGN_POINTS):
-            out[start : start + ASSIGN_POINTS] = _assign(index, lat[start : start + ASSIGN_POINTS],
-                                                         lon[start : start + ASSIGN_POINTS], dtype)  # fmt: skip
+    if rows is not None or lat.size > ASSIGN_POINTS:  # in slices: a geometry per point of a slice, not of all
+        n = lat.size if rows is None else len(rows)
+        out = np.empty(n, dtype=dtype)
+        for start in range(0, n, ASSIGN_POINTS):
+            sel = slice(start, start + ASSIGN_POINTS) if rows is None else rows[start : start + ASSIGN_POINTS]
+            out[start : start + ASSIGN_POINTS] = _assign(index, lat[sel], lon[sel], dtype)
         return out
     located = np.isfinite(lat) & np.isfinite(lon)
     if not located.all():
@@ -194,9 +189,14 @@ def _assign(index: PolygonIndex, lat, lon, dtype: type = np.int64, rows: np.ndar
     return cell.astype(dtype, copy=False)
 
 
-def _positions(index: np.ndarray, length: int) -> np.ndarray:
-    """``index``, positions into an array of ``length`` rows, as int32 when they fit (half the memory of int64)."""
-    return index.astype(np.int32) if length < 2**31 else index
+def position_dtype(length: int) -> type:
+    """The integer type of positions into an array of ``length`` rows: int32 when they fit (half of int64)."""
+    return np.int32 if length < 2**31 else np.int64
+
+
+def positions(index: np.ndarray, length: int) -> np.ndarray:
+    """``index``, positions into an array of ``length`` rows, as :func:`position_dtype` (no copy when it is)."""
+    return index.astype(position_dtype(length), copy=False)
 
 
 def _modes(group: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -548,11 +548,11 @@ def fit_quadtree(
     ``lat``, ``lon`` and ``labels`` (default: all; no copy of their values is made).
     """
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    rows = None if rows is None else _positions(np.asarray(rows), lat.size)
+    rows = None if rows is None else positions(np.asarray(rows), lat.size)
     if (lat.size if rows is None else rows.size) == 0:
         raise ValueError("fit_quadtree needs training samples")
     leaves: list[tuple[float, float, float, float]] = []
-    root = _positions(np.arange(lat.size), lat.size) if rows is None else rows
+    root = positions(np.arange(lat.size), lat.size) if rows is None else rows
     stack = [(-180.0, -90.0, 180.0, 90.0, root, 0)]
     while stack:
         x0, y0, x1, y1, idx, depth = stack.pop()
